@@ -1,0 +1,257 @@
+"""Safe loading and atomic saving of checkpoints.
+
+Checkpoints are untrusted files. ``.pt`` files are read with
+``torch.load(..., weights_only=True)``, which refuses any pickled object that
+is not a tensor, dict, list, string or number, so a malicious pickle cannot
+run code. ``.safetensors`` files carry no code at all.
+
+A wdbound checkpoint (format ``wdbound/1``) is a plain dict::
+
+    format       "wdbound/1"
+    arch         registry name (see wdbound.models)
+    arch_kwargs  dict of constructor arguments
+    state_dict   model tensors, BatchNorm buffers included
+    optimizer    {"name", "hyper": {...}, "state": {param: {"exp_avg", "exp_avg_sq", "step"}}}
+    train        {"data", "n_train", "batch_size", "epochs", "steps", "lr_schedule",
+                  "eta", "wd_schedule", "lam", "seed", "command", "versions", ...}
+    metrics      {"train_loss", "test_loss", "test_acc"}
+
+In ``.safetensors`` the tensors are stored under ``model/<name>`` and
+``optim/<param>/<moment>``, the rest as JSON in the header metadata under the
+key ``wdbound``. A plain state_dict (``.pt`` or ``.safetensors``, optionally
+nested under ``state_dict`` or ``model``) loads when the architecture and the
+training facts are passed as overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import WdboundError
+from .io_utils import atomic_path, sha256_file
+from .models import build_model
+
+FORMAT = "wdbound/1"
+_FACT_FLAGS = {"eta": "--lr", "lam": "--wd", "batch_size": "--batch-size", "n_train": "--n-train"}
+
+
+@dataclass(frozen=True)
+class TrainingFacts:
+    """The training facts the bounds need, each from the checkpoint or an override."""
+
+    eta: float  # last learning rate actually used
+    lam: float  # weight decay at the last step
+    batch_size: int
+    n_train: int
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model in eval mode and its metadata."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def facts(self) -> TrainingFacts:
+        return training_facts(self.meta)
+
+
+def training_facts(meta: dict[str, Any]) -> TrainingFacts:
+    """Read η, λ, b and n from metadata; a missing or invalid one names its flag."""
+    train = meta.get("train") or {}
+    values: dict[str, Any] = {}
+    for key, flag in _FACT_FLAGS.items():
+        value = train.get(key)
+        if value is None:
+            raise WdboundError(f"the checkpoint does not record {key}", flag)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise WdboundError(f"{key} = {value!r} is not a number", flag) from None
+        if not math.isfinite(number):
+            raise WdboundError(f"{key} = {value} is not finite", flag)
+        values[key] = number
+    if values["eta"] <= 0:
+        raise WdboundError(f"learning rate eta = {values['eta']:g} must be > 0 (the bounds divide by it)", "--lr")
+    if values["lam"] < 0:
+        raise WdboundError(f"weight decay lambda = {values['lam']:g} must be >= 0", "--wd")
+    for key in ("batch_size", "n_train"):
+        if values[key] <= 0 or values[key] != int(values[key]):
+            raise WdboundError(f"{key} = {values[key]:g} must be a positive integer", _FACT_FLAGS[key])
+    return TrainingFacts(values["eta"], values["lam"], int(values["batch_size"]), int(values["n_train"]))
+
+
+# ---------------------------------------------------------------- loading
+
+def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
+                    lr: float | None = None, wd: float | None = None, batch_size: int | None = None,
+                    n_train: int | None = None, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    """Load a checkpoint safely and rebuild its model (eval mode).
+
+    Overrides replace what the file records (or supply what a plain
+    state_dict lacks): ``arch``/``arch_kwargs`` the architecture, ``lr`` the
+    last learning rate η, ``wd`` the last weight decay λ, ``batch_size`` b and
+    ``n_train`` n.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WdboundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        state_dict, meta = _read_safetensors(path)
+    else:
+        state_dict, meta = _read_torch(path)
+    meta = copy.deepcopy(meta)
+    if arch is not None:
+        meta["arch"] = arch
+    if arch_kwargs is not None:
+        meta["arch_kwargs"] = dict(arch_kwargs)
+    if not meta.get("arch"):
+        raise WdboundError(f"{path} is a plain state_dict without an architecture", "--arch")
+    train = meta.setdefault("train", {})
+    for key, value in (("eta", lr), ("lam", wd), ("batch_size", batch_size), ("n_train", n_train)):
+        if value is not None:
+            train[key] = value
+    model = build_model(meta["arch"], **dict(meta.get("arch_kwargs") or {}))
+    _fit_state_dict(model, state_dict, meta["arch"], path)
+    model.to(dtype).eval()
+    return Checkpoint(model, meta, path, sha256_file(path))
+
+
+def _short(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first[:160]
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a pickle, or a pickle with forbidden globals
+        raise WdboundError(f"{path}: not a loadable checkpoint ({_short(exc)}); only tensors and plain data are accepted") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        state_dict = obj.get("state_dict")
+        if not isinstance(state_dict, dict):
+            raise WdboundError(f"{path}: wdbound checkpoint without a state_dict")
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        return state_dict, meta
+    if isinstance(obj, dict) and "format" in obj:
+        raise WdboundError(f"{path}: unknown checkpoint format {obj['format']!r} (this wdbound reads {FORMAT})")
+    state_dict = _plain_state_dict(obj)
+    if state_dict is None:
+        raise WdboundError(f"{path}: neither a wdbound checkpoint nor a state_dict of tensors")
+    return state_dict, {"format": "state_dict"}
+
+
+def _plain_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:
+        raise WdboundError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
+    if "wdbound" not in header:
+        return tensors, {"format": "state_dict"}
+    try:
+        meta = json.loads(header["wdbound"])
+    except json.JSONDecodeError as exc:
+        raise WdboundError(f"{path}: corrupt wdbound metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise WdboundError(f"{path}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    state_dict = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    optim_state: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            param, _, moment = key[len("optim/"):].rpartition("/")
+            optim_state.setdefault(param, {})[moment] = value
+    if optim_state and isinstance(meta.get("optimizer"), dict):
+        steps = meta["optimizer"].pop("steps", {})
+        for param, entry in optim_state.items():
+            entry["step"] = steps.get(param, 0)
+        meta["optimizer"]["state"] = optim_state
+    return state_dict, meta
+
+
+def _fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}", "--arch")
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise WdboundError(
+                f"{path}: state_dict does not fit arch {arch!r}: {key} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(expected[key].shape)}",
+                "--arch",
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WdboundError(f"{path}: weights contain NaN or infinity ({key})")
+    model.load_state_dict(state_dict)
+
+
+# ---------------------------------------------------------------- saving
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, arch_kwargs: dict, optimizer: dict,
+                    train: dict, metrics: dict, extra: dict | None = None) -> Path:
+    """Write a wdbound/1 checkpoint atomically (``.pt`` or ``.safetensors`` by suffix)."""
+    path = Path(path)
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state_dict,
+               "optimizer": optimizer, "train": train, "metrics": metrics, **(extra or {})}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            _write_safetensors(tmp, payload)
+        else:
+            torch.save(payload, tmp)
+    return path
+
+
+def _write_safetensors(tmp: Path, payload: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model/{k}": v.contiguous() for k, v in payload["state_dict"].items()}
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    optimizer = copy.deepcopy({k: v for k, v in meta["optimizer"].items() if k != "state"})
+    steps = {}
+    for param, entry in (payload["optimizer"].get("state") or {}).items():
+        for moment, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{param}/{moment}"] = value.contiguous()
+            else:
+                steps[param] = value
+    optimizer["steps"] = steps
+    meta["optimizer"] = optimizer
+    save_file(tensors, str(tmp), metadata={"wdbound": json.dumps(meta)})

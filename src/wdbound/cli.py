@@ -1,0 +1,158 @@
+"""Command-line interface: parse, call the library, render. The only module that knows about the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import WdboundError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Hessian spectra of trained networks and the AdamW / l2-Adam generalization-bound terms "
+                       "of Zhou et al. (TPAMI 2024).")
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
+console = Console() if Console().is_terminal else Console(width=160)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"wdbound {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """wdbound: weight-decay generalization bounds from Hessian spectra."""
+
+
+def print_error(exc: BaseException) -> None:
+    """One line on stderr, never wrapped, never interpreted as markup."""
+    err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+
+
+def say(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err_console, transient=False, disable=not err_console.is_terminal)
+
+
+def parse_kwargs(items: List[str]) -> dict:
+    """``key=value`` pairs with JSON values where they parse (``depth=4``, ``cifar_stem=false``)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise WdboundError(f"--arch-kwarg {item!r} is not key=value", "--arch-kwarg")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+# ---------------------------------------------------------------- train
+
+@app.command()
+def train(
+    model: str = typer.Option("digits-mlp", help="Architecture registry name (digits-mlp, digits-cnn, digits-vit, resnet18, resnet50, vit_b_16)."),
+    optimizer: str = typer.Option("adamw", help="adamw, adamw-d, l2-adam or l2-adam-d (shared/SPEC.md)."),
+    data: str = typer.Option("digits", help="Data spec: digits, cifar10:PATH or imagefolder:PATH."),
+    epochs: int = typer.Option(30, help="Passes over the training set."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate eta (dimensionless step size)."),
+    wd: float = typer.Option(5e-4, help="Weight decay lambda; for -D variants the constant c1 of lambda_k = c1*gamma^k."),
+    wd_gamma: Optional[float] = typer.Option(None, help="gamma of lambda_k = c1*gamma^k, per iteration (-D variants only; paper: 0.99999)."),
+    schedule: str = typer.Option("constant", help="Learning-rate schedule: constant, cosine (to --lr-min) or step (x0.1 at 50% and 75%)."),
+    lr_min: float = typer.Option(0.0, help="Final learning rate of the cosine schedule."),
+    batch_size: int = typer.Option(64, help="Minibatch size b (examples per step)."),
+    seed: int = typer.Option(0, help="Seed of the initialisation and the batch order."),
+    arch_kwarg: List[str] = typer.Option([], help="Architecture argument key=value, repeatable (e.g. depth=8)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in pixels for imagefolder data (default 32)."),
+    out: Path = typer.Option(..., help="Checkpoint to write (.pt or .safetensors); written atomically."),
+) -> None:
+    """Train a model with one of the paper's optimizers and write a wdbound checkpoint."""
+    from .checkpoints import save_checkpoint
+    from .train import TrainConfig, train as run_training
+
+    config = TrainConfig(model=model, optimizer=optimizer, data=data, epochs=epochs, lr=lr, wd=wd, wd_gamma=wd_gamma,
+                         schedule=schedule, lr_min=lr_min, batch_size=batch_size, seed=seed,
+                         arch_kwargs=parse_kwargs(arch_kwarg), image_size=image_size)
+    with progress_bar() as bar:
+        task = bar.add_task(f"train {model} / {optimizer}", total=None, info="")
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+
+        net, contents = run_training(config, on_step)
+    save_checkpoint(out, net, **contents)
+    metrics, facts = contents["metrics"], contents["train"]
+    say(f"wrote {out}: {facts['parameters']} parameters, test acc {100 * metrics['test_acc']:.2f}%, "
+                  f"test loss {metrics['test_loss']:.4f}, last eta {facts['eta']:.3g}, last lambda {facts['lam']:.3g}")
+
+
+# ---------------------------------------------------------------- summary
+
+def _checkpoint_paths(paths: List[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".pt", ".safetensors"))
+        else:
+            found.append(path)
+    if not found:
+        raise WdboundError(f"no checkpoints (.pt, .safetensors) in {', '.join(map(str, paths))}")
+    return found
+
+
+@app.command()
+def summary(paths: List[Path] = typer.Argument(..., help="Checkpoint files or folders of them.")) -> None:
+    """List checkpoints: architecture, optimizer, parameters, eta, lambda, b, n, test accuracy."""
+    from .checkpoints import load_checkpoint
+    from .models import count_parameters
+
+    table = Table(title="checkpoints")
+    for column in ("checkpoint", "arch", "optimizer", "params d", "epochs", "eta (last)", "lambda (last)", "b", "n",
+                   "test acc %"):
+        table.add_column(column, justify="left" if column in ("checkpoint", "arch", "optimizer") else "right")
+    failures = 0
+    for path in _checkpoint_paths(paths):
+        try:
+            ckpt = load_checkpoint(path)
+        except WdboundError as exc:
+            print_error(exc)
+            failures += 1
+            continue
+        train_meta, metrics = ckpt.meta.get("train", {}), ckpt.meta.get("metrics", {})
+        acc = metrics.get("test_acc")
+        table.add_row(path.name, ckpt.meta["arch"], str((ckpt.meta.get("optimizer") or {}).get("name", "?")),
+                      str(count_parameters(ckpt.model)), str(train_meta.get("epochs", "?")),
+                      f"{train_meta.get('eta', float('nan')):.3g}", f"{train_meta.get('lam', float('nan')):.3g}",
+                      str(train_meta.get("batch_size", "?")), str(train_meta.get("n_train", "?")),
+                      "?" if acc is None else f"{100 * acc:.2f}")
+    console.print(table)
+    if failures:
+        raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------- entry point
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Run the CLI. Bad input is one line on stderr and exit code 2 (SystemExit)."""
+    try:
+        app(args=argv, prog_name="wdbound")
+    except WdboundError as exc:
+        print_error(exc)
+        raise SystemExit(2) from None

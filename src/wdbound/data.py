@@ -1,0 +1,256 @@
+"""Data sets the tool trains on and evaluates the Hessian over.
+
+Specs (``--data``):
+
+``digits``
+    scikit-learn's copy of the UCI handwritten digits (1797 images, 8x8, 10
+    classes), embedded in the package, no download. Pixels are scaled to
+    [0, 1] (divided by 16) and left uncentred, so pixels that are always 0
+    stay 0 -- the first-layer weights reading them have exactly zero Hessian
+    rows. Split: ``sklearn.model_selection.train_test_split(test_size=360,
+    stratify=labels, random_state=0)``, i.e. 1437 train / 360 test, the same
+    on every machine; the order within each split is the one that call returns.
+``cifar10:PATH``
+    CIFAR-10 from a local folder, never downloaded. PATH may hold the python
+    version (``cifar-10-batches-py/data_batch_1`` ... ``test_batch``, read
+    with a restricted unpickler that only rebuilds numpy arrays, lists,
+    dicts, strings and numbers) or the binary version
+    (``cifar-10-batches-bin/data_batch_1.bin`` ... ``test_batch.bin``), or be
+    that batches folder itself. Normalised with the usual per-channel CIFAR-10
+    mean and standard deviation.
+``imagefolder:PATH``
+    ``torchvision.datasets.ImageFolder`` over ``PATH/train`` and ``PATH/test``
+    (``PATH/val`` when there is no ``test``). Images are resized and
+    centre-cropped to ``image_size`` (default 32) and normalised with the
+    ImageNet mean and standard deviation.
+
+Every dataset yields ``(input tensor [C, H, W] float32, int label)``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import WdboundError
+
+SPLITS = ("train", "test")
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed ``--data`` value."""
+
+    kind: str
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "DataSpec":
+        kind, _, path = spec.partition(":")
+        kind = kind.strip().lower()
+        if kind == "digits":
+            if path:
+                raise WdboundError(f"data spec {spec!r}: 'digits' takes no path", "--data")
+            return cls("digits")
+        if kind in ("cifar10", "imagefolder"):
+            if not path:
+                raise WdboundError(f"data spec {spec!r} needs a local folder, e.g. {kind}:/data/{kind}", "--data")
+            return cls(kind, path)
+        raise WdboundError(f"unknown data spec {spec!r}; use digits, cifar10:PATH or imagefolder:PATH", "--data")
+
+    def __str__(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+class ArrayDataset(Dataset):
+    """In-memory images ``[N, C, H, W]`` float32 with integer labels ``[N]``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} differ in length")
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def load_dataset(spec: str | DataSpec, split: str = "test", image_size: int | None = None) -> Dataset:
+    """Return the ``split`` ("train" or "test") of a data spec as a torch Dataset.
+
+    Items are ``(input tensor float32 [C, H, W], int label)``: exactly what the
+    analyses evaluate the mean cross-entropy on.
+    """
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec.parse(spec)
+    if split not in SPLITS:
+        raise WdboundError(f"unknown split {split!r}; use train or test", "--split")
+    if spec.kind == "digits":
+        return _digits(split)
+    if spec.kind == "cifar10":
+        return _cifar10(Path(spec.path), split)
+    return _imagefolder(Path(spec.path), split, image_size or 32)
+
+
+def num_classes(dataset: Dataset) -> int:
+    if isinstance(dataset, ArrayDataset):
+        return int(dataset.labels.max()) + 1
+    return len(getattr(dataset, "classes", [])) or 10
+
+
+# ---------------------------------------------------------------- digits
+
+def _digits(split: str) -> ArrayDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    labels = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
+    )
+    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(x))[:, None], torch.from_numpy(y))
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+_CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_CIFAR_TEST = ["test_batch"]
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays and builtins, and nothing else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8)
+        labels = batch.get(b"labels", batch.get("labels"))
+        return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    except Exception as exc:  # any malformed batch file is bad input
+        raise WdboundError(f"{path}: not a CIFAR-10 python batch ({exc})", "--data") from None
+
+
+def _read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise WdboundError(f"{path}: not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)", "--data")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def _cifar10(root: Path, split: str) -> ArrayDataset:
+    names = _CIFAR_TRAIN if split == "train" else _CIFAR_TEST
+    for folder in (root / "cifar-10-batches-py", root / "cifar-10-batches-bin", root):
+        if all((folder / n).is_file() for n in names):
+            parts = [_read_cifar_py(folder / n) for n in names]
+            break
+        if all((folder / f"{n}.bin").is_file() for n in names):
+            parts = [_read_cifar_bin(folder / f"{n}.bin") for n in names]
+            break
+    else:
+        raise WdboundError(
+            f"no CIFAR-10 {split} batches under {root} (expected cifar-10-batches-py/ or cifar-10-batches-bin/); "
+            "wdbound never downloads data",
+            "--data",
+        )
+    images = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
+    labels = np.concatenate([p[1] for p in parts])
+    if labels.min() < 0 or labels.max() > 9:
+        raise WdboundError(f"CIFAR-10 labels under {root} fall outside 0..9", "--data")
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return ArrayDataset((torch.from_numpy(images) - mean) / std, torch.from_numpy(labels))
+
+
+# ---------------------------------------------------------------- ImageFolder
+
+class _IntLabels(Dataset):
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+        self.classes = getattr(inner, "classes", [])
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.inner[index]
+        return image, int(label)
+
+
+def _imagefolder(root: Path, split: str, image_size: int) -> Dataset:
+    from torchvision import datasets, transforms
+
+    folder = root / split
+    if split == "test" and not folder.is_dir():
+        folder = root / "val"
+    if not folder.is_dir():
+        raise WdboundError(f"no {split} folder under {root} (expected {root}/train and {root}/test or val)", "--data")
+    transform = transforms.Compose([
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    try:
+        return _IntLabels(datasets.ImageFolder(str(folder), transform=transform))
+    except (FileNotFoundError, OSError) as exc:
+        raise WdboundError(f"cannot read image folder {folder}: {exc}", "--data") from None
+
+
+def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Generator | None = None,
+                    max_samples: int | None = None):
+    """Yield ``(inputs [B, C, H, W], labels [B] int64)`` batches.
+
+    With ``generator`` the order is a seeded random permutation (training);
+    without, the dataset order (evaluation). ``max_samples`` keeps the first N
+    examples of that order.
+    """
+    if batch_size < 1:
+        raise WdboundError(f"batch size {batch_size} must be >= 1", "--batch-size")
+    total = len(dataset)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise WdboundError(f"max samples {max_samples} must be >= 1", "--max-samples")
+        total = min(total, max_samples)
+    order = torch.randperm(len(dataset), generator=generator)[:total] if generator is not None else torch.arange(total)
+    for start in range(0, total, batch_size):
+        index = order[start:start + batch_size]
+        if isinstance(dataset, ArrayDataset):
+            yield dataset.images[index], dataset.labels[index]
+        else:
+            items = [dataset[int(i)] for i in index]
+            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)

@@ -1,0 +1,25 @@
+"""The one exception type the library raises for bad input.
+
+The CLI turns a :class:`WdboundError` into a one-line message and exit code 2;
+anything else escaping the library is a bug.
+"""
+
+from __future__ import annotations
+
+
+class WdboundError(Exception):
+    """Bad input or an impossible request, explained in one line.
+
+    Parameters
+    ----------
+    message:
+        What is wrong, phrased for the user.
+    flag:
+        The command-line flag that fixes it, if there is one (e.g. ``--lr``).
+    """
+
+    def __init__(self, message: str, flag: str | None = None) -> None:
+        self.flag = flag
+        if flag and flag not in message:
+            message = f"{message} (pass {flag})"
+        super().__init__(message)

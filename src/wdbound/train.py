@@ -1,0 +1,143 @@
+"""Train a registered model with one of the paper's optimizers and write a checkpoint."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import __version__
+from .data import DataSpec, iterate_batches, load_dataset, num_classes
+from .errors import WdboundError
+from .models import build_model, count_parameters
+from .optim import lr_at, make_optimizer, optimizer_spec
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "digits-mlp"
+    optimizer: str = "adamw"
+    data: str = "digits"
+    epochs: int = 30
+    lr: float = 1e-3
+    wd: float = 5e-4  # λ, or c1 for the -D variants
+    wd_gamma: float | None = None  # γ of λ_k = c1 γ^k (-D variants)
+    schedule: str = "constant"
+    lr_min: float = 0.0
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    batch_size: int = 64
+    seed: int = 0
+    arch_kwargs: dict = field(default_factory=dict)
+    image_size: int | None = None
+
+
+StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+
+    # str(): torch.__version__ is a str subclass that weights_only loading refuses.
+    return {"wdbound": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "scikit-learn": str(sklearn.__version__), "python": platform.python_version()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) over ``dataset``."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    total_loss, correct, count = 0.0, 0, 0
+    for inputs, labels in iterate_batches(dataset, batch_size):
+        logits = model(inputs.to(dtype))
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(1) == labels).sum())
+        count += labels.numel()
+    return total_loss / count, correct / count
+
+
+def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.Module, dict]:
+    """Train deterministically on CPU; return the model and the checkpoint contents.
+
+    Same config and seed give bit-identical tensors: the model is initialised
+    from ``torch.manual_seed(seed)`` and the batch order comes from a
+    generator seeded with ``seed``.
+    """
+    spec = optimizer_spec(config.optimizer)
+    if config.epochs < 1:
+        raise WdboundError(f"epochs = {config.epochs} must be >= 1", "--epochs")
+    if config.batch_size < 1:
+        raise WdboundError(f"batch size = {config.batch_size} must be >= 1", "--batch-size")
+    train_set = load_dataset(config.data, "train", config.image_size)
+    test_set = load_dataset(config.data, "test", config.image_size)
+    arch_kwargs = dict(config.arch_kwargs)
+    arch_kwargs.setdefault("num_classes", num_classes(train_set))
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, **arch_kwargs)
+    names = {param: name for name, param in model.named_parameters()}
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, wd=config.wd, gamma=config.wd_gamma)
+    generator = torch.Generator().manual_seed(config.seed)
+    n_train = len(train_set)
+    steps_per_epoch = -(-n_train // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    step = 0
+    for _ in range(config.epochs):
+        model.train()
+        for inputs, labels in iterate_batches(train_set, config.batch_size, generator=generator):
+            lr = lr_at(step, total_steps, schedule=config.schedule, lr=config.lr, lr_min=config.lr_min,
+                       milestones=config.milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, total_steps, loss.item())
+    if optimizer.last_lr <= 0:
+        raise WdboundError("the last learning rate used was 0; the bounds need eta > 0 (raise --lr-min)", "--lr-min")
+    train_loss, _ = evaluate(model, train_set)
+    test_loss, test_acc = evaluate(model, test_set)
+    state = {
+        names[param]: {"exp_avg": s["exp_avg"].clone(), "exp_avg_sq": s["exp_avg_sq"].clone(), "step": int(s["step"])}
+        for param, s in optimizer.state.items()
+    }
+    group = optimizer.param_groups[0]
+    contents = {
+        "arch": config.model,
+        "arch_kwargs": arch_kwargs,
+        "optimizer": {
+            "name": spec.name,
+            "family": spec.family,
+            "hyper": {"lr": config.lr, "betas": list(group["betas"]), "eps": group["eps"],
+                      "weight_decay": config.wd, "decay_gamma": config.wd_gamma if spec.decaying else 1.0},
+            "state": state,
+        },
+        "train": {
+            "data": str(DataSpec.parse(config.data)),
+            "n_train": n_train,
+            "batch_size": config.batch_size,
+            "epochs": config.epochs,
+            "steps": total_steps,
+            "lr_schedule": {"name": config.schedule, "lr": config.lr, "lr_min": config.lr_min,
+                            "milestones": list(config.milestones)},
+            "eta": optimizer.last_lr,
+            "wd_schedule": ({"name": "exponential", "c1": config.wd, "gamma": config.wd_gamma, "steps": total_steps}
+                            if spec.decaying else {"name": "constant", "wd": config.wd}),
+            "lam": optimizer.last_lam,
+            "seed": config.seed,
+            "command": " ".join(sys.argv),
+            "versions": library_versions(),
+            "parameters": count_parameters(model),
+        },
+        "metrics": {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc},
+    }
+    model.eval()
+    return model, contents
