@@ -147,6 +147,117 @@ def summary(paths: List[Path] = typer.Argument(..., help="Checkpoint files or fo
         raise typer.Exit(2)
 
 
+# ---------------------------------------------------------------- shared options
+
+class Opt:
+    """Options shared by the analysis commands (one definition, one help text)."""
+
+    data = typer.Option(None, help="Data spec to evaluate on: digits, cifar10:PATH, imagefolder:PATH (default: the checkpoint's training data).")
+    split = typer.Option("test", help="Split the Hessian is evaluated on: test (the paper's choice) or train.")
+    max_samples = typer.Option(None, help="Use only the first N examples of the split (default: all).")
+    probes = typer.Option(16, help="SLQ / Hutchinson Rademacher probes k.")
+    steps = typer.Option(80, help="Lanczos steps m per probe.")
+    top_k = typer.Option(5, help="How many largest eigenvalues to report.")
+    diag_probes = typer.Option(0, help="Extra Hutchinson probes for the diagonal, on top of the k SLQ probes.")
+    seed = typer.Option(0, help="Seed of every random probe.")
+    device = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N].")
+    dtype = typer.Option("float64", help="float64 (default; accurate small eigenvalues) or float32 (faster on GPU).")
+    hvp = typer.Option("forward-over-reverse", help="HVP mode: forward-over-reverse or double-backward (fallback).")
+    hvp_batch_size = typer.Option(512, help="Examples per streamed HVP chunk (memory knob; results do not depend on it).")
+    exact = typer.Option(False, "--exact", help="Also build the dense Hessian (models up to 20,000 parameters) and report exact values.")
+    arch = typer.Option(None, help="Architecture of a plain state_dict checkpoint (registry name).")
+    arch_kwarg = typer.Option([], help="Architecture argument key=value for a plain state_dict, repeatable.")
+    lr = typer.Option(None, help="Override eta, the last learning rate used in training.")
+    wd = typer.Option(None, help="Override lambda, the weight decay at the last training step.")
+    batch_size = typer.Option(None, help="Override b, the training minibatch size.")
+    n_train = typer.Option(None, help="Override n, the training-set size.")
+
+
+def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str = "float32"):
+    from .checkpoints import load_checkpoint
+    from .curvature import resolve_dtype
+
+    return load_checkpoint(path, arch=arch, arch_kwargs=parse_kwargs(arch_kwarg) if arch_kwarg else None, lr=lr,
+                           wd=wd, batch_size=batch_size, n_train=n_train, dtype=resolve_dtype(dtype))
+
+
+def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype, hvp,
+                      hvp_batch_size, exact):
+    from .spectrum import SpectrumSettings
+
+    settings = SpectrumSettings(data=data, split=split, max_samples=max_samples, probes=probes, steps=steps,
+                                top_k=top_k, diag_probes=diag_probes, seed=seed, device=device, dtype=dtype, hvp=hvp,
+                                batch_size=hvp_batch_size, exact=exact)
+    settings.validate()
+    return settings
+
+
+def run_spectrum(ckpt, settings, label: str):
+    from .spectrum import compute_spectrum, expected_hvps
+    from .models import count_parameters
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"HVPs {label}", total=expected_hvps(settings, count_parameters(ckpt.model)), info="")
+        result = compute_spectrum(ckpt, settings, lambda n: bar.advance(task, n))
+        bar.update(task, total=result.hvps, completed=result.hvps)
+    return result
+
+
+# ---------------------------------------------------------------- spectrum
+
+@app.command()
+def spectrum(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
+    data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
+    probes: int = Opt.probes, steps: int = Opt.steps, top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes,
+    seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
+    hvp_batch_size: int = Opt.hvp_batch_size, exact: bool = Opt.exact,
+    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
+    plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
+) -> None:
+    """Hessian spectrum of a checkpoint: top eigenvalues, SLQ density, trace and diagonal (+ exact with --exact)."""
+    import numpy as np
+
+    from .io_utils import write_atomic, write_json_atomic
+    from .spectrum import plot_density
+
+    settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
+                                 hvp, hvp_batch_size, exact)
+    ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype)
+    result = run_spectrum(ckpt, settings, checkpoint.name)
+    render_spectrum(result)
+    if plot is not None:
+        plot_density(result, plot, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
+        say(f"wrote {plot}")
+    if json_path is not None:
+        diag_path = json_path.with_name(json_path.stem + ".diagonal.npy")
+        write_atomic(diag_path, lambda tmp: np.save(open(tmp, "wb"),
+                                                     np.stack([result.diagonal.estimate, result.diagonal.stderr])))
+        write_json_atomic(json_path, result.to_json(str(diag_path)))
+        say(f"wrote {json_path} and {diag_path}")
+
+
+def render_spectrum(result) -> None:
+    top = ", ".join(f"{v:.6g}" for v in result.top.values)
+    diag = result.diagonal.summary()
+    nodes, _ = result.slq.measure()
+    say(f"d = {result.d} parameters, n_eval = {result.n_eval} examples ({result.provenance['settings']['split']} split)")
+    say(f"top {len(result.top.values)} eigenvalues: {top}  (Lanczos, {result.top.steps} steps, "
+        f"residual <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'})")
+    say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (Hutchinson, {len(result.trace.samples)} probes)")
+    say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}%")
+    say(f"diagonal: mean {diag['mean']:.4g}, {diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} exactly 0 "
+        "(weights the data never moves: zero Hessian rows)")
+    if result.exact_eigenvalues is not None:
+        ev = result.exact_eigenvalues
+        rel = abs(result.top.values[0] - ev[-1]) / abs(ev[-1])
+        say(f"exact: lambda_max {ev[-1]:.10g} (top-1 rel. error {rel:.1e}), trace {ev.sum():.6g}, "
+            f"{int((abs(ev) <= 1e-10 * abs(ev).max()).sum())} eigenvalues |lambda| <= 1e-10*max, "
+            f"{int((result.exact_diagonal == 0).sum())} zero diagonal entries")
+    say(f"{result.hvps} HVPs in {result.wall_seconds:.1f} s")
+
+
 # ---------------------------------------------------------------- entry point
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,0 +1,227 @@
+"""The curvature operator: the Hessian of the mean cross-entropy over an evaluation set.
+
+Every estimator sees only an object with ``dim``, ``dtype``, ``device`` and
+``matmat(V [k, d]) -> [k, d]`` (the curvlinops way), so each one runs
+unchanged on :class:`DenseOperator` in tests and on :class:`HessianOperator`
+for a real network.
+
+:class:`HessianOperator` evaluates the model in eval mode (BatchNorm running
+statistics, dropout off) at the checkpoint's parameters, streams the data in
+chunks of ``batch_size`` and combines the per-chunk Hessian-vector products
+as a size-weighted mean, which equals the HVP of the mean loss over the whole
+set. Because the total is a sum over chunks, the same operator can later be
+sharded over data (each rank sums its chunks, then an all-reduce).
+
+HVP modes:
+
+``forward-over-reverse`` (default)
+    ``jvp(grad(L))``, vmapped over the k vectors: one forward-mode pass
+    through the reverse-mode gradient (Pearlmutter 1994).
+``double-backward``
+    ``grad(<grad(L), v>)``: PyHessian's way; the fallback for layers whose
+    forward-mode derivative torch does not implement. The first backward
+    graph is built once per chunk and reused for all k vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from .data import iterate_batches
+from .errors import WdboundError
+
+HVP_MODES = ("forward-over-reverse", "double-backward")
+CACHE_BYTES = 512 * 2**20  # evaluation sets smaller than this stay on the device between matvecs
+
+
+class Operator(Protocol):
+    """A symmetric linear operator on flat vectors of length ``dim``."""
+
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:  # [k, d] -> [k, d]
+        ...
+
+
+def matvec(operator: Operator, vector: torch.Tensor) -> torch.Tensor:
+    """``operator @ vector`` for one vector ``[d]``."""
+    return operator.matmat(vector[None])[0]
+
+
+class DenseOperator:
+    """A dense symmetric matrix ``[d, d]`` behind the operator interface (tests, exact references)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"DenseOperator needs a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.dim = matrix.shape[0]
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+        self.matvecs = 0
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        self.matvecs += vectors.shape[0]
+        return vectors @ self.matrix  # symmetric: (M V^T)^T = V M
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WdboundError("--device cuda was asked for but torch sees no CUDA device", "--device")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise WdboundError(f"unknown device {device!r}; use auto, cpu or cuda", "--device") from None
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if name not in dtypes:
+        raise WdboundError(f"unknown dtype {name!r}; use float32 or float64", "--dtype")
+    return dtypes[name]
+
+
+class HessianOperator:
+    """Hessian of the mean cross-entropy of ``model`` over ``dataset`` at the model's parameters.
+
+    Parameters
+    ----------
+    model:
+        The network; it is copied, cast to ``dtype``, moved to ``device`` and
+        put in eval mode. Only parameters with ``requires_grad`` count in d.
+    dataset:
+        Items ``(input [C, H, W], int label)``.
+    batch_size:
+        Examples per chunk of the streamed HVP (memory knob, not the training b).
+    max_samples:
+        Use the first N examples of the dataset.
+    mode:
+        ``forward-over-reverse`` or ``double-backward``.
+    probe_chunk:
+        At most this many vectors share one vmapped pass (memory knob).
+    """
+
+    def __init__(self, model: nn.Module, dataset: Dataset, *, batch_size: int = 512, max_samples: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+                 mode: str = "forward-over-reverse", probe_chunk: int = 64) -> None:
+        if mode not in HVP_MODES:
+            raise WdboundError(f"unknown HVP mode {mode!r}; use {' or '.join(HVP_MODES)}", "--hvp")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.mode = mode
+        self.probe_chunk = max(1, probe_chunk)
+        self.model = _eval_copy(model, self.device, dtype)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise WdboundError("the model has no trainable parameters")
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.params = torch.cat([p.detach().reshape(-1) for _, p in named])
+        self.buffers = {n: b for n, b in self.model.named_buffers()}
+        self.frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
+        self.dim = int(self.params.numel())
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.max_samples = max_samples
+        self.n_eval = min(len(dataset), max_samples) if max_samples else len(dataset)
+        if self.n_eval == 0:
+            raise WdboundError("the evaluation set is empty", "--max-samples")
+        self.matvecs = 0
+        self.on_matvecs: Callable[[int], None] | None = None
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        first_inputs, _ = next(iterate_batches(dataset, 1))
+        if first_inputs[0].numel() * self.n_eval * torch.finfo(dtype).bits // 8 <= CACHE_BYTES:
+            self._cache = list(self._stream())
+
+    # ---- data
+
+    def _stream(self):
+        for inputs, labels in iterate_batches(self.dataset, self.batch_size, max_samples=self.max_samples):
+            yield inputs.to(self.device, self.dtype), labels.to(self.device)
+
+    def chunks(self):
+        """``(inputs, labels)`` chunks on the device, in a fixed order."""
+        return iter(self._cache) if self._cache is not None else self._stream()
+
+    # ---- the loss as a function of the flat parameter vector
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
+
+    def loss(self, flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of one chunk at parameters ``flat`` [d]."""
+        tensors = {**self.unflatten(flat), **self.frozen, **self.buffers}
+        return F.cross_entropy(functional_call(self.model, tensors, (inputs,)), labels)
+
+    # ---- products
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``H V^T`` transposed: ``[k, d] -> [k, d]``, streamed over the evaluation set."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape [k, {self.dim}], got {tuple(vectors.shape)}")
+        vectors = vectors.to(self.device, self.dtype)
+        out = torch.zeros_like(vectors)
+        for inputs, labels in self.chunks():
+            weight = labels.shape[0] / self.n_eval
+            for start in range(0, vectors.shape[0], self.probe_chunk):
+                block = vectors[start:start + self.probe_chunk]
+                out[start:start + block.shape[0]] += weight * self._chunk_hvp(block, inputs, labels)
+        self.matvecs += vectors.shape[0]
+        if self.on_matvecs is not None:
+            self.on_matvecs(vectors.shape[0])
+        return out
+
+    def _chunk_hvp(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.mode == "forward-over-reverse":
+            gradient = grad(self.loss)
+
+            def one(vector: torch.Tensor) -> torch.Tensor:
+                return jvp(lambda flat: gradient(flat, inputs, labels), (self.params,), (vector,))[1]
+
+            return vmap(one)(block) if block.shape[0] > 1 else one(block[0])[None]
+        flat = self.params.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(self.loss(flat, inputs, labels), flat, create_graph=True)
+            rows = [torch.autograd.grad(gradient, flat, grad_outputs=v, retain_graph=i < block.shape[0] - 1)[0]
+                    for i, v in enumerate(block)]
+        return torch.stack(rows).detach()
+
+    def gradient(self) -> torch.Tensor:
+        """Gradient ``[d]`` of the mean loss (for cost ratios and sanity checks)."""
+        out = torch.zeros_like(self.params)
+        for inputs, labels in self.chunks():
+            out += labels.shape[0] / self.n_eval * grad(self.loss)(self.params, inputs, labels)
+        return out
+
+    def mean_loss(self) -> float:
+        with torch.no_grad():
+            return float(sum(self.loss(self.params, x, y) * y.shape[0] for x, y in self.chunks()) / self.n_eval)
+
+
+def _eval_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model).to(device=device, dtype=dtype)
+    return clone.eval()
+
+
+def dense_matrix(operator: Operator, chunk: int = 256) -> torch.Tensor:
+    """The full matrix ``[d, d]`` from ``d`` matvecs in chunks of ``chunk`` columns, symmetrised."""
+    rows = []
+    eye = torch.eye(operator.dim, dtype=operator.dtype, device=operator.device)
+    for start in range(0, operator.dim, chunk):
+        rows.append(operator.matmat(eye[start:start + chunk]))
+    matrix = torch.cat(rows)
+    return 0.5 * (matrix + matrix.T)

@@ -1,0 +1,185 @@
+"""One curvature analysis of a checkpoint: top eigenvalues, SLQ density, trace and diagonal.
+
+The estimates share work: the first Lanczos matvec of every SLQ probe z is Hz,
+so the SLQ probes also serve as Hutchinson trace and diagonal probes at no
+extra cost (``diag_probes`` adds more when a sharper diagonal is wanted).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoints import Checkpoint
+from .curvature import HessianOperator, dense_matrix, resolve_device, resolve_dtype
+from .data import load_dataset
+from .errors import WdboundError
+from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
+from .estimators.hutchinson import estimate_from_products, rademacher
+from .estimators.lanczos import slq_from_run
+from .train import library_versions
+
+EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
+
+
+@dataclass(frozen=True)
+class SpectrumSettings:
+    """Every choice that determines a spectrum (and keys its cache)."""
+
+    data: str | None = None  # None: the checkpoint's training data
+    split: str = "test"
+    max_samples: int | None = None
+    probes: int = 16
+    steps: int = 80
+    top_k: int = 5
+    diag_probes: int = 0  # extra Hutchinson probes beyond the SLQ ones
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float64"
+    hvp: str = "forward-over-reverse"
+    batch_size: int = 512
+    exact: bool = False
+
+    def validate(self) -> None:
+        for name, value, flag in (("probes", self.probes, "--probes"), ("steps", self.steps, "--steps"),
+                                  ("top-k", self.top_k, "--top-k"), ("batch size", self.batch_size, "--batch-size")):
+            if value < 1:
+                raise WdboundError(f"{name} = {value} must be >= 1", flag)
+        if self.probes < 2:
+            raise WdboundError("probes = 1 gives no standard error; use at least 2", "--probes")
+        if self.diag_probes < 0:
+            raise WdboundError(f"diag probes = {self.diag_probes} must be >= 0", "--diag-probes")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    d: int
+    n_eval: int
+    top: TopEigen
+    slq: SLQ
+    trace: TraceEstimate
+    diagonal: DiagonalEstimate
+    hvps: int
+    wall_seconds: float
+    provenance: dict
+    exact_eigenvalues: np.ndarray | None = None
+    exact_diagonal: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def negative_mass(self) -> float:
+        nodes, weights = self.slq.measure()
+        return float(weights[nodes < 0].sum())
+
+    def to_json(self, diagonal_path: str | None = None) -> dict:
+        out = {
+            "d": self.d,
+            "n_eval": self.n_eval,
+            "top_eigenvalues": self.top.values.tolist(),
+            "top": self.top.to_json(),
+            "trace": self.trace.to_json(),
+            "negative_mass": self.negative_mass,
+            "diagonal": {"estimate": self.diagonal.summary(), "path": diagonal_path,
+                         "npy_layout": "[2, d]: row 0 estimate, row 1 stderr"},
+            "slq": {"nodes": [n.tolist() for n in self.slq.nodes], "weights": [w.tolist() for w in self.slq.weights],
+                    "lengths": self.slq.lengths.tolist()},
+            "provenance": self.provenance,
+        }
+        if self.exact_eigenvalues is not None:
+            ev = self.exact_eigenvalues
+            out["exact"] = {"eigenvalues": ev.tolist(), "trace": float(ev.sum()),
+                            "diagonal_zero": int((self.exact_diagonal == 0).sum()),
+                            "top_eigenvalues": ev[::-1][: len(self.top.values)].tolist()}
+        return out
+
+
+def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:
+    data = settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits"
+    dataset = load_dataset(data, settings.split, (ckpt.meta.get("arch_kwargs") or {}).get("image_size"))
+    return HessianOperator(ckpt.model, dataset, batch_size=settings.batch_size, max_samples=settings.max_samples,
+                           device=resolve_device(settings.device), dtype=resolve_dtype(settings.dtype),
+                           mode=settings.hvp)
+
+
+def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
+                     on_hvps: Callable[[int], None] | None = None) -> Spectrum:
+    """Top-k, SLQ, Hutchinson trace/diagonal (and with ``exact`` the dense spectrum) of one checkpoint."""
+    settings.validate()
+    operator = build_operator(ckpt, settings)
+    if settings.exact and operator.dim > EXACT_MAX_DIM:
+        raise WdboundError(f"--exact builds a dense {operator.dim}x{operator.dim} Hessian; the limit is "
+                           f"{EXACT_MAX_DIM} parameters", "--exact")
+    operator.on_matvecs = on_hvps
+    generator = torch.Generator().manual_seed(settings.seed)
+    start = time.perf_counter()
+    top = top_eigenvalues(operator, settings.top_k, generator)
+    z = rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device)
+    run = lanczos(operator, z, settings.steps)
+    density = slq_from_run(run, operator.dim)
+    if settings.diag_probes:
+        trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=(run.starts, run.first_products))
+    else:
+        trace, diagonal = estimate_from_products(run.starts, run.first_products)
+    exact_ev = exact_diag = None
+    if settings.exact:
+        matrix = dense_matrix(operator)
+        exact_diag = torch.diagonal(matrix).double().cpu().numpy()
+        exact_ev = torch.linalg.eigvalsh(matrix.double()).cpu().numpy()
+        del matrix
+    wall = time.perf_counter() - start
+    provenance = {
+        "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
+        "data": settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits",
+        "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
+        "wall_seconds": wall, "versions": library_versions(), "loss": "mean cross-entropy, model in eval mode",
+    }
+    return Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
+                    exact_ev, exact_diag)
+
+
+def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
+    """An upper estimate of the HVPs a run will use (for the progress bar)."""
+    return min(300, dim) + settings.probes * min(settings.steps, dim) + settings.diag_probes + (dim if settings.exact else 0)
+
+
+def density_grid(spectrum: Spectrum, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
+    nodes, _ = spectrum.slq.measure()
+    low, high = float(nodes.min()), float(nodes.max())
+    span = max(high - low, 1e-12)
+    width = 0.01 * span
+    grid = np.linspace(low - 0.05 * span, high + 0.05 * span, points)
+    return grid, spectrum.slq.density(grid, width), width
+
+
+def plot_density(spectrum: Spectrum, path: Path, title: str) -> None:
+    """Gaussian-smoothed SLQ density on a log scale (Ghorbani et al. 2019 / PyHessian style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from .io_utils import atomic_path
+
+    grid, dens, width = density_grid(spectrum)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(grid, np.maximum(dens, 1e-12), label=f"SLQ ({len(spectrum.slq.nodes)} probes, smoothing {width:.2g})")
+    if spectrum.exact_eigenvalues is not None:
+        ev = spectrum.exact_eigenvalues
+        diff = (grid[:, None] - ev[None, :]) / width
+        exact = np.exp(-0.5 * diff**2).sum(1) / (len(ev) * width * math.sqrt(2 * math.pi))
+        ax.semilogy(grid, np.maximum(exact, 1e-12), "--", label="exact (same smoothing)")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log scale)")
+    ax.set_ylim(bottom=1e-6 * max(dens.max(), 1e-12))
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)

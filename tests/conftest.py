@@ -1,0 +1,43 @@
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from wdbound import load_dataset
+
+    return load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A briefly trained digits-mlp (hidden 16) checkpoint, written by the real training code."""
+    from wdbound.checkpoints import save_checkpoint
+    from wdbound.train import TrainConfig, train
+
+    model, contents = train(TrainConfig(model="digits-mlp", optimizer="adamw", epochs=3, lr=3e-3, wd=1e-2,
+                                        arch_kwargs={"hidden": 16}, seed=0))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-mlp-adamw.pt"
+    save_checkpoint(path, model, **contents)
+    return path
+
+
+def run_cli(args, capsys):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    from wdbound.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def float64_seed(seed=0):
+    return torch.Generator().manual_seed(seed)
