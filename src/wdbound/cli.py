@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from . import __version__
 from .errors import WdboundError
+
+# torch.jit's deprecation notice fires on import of torchvision; it says nothing about the user's run.
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Hessian spectra of trained networks and the AdamW / l2-Adam generalization-bound terms "

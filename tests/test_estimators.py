@@ -1,0 +1,139 @@
+"""Estimators on dense matrices with known answers, and on a real model against its exact Hessian."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wasserstein_distance
+
+from wdbound.curvature import DenseOperator, HessianOperator, dense_matrix
+from wdbound.estimators import hutchinson, hutchpp, lanczos, slq, top_eigenvalues
+from wdbound.estimators.hutchinson import estimate_from_products
+from wdbound.models import build_model
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _random_symmetric(eigenvalues, seed=0):
+    ev = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(len(ev), len(ev), dtype=torch.float64, generator=gen(seed)))
+    return q @ torch.diag(ev) @ q.T
+
+
+MATRICES = {
+    "diagonal": torch.diag(torch.linspace(0.0, 10.0, 60, dtype=torch.float64)),
+    "low-rank": _random_symmetric([7.0, 3.0, 1.0] + [0.0] * 57),
+    "indefinite": _random_symmetric(np.linspace(-4.0, 9.0, 60)),
+}
+
+
+@pytest.mark.parametrize("name", MATRICES)
+def test_top_eigenvalues_on_known_matrices(name):
+    matrix = MATRICES[name]
+    exact = torch.linalg.eigvalsh(matrix).flip(0).numpy()
+    distinct = np.unique(np.round(exact, 12))[::-1][:3]
+    top = top_eigenvalues(DenseOperator(matrix), 3, gen())
+    assert top.converged
+    assert np.allclose(top.values, distinct, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MATRICES)
+def test_slq_full_krylov_is_exact_quadrature(name):
+    # With m = d steps the quadrature is exact for every probe: z^T f(H) z for f = identity and square.
+    matrix = MATRICES[name]
+    run = slq(DenseOperator(matrix), probes=3, steps=60, generator=gen(1))
+    z = run.run.starts
+    assert np.allclose(run.quadrature(lambda t: t), ((z @ matrix) * z).sum(1).numpy(), rtol=1e-9)
+    assert np.allclose(run.quadrature(lambda t: t**2), ((z @ matrix @ matrix) * z).sum(1).numpy(), rtol=1e-9)
+    for weights in run.weights:
+        assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_breakdown_stops_cleanly():
+    matrix = torch.diag(torch.tensor([2.0] * 10 + [5.0] * 10, dtype=torch.float64))
+    run = slq(DenseOperator(matrix), probes=4, steps=15, generator=gen())
+    assert run.lengths.tolist() == [2, 2, 2, 2]
+    assert np.allclose(np.sort(np.concatenate(run.nodes)), [2.0] * 4 + [5.0] * 4)
+    assert run.trace_of(lambda t: t)[0] == pytest.approx(70.0)
+
+
+def test_hutchinson_stderr_matches_theory_and_spread():
+    matrix = MATRICES["indefinite"]
+    exact = float(torch.trace(matrix))
+    off = matrix - torch.diag(torch.diag(matrix))
+    sigma = math.sqrt(2 * float((off**2).sum()))  # std of one Rademacher sample z^T H z
+    estimates, stderrs = [], []
+    for seed in range(200):
+        trace, diag = hutchinson(DenseOperator(matrix), probes=20, generator=gen(seed))
+        estimates.append(trace.estimate)
+        stderrs.append(trace.stderr)
+    estimates = np.array(estimates)
+    # The mean of 200 independent estimates is within 4 of its standard errors of the truth,
+    assert abs(estimates.mean() - exact) < 4 * sigma / math.sqrt(20 * 200)
+    # the empirical spread matches the theoretical one within sampling error (~5% for 200 runs),
+    assert estimates.std(ddof=1) == pytest.approx(sigma / math.sqrt(20), rel=0.15)
+    # and the reported stderr is, on average, that spread.
+    assert np.mean(stderrs) == pytest.approx(estimates.std(ddof=1), rel=0.15)
+
+
+def test_hutchinson_diagonal_is_exact_for_diagonal_and_unbiased_otherwise():
+    trace, diag = hutchinson(DenseOperator(MATRICES["diagonal"]), probes=3, generator=gen())
+    assert np.allclose(diag.estimate, np.linspace(0, 10, 60)) and np.allclose(diag.stderr, 0)
+    matrix = MATRICES["low-rank"]
+    trace, diag = hutchinson(DenseOperator(matrix), probes=400, generator=gen(2))
+    z_scores = (diag.estimate - torch.diag(matrix).numpy()) / diag.stderr
+    assert np.mean(np.abs(z_scores) < 3) > 0.97
+
+
+def test_hutchpp_beats_hutchinson_on_decaying_spectrum():
+    matrix = _random_symmetric(100.0 * 0.7 ** np.arange(60))
+    exact = float(torch.trace(matrix))
+    errors_pp = [abs(hutchpp(DenseOperator(matrix), 30, gen(s)).estimate - exact) for s in range(30)]
+    errors_h = [abs(hutchinson(DenseOperator(matrix), 30, gen(s))[0].estimate - exact) for s in range(30)]
+    assert np.mean(errors_pp) < 0.2 * np.mean(errors_h)
+
+
+# ---------------------------------------------------------------- a real model against its exact Hessian
+
+@pytest.fixture(scope="module", params=["digits-mlp", "digits-cnn", "digits-vit"])
+def exact_model(request, digits_test):
+    kwargs = {"digits-mlp": {"hidden": 16}, "digits-cnn": {"channels": 4}, "digits-vit": {"dim": 8, "depth": 1, "mlp": 16}}
+    torch.manual_seed(0)
+    model = build_model(request.param, **kwargs[request.param])
+    op = HessianOperator(model, digits_test, max_samples=120, dtype=torch.float64)
+    matrix = dense_matrix(op)
+    return request.param, op, matrix, torch.linalg.eigvalsh(matrix).numpy()
+
+
+def test_top5_relative_error_below_1e6(exact_model):
+    _, op, _, ev = exact_model
+    top = top_eigenvalues(op, 5, gen())
+    exact = ev[::-1][:5]
+    assert top.converged
+    assert np.max(np.abs(top.values - exact) / np.abs(exact)) <= 1e-6
+
+
+def test_slq_measure_converges_in_wasserstein(exact_model):
+    _, op, _, ev = exact_model
+    w1 = []
+    for probes in (2, 8, 32):
+        nodes, weights = slq(op, probes, 40, gen(probes)).measure()
+        w1.append(wasserstein_distance(nodes, ev, u_weights=weights) / ev.max())
+    assert w1[-1] < 0.01
+    assert w1[-1] < w1[0]
+
+
+def test_trace_and_diagonal_within_standard_errors(exact_model):
+    _, op, matrix, ev = exact_model
+    run = lanczos(op, torch.randint(0, 2, (24, op.dim), generator=gen(5)).double() * 2 - 1, 5)
+    trace, diag = estimate_from_products(run.starts, run.first_products)
+    assert abs(trace.estimate - ev.sum()) < 4 * trace.stderr
+    exact_diag = torch.diag(matrix).numpy()
+    ok = np.abs(diag.estimate - exact_diag) <= 4 * diag.stderr + 1e-12
+    assert ok.mean() > 0.98
+    # Entries that are exactly zero in H (zero rows) are estimated as exactly zero.
+    zero_rows = np.flatnonzero(np.all(matrix.numpy() == 0, axis=1))
+    assert np.all(diag.estimate[zero_rows] == 0)
