@@ -80,3 +80,48 @@ def test_doctests():
                  "wdbound.optim"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.failed == 0 and result.attempted > 0, name
+
+
+@pytest.mark.slow
+def test_err_exact_matches_brute_force_and_json_schema(tiny_checkpoint, tmp_path, capsys):
+    import math
+
+    import torch
+
+    from wdbound import load_checkpoint
+    from wdbound.bounds import BoundInputs, corollary3_exact
+    from wdbound.curvature import HessianOperator, dense_matrix
+    from wdbound import load_dataset
+
+    out_json = tmp_path / "err.json"
+    code, out, err = run_cli(["err", tiny_checkpoint, "--probes", "4", "--steps", "20", "--max-samples", "100",
+                              "--exact", "--json", out_json], capsys)
+    assert code == 0, err
+    payload = json.loads(out_json.read_text())
+    for form in ("adamw", "l2-adam"):
+        for key in ("err_sum", "err_mean", "err_sum_stderr", "err_mean_stderr", "phi", "theorem_term",
+                    "theorem_phi", "mass_below_floor"):
+            assert key in payload[form]
+    inputs = payload["inputs"]
+    assert inputs["rho"] == pytest.approx(0.125) and inputs["b"] == 64 and inputs["n"] == 1437
+    # Independent brute force: dense Hessian by our operator's sibling path (double backward), numpy eigvalsh.
+    ckpt = load_checkpoint(tiny_checkpoint, dtype=torch.float64)
+    op = HessianOperator(ckpt.model, load_dataset("digits", "test"), max_samples=100, mode="double-backward")
+    ev = np.linalg.eigvalsh(dense_matrix(op).numpy())
+    p = BoundInputs(**{k: inputs[k] for k in ("d", "n", "b", "eta", "lam", "rho", "tau", "sigma_floor", "x_norm_sq")})
+    for form in ("adamw", "l2-adam"):
+        sigma = np.maximum(np.abs(ev), p.sigma_floor)
+        root = np.sqrt(sigma)
+        x = 2 * p.rho * p.b * (root + (p.lam if form == "adamw" else p.lam / root)) / p.eta
+        assert payload[form]["exact"]["err_sum"] == pytest.approx(float(np.sum(np.log(x) + 1 / x)), rel=1e-8)
+        assert payload[form]["exact"]["err_sum"] == pytest.approx(corollary3_exact(ev, form, p).err_sum, rel=1e-8)
+
+
+@pytest.mark.parametrize("args, flag", [(["--lr", "0"], "--lr"), (["--wd", "-1"], "--wd"),
+                                        (["--batch-size", "0"], "--batch-size"), (["--n-train", "-3"], "--n-train"),
+                                        (["--rho", "0"], "--rho"), (["--optimizer", "sgd"], "--optimizer")])
+def test_err_bad_inputs_exit_2_nothing_written(tiny_checkpoint, tmp_path, capsys, args, flag):
+    out_json = tmp_path / "err.json"
+    code, _, err = run_cli(["err", tiny_checkpoint, "--probes", "2", "--steps", "5", "--json", out_json, *args], capsys)
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out_json.exists()

@@ -262,6 +262,93 @@ def render_spectrum(result) -> None:
     say(f"{result.hvps} HVPs in {result.wall_seconds:.1f} s")
 
 
+# ---------------------------------------------------------------- err
+
+RHO_HELP = ("Prior variance rho of N(0, rho I). Default: 1/sqrt(input dimension) of the model "
+            "(the paper: of order 1/sqrt(d_i)); 0.125 for 8x8 digits.")
+
+
+@app.command()
+def err(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
+    optimizer: str = typer.Option("both", help="Bound form: adamw (Theorem 6), l2-adam (Theorem 7) or both."),
+    rho: Optional[float] = typer.Option(None, help=RHO_HELP),
+    tau: float = typer.Option(0.05, help="Confidence: the bound holds with probability 1 - tau."),
+    sigma_floor: float = typer.Option(1e-6, help="Singular values (and H_ii) below this are raised to it; the mass affected is reported."),
+    data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
+    probes: int = Opt.probes, steps: int = Opt.steps, seed: int = Opt.seed, device: str = Opt.device,
+    dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: bool = Opt.exact,
+    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg, lr: Optional[float] = Opt.lr,
+    wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size, n_train: Optional[int] = Opt.n_train,
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
+) -> None:
+    """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from .bounds import (BoundInputs, corollary3_exact, corollary3_from_measure, theorem_exact,
+                         theorem_from_operator)
+    from .io_utils import write_json_atomic
+    from .models import input_shape
+
+    forms = {"both": ["adamw", "l2-adam"], "adamw": ["adamw"], "l2-adam": ["l2-adam"]}.get(optimizer)
+    if forms is None:
+        raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
+    settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
+                                 hvp_batch_size, exact)
+    ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype)
+    facts = ckpt.facts()
+    params = torch.cat([p.detach().reshape(-1).double() for p in ckpt.model.parameters() if p.requires_grad])
+    if rho is None:
+        rho = 1.0 / math.sqrt(math.prod(input_shape(ckpt.meta["arch"], **(ckpt.meta.get("arch_kwargs") or {}))))
+    inputs = BoundInputs(d=params.numel(), n=facts.n_train, b=facts.batch_size, eta=facts.eta, lam=facts.lam, rho=rho,
+                         tau=tau, sigma_floor=sigma_floor, x_norm_sq=float(params.square().sum()))
+    inputs.validate()
+    result = run_spectrum(ckpt, settings, checkpoint.name)
+    spec_extra = result.extra
+    out = {"checkpoint": str(checkpoint), "trained_with": (ckpt.meta.get("optimizer") or {}).get("name"),
+           "note": "each form uses this checkpoint's own Hessian, eta and lambda; evaluating the form of an optimizer "
+                   "that did not train it is a counterfactual comparison"}
+    for form in forms:
+        cor = corollary3_from_measure(result.slq.nodes, result.slq.weights, form, inputs)
+        theorem = theorem_from_operator(spec_extra["operator"], result.diagonal.estimate, form, inputs, probes=probes,
+                                        steps=steps, generator=spec_extra["generator"], density=result.slq)
+        entry = {"err_sum": cor.err_sum, "err_sum_stderr": cor.err_sum_stderr, "err_mean": cor.err_mean,
+                 "err_mean_stderr": cor.err_mean_stderr, "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
+                 "theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr, "theorem_phi": theorem.phi,
+                 "theorem_logdet_m": theorem.logdet_m, "theorem_trace_m": theorem.trace_m,
+                 "theorem_diag_floored": theorem.diag_floored, "theorem_mass_below_floor": theorem.mass_below_floor}
+        if result.exact_eigenvalues is not None:
+            cor_x = corollary3_exact(result.exact_eigenvalues, form, inputs)
+            thm_x = theorem_exact(spec_extra["dense"], form, inputs)
+            entry["exact"] = {"err_sum": cor_x.err_sum, "err_mean": cor_x.err_mean, "phi": cor_x.phi,
+                              "mass_below_floor": cor_x.mass_below_floor, "theorem_term": thm_x.term,
+                              "theorem_phi": thm_x.phi, "theorem_diag_floored": thm_x.diag_floored}
+        out[form] = entry
+    out["inputs"] = {**inputs.to_json(), "spectrum": result.provenance}
+    table = Table(title=f"{checkpoint.name}: generalization-bound terms (trained with {out['trained_with']})")
+    table.add_column("quantity")
+    for form in forms:
+        table.add_column("AdamW (Thm 6)" if form == "adamw" else "l2-Adam (Thm 7)", justify="right")
+    rows = [("err_mean = err/d (Table I)", "err_mean", "err_mean_stderr"), ("err (sum over d)", "err_sum", "err_sum_stderr"),
+            ("Phi (Corollary 3)", "phi", None), ("mass below sigma floor", "mass_below_floor", None),
+            ("Theorem term (Q = diag(H)^-1/2)", "theorem_term", "theorem_term_stderr"), ("Phi (Theorem)", "theorem_phi", None),
+            ("H_ii raised to floor", "theorem_diag_floored", None)]
+    for label, key, se in rows:
+        table.add_row(label, *[f"{out[f][key]:.6g}" + (f" +/- {out[f][se]:.2g}" if se else "") for f in forms])
+    if result.exact_eigenvalues is not None:
+        for label, key in (("exact err_mean", "err_mean"), ("exact Theorem term", "theorem_term")):
+            table.add_row(label, *[f"{out[f]['exact'][key]:.6g}" for f in forms])
+    console.print(table)
+    say(f"inputs: d={inputs.d} n={inputs.n} b={inputs.b} eta={inputs.eta:g} lambda={inputs.lam:g} rho={inputs.rho:g} "
+        f"tau={inputs.tau:g} sigma_floor={inputs.sigma_floor:g}; spectrum: {result.hvps} HVPs, {result.wall_seconds:.1f} s")
+    if json_path is not None:
+        write_json_atomic(json_path, out)
+        say(f"wrote {json_path}")
+
+
 # ---------------------------------------------------------------- entry point
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -126,11 +126,12 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=(run.starts, run.first_products))
     else:
         trace, diagonal = estimate_from_products(run.starts, run.first_products)
-    exact_ev = exact_diag = None
+    exact_ev = exact_diag = dense = None
     if settings.exact:
         matrix = dense_matrix(operator)
         exact_diag = torch.diagonal(matrix).double().cpu().numpy()
         exact_ev = torch.linalg.eigvalsh(matrix.double()).cpu().numpy()
+        dense = matrix.double().cpu().numpy()
         del matrix
     wall = time.perf_counter() - start
     provenance = {
@@ -140,7 +141,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         "wall_seconds": wall, "versions": library_versions(), "loss": "mean cross-entropy, model in eval mode",
     }
     return Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
-                    exact_ev, exact_diag)
+                    exact_ev, exact_diag, {"operator": operator, "dense": dense, "generator": generator})
 
 
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
