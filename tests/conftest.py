@@ -1,7 +1,6 @@
 import warnings
 
 import pytest
-import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
 
@@ -37,7 +36,3 @@ def run_cli(args, capsys):
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def float64_seed(seed=0):
-    return torch.Generator().manual_seed(seed)

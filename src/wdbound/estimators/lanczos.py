@@ -193,7 +193,6 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
         tol = 1e-9 if operator.dtype == torch.float64 else 1e-4
     max_steps = min(max_steps, dim)
     z = torch.randn(1, dim, generator=generator, dtype=torch.float64).to(operator.device, operator.dtype)
-    # Grow the recursion by re-running from scratch is wasteful; instead run in one go with checkpoints.
     state = _Incremental(operator, z[0])
     while True:
         state.step()
