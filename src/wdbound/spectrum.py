@@ -99,8 +99,13 @@ class Spectrum:
         return out
 
 
+def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
+    """The data spec the Hessian is evaluated on: the flag, else the checkpoint's training data."""
+    return settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits"
+
+
 def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:
-    data = settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits"
+    data = evaluation_data(ckpt, settings)
     dataset = load_dataset(data, settings.split, (ckpt.meta.get("arch_kwargs") or {}).get("image_size"))
     return HessianOperator(ckpt.model, dataset, batch_size=settings.batch_size, max_samples=settings.max_samples,
                            device=resolve_device(settings.device), dtype=resolve_dtype(settings.dtype),
@@ -136,7 +141,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     wall = time.perf_counter() - start
     provenance = {
         "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
-        "data": settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits",
+        "data": evaluation_data(ckpt, settings),
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": "mean cross-entropy, model in eval mode",
     }
