@@ -5,6 +5,13 @@ import pytest
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty spectrum cache (never the user's ~/.cache/wdbound)."""
+    monkeypatch.setenv("WDBOUND_CACHE_DIR", str(tmp_path / "wdbound-cache"))
+    return tmp_path / "wdbound-cache"
+
+
 @pytest.fixture(scope="session")
 def digits_test():
     from wdbound import load_dataset

@@ -125,3 +125,67 @@ def test_err_bad_inputs_exit_2_nothing_written(tiny_checkpoint, tmp_path, capsys
     code, _, err = run_cli(["err", tiny_checkpoint, "--probes", "2", "--steps", "5", "--json", out_json, *args], capsys)
     assert code == 2 and flag in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out_json.exists()
+
+
+def test_err_cache_reuse_and_sweeps(tiny_checkpoint, tmp_path, capsys, isolated_cache):
+    base = ["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    code, out, err = run_cli([*base, "--json", first], capsys)
+    assert code == 0, err
+    assert "HVPs this run: 0" not in out
+    entries = sorted(isolated_cache.rglob("*.npz"))
+    assert len(entries) == 3  # the spectrum and one Theorem run set per form
+    code, out, err = run_cli([*base, "--json", second, "--sweep", "rho=0.05,0.5", "--sweep", "sigma-floor=1e-8,1e-6"],
+                             capsys)
+    assert code == 0, err
+    assert "(cached)" in out and "sweep over rho" in out and "sweep over sigma-floor" in out
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    for form in ("adamw", "l2-adam"):
+        assert a[form] == b[form]  # identical figures from the cache
+    # A sweep row equals a separate run with that value (same spectrum, formulas only).
+    rho_row = b["sweeps"]["rho"][1]
+    assert rho_row["value"] == 0.5
+    single = tmp_path / "c.json"
+    code, _, err = run_cli([*base, "--rho", "0.5", "--json", single], capsys)
+    c = json.loads(single.read_text())
+    for form in ("adamw", "l2-adam"):
+        assert rho_row[form]["err_sum"] == pytest.approx(c[form]["err_sum"], rel=1e-12)
+        assert rho_row[form]["theorem_term"] == pytest.approx(c[form]["theorem_term"], rel=1e-12)
+    floor_row = b["sweeps"]["sigma-floor"][0]
+    single = tmp_path / "d.json"
+    code, _, err = run_cli([*base, "--sigma-floor", "1e-8", "--json", single], capsys)
+    d = json.loads(single.read_text())
+    assert d["inputs"]["spectrum_cached"] is True  # the floor sweep cached its Theorem runs too
+    for form in ("adamw", "l2-adam"):
+        assert floor_row[form]["err_sum"] == pytest.approx(d[form]["err_sum"], rel=1e-12)
+        assert floor_row[form]["theorem_term"] == pytest.approx(d[form]["theorem_term"], rel=1e-12)
+    # A lower floor never lowers the l2-Adam err (h(x_l2) grows as sigma -> 0).
+    assert b["sweeps"]["sigma-floor"][0]["l2-adam"]["err_sum"] >= b["sweeps"]["sigma-floor"][1]["l2-adam"]["err_sum"]
+
+
+def test_corrupt_cache_entry_is_recomputed(tiny_checkpoint, tmp_path, capsys, isolated_cache):
+    base = ["spectrum", tiny_checkpoint, "--probes", "2", "--steps", "8", "--max-samples", "50"]
+    code, _, err = run_cli([*base, "--json", tmp_path / "a.json"], capsys)
+    assert code == 0, err
+    (entry,) = isolated_cache.rglob("*.npz")
+    entry.write_bytes(b"not a zip file")
+    code, out, err = run_cli([*base, "--json", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    assert "from the cache" not in out
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["top_eigenvalues"] == b["top_eigenvalues"] and a["trace"] == b["trace"]
+    code, out, _ = run_cli([*base, "--json", tmp_path / "c.json"], capsys)
+    assert "from the cache" in out
+
+
+def test_no_cache_writes_nothing(tiny_checkpoint, tmp_path, capsys, isolated_cache):
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--probes", "2", "--steps", "5", "--max-samples", "40",
+                            "--no-cache"], capsys)
+    assert code == 0, err
+    assert not isolated_cache.exists() or not list(isolated_cache.rglob("*.npz"))
+
+
+def test_sweep_bad_spec_exit_2(tiny_checkpoint, capsys):
+    for spec in ("gamma=1", "rho", "rho=a,b", "rho=-1"):
+        code, _, err = run_cli(["err", tiny_checkpoint, "--probes", "2", "--steps", "4", "--sweep", spec], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (spec, err)

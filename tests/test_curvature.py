@@ -82,3 +82,61 @@ def test_zero_pixels_give_exact_zero_hessian_rows(digits_test):
     e = torch.zeros(1, op.dim, dtype=torch.float64)
     e[0, dead_pixels[0]] = 1.0  # first-layer weight (unit 0, dead pixel)
     assert torch.count_nonzero(op.matmat(e)) == 0
+
+
+def test_zero_rows_found_exactly_and_deflated_slq_is_exact():
+    import numpy as np
+    import torch
+
+    from wdbound.curvature import DenseOperator, zero_rows
+    from wdbound.estimators.hutchinson import rademacher
+    from wdbound.estimators.lanczos import lanczos, slq_from_run
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 30))
+    h = a @ a.T / 30
+    dead = [0, 7, 8, 29]
+    h[dead, :] = 0
+    h[:, dead] = 0
+    op = DenseOperator(torch.from_numpy(h))
+    gen = torch.Generator().manual_seed(0)
+    mask = zero_rows(op, gen)
+    assert mask.nonzero().squeeze(1).tolist() == dead
+    z = rademacher(3, 30, gen, torch.float64) * ~mask
+    run = slq_from_run(lanczos(op, z, 30), 30, null_weight=float(mask.sum()))
+    f = lambda t: np.log(np.maximum(np.abs(t), 1e-6))  # noqa: E731 — singular at 0, like h(x_l2)
+    ev = np.linalg.eigvalsh(h)
+    # Full Krylov space: each probe's quadrature is exact for z^T f(H) z; the null part is exact too.
+    for sample, zi in zip(run.quadrature(f), z.numpy()):
+        vals, vecs = np.linalg.eigh(h)
+        assert sample == pytest.approx(float(zi @ vecs @ np.diag(f(vals)) @ vecs.T @ zi) + 4 * f(np.zeros(1))[0],
+                                       rel=1e-8)
+    nodes, weights = run.measure()
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[nodes == 0].sum() >= 4 / 30 - 1e-12
+    assert np.sum(np.abs(ev) < 1e-12) == 4
+
+
+def test_zero_rows_none_when_rows_are_not_exactly_zero():
+    import torch
+
+    from wdbound.curvature import DenseOperator, zero_rows
+
+    h = torch.eye(5, dtype=torch.float64) * 1e-300  # tiny but not zero
+    assert not zero_rows(DenseOperator(h), torch.Generator().manual_seed(0)).any()
+
+
+def test_zero_rows_match_exact_hessian_on_digits_mlp(digits_test):
+    import torch
+
+    from wdbound.curvature import HessianOperator, dense_matrix, zero_rows
+    from wdbound.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("digits-mlp", hidden=8).double()
+    op = HessianOperator(model, digits_test, max_samples=120)
+    mask = zero_rows(op, torch.Generator().manual_seed(1))
+    dense = dense_matrix(op)
+    exact_zero = (dense == 0).all(1)
+    assert exact_zero.sum() > 0  # always-blank pixels exist in the digits data
+    assert torch.equal(mask, exact_zero)

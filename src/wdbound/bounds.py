@@ -109,16 +109,31 @@ class Corollary3:
         return dict(self.__dict__)
 
 
-def corollary3_from_measure(nodes: list[np.ndarray], weights: list[np.ndarray], form: str,
-                            p: BoundInputs) -> Corollary3:
-    """err from per-probe SLQ nodes/weights: d Σ_k w_k h(x(|θ_k|)), averaged over probes."""
-    per_probe = np.array([p.d * float(np.sum(w * h(x_of_sigma(floored(t, p.sigma_floor), form, p))))
-                          for t, w in zip(nodes, weights)])
-    below = np.mean([float(w[np.abs(t) < p.sigma_floor].sum()) for t, w in zip(nodes, weights)])
-    k = len(per_probe)
-    stderr = float(per_probe.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan
-    total = float(per_probe.mean())
-    return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), float(below), False)
+def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
+    k = len(samples)
+    return float(np.mean(samples)), (float(np.std(samples, ddof=1) / math.sqrt(k)) if k > 1 else math.nan)
+
+
+def corollary3_from_slq(density, form: str, p: BoundInputs) -> Corollary3:
+    """err from an SLQ run of H (``wdbound.estimators.SLQ``): per probe ``Σ_k w_k h(x(|θ_k|))`` scaled to d
+    (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread."""
+    f = lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p))  # noqa: E731
+    total, stderr = _mean_stderr(density.quadrature(f))
+    nodes, weights = density.measure()
+    below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
+    return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False)
+
+
+def quadrature_change(density, form: str, p: BoundInputs) -> float:
+    """|err_mean(m steps) − err_mean(m/2 steps)| on the same probes: how far the Gauss rule is from
+    converged for this h (the probe stderr does not see this bias)."""
+    steps = int(np.max(density.lengths))
+    if steps < 4:
+        return math.nan
+    f = lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p))  # noqa: E731
+    full = float(np.mean(density.quadrature(f)))
+    half = float(np.mean(density.truncated(steps // 2).quadrature(f)))
+    return abs(full - half) / p.d
 
 
 def corollary3_exact(eigenvalues: np.ndarray, form: str, p: BoundInputs) -> Corollary3:
@@ -177,23 +192,45 @@ def theorem_term(form: str, p: BoundInputs, *, sum_log_q: float, sum_logdet_rati
     return TheoremTerm(form, term, stderr, logdet, trace_m, phi(term, p), diag_floored, mass_below, exact)
 
 
+@dataclass(frozen=True)
+class ExactTheoremParts:
+    """The eigendecomposition a Theorem 6/7 term needs, for one form and one floor of H_ii (no sampling)."""
+
+    form: str
+    floor: float
+    values: np.ndarray  # eigenvalues of A = Q^½HQ^½ (AdamW) or H (l2-Adam)
+    q_weights: np.ndarray  # Σ_i q_i v_ij² per eigenvector j: tr(Q^½ g(·) Q^½) = Σ_j g(a_j) q_weights_j
+    sum_log_q: float
+    diag_floored: int
+
+
+def exact_theorem_parts(hessian: np.ndarray, form: str, floor: float) -> ExactTheoremParts:
+    lq, diag_floored = log_q(np.diag(hessian), floor)
+    q_half = np.exp(0.5 * lq)  # Q^{1/2}
+    matrix = q_half[:, None] * hessian * q_half[None, :] if form == "adamw" else hessian
+    values, vectors = np.linalg.eigh(matrix)
+    return ExactTheoremParts(form, floor, values, ((vectors * q_half[:, None]) ** 2).sum(0), float(lq.sum()),
+                             diag_floored)
+
+
+def theorem_from_exact_parts(parts: ExactTheoremParts, p: BoundInputs) -> TheoremTerm:
+    _check_floor(parts.floor, p)
+    values = parts.values
+    return theorem_term(parts.form, p, sum_log_q=parts.sum_log_q,
+                        sum_logdet_ratio=float(logdet_ratio(values, p.lam, p.sigma_floor).sum()),
+                        trace_ratio=float((parts.q_weights * ratio(values, p.lam, p.sigma_floor)).sum()),
+                        diag_floored=parts.diag_floored, mass_below=float(np.mean(np.abs(values) < p.sigma_floor)),
+                        exact=True)
+
+
 def theorem_exact(hessian: np.ndarray, form: str, p: BoundInputs) -> TheoremTerm:
     """Theorem 6/7 term from a dense Hessian [d, d] (eigendecompositions, no sampling)."""
-    diagonal = np.diag(hessian)
-    lq, diag_floored = log_q(diagonal, p.sigma_floor)
-    q_half = np.exp(0.5 * lq)  # Q^{1/2}
-    if form == "adamw":
-        matrix = q_half[:, None] * hessian * q_half[None, :]
-    else:
-        matrix = hessian
-    values, vectors = np.linalg.eigh(matrix)
-    g = ratio(values, p.lam, p.sigma_floor)
-    weighted = (vectors * q_half[:, None]) ** 2  # (Q^{1/2} V)^2: tr(Q^½ V g V^T Q^½) = Σ_j g_j Σ_i q_i v_ij^2
-    trace_ratio = float((weighted.sum(0) * g).sum())
-    return theorem_term(form, p, sum_log_q=float(lq.sum()),
-                        sum_logdet_ratio=float(logdet_ratio(values, p.lam, p.sigma_floor).sum()),
-                        trace_ratio=trace_ratio, diag_floored=diag_floored,
-                        mass_below=float(np.mean(np.abs(values) < p.sigma_floor)), exact=True)
+    return theorem_from_exact_parts(exact_theorem_parts(hessian, form, p.sigma_floor), p)
+
+
+def _check_floor(floor: float, p: BoundInputs) -> None:
+    if floor != p.sigma_floor:
+        raise ValueError(f"parts were computed with floor {floor:g}, inputs ask for {p.sigma_floor:g}")
 
 
 # ---------------------------------------------------------------- Theorems 6 and 7 from an operator
@@ -210,35 +247,52 @@ class ScaledOperator:
         return self.scale * self.op.matmat(self.scale * vectors)
 
 
-def theorem_from_operator(operator, diagonal: np.ndarray, form: str, p: BoundInputs, *, probes: int, steps: int,
-                          generator, density=None) -> TheoremTerm:
-    """Theorem 6/7 term by SLQ: ln det via the log-ratio on A (AdamW) or H (l2-Adam) from Rademacher z,
-    Tr M via Lanczos quadrature started from Q^½ z. ``density`` reuses an SLQ run of H for l2-Adam's ln det.
-    The standard error combines both per-probe sums (same z for both runs)."""
+@dataclass(frozen=True)
+class TheoremRuns:
+    """The two SLQ runs a Theorem 6/7 term needs, for one form and one floor of H_ii:
+    ``logdet`` on A (AdamW) or H (l2-Adam) from Rademacher z, ``trace`` on the same matrix from Q^½ z'."""
+
+    form: str
+    floor: float
+    sum_log_q: float
+    diag_floored: int
+    logdet: object  # wdbound.estimators.SLQ
+    trace: object
+
+
+def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
+                 zero_mask=None, density=None) -> TheoremRuns:
+    """Run the Lanczos quadratures of the Theorem term. ``zero_mask`` [d] marks exactly-zero Hessian rows: they
+    are deflated (A and H are block-diagonal with a zero block there) and counted exactly. ``density``, an SLQ
+    run of H, is reused as l2-Adam's ln det run. The two runs use independent probes."""
     import torch
 
     from .estimators.hutchinson import rademacher
     from .estimators.lanczos import lanczos, slq_from_run
 
-    lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), p.sigma_floor)
-    q_half = torch.from_numpy(np.exp(0.5 * lq))
+    lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
+    q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
+    keep = torch.ones(operator.dim, dtype=torch.bool, device=operator.device) if zero_mask is None else ~zero_mask
+    nulls = float((~keep).sum())
     target = ScaledOperator(operator, q_half) if form == "adamw" else operator
     if density is not None and form == "l2-adam":
-        logdet_run = density
+        logdet = density
     else:
-        z = rademacher(probes, operator.dim, generator, operator.dtype, operator.device)
-        logdet_run = slq_from_run(lanczos(target, z, steps), operator.dim)
-    z = logdet_run.run.starts
-    trace_run = slq_from_run(lanczos(target, z * q_half.to(z.device, z.dtype), steps), operator.dim)
-    logdet_samples = logdet_run.quadrature(lambda t: logdet_ratio(t, p.lam, p.sigma_floor))
-    trace_samples = trace_run.quadrature(lambda t: ratio(t, p.lam, p.sigma_floor))
-    nodes, weights = logdet_run.measure()
-    sum_log_q = float(lq.sum())
-    terms = [theorem_term(form, p, sum_log_q=sum_log_q, sum_logdet_ratio=float(a), trace_ratio=float(b),
-                          diag_floored=diag_floored, mass_below=0.0).term
-             for a, b in zip(logdet_samples, trace_samples)]
-    k = len(terms)
-    stderr = float(np.std(terms, ddof=1) / math.sqrt(k)) if k > 1 else math.nan
-    return theorem_term(form, p, sum_log_q=sum_log_q, sum_logdet_ratio=float(logdet_samples.mean()),
-                        trace_ratio=float(trace_samples.mean()), diag_floored=diag_floored,
-                        mass_below=float(weights[np.abs(nodes) < p.sigma_floor].sum()), stderr=stderr)
+        z = rademacher(probes, operator.dim, generator, operator.dtype, operator.device) * keep
+        logdet = slq_from_run(lanczos(target, z, steps), operator.dim, null_weight=nulls)
+    z = rademacher(probes, operator.dim, generator, operator.dtype, operator.device) * keep
+    trace = slq_from_run(lanczos(target, z * q_half, steps), operator.dim,
+                         null_weight=float((q_half**2 * ~keep).sum()))
+    return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace)
+
+
+def theorem_from_runs(runs: TheoremRuns, p: BoundInputs) -> TheoremTerm:
+    """Assemble the term; the stderr combines both runs' probe spreads (independent probes)."""
+    _check_floor(runs.floor, p)
+    logdet, logdet_se = _mean_stderr(runs.logdet.quadrature(lambda t: logdet_ratio(t, p.lam, p.sigma_floor)))
+    trace, trace_se = _mean_stderr(runs.trace.quadrature(lambda t: ratio(t, p.lam, p.sigma_floor)))
+    stderr = math.hypot(logdet_se, p.eta / (2 * p.rho * p.b) * p.eta / (2 * p.b) * trace_se)
+    nodes, weights = runs.logdet.measure()
+    return theorem_term(runs.form, p, sum_log_q=runs.sum_log_q, sum_logdet_ratio=logdet, trace_ratio=trace,
+                        diag_floored=runs.diag_floored, mass_below=float(weights[np.abs(nodes) < p.sigma_floor].sum()),
+                        stderr=stderr)

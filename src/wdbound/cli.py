@@ -175,6 +175,14 @@ class Opt:
     wd = typer.Option(None, help="Override lambda, the weight decay at the last training step.")
     batch_size = typer.Option(None, help="Override b, the training minibatch size.")
     n_train = typer.Option(None, help="Override n, the training-set size.")
+    cache_dir = typer.Option(None, help="Spectrum cache folder (default $WDBOUND_CACHE_DIR, else ~/.cache/wdbound).")
+    no_cache = typer.Option(False, "--no-cache", help="Neither read nor write the spectrum cache.")
+
+
+def make_cache(cache_dir: Optional[Path], no_cache: bool):
+    from .cache import Cache, NoCache
+
+    return NoCache() if no_cache else Cache(cache_dir)
 
 
 def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str = "float32"):
@@ -196,15 +204,39 @@ def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probe
     return settings
 
 
-def run_spectrum(ckpt, settings, label: str):
+def run_spectrum(ckpt, settings, label: str, cache):
     from .spectrum import compute_spectrum, expected_hvps
     from .models import count_parameters
 
     with progress_bar() as bar:
         task = bar.add_task(f"HVPs {label}", total=expected_hvps(settings, count_parameters(ckpt.model)), info="")
-        result = compute_spectrum(ckpt, settings, lambda n: bar.advance(task, n))
+        result = compute_spectrum(ckpt, settings, lambda n: bar.advance(task, n), cache)
         bar.update(task, total=result.hvps, completed=result.hvps)
     return result
+
+
+def run_analysis(ckpt, settings, label: str, cache, forms, floors, bar=None):
+    """Spectrum + Theorem runs with a progress bar (its own, or a task on ``bar``)."""
+    from .analysis import analyse
+    from .models import count_parameters
+    from .spectrum import expected_hvps
+
+    d = count_parameters(ckpt.model)
+    runs_per_floor = sum(2 if form == "adamw" else 1 for form in forms)  # l2-Adam's ln det reuses the density run
+    total = expected_hvps(settings, d) + runs_per_floor * len(floors) * settings.probes * min(settings.steps, d)
+
+    def go(progress):
+        task = progress.add_task(f"HVPs {label}", total=total, info="")
+        result = analyse(ckpt, settings, forms=forms, floors=floors, cache=cache,
+                         on_hvps=lambda n: progress.advance(task, n))
+        progress.update(task, total=max(result.hvps, 1), completed=max(result.hvps, 1),
+                        info="cached" if result.hvps == 0 else "")
+        return result
+
+    if bar is not None:
+        return go(bar)
+    with progress_bar() as own:
+        return go(own)
 
 
 # ---------------------------------------------------------------- spectrum
@@ -217,6 +249,7 @@ def spectrum(
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, exact: bool = Opt.exact,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
 ) -> None:
@@ -229,7 +262,7 @@ def spectrum(
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, exact)
     ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype)
-    result = run_spectrum(ckpt, settings, checkpoint.name)
+    result = run_spectrum(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache))
     render_spectrum(result)
     if plot is not None:
         plot_density(result, plot, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
@@ -251,6 +284,8 @@ def render_spectrum(result) -> None:
         f"residual <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'})")
     say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (Hutchinson, {len(result.trace.samples)} probes)")
     say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}%")
+    say(f"zero rows: {len(result.zero_rows)} coordinates have an exactly zero Hessian row (inputs the data never "
+        "activates); they are deflated and counted as exact zero eigenvalues")
     say(f"diagonal: mean {diag['mean']:.4g}, {diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} exactly 0 "
         "(weights the data never moves: zero Hessian rows)")
     if result.exact_eigenvalues is not None:
@@ -259,7 +294,8 @@ def render_spectrum(result) -> None:
         say(f"exact: lambda_max {ev[-1]:.10g} (top-1 rel. error {rel:.1e}), trace {ev.sum():.6g}, "
             f"{int((abs(ev) <= 1e-10 * abs(ev).max()).sum())} eigenvalues |lambda| <= 1e-10*max, "
             f"{int((result.exact_diagonal == 0).sum())} zero diagonal entries")
-    say(f"{result.hvps} HVPs in {result.wall_seconds:.1f} s")
+    say(f"{result.hvps} HVPs in {result.wall_seconds:.1f} s" + (" (from the cache; key "
+        f"{result.provenance.get('cache_key')})" if result.cached else ""))
 
 
 # ---------------------------------------------------------------- err
@@ -275,78 +311,97 @@ def err(
     rho: Optional[float] = typer.Option(None, help=RHO_HELP),
     tau: float = typer.Option(0.05, help="Confidence: the bound holds with probability 1 - tau."),
     sigma_floor: float = typer.Option(1e-6, help="Singular values (and H_ii) below this are raised to it; the mass affected is reported."),
+    sweep: List[str] = typer.Option([], help="Re-evaluate for several values, e.g. rho=0.01,0.1,1 or sigma-floor=1e-8,1e-6,1e-4 "
+                                             "(also tau, wd, lr); repeatable. Uses the same spectrum."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = Opt.probes, steps: int = Opt.steps, seed: int = Opt.seed, device: str = Opt.device,
-    dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: bool = Opt.exact,
-    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg, lr: Optional[float] = Opt.lr,
-    wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size, n_train: Optional[int] = Opt.n_train,
+    probes: int = Opt.probes, steps: int = Opt.steps, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed,
+    device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
+    exact: bool = Opt.exact, arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
+    n_train: Optional[int] = Opt.n_train, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
 ) -> None:
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
-    import math
-
-    import numpy as np
-    import torch
-
-    from .bounds import (BoundInputs, corollary3_exact, corollary3_from_measure, theorem_exact,
-                         theorem_from_operator)
+    from .analysis import bound_figures, bound_inputs, parse_sweep, sweep_inputs
     from .io_utils import write_json_atomic
-    from .models import input_shape
 
     forms = {"both": ["adamw", "l2-adam"], "adamw": ["adamw"], "l2-adam": ["l2-adam"]}.get(optimizer)
     if forms is None:
         raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
-    settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
+    sweeps = [parse_sweep(item) for item in sweep]
+    settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
                                  hvp_batch_size, exact)
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype)
-    facts = ckpt.facts()
-    params = torch.cat([p.detach().reshape(-1).double() for p in ckpt.model.parameters() if p.requires_grad])
-    if rho is None:
-        rho = 1.0 / math.sqrt(math.prod(input_shape(ckpt.meta["arch"], **(ckpt.meta.get("arch_kwargs") or {}))))
-    inputs = BoundInputs(d=params.numel(), n=facts.n_train, b=facts.batch_size, eta=facts.eta, lam=facts.lam, rho=rho,
-                         tau=tau, sigma_floor=sigma_floor, x_norm_sq=float(params.square().sum()))
-    inputs.validate()
-    result = run_spectrum(ckpt, settings, checkpoint.name)
-    spec_extra = result.extra
+    inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
+    sweep_sets = {name: sweep_inputs(inputs, name, values) for name, values in sweeps}
+    floors = sorted({inputs.sigma_floor, *(p.sigma_floor for ps in sweep_sets.values() for p in ps)})
+    analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors)
+    spectrum = analysis.spectrum
     out = {"checkpoint": str(checkpoint), "trained_with": (ckpt.meta.get("optimizer") or {}).get("name"),
            "note": "each form uses this checkpoint's own Hessian, eta and lambda; evaluating the form of an optimizer "
                    "that did not train it is a counterfactual comparison"}
     for form in forms:
-        cor = corollary3_from_measure(result.slq.nodes, result.slq.weights, form, inputs)
-        theorem = theorem_from_operator(spec_extra["operator"], result.diagonal.estimate, form, inputs, probes=probes,
-                                        steps=steps, generator=spec_extra["generator"], density=result.slq)
-        entry = {"err_sum": cor.err_sum, "err_sum_stderr": cor.err_sum_stderr, "err_mean": cor.err_mean,
-                 "err_mean_stderr": cor.err_mean_stderr, "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
-                 "theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr, "theorem_phi": theorem.phi,
-                 "theorem_logdet_m": theorem.logdet_m, "theorem_trace_m": theorem.trace_m,
-                 "theorem_diag_floored": theorem.diag_floored, "theorem_mass_below_floor": theorem.mass_below_floor}
-        if result.exact_eigenvalues is not None:
-            cor_x = corollary3_exact(result.exact_eigenvalues, form, inputs)
-            thm_x = theorem_exact(spec_extra["dense"], form, inputs)
-            entry["exact"] = {"err_sum": cor_x.err_sum, "err_mean": cor_x.err_mean, "phi": cor_x.phi,
-                              "mass_below_floor": cor_x.mass_below_floor, "theorem_term": thm_x.term,
-                              "theorem_phi": thm_x.phi, "theorem_diag_floored": thm_x.diag_floored}
-        out[form] = entry
-    out["inputs"] = {**inputs.to_json(), "spectrum": result.provenance}
-    table = Table(title=f"{checkpoint.name}: generalization-bound terms (trained with {out['trained_with']})")
+        out[form] = bound_figures(analysis, form, inputs)
+    out["inputs"] = {**inputs.to_json(), "spectrum": spectrum.provenance, "spectrum_cached": spectrum.cached}
+    render_err(out, forms, checkpoint.name, spectrum.exact_eigenvalues is not None)
+    say(f"inputs: d={inputs.d} n={inputs.n} b={inputs.b} eta={inputs.eta:g} lambda={inputs.lam:g} rho={inputs.rho:g} "
+        f"tau={inputs.tau:g} sigma_floor={inputs.sigma_floor:g}; {len(spectrum.zero_rows)} exactly-zero Hessian rows "
+        f"deflated (exact zero eigenvalues); spectrum: {spectrum.hvps} HVPs, {spectrum.wall_seconds:.1f} s"
+        + (" (cached)" if spectrum.cached else "") + f"; HVPs this run: {analysis.hvps}")
+    if sweep_sets:
+        out["sweeps"] = {}
+        for name, variants in sweep_sets.items():
+            rows = [{"value": getattr(p, _field(name)), **{f: bound_figures(analysis, f, p) for f in forms}}
+                    for p in variants]
+            out["sweeps"][name] = rows
+            render_sweep(name, rows, forms)
+    if json_path is not None:
+        write_json_atomic(json_path, out)
+        say(f"wrote {json_path}")
+
+
+def _field(name: str) -> str:
+    from .analysis import SWEEPABLE
+
+    return SWEEPABLE[name]
+
+
+FORM_TITLES = {"adamw": "AdamW (Thm 6)", "l2-adam": "l2-Adam (Thm 7)"}
+
+
+def render_err(out: dict, forms: list[str], name: str, exact: bool) -> None:
+    table = Table(title=f"{name}: generalization-bound terms (trained with {out['trained_with']})")
     table.add_column("quantity")
     for form in forms:
-        table.add_column("AdamW (Thm 6)" if form == "adamw" else "l2-Adam (Thm 7)", justify="right")
-    rows = [("err_mean = err/d (Table I)", "err_mean", "err_mean_stderr"), ("err (sum over d)", "err_sum", "err_sum_stderr"),
+        table.add_column(FORM_TITLES[form], justify="right")
+    rows = [("err_mean = err/d (Table I)", "err_mean", "err_mean_stderr"),
+            ("  quadrature change m/2 -> m", "err_mean_quadrature_change", None),
+            ("err (sum over d)", "err_sum", "err_sum_stderr"),
             ("Phi (Corollary 3)", "phi", None), ("mass below sigma floor", "mass_below_floor", None),
             ("Theorem term (Q = diag(H)^-1/2)", "theorem_term", "theorem_term_stderr"), ("Phi (Theorem)", "theorem_phi", None),
             ("H_ii raised to floor", "theorem_diag_floored", None)]
     for label, key, se in rows:
         table.add_row(label, *[f"{out[f][key]:.6g}" + (f" +/- {out[f][se]:.2g}" if se else "") for f in forms])
-    if result.exact_eigenvalues is not None:
+    if exact:
         for label, key in (("exact err_mean", "err_mean"), ("exact Theorem term", "theorem_term")):
             table.add_row(label, *[f"{out[f]['exact'][key]:.6g}" for f in forms])
     console.print(table)
-    say(f"inputs: d={inputs.d} n={inputs.n} b={inputs.b} eta={inputs.eta:g} lambda={inputs.lam:g} rho={inputs.rho:g} "
-        f"tau={inputs.tau:g} sigma_floor={inputs.sigma_floor:g}; spectrum: {result.hvps} HVPs, {result.wall_seconds:.1f} s")
-    if json_path is not None:
-        write_json_atomic(json_path, out)
-        say(f"wrote {json_path}")
+
+
+def render_sweep(name: str, rows: list[dict], forms: list[str]) -> None:
+    table = Table(title=f"sweep over {name} (same spectrum; everything else fixed)")
+    table.add_column(name, justify="right")
+    for form in forms:
+        for label in ("err_mean", "Phi", "Theorem term", "mass < floor"):
+            table.add_column(f"{FORM_TITLES[form].split(' ')[0]} {label}", justify="right")
+    for row in rows:
+        cells = [f"{row['value']:g}"]
+        for form in forms:
+            fig = row[form]
+            cells += [f"{fig['err_mean']:.5g}", f"{fig['phi']:.4g}", f"{fig['theorem_term']:.5g}",
+                      f"{fig['mass_below_floor']:.3g}"]
+        table.add_row(*cells)
+    console.print(table)
 
 
 # ---------------------------------------------------------------- entry point

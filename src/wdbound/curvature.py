@@ -225,3 +225,25 @@ def dense_matrix(operator: Operator, chunk: int = 256) -> torch.Tensor:
         rows.append(operator.matmat(eye[start:start + chunk]))
     matrix = torch.cat(rows)
     return 0.5 * (matrix + matrix.T)
+
+
+def zero_rows(operator: Operator, generator: torch.Generator) -> torch.Tensor:
+    """Mask ``[d]`` of coordinates whose Hessian row (and column) is exactly zero.
+
+    Weights that only ever see a zero input (the always-blank digits pixels)
+    have an exactly zero gradient, hence an exactly zero Hessian row, and the
+    autograd HVP returns an exact 0 there. Two Gaussian probes find them: a
+    row ``h_i != 0`` gives ``h_i . g = 0`` with probability zero. One more
+    matvec with a vector supported on the candidates confirms that their
+    columns vanish too (symmetry); if it does not, nothing is deflated.
+    Three matvecs in all; the estimators then work on the complement and
+    count these coordinates as exact zero eigenvalues.
+    """
+    probes = torch.randn(2, operator.dim, generator=generator, dtype=torch.float64).to(operator.device, operator.dtype)
+    mask = (operator.matmat(probes) == 0).all(0)
+    if not bool(mask.any()) or bool(mask.all()):
+        return torch.zeros(operator.dim, dtype=torch.bool, device=operator.device)
+    check = torch.randn(1, operator.dim, generator=generator, dtype=torch.float64).to(operator.device, operator.dtype)
+    if bool((operator.matmat(check * mask) != 0).any()):
+        return torch.zeros(operator.dim, dtype=torch.bool, device=operator.device)
+    return mask

@@ -3,6 +3,15 @@
 The estimates share work: the first Lanczos matvec of every SLQ probe z is Hz,
 so the SLQ probes also serve as Hutchinson trace and diagonal probes at no
 extra cost (``diag_probes`` adds more when a sharper diagonal is wanted).
+
+Exactly-zero Hessian rows (weights the evaluation data never moves) are found
+first (:func:`wdbound.curvature.zero_rows`, three matvecs) and deflated: the
+SLQ probes are zero there, and those coordinates enter every spectral sum as
+exact zero eigenvalues instead of being smeared into the lowest Ritz node.
+
+A finished spectrum is cached on disk (:mod:`wdbound.cache`) under the
+checkpoint's SHA-256 and every setting, so ``err``, ``table`` and ``check``
+reuse it.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ import numpy as np
 import torch
 
 from .checkpoints import Checkpoint
-from .curvature import HessianOperator, dense_matrix, resolve_device, resolve_dtype
+from .cache import Cache, cache_key
+from .curvature import HessianOperator, dense_matrix, resolve_device, resolve_dtype, zero_rows
 from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
@@ -70,7 +80,9 @@ class Spectrum:
     provenance: dict
     exact_eigenvalues: np.ndarray | None = None
     exact_diagonal: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
+    zero_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # deflated coordinates
+    cached: bool = False  # loaded from the cache rather than computed in this run
+    extra: dict = field(default_factory=dict)  # live objects of a fresh run (operator, dense, generator); never cached
 
     @property
     def negative_mass(self) -> float:
@@ -85,11 +97,14 @@ class Spectrum:
             "top": self.top.to_json(),
             "trace": self.trace.to_json(),
             "negative_mass": self.negative_mass,
+            "zero_rows": {"count": int(len(self.zero_rows)),
+                          "note": "exactly-zero Hessian rows, deflated: counted as exact zero eigenvalues"},
             "diagonal": {"estimate": self.diagonal.summary(), "path": diagonal_path,
                          "npy_layout": "[2, d]: row 0 estimate, row 1 stderr"},
             "slq": {"nodes": [n.tolist() for n in self.slq.nodes], "weights": [w.tolist() for w in self.slq.weights],
-                    "lengths": self.slq.lengths.tolist()},
+                    "lengths": self.slq.lengths.tolist(), "null_weight": self.slq.null_weight},
             "provenance": self.provenance,
+            "cached": self.cached,
         }
         if self.exact_eigenvalues is not None:
             ev = self.exact_eigenvalues
@@ -97,6 +112,36 @@ class Spectrum:
                             "diagonal_zero": int((self.exact_diagonal == 0).sum()),
                             "top_eigenvalues": ev[::-1][: len(self.top.values)].tolist()}
         return out
+
+
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(meta, arrays) for the cache: everything but the live ``extra`` objects."""
+        meta = {"d": self.d, "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.wall_seconds,
+                "provenance": self.provenance, "top": self.top.to_json(), "trace_method": self.trace.method,
+                "diag_probes": self.diagonal.probes, "null_weight": self.slq.null_weight}
+        arrays = {"slq_alphas": self.slq.alphas, "slq_betas": self.slq.betas, "slq_lengths": self.slq.lengths,
+                  "slq_norms_sq": self.slq.norms_sq, "trace_samples": self.trace.samples,
+                  "diag_estimate": self.diagonal.estimate, "diag_stderr": self.diagonal.stderr,
+                  "zero_rows": self.zero_rows}
+        if self.exact_eigenvalues is not None:
+            arrays["exact_eigenvalues"] = self.exact_eigenvalues
+            arrays["exact_diagonal"] = self.exact_diagonal
+        return meta, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "Spectrum":
+        top = meta["top"]
+        slq = SLQ.from_tridiagonals(arrays["slq_alphas"], arrays["slq_betas"], arrays["slq_lengths"],
+                                    arrays["slq_norms_sq"], meta["d"], meta["null_weight"])
+        samples = arrays["trace_samples"]
+        trace = TraceEstimate(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(len(samples))), samples,
+                              meta["trace_method"])
+        return cls(meta["d"], meta["n_eval"],
+                   TopEigen(np.asarray(top["values"]), np.asarray(top["residuals"]), top["steps"], top["converged"],
+                            top["tol"]),
+                   slq, trace, DiagonalEstimate(arrays["diag_estimate"], arrays["diag_stderr"], meta["diag_probes"]),
+                   meta["hvps"], meta["wall_seconds"], meta["provenance"], arrays.get("exact_eigenvalues"),
+                   arrays.get("exact_diagonal"), arrays["zero_rows"], cached=True)
 
 
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -112,10 +157,24 @@ def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOpera
                            mode=settings.hvp)
 
 
+def spectrum_key(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
+    """Cache key: the checkpoint's bytes, how it was read, and every setting that changes the numbers
+    (``batch_size`` is a memory knob and ``device`` only where the arithmetic runs: both included anyway,
+    since different BLAS paths give last-bit differences a regression check should not have to explain)."""
+    return cache_key("spectrum", ckpt.sha256, ckpt.meta.get("arch"), ckpt.meta.get("arch_kwargs"),
+                     evaluation_data(ckpt, settings), asdict(settings))
+
+
 def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
-                     on_hvps: Callable[[int], None] | None = None) -> Spectrum:
-    """Top-k, SLQ, Hutchinson trace/diagonal (and with ``exact`` the dense spectrum) of one checkpoint."""
+                     on_hvps: Callable[[int], None] | None = None, cache: Cache | None = None) -> Spectrum:
+    """Top-k, SLQ, Hutchinson trace/diagonal (and with ``exact`` the dense spectrum) of one checkpoint.
+
+    With a ``cache``, a spectrum computed before with the same checkpoint and settings is returned
+    instead (``cached=True``, no live operator in ``extra``)."""
     settings.validate()
+    key = spectrum_key(ckpt, settings)
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return Spectrum.from_arrays(*hit)
     operator = build_operator(ckpt, settings)
     if settings.exact and operator.dim > EXACT_MAX_DIM:
         raise WdboundError(f"--exact builds a dense {operator.dim}x{operator.dim} Hessian; the limit is "
@@ -124,9 +183,10 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
     top = top_eigenvalues(operator, settings.top_k, generator)
-    z = rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device)
+    null = zero_rows(operator, generator)
+    z = rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device) * (~null)
     run = lanczos(operator, z, settings.steps)
-    density = slq_from_run(run, operator.dim)
+    density = slq_from_run(run, operator.dim, null_weight=float(null.sum()))
     if settings.diag_probes:
         trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=(run.starts, run.first_products))
     else:
@@ -144,14 +204,19 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         "data": evaluation_data(ckpt, settings),
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": "mean cross-entropy, model in eval mode",
+        "cache_key": key,
     }
-    return Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
-                    exact_ev, exact_diag, {"operator": operator, "dense": dense, "generator": generator})
+    result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
+                      exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),
+                      extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null})
+    if cache is not None:
+        cache.put(key, *result.to_arrays())
+    return result
 
 
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs a run will use (for the progress bar)."""
-    return min(300, dim) + settings.probes * min(settings.steps, dim) + settings.diag_probes + (dim if settings.exact else 0)
+    return min(300, dim) + 3 + settings.probes * min(settings.steps, dim) + settings.diag_probes + (dim if settings.exact else 0)
 
 
 def density_grid(spectrum: Spectrum, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:

@@ -115,18 +115,49 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
 
 @dataclass(frozen=True)
 class SLQ:
-    """Stochastic Lanczos quadrature: per-probe Ritz values (nodes) and weights."""
+    """Stochastic Lanczos quadrature: per-probe tridiagonals, Ritz values (nodes) and weights.
+
+    ``null_weight`` is the part of ``E[z^T f(H) z]`` that lives on a known exact
+    null space removed before the run (the exactly-zero Hessian rows, see
+    ``wdbound.curvature.zero_rows``): it contributes ``null_weight * f(0)`` to
+    every quadrature and an atom at 0 of mass ``null_weight / dim`` to the
+    measure. Zero when nothing was deflated.
+    """
 
     nodes: list[np.ndarray]  # k arrays of <= m Ritz values, ascending
     weights: list[np.ndarray]  # k arrays summing to 1
     dim: int
-    norms_sq: np.ndarray  # [k] ||z||^2 (= d for Rademacher probes)
+    norms_sq: np.ndarray  # [k] ||z||^2 (= d for Rademacher probes on the whole space)
     lengths: np.ndarray  # [k]
-    run: LanczosRun
+    alphas: np.ndarray  # [k, m] tridiagonal diagonals (padded past each length)
+    betas: np.ndarray  # [k, m-1] off-diagonals
+    null_weight: float = 0.0
+    run: LanczosRun | None = None  # the live run (absent when loaded from a cache)
+
+    @classmethod
+    def from_tridiagonals(cls, alphas: np.ndarray, betas: np.ndarray, lengths: np.ndarray, norms_sq: np.ndarray,
+                          dim: int, null_weight: float = 0.0, run: LanczosRun | None = None) -> "SLQ":
+        nodes, weights = [], []
+        for p, n in enumerate(np.asarray(lengths, dtype=np.int64)):
+            off = betas[p, : n - 1]
+            t = np.diag(alphas[p, :n]) + np.diag(off, 1) + np.diag(off, -1)
+            theta, vectors = np.linalg.eigh(t)
+            nodes.append(theta)
+            weights.append(vectors[0] ** 2)
+        return cls(nodes, weights, dim, np.asarray(norms_sq, dtype=np.float64), np.asarray(lengths), alphas, betas,
+                   float(null_weight), run)
+
+    def truncated(self, steps: int) -> "SLQ":
+        """The same probes with only their first ``steps`` Lanczos steps (a free convergence check:
+        the Gauss rule of m/2 steps against that of m steps)."""
+        lengths = np.minimum(self.lengths, steps)
+        return SLQ.from_tridiagonals(self.alphas, self.betas, lengths, self.norms_sq, self.dim, self.null_weight)
 
     def quadrature(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Per-probe estimates ``||z||^2 Σ_j w_j f(θ_j)`` of ``z^T f(H) z`` (mean: tr f(H))."""
-        return np.array([n2 * float(np.sum(w * f(t))) for n2, w, t in zip(self.norms_sq, self.weights, self.nodes)])
+        """Per-probe estimates of ``z^T f(H) z`` (mean: tr f(H)): ``||z||^2 Σ_j w_j f(θ_j)`` plus the null part."""
+        null = self.null_weight * float(f(np.zeros(1))[0]) if self.null_weight else 0.0
+        return np.array([n2 * float(np.sum(w * f(t))) + null
+                         for n2, w, t in zip(self.norms_sq, self.weights, self.nodes)])
 
     def trace_of(self, f: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
         """``tr f(H)`` and its standard error over probes."""
@@ -135,9 +166,14 @@ class SLQ:
         return float(samples.mean()), stderr
 
     def measure(self) -> tuple[np.ndarray, np.ndarray]:
-        """The averaged spectral measure: all nodes and their weights (weights sum to 1)."""
+        """The averaged spectral measure: all nodes and their weights (weights sum to 1; the deflated
+        null space is one atom at 0)."""
         k = len(self.nodes)
-        return np.concatenate(self.nodes), np.concatenate(self.weights) / k
+        nodes = np.concatenate(self.nodes)
+        weights = np.concatenate([w * n2 for w, n2 in zip(self.weights, self.norms_sq)]) / (k * self.dim)
+        if self.null_weight:
+            nodes, weights = np.append(nodes, 0.0), np.append(weights, self.null_weight / self.dim)
+        return nodes, weights / weights.sum()
 
     def density(self, grid: np.ndarray, width: float) -> np.ndarray:
         """Gaussian-smoothed spectral density on ``grid`` (integrates to ~1)."""
@@ -152,13 +188,8 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQ:
     return slq_from_run(lanczos(operator, z, steps), operator.dim)
 
 
-def slq_from_run(run: LanczosRun, dim: int) -> SLQ:
-    nodes, weights = [], []
-    for p in range(len(run.lengths)):
-        theta, vectors = np.linalg.eigh(run.tridiagonal(p))
-        nodes.append(theta)
-        weights.append(vectors[0] ** 2)
-    return SLQ(nodes, weights, dim, run.norms**2, run.lengths, run)
+def slq_from_run(run: LanczosRun, dim: int, null_weight: float = 0.0) -> SLQ:
+    return SLQ.from_tridiagonals(run.alphas, run.betas, run.lengths, run.norms**2, dim, null_weight, run)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,204 @@
+"""One checkpoint's bound analysis: spectrum + Theorem 6/7 runs (cached), then every figure for any inputs.
+
+The expensive part (HVPs) depends only on the checkpoint, the spectrum
+settings, the bound form and the floor under H_ii in Q. Everything else
+(ρ, τ, η, λ, b, n, the σ-floor of Corollary 3) enters through cheap formulas,
+so :func:`bound_figures` re-evaluates any of them on a cached
+:class:`Analysis` without a single HVP: that is what ``--sweep`` does.
+
+Used by ``wdbound err``, ``wdbound table`` and ``wdbound check``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bounds import (FORMS, BoundInputs, ExactTheoremParts, TheoremRuns, corollary3_exact, corollary3_from_slq,
+                     exact_theorem_parts, quadrature_change, theorem_from_exact_parts, theorem_from_runs,
+                     theorem_runs)
+from .cache import Cache, cache_key
+from .checkpoints import Checkpoint
+from .curvature import dense_matrix
+from .errors import WdboundError
+from .estimators.lanczos import SLQ
+from .models import input_shape
+from .spectrum import Spectrum, SpectrumSettings, build_operator, compute_spectrum, spectrum_key
+
+SWEEPABLE = {"rho": "rho", "sigma-floor": "sigma_floor", "tau": "tau", "wd": "lam", "lr": "eta"}
+
+
+@dataclass
+class Analysis:
+    """A spectrum plus, per (form, floor), the Theorem runs and (with --exact) the exact parts."""
+
+    spectrum: Spectrum
+    runs: dict[tuple[str, float], TheoremRuns] = field(default_factory=dict)
+    exact_parts: dict[tuple[str, float], ExactTheoremParts] = field(default_factory=dict)
+    hvps: int = 0  # HVPs spent in this process (0 when everything came from the cache)
+
+
+def default_rho(ckpt: Checkpoint) -> float:
+    """The documented default prior variance: 1/sqrt(input dimension) (the paper: of order 1/sqrt(d_i))."""
+    return 1.0 / math.sqrt(math.prod(input_shape(ckpt.meta["arch"], **(ckpt.meta.get("arch_kwargs") or {}))))
+
+
+def bound_inputs(ckpt: Checkpoint, *, rho: float | None, tau: float, sigma_floor: float) -> BoundInputs:
+    facts = ckpt.facts()
+    params = [p.detach().reshape(-1).double() for p in ckpt.model.parameters() if p.requires_grad]
+    x = torch.cat(params)
+    inputs = BoundInputs(d=x.numel(), n=facts.n_train, b=facts.batch_size, eta=facts.eta, lam=facts.lam,
+                         rho=default_rho(ckpt) if rho is None else rho, tau=tau, sigma_floor=sigma_floor,
+                         x_norm_sq=float(x.square().sum()))
+    inputs.validate()
+    return inputs
+
+
+def _slq_arrays(prefix: str, run: SLQ) -> dict[str, np.ndarray]:
+    return {f"{prefix}_alphas": run.alphas, f"{prefix}_betas": run.betas, f"{prefix}_lengths": run.lengths,
+            f"{prefix}_norms_sq": run.norms_sq, f"{prefix}_null": np.array(run.null_weight)}
+
+
+def _slq_from(prefix: str, arrays: dict[str, np.ndarray], dim: int) -> SLQ:
+    return SLQ.from_tridiagonals(arrays[f"{prefix}_alphas"], arrays[f"{prefix}_betas"], arrays[f"{prefix}_lengths"],
+                                 arrays[f"{prefix}_norms_sq"], dim, float(arrays[f"{prefix}_null"]))
+
+
+class _Live:
+    """The operator (and dense Hessian) of a checkpoint, built only when a cache miss needs them."""
+
+    def __init__(self, ckpt: Checkpoint, settings: SpectrumSettings, spectrum: Spectrum,
+                 on_hvps: Callable[[int], None] | None) -> None:
+        self.ckpt, self.settings, self.spectrum, self.on_hvps = ckpt, settings, spectrum, on_hvps
+        self._operator = spectrum.extra.get("operator")
+        self._dense = spectrum.extra.get("dense")
+        self.hvps_before = self._operator.matvecs if self._operator is not None else 0
+
+    @property
+    def operator(self):
+        if self._operator is None:
+            self._operator = build_operator(self.ckpt, self.settings)
+            self._operator.on_matvecs = self.on_hvps
+        return self._operator
+
+    @property
+    def dense(self) -> np.ndarray:
+        if self._dense is None:
+            self._dense = dense_matrix(self.operator).double().cpu().numpy()
+        return self._dense
+
+    def zero_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.spectrum.d, dtype=torch.bool)
+        mask[torch.from_numpy(self.spectrum.zero_rows)] = True
+        return mask.to(self.operator.device)
+
+    @property
+    def hvps(self) -> int:
+        return (self._operator.matvecs - self.hvps_before) if self._operator is not None else 0
+
+
+def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors=(1e-6,), cache: Cache | None = None,
+            on_hvps: Callable[[int], None] | None = None) -> Analysis:
+    """Spectrum and Theorem runs for every form and floor; each piece is cached as soon as it is finished,
+    so an interrupted run keeps what it completed."""
+    spectrum = compute_spectrum(ckpt, settings, on_hvps, cache)
+    live = _Live(ckpt, settings, spectrum, on_hvps)
+    fresh_hvps = 0 if spectrum.cached else spectrum.hvps
+    analysis = Analysis(spectrum)
+    base = spectrum_key(ckpt, settings)
+    for form in forms:
+        if form not in FORMS:
+            raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "--optimizer")
+        for floor in floors:
+            key = cache_key("theorem", base, form, float(floor))
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                meta, arrays = hit
+                runs = TheoremRuns(form, floor, meta["sum_log_q"], meta["diag_floored"],
+                                   _slq_from("logdet", arrays, spectrum.d), _slq_from("trace", arrays, spectrum.d))
+            else:
+                generator = torch.Generator().manual_seed(_derived_seed(settings.seed, form, floor))
+                runs = theorem_runs(live.operator, spectrum.diagonal.estimate, form, floor, probes=settings.probes,
+                                    steps=settings.steps, generator=generator, zero_mask=live.zero_mask(),
+                                    density=spectrum.slq)
+                if cache is not None:
+                    cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored},
+                              {**_slq_arrays("logdet", runs.logdet), **_slq_arrays("trace", runs.trace)})
+            analysis.runs[(form, floor)] = runs
+            if settings.exact:
+                analysis.exact_parts[(form, floor)] = _exact_parts(live, cache, base, form, floor)
+    analysis.hvps = fresh_hvps + live.hvps
+    return analysis
+
+
+def _exact_parts(live: _Live, cache: Cache | None, base: str, form: str, floor: float) -> ExactTheoremParts:
+    key = cache_key("theorem-exact", base, form, float(floor))
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        meta, arrays = hit
+        return ExactTheoremParts(form, floor, arrays["values"], arrays["q_weights"], meta["sum_log_q"],
+                                 meta["diag_floored"])
+    parts = exact_theorem_parts(live.dense, form, floor)
+    if cache is not None:
+        cache.put(key, {"sum_log_q": parts.sum_log_q, "diag_floored": parts.diag_floored},
+                  {"values": parts.values, "q_weights": parts.q_weights})
+    return parts
+
+
+def _derived_seed(seed: int, form: str, floor: float) -> int:
+    """Independent, reproducible probes for each Theorem run."""
+    return int(cache_key("seed", seed, form, float(floor))[:12], 16)
+
+
+def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
+    """Every figure of one bound form for ``inputs`` (no HVPs). Keys are the JSON schema of ``wdbound err``."""
+    spectrum = analysis.spectrum
+    runs = analysis.runs.get((form, inputs.sigma_floor))
+    if runs is None:
+        raise ValueError(f"no Theorem runs for {form} at floor {inputs.sigma_floor:g}")
+    cor = corollary3_from_slq(spectrum.slq, form, inputs)
+    theorem = theorem_from_runs(runs, inputs)
+    entry = {"err_sum": cor.err_sum, "err_sum_stderr": cor.err_sum_stderr, "err_mean": cor.err_mean,
+             "err_mean_stderr": cor.err_mean_stderr,
+             "err_mean_quadrature_change": quadrature_change(spectrum.slq, form, inputs),
+             "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
+             "theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr, "theorem_phi": theorem.phi,
+             "theorem_logdet_m": theorem.logdet_m, "theorem_trace_m": theorem.trace_m,
+             "theorem_diag_floored": theorem.diag_floored, "theorem_mass_below_floor": theorem.mass_below_floor,
+             "zero_rows": int(len(spectrum.zero_rows))}
+    if spectrum.exact_eigenvalues is not None and (form, inputs.sigma_floor) in analysis.exact_parts:
+        cor_x = corollary3_exact(spectrum.exact_eigenvalues, form, inputs)
+        thm_x = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
+        entry["exact"] = {"err_sum": cor_x.err_sum, "err_mean": cor_x.err_mean, "phi": cor_x.phi,
+                          "mass_below_floor": cor_x.mass_below_floor, "theorem_term": thm_x.term,
+                          "theorem_phi": thm_x.phi, "theorem_diag_floored": thm_x.diag_floored}
+    return entry
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """``rho=0.01,0.1,1`` -> ("rho", [0.01, 0.1, 1.0])."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or name not in SWEEPABLE:
+        raise WdboundError(f"--sweep {text!r}: use NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}",
+                           "--sweep")
+    try:
+        values = [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        raise WdboundError(f"--sweep {text!r}: values must be numbers separated by commas", "--sweep") from None
+    if not values:
+        raise WdboundError(f"--sweep {text!r} lists no values", "--sweep")
+    return name, values
+
+
+def sweep_inputs(inputs: BoundInputs, name: str, values: list[float]) -> list[BoundInputs]:
+    out = []
+    for value in values:
+        changed = replace(inputs, **{SWEEPABLE[name]: value})
+        changed.validate()
+        out.append(changed)
+    return out

@@ -1,0 +1,86 @@
+"""An on-disk cache of spectra and bound ingredients, keyed by checkpoint hash and settings.
+
+Entries are ``.npz`` files of plain arrays plus one JSON string, read with
+``allow_pickle=False``: a cache entry can never run code. A missing,
+truncated or otherwise unreadable entry is a cache miss and gets rewritten.
+Writes are atomic (temp file + rename), so an interrupted run leaves only
+complete entries behind.
+
+Location: ``--cache-dir``, else ``$WDBOUND_CACHE_DIR``, else
+``$XDG_CACHE_HOME/wdbound``, else ``~/.cache/wdbound``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .io_utils import write_atomic
+
+# Bump when an estimator changes what it computes for the same settings: old entries stop matching.
+CACHE_VERSION = "wdbound-cache/2"
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("WDBOUND_CACHE_DIR"):
+        return Path(os.environ["WDBOUND_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wdbound"
+
+
+def cache_key(*parts) -> str:
+    """A stable hash of JSON-serialisable parts (dicts are sorted)."""
+    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Cache:
+    """``get``/``put`` of named arrays plus a JSON ``meta`` dict under a key."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            meta = json.loads(str(arrays.pop("__meta__")))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None
+        return meta, arrays
+
+    def put(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        payload = {name: np.asarray(value) for name, value in arrays.items()}
+        payload["__meta__"] = np.array(json.dumps({**meta, "key": key}))
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **payload)
+
+        write_atomic(self.path(key), write)
+
+
+class NoCache(Cache):
+    """``--no-cache``: never read, never write."""
+
+    def __init__(self) -> None:
+        super().__init__(Path(os.devnull))
+
+    def get(self, key: str):
+        return None
+
+    def put(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        return None
