@@ -158,24 +158,25 @@ def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
     """Every figure of one bound form for ``inputs`` (no HVPs). Keys are the JSON schema of ``wdbound err``."""
     spectrum = analysis.spectrum
     runs = analysis.runs.get((form, inputs.sigma_floor))
-    if runs is None:
-        raise ValueError(f"no Theorem runs for {form} at floor {inputs.sigma_floor:g}")
     cor = corollary3_from_slq(spectrum.slq, form, inputs)
-    theorem = theorem_from_runs(runs, inputs)
     entry = {"err_sum": cor.err_sum, "err_sum_stderr": cor.err_sum_stderr, "err_mean": cor.err_mean,
              "err_mean_stderr": cor.err_mean_stderr,
              "err_mean_quadrature_change": quadrature_change(spectrum.slq, form, inputs),
-             "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
-             "theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr, "theorem_phi": theorem.phi,
-             "theorem_logdet_m": theorem.logdet_m, "theorem_trace_m": theorem.trace_m,
-             "theorem_diag_floored": theorem.diag_floored, "theorem_mass_below_floor": theorem.mass_below_floor,
-             "zero_rows": int(len(spectrum.zero_rows))}
-    if spectrum.exact_eigenvalues is not None and (form, inputs.sigma_floor) in analysis.exact_parts:
+             "phi": cor.phi, "mass_below_floor": cor.mass_below_floor, "zero_rows": int(len(spectrum.zero_rows))}
+    if runs is not None:  # the Theorem 6/7 term (absent when only Corollary 3 was asked for, e.g. the table)
+        theorem = theorem_from_runs(runs, inputs)
+        entry.update({"theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr,
+                      "theorem_phi": theorem.phi, "theorem_logdet_m": theorem.logdet_m,
+                      "theorem_trace_m": theorem.trace_m, "theorem_diag_floored": theorem.diag_floored,
+                      "theorem_mass_below_floor": theorem.mass_below_floor})
+    if spectrum.exact_eigenvalues is not None:
         cor_x = corollary3_exact(spectrum.exact_eigenvalues, form, inputs)
-        thm_x = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
         entry["exact"] = {"err_sum": cor_x.err_sum, "err_mean": cor_x.err_mean, "phi": cor_x.phi,
-                          "mass_below_floor": cor_x.mass_below_floor, "theorem_term": thm_x.term,
-                          "theorem_phi": thm_x.phi, "theorem_diag_floored": thm_x.diag_floored}
+                          "mass_below_floor": cor_x.mass_below_floor}
+        if (form, inputs.sigma_floor) in analysis.exact_parts:
+            thm_x = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
+            entry["exact"].update(theorem_term=thm_x.term, theorem_phi=thm_x.phi,
+                                  theorem_diag_floored=thm_x.diag_floored)
     return entry
 
 

@@ -85,6 +85,7 @@ def train(
     seed: int = typer.Option(0, help="Seed of the initialisation and the batch order."),
     arch_kwarg: List[str] = typer.Option([], help="Architecture argument key=value, repeatable (e.g. depth=8)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels for imagefolder data (default 32)."),
+    record_updates: bool = typer.Option(False, "--record-updates", help="Store update-magnitude histograms (counts per log2 bin per layer) after every epoch, for `wdbound updates`."),
     out: Path = typer.Option(..., help="Checkpoint to write (.pt or .safetensors); written atomically."),
 ) -> None:
     """Train a model with one of the paper's optimizers and write a wdbound checkpoint."""
@@ -93,7 +94,8 @@ def train(
 
     config = TrainConfig(model=model, optimizer=optimizer, data=data, epochs=epochs, lr=lr, wd=wd, wd_gamma=wd_gamma,
                          schedule=schedule, lr_min=lr_min, batch_size=batch_size, seed=seed,
-                         arch_kwargs=parse_kwargs(arch_kwarg), image_size=image_size)
+                         arch_kwargs=parse_kwargs(arch_kwarg), image_size=image_size,
+                         record_updates=record_updates)
     with progress_bar() as bar:
         task = bar.add_task(f"train {model} / {optimizer}", total=None, info="")
 
@@ -402,6 +404,147 @@ def render_sweep(name: str, rows: list[dict], forms: list[str]) -> None:
                       f"{fig['mass_below_floor']:.3g}"]
         table.add_row(*cells)
     console.print(table)
+
+
+# ---------------------------------------------------------------- table
+
+TABLE_FORMATS = ("md", "csv", "tex")
+
+
+@app.command()
+def table(
+    paths: List[Path] = typer.Argument(..., help="Checkpoints or folders of them (e.g. checkpoints/)."),
+    out: Path = typer.Option(Path("reports"), help="Folder for table1.{md,csv,tex,json} and the plots."),
+    format: str = typer.Option("md,csv,tex", "--format", help="Comma-separated subset of md, csv, tex (JSON is always written)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write density plots per checkpoint and one comparison per model."),
+    rho: Optional[float] = typer.Option(None, help=RHO_HELP),
+    tau: float = typer.Option(0.05, help="Confidence: the bound holds with probability 1 - tau."),
+    sigma_floor: float = typer.Option(1e-6, help="Singular values below this are raised to it; the mass affected is reported."),
+    data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
+    probes: int = typer.Option(6, help="SLQ probes k per checkpoint (fewer than `spectrum` so the zoo table takes minutes)."),
+    steps: int = typer.Option(60, help="Lanczos steps m per probe."),
+    seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
+    hvp_batch_size: int = Opt.hvp_batch_size, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
+) -> None:
+    """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
+    import time
+
+    from .io_utils import write_json_atomic, write_text_atomic
+    from .table import family_variant, finding_lines, findings, latex, layout, markdown, to_csv
+
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in TABLE_FORMATS]
+    if bad:
+        raise WdboundError(f"unknown --format {', '.join(bad)}; use a comma-separated subset of md, csv, tex", "--format")
+    settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
+                                 hvp_batch_size, False)
+    files = _checkpoint_paths(paths)
+    cache = make_cache(cache_dir, no_cache)
+    rows, failures, spectra = [], [], {}
+    interrupted = False
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        overall = bar.add_task("checkpoints", total=len(files), info="")
+        for path in files:
+            try:
+                row, spectrum = table_row(path, settings, cache, bar, rho=rho, tau=tau, sigma_floor=sigma_floor)
+                rows.append(row)
+                spectra[path.stem] = (row, spectrum)
+            except WdboundError as exc:
+                failures.append(f"{path.name}: {exc}")
+                print_error(f"{path.name}: {exc}")
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            bar.advance(overall)
+    wall = time.perf_counter() - start
+    grid = layout(rows)
+    found = findings(grid)
+    settings_line = (f"Settings: {settings.split} split, SLQ {settings.probes} probes x {settings.steps} Lanczos steps, "
+                     f"seed {settings.seed}, {settings.dtype}, sigma floor {sigma_floor:g}, tau {tau:g}, rho "
+                     f"{'1/sqrt(input dim)' if rho is None else f'{rho:g}'}; largest err/d stderr "
+                     f"{max((r['err_mean_stderr'] for r in rows if r.get('err_mean') is not None), default=0):.2g}, "
+                     f"largest quadrature change (m/2 -> m) "
+                     f"{max((r['err_mean_quadrature_change'] for r in rows if r.get('err_mean') is not None), default=0):.2g}.")
+    note = (f"INTERRUPTED after {len(rows)} of {len(files)} checkpoints." if interrupted else "")
+    console.print(rich_table(grid))
+    for line in finding_lines(found):
+        say(line)
+    payload = {"cells": rows, "findings": found, "failures": failures, "interrupted": interrupted,
+               "settings": {"spectrum": settings.__dict__, "rho": rho if rho is not None else "1/sqrt(input dim)",
+                            "tau": tau, "sigma_floor": sigma_floor},
+               "wall_seconds": wall, "paper": __import__("wdbound.table", fromlist=["PAPER"]).PAPER}
+    written = [write_json_atomic(out / "table1.json", payload)]
+    texts = {"md": lambda: markdown(grid, found, settings_line, failures, note), "csv": lambda: to_csv(rows),
+             "tex": lambda: latex(grid)}
+    for fmt in formats:
+        written.append(write_text_atomic(out / f"table1.{fmt}", texts[fmt]()))
+    if plots and spectra:
+        written += write_table_plots(spectra, out)
+    tables = 1 + len(formats)
+    say(f"wrote {', '.join(str(w) for w in written[:tables])}"
+        + (f" and {len(written) - tables} plots under {out}" if len(written) > tables else "")
+        + f" ({len(rows)} checkpoints, {wall:.0f} s)")
+    if interrupted:
+        raise typer.Exit(130)
+    if failures:
+        raise typer.Exit(2)
+
+
+def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor) -> tuple[dict, object]:
+    """One checkpoint's Table I figures (its own form) and its spectrum."""
+    from .analysis import bound_figures, bound_inputs
+    from .table import family_variant, model_label
+
+    ckpt = load(path, None, [], None, None, None, None, settings.dtype)
+    name = str((ckpt.meta.get("optimizer") or {}).get("name", "unknown"))
+    family, variant = family_variant(name)
+    inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
+    analysis = run_analysis(ckpt, settings, path.name, cache, [], [sigma_floor], bar=bar)
+    spectrum = analysis.spectrum
+    train_meta, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
+    row = {"checkpoint": path.name, "path": str(path), "sha256": ckpt.sha256,
+           "model": model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
+           "epochs": train_meta.get("epochs", 0), "optimizer": name, "family": family, "variant": variant,
+           "form": family, "test_acc": metrics.get("test_acc"), "test_loss": metrics.get("test_loss"),
+           "top_eigenvalue": float(spectrum.top.values[0]), "trace": spectrum.trace.estimate,
+           "trace_stderr": spectrum.trace.stderr, "probes": settings.probes, "steps": settings.steps,
+           "seed": settings.seed, "dtype": settings.dtype, "split": settings.split, "hvps": analysis.hvps,
+           "cached": spectrum.cached, **inputs.to_json(), "spectrum_provenance": spectrum.provenance}
+    if family is not None:
+        row.update(bound_figures(analysis, family, inputs))
+    return row, spectrum
+
+
+def rich_table(grid) -> Table:
+    from .table import grid as table_grid
+
+    header, rows = table_grid(grid)
+    out = Table(title="Table I on these checkpoints (err/d of the trained-with form; constant / decaying)")
+    for i, column in enumerate(header):
+        out.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
+def write_table_plots(spectra: dict, out: Path) -> list[Path]:
+    from .spectrum import plot_density
+    from .table import plot_model_comparison
+
+    written = []
+    for stem, (row, spectrum) in spectra.items():
+        path = out / "density" / f"{stem}.png"
+        plot_density(spectrum, path, f"{row['checkpoint']}: Hessian spectral density ({row['split']} split)")
+        written.append(path)
+    by_model: dict[str, list] = {}
+    for row, spectrum in spectra.values():
+        by_model.setdefault(row["model"], []).append((row, spectrum))
+    for model, entries in by_model.items():
+        path = out / f"spectra-{model.replace('(', '-').replace(')', '').replace('=', '').replace(', ', '-')}.png"
+        plot_model_comparison(model, entries, path)
+        written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------- entry point

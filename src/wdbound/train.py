@@ -35,6 +35,7 @@ class TrainConfig:
     seed: int = 0
     arch_kwargs: dict = field(default_factory=dict)
     image_size: int | None = None
+    record_updates: bool = False  # store update-magnitude histograms (counts per bin per layer) every epoch
 
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
@@ -46,6 +47,14 @@ def library_versions() -> dict[str, str]:
     # str(): torch.__version__ is a str subclass that weights_only loading refuses.
     return {"wdbound": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
             "scikit-learn": str(sklearn.__version__), "python": platform.python_version()}
+
+
+def _update_histograms(optimizer, names: dict) -> dict[str, list[int]]:
+    from .updates import optimizer_histograms
+
+    group = optimizer.param_groups[0]
+    state = {names[param]: s for param, s in optimizer.state.items()}
+    return optimizer_histograms(state, group["betas"], group["eps"])
 
 
 @torch.no_grad()
@@ -87,7 +96,8 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
     steps_per_epoch = -(-n_train // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     step = 0
-    for _ in range(config.epochs):
+    recorded: list[dict] = []
+    for epoch in range(config.epochs):
         model.train()
         for inputs, labels in iterate_batches(train_set, config.batch_size, generator=generator):
             lr = lr_at(step, total_steps, schedule=config.schedule, lr=config.lr, lr_min=config.lr_min,
@@ -101,6 +111,9 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, loss.item())
+        if config.record_updates:
+            recorded.append({"epoch": epoch + 1, "step": step,
+                             "layers": _update_histograms(optimizer, names)})
     if optimizer.last_lr <= 0:
         raise WdboundError("the last learning rate used was 0; the bounds need eta > 0 (raise --lr-min)", "--lr-min")
     train_loss, _ = evaluate(model, train_set)
@@ -139,5 +152,8 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
         },
         "metrics": {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc},
     }
+    if config.record_updates:
+        contents["train"]["update_histograms"] = {"bins": "wdbound.updates (29 log2 bins, 2^-27 .. 1)",
+                                                  "records": recorded}
     model.eval()
     return model, contents

@@ -1,0 +1,265 @@
+"""Table I of Zhou et al. (TPAMI 2024) on the user's checkpoints: layout, findings and every output format.
+
+Each checkpoint is evaluated with the form of the optimizer that trained it
+(shared/SPEC.md, "Table I"): err_AdamW on AdamW(-D) checkpoints, err_l2-Adam on
+l2-Adam(-D) checkpoints, each with its own Hessian, η and λ. Checkpoints are
+grouped by (model, epochs); each group is a column pair "AdamW / AdamW-D"
+beside "l2-Adam / l2-Adam-D", each cell "constant / decaying", rows "err in
+bound" (err/d, the paper's scale) and "test acc. (%)". A missing partner is "—".
+
+This module is pure: rows in, text out. The CLI computes the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+
+DASH = "—"
+FAMILY_TITLES = {"adamw": "AdamW / AdamW-D", "l2-adam": "l2-Adam / l2-Adam-D"}
+VARIANTS = ("constant", "decaying")
+
+# The paper's Table I (ImageNet), as printed; shared/SPEC.md.
+PAPER = [
+    {"model": "ResNet18", "epochs": 90, "adamw": ((3.43, 3.40), (67.9, 70.1)), "l2-adam": ((3.85, 3.82), (67.2, 67.4))},
+    {"model": "ResNet50", "epochs": 100, "adamw": ((3.42, 3.41), (77.0, 77.1)), "l2-adam": ((3.78, 3.77), (76.5, 76.4))},
+    {"model": "ViT-small", "epochs": 100, "adamw": ((3.62, 3.63), (76.1, 75.9)), "l2-adam": ((3.75, 3.76), (75.3, 75.4))},
+    {"model": "ViT-small", "epochs": 200, "adamw": ((3.58, 3.57), (79.2, 79.3)), "l2-adam": ((3.72, 3.71), (77.6, 77.7))},
+    {"model": "ViT-small", "epochs": 300, "adamw": ((3.47, 3.45), (79.8, 80.0)), "l2-adam": ((3.70, 3.69), (78.5, 78.6))},
+]
+
+CSV_FIELDS = ["checkpoint", "model", "epochs", "optimizer", "family", "variant", "form", "d", "n", "b", "eta", "lam",
+              "rho", "tau", "sigma_floor", "err_mean", "err_mean_stderr", "err_mean_quadrature_change", "err_sum",
+              "err_sum_stderr", "phi", "mass_below_floor", "zero_rows", "test_acc", "test_loss", "top_eigenvalue",
+              "trace", "trace_stderr", "probes", "steps", "seed", "dtype", "split", "hvps", "cached", "sha256"]
+
+
+def model_label(arch: str, arch_kwargs: dict | None) -> str:
+    """``digits-mlp`` or ``digits-mlp(depth=8)``: the arch plus every kwarg but the class count."""
+    extra = {k: v for k, v in (arch_kwargs or {}).items() if k != "num_classes"}
+    return arch + (f"({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else "")
+
+
+def family_variant(optimizer: str) -> tuple[str | None, str | None]:
+    """adamw-d -> ("adamw", "decaying"); an optimizer outside Table I -> (None, None)."""
+    base, decaying = (optimizer[:-2], True) if optimizer.endswith("-d") else (optimizer, False)
+    if base not in FAMILY_TITLES:
+        return None, None
+    return base, "decaying" if decaying else "constant"
+
+
+@dataclass
+class Layout:
+    groups: list[tuple[str, int]]  # (model, epochs), sorted
+    cells: dict[tuple[str, int, str, str], dict]  # (model, epochs, family, variant) -> row
+    outside: list[dict]  # rows of optimizers Table I has no column for
+    duplicates: list[dict]  # second checkpoints for an occupied cell (kept in the CSV, not in the table)
+
+
+def layout(rows: list[dict]) -> Layout:
+    cells: dict = {}
+    outside, duplicates = [], []
+    for row in rows:
+        family, variant = family_variant(row["optimizer"])
+        if family is None:
+            outside.append(row)
+            continue
+        key = (row["model"], int(row["epochs"]), family, variant)
+        if key in cells:
+            duplicates.append(row)
+        else:
+            cells[key] = row
+    groups = sorted({(m, e) for m, e, _, _ in cells}, key=lambda g: (g[0], g[1]))
+    return Layout(groups, cells, outside, duplicates)
+
+
+def _pair(layout_: Layout, group, family: str, key: str, fmt) -> str:
+    values = []
+    for variant in VARIANTS:
+        row = layout_.cells.get((*group, family, variant))
+        values.append(DASH if row is None or row.get(key) is None or _nan(row.get(key)) else fmt(row[key]))
+    return " / ".join(values)
+
+
+def _nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _err(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def _acc(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def grid(layout_: Layout) -> tuple[list[str], list[list[str]]]:
+    """Header and the two rows of Table I."""
+    header = [""]
+    for model, epochs in layout_.groups:
+        for family in FAMILY_TITLES:
+            header.append(f"{model}, {epochs} ep: {FAMILY_TITLES[family]}")
+    err_row, acc_row = ["err in bound (err/d)"], ["test acc. (%)"]
+    for group in layout_.groups:
+        for family in FAMILY_TITLES:
+            err_row.append(_pair(layout_, group, family, "err_mean", _err))
+            acc_row.append(_pair(layout_, group, family, "test_acc", _acc))
+    return header, [err_row, acc_row]
+
+
+def paper_grid() -> tuple[list[str], list[list[str]]]:
+    header = [""]
+    err_row, acc_row = ["err in bound"], ["test acc. (%)"]
+    for entry in PAPER:
+        for family in FAMILY_TITLES:
+            header.append(f"{entry['model']}, {entry['epochs']} ep: {FAMILY_TITLES[family]}")
+            (e_c, e_d), (a_c, a_d) = entry[family]
+            err_row.append(f"{e_c:.2f} / {e_d:.2f}")
+            acc_row.append(f"{a_c:.1f} / {a_d:.1f}")
+    return header, [err_row, acc_row]
+
+
+def findings(layout_: Layout) -> list[dict]:
+    """Per (model, epochs) and variant: does err_AdamW < err_l2-Adam hold, and does AdamW's accuracy reach l2-Adam's?
+    ``holds`` is None when a partner is missing. Standard errors are combined to say whether a gap is resolved."""
+    out = []
+    for group in layout_.groups:
+        for variant in VARIANTS:
+            a = layout_.cells.get((*group, "adamw", variant))
+            l2 = layout_.cells.get((*group, "l2-adam", variant))
+            entry = {"model": group[0], "epochs": group[1], "variant": variant}
+            if a is None or l2 is None:
+                entry.update(err_holds=None, acc_holds=None)
+            else:
+                gap = l2["err_mean"] - a["err_mean"]
+                se = math.hypot(a.get("err_mean_stderr") or 0.0, l2.get("err_mean_stderr") or 0.0)
+                entry.update(err_adamw=a["err_mean"], err_l2=l2["err_mean"], err_gap=gap, err_gap_stderr=se,
+                             err_holds=bool(gap > 0), acc_adamw=a["test_acc"], acc_l2=l2["test_acc"],
+                             acc_holds=bool(a["test_acc"] >= l2["test_acc"]))
+            out.append(entry)
+    return out
+
+
+def finding_lines(found: list[dict]) -> list[str]:
+    lines = []
+    for f in found:
+        head = f"{f['model']}, {f['epochs']} ep, {f['variant']}:"
+        if f["err_holds"] is None:
+            lines.append(f"{head} partner missing, no comparison")
+            continue
+        verdict = "holds" if f["err_holds"] else "does NOT hold"
+        resolved = (f" ({abs(f['err_gap']) / f['err_gap_stderr']:.0f} stderr)" if f["err_gap_stderr"] > 0 else "")
+        acc = "holds" if f["acc_holds"] else "does NOT hold"
+        lines.append(f"{head} err_AdamW < err_l2-Adam {verdict} ({f['err_adamw']:.3f} vs {f['err_l2']:.3f}, gap "
+                     f"{f['err_gap']:+.3f}{resolved}); acc AdamW >= l2-Adam {acc} "
+                     f"({100 * f['acc_adamw']:.1f} vs {100 * f['acc_l2']:.1f})")
+    return lines
+
+
+# ---------------------------------------------------------------- formats
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: list[str], note: str = "") -> str:
+    header, rows = grid(layout_)
+    p_header, p_rows = paper_grid()
+    parts = ["# Table I on these checkpoints", "",
+             "Each cell is *constant / decaying* weight decay (AdamW / AdamW-D, l2-Adam / l2-Adam-D). "
+             "err in bound = err/d of Corollary 3, evaluated with the form of the optimizer that trained the "
+             "checkpoint (its own Hessian, eta and lambda). — = no checkpoint.", ""]
+    parts += [_md_table(header, rows) if layout_.groups else "(no checkpoint of a Table I optimizer)", ""]
+    parts += [settings_line, ""]
+    if note:
+        parts += [note, ""]
+    parts += ["## Does the paper's finding hold here?", ""] + [f"- {line}" for line in finding_lines(found)] + [""]
+    if layout_.outside:
+        parts += ["Checkpoints of optimizers outside Table I (in table1.csv only): "
+                  + ", ".join(r["checkpoint"] for r in layout_.outside), ""]
+    if failures:
+        parts += ["## Failed checkpoints", ""] + [f"- {line}" for line in failures] + [""]
+    parts += ["## The paper's Table I (Zhou et al., TPAMI 2024; ImageNet) — for comparison, not computed here", "",
+              _md_table(p_header, p_rows), ""]
+    return "\n".join(parts)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+    return buffer.getvalue()
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+               "{": r"\{", "}": r"\}", "—": "---", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def latex(layout_: Layout) -> str:
+    """A booktabs table in Table I's layout (needs \\usepackage{booktabs})."""
+    header, rows = grid(layout_)
+    n = len(header) - 1
+    lines = [r"\begin{tabular}{l" + "c" * n + "}", r"\toprule"]
+    if layout_.groups:
+        top = [""] + [rf"\multicolumn{{2}}{{c}}{{{_tex_escape(m)}, {e} ep}}" for m, e in layout_.groups]
+        lines.append(" & ".join(top) + r" \\")
+        rules = " ".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(layout_.groups)))
+        lines.append(rules)
+        sub = [""] + [_tex_escape(FAMILY_TITLES[f]) for _ in layout_.groups for f in FAMILY_TITLES]
+        lines.append(" & ".join(sub) + r" \\")
+    lines.append(r"\midrule")
+    for row in rows:
+        lines.append(" & ".join(_tex_escape(cell) for cell in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_model_comparison(model: str, entries: list, path) -> None:
+    """One figure per model: the SLQ measure of log10|eigenvalue| per checkpoint (Gaussian-smoothed),
+    AdamW family solid, l2-Adam family dashed, one panel per epoch budget. The bounds live in the small
+    eigenvalues, which a linear axis hides; exactly-zero eigenvalues (deflated rows) are given in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    from .io_utils import atomic_path
+
+    budgets = sorted({int(row["epochs"]) for row, _ in entries})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4), squeeze=False)
+    grid = np.linspace(-10, 3, 600)
+    width = 0.15
+    for ax, epochs in zip(axes[0], budgets):
+        for row, spectrum in sorted(entries, key=lambda e: e[0]["optimizer"]):
+            if int(row["epochs"]) != epochs:
+                continue
+            nodes, weights = spectrum.slq.measure()
+            keep = np.abs(nodes) > 0
+            logs = np.log10(np.abs(nodes[keep]))
+            dens = (np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / width) ** 2) * weights[keep]).sum(1)
+            dens /= width * np.sqrt(2 * np.pi)
+            style = "-" if (row.get("family") or "").startswith("adamw") else "--"
+            zero = 100 * float(weights[~keep].sum())
+            ax.plot(grid, dens, style, label=f"{row['optimizer']} (err/d {row.get('err_mean', float('nan')):.3f}; "
+                                             f"{zero:.1f}% exact 0)")
+        ax.set_title(f"{model}, {epochs} epochs")
+        ax.set_xlabel("log10 |eigenvalue|")
+        ax.set_ylabel("spectral density")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

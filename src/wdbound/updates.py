@@ -1,0 +1,124 @@
+r"""Update-magnitude histograms (Zhuang et al., "Understanding AdamW through proximal methods and
+scale-freeness", Section 4, Fig. 3; Appendix C, Figs. 7-12).
+
+The quantity is, for every coordinate, :math:`|u|/\alpha = |\hat m/(\sqrt{\hat v}+\epsilon)|`: the
+Adam direction before the learning rate (for l2-Adam the moments already include :math:`\lambda x`,
+because the decay is added to the gradient). Log2 bins, as the paper draws them:
+
+- bin 0 holds every value :math:`\le 2^{-27}` (zeros included);
+- bins 1..27 hold :math:`(2^{e-1}, 2^{e}]` for :math:`e = -26, \dots, 0`, except that the last one,
+  :math:`(2^{-1}, 1)`, stops short of 1;
+- bin 28 holds every value :math:`\ge 1`.
+
+>>> import torch
+>>> histogram(torch.tensor([0.0, 2.0**-27, 2.0**-26, 0.75, 1.0, 5.0])).tolist()[:2], int(histogram(torch.tensor([1.0]))[-1])
+([2, 1], 1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import WdboundError
+from .optim import adam_direction
+
+LOW_EXP = -27
+BINS = 29  # [<= 2^-27], 27 interior bins, [>= 1]
+
+
+def bin_labels() -> list[str]:
+    """Human labels of the 29 bins."""
+    inner = [f"(2^{e - 1}, 2^{e}]" for e in range(LOW_EXP + 1, 0)] + ["(2^-1, 1)"]
+    return [f"<= 2^{LOW_EXP}", *inner, ">= 1"]
+
+
+def bin_index(values: torch.Tensor) -> torch.Tensor:
+    """The bin of each |value| (computed in float64 so exact powers of two land on the documented side)."""
+    v = values.detach().abs().to(torch.float64).reshape(-1)
+    if bool(torch.isnan(v).any()):
+        raise WdboundError("the update direction contains NaN (corrupt optimizer state?)")
+    index = torch.empty_like(v, dtype=torch.long)
+    low, high = v <= 2.0**LOW_EXP, v >= 1.0
+    middle = ~(low | high)
+    index[low] = 0
+    index[high] = BINS - 1
+    index[middle] = torch.ceil(torch.log2(v[middle])).long() - LOW_EXP  # e in [-26, 0] -> 1..27
+    return index
+
+
+def histogram(values: torch.Tensor) -> torch.Tensor:
+    """Counts per bin ``[29]`` (int64), summing to ``values.numel()``."""
+    return torch.bincount(bin_index(values), minlength=BINS)
+
+
+def optimizer_histograms(named_state: dict[str, dict], betas, eps: float) -> dict[str, list[int]]:
+    """Per-parameter counts of |m̂/(√v̂+ε)| from Adam moments ``{name: {exp_avg, exp_avg_sq, step}}``."""
+    out = {}
+    for name, state in named_state.items():
+        direction = adam_direction(state["exp_avg"], state["exp_avg_sq"], int(state["step"]), tuple(betas), eps)
+        out[name] = histogram(direction).tolist()
+    return out
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """Summary a reader compares at a glance."""
+
+    count: int
+    median_log2: float
+    iqr_log2: float  # interquartile range in log2 units (bins are one log2 unit wide)
+    frac_low: float  # fraction in the leftmost bin (<= 2^-27)
+    frac_high: float  # fraction in the rightmost bin (>= 1)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _quantile_bin(cumulative: np.ndarray, q: float) -> float:
+    """The bin position of quantile ``q`` (linear within a bin), in log2 units of the bin's upper edge."""
+    total = cumulative[-1]
+    target = q * total
+    index = int(np.searchsorted(cumulative, target, side="left"))
+    before = cumulative[index - 1] if index > 0 else 0
+    inside = (target - before) / max(cumulative[index] - before, 1)
+    return LOW_EXP + index - 1 + float(inside)  # bin i spans log2 (LOW_EXP + i - 1, LOW_EXP + i]
+
+
+def stats(counts) -> UpdateStats:
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return UpdateStats(0, math.nan, math.nan, math.nan, math.nan)
+    cumulative = np.cumsum(counts)
+    q1, q2, q3 = (_quantile_bin(cumulative, q) for q in (0.25, 0.5, 0.75))
+    return UpdateStats(total, q2, q3 - q1, counts[0] / total, counts[-1] / total)
+
+
+def checkpoint_histograms(meta: dict, path: str) -> dict[str, list[int]]:
+    """Counts per parameter from a checkpoint's saved optimizer state, or a one-line error saying why not."""
+    optimizer = meta.get("optimizer") or {}
+    state = optimizer.get("state")
+    if not state:
+        raise WdboundError(f"{path} has no optimizer state (a plain state_dict?): the update histogram needs "
+                           "Adam's moments; pass a wdbound checkpoint written by `wdbound train`")
+    hyper = optimizer.get("hyper") or {}
+    try:
+        return optimizer_histograms(state, hyper.get("betas", (0.9, 0.999)), float(hyper.get("eps", 1e-8)))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise WdboundError(f"{path}: unreadable optimizer state ({exc})") from None
+
+
+def layer_depths(names: list[str]) -> dict[str, int]:
+    """Depth index of each parameter name in module order: parameters of one module share a depth."""
+    depths: dict[str, int] = {}
+    modules: list[str] = []
+    for name in names:
+        module = name.rsplit(".", 1)[0] if "." in name else name
+        if module not in modules:
+            modules.append(module)
+        depths[name] = modules.index(module)
+    return depths

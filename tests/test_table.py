@@ -1,0 +1,114 @@
+"""Table I layout, formats and the end-to-end command."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from wdbound.table import (DASH, CSV_FIELDS, family_variant, findings, grid, latex, layout, markdown, model_label,
+                           to_csv)
+
+
+def _row(model, epochs, optimizer, err, acc, se=0.01):
+    family, variant = family_variant(optimizer)
+    return {"checkpoint": f"{model}-{optimizer}-e{epochs}.pt", "model": model, "epochs": epochs,
+            "optimizer": optimizer, "family": family, "variant": variant, "form": family, "err_mean": err,
+            "err_mean_stderr": se, "err_mean_quadrature_change": 0.02, "test_acc": acc}
+
+
+ROWS = [_row("net", 10, "adamw", 3.40, 0.70), _row("net", 10, "adamw-d", 3.38, 0.71),
+        _row("net", 10, "l2-adam", 3.80, 0.69), _row("net", 10, "l2-adam-d", 3.30, 0.72),
+        _row("net", 40, "adamw", 3.2, 0.8),  # partners missing
+        _row("net", 40, "adamprox", 3.1, 0.8)]  # outside Table I
+
+
+def test_family_variant_and_label():
+    assert family_variant("adamw-d") == ("adamw", "decaying")
+    assert family_variant("l2-adam") == ("l2-adam", "constant")
+    assert family_variant("adamprox") == (None, None)
+    assert model_label("digits-mlp", {"num_classes": 10}) == "digits-mlp"
+    assert model_label("digits-mlp", {"num_classes": 10, "depth": 8}) == "digits-mlp(depth=8)"
+
+
+def test_grid_cells_missing_partners_and_outside():
+    lay = layout(ROWS)
+    assert lay.groups == [("net", 10), ("net", 40)]
+    assert [r["optimizer"] for r in lay.outside] == ["adamprox"]
+    header, (err_row, acc_row) = grid(lay)
+    assert header[1] == "net, 10 ep: AdamW / AdamW-D" and header[2] == "net, 10 ep: l2-Adam / l2-Adam-D"
+    assert err_row[1:] == ["3.400 / 3.380", "3.800 / 3.300", f"3.200 / {DASH}", f"{DASH} / {DASH}"]
+    assert acc_row[1:3] == ["70.0 / 71.0", "69.0 / 72.0"]
+
+
+def test_duplicate_cell_kept_out_of_table():
+    lay = layout(ROWS[:4] + [_row("net", 10, "adamw", 9.9, 0.1)])
+    assert len(lay.duplicates) == 1 and lay.cells[("net", 10, "adamw", "constant")]["err_mean"] == 3.40
+
+
+def test_findings():
+    found = {(f["epochs"], f["variant"]): f for f in findings(layout(ROWS))}
+    const, dec = found[(10, "constant")], found[(10, "decaying")]
+    assert const["err_holds"] is True and const["acc_holds"] is True
+    assert const["err_gap"] == pytest.approx(0.40) and const["err_gap_stderr"] == pytest.approx(np.hypot(0.01, 0.01))
+    assert dec["err_holds"] is False and dec["acc_holds"] is False
+    assert found[(40, "constant")]["err_holds"] is None
+
+
+def test_markdown_latex_csv():
+    lay = layout(ROWS)
+    md = markdown(lay, findings(lay), "Settings: test", ["bad.pt: corrupt"])
+    assert "| err in bound (err/d) | 3.400 / 3.380 | 3.800 / 3.300 |" in md
+    assert "The paper's Table I" in md and "3.43 / 3.40" in md and "3.85 / 3.82" in md
+    assert "does NOT hold" in md and "bad.pt: corrupt" in md and "adamprox" in md
+    tex = latex(lay)
+    assert tex.count(r"\toprule") == 1 and r"\multicolumn{2}{c}{net, 10 ep}" in tex
+    assert "3.800 / 3.300" in tex and "---" in tex  # the dash of a missing partner
+    lines = to_csv(ROWS).splitlines()
+    assert lines[0].split(",") == CSV_FIELDS and len(lines) == 1 + len(ROWS)
+
+
+@pytest.mark.slow
+def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+    import torch
+
+    from wdbound.checkpoints import save_checkpoint
+    from wdbound.train import TrainConfig, train
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    shutil.copy(tiny_checkpoint, folder / "tiny-adamw.pt")
+    model, contents = train(TrainConfig(model="digits-mlp", optimizer="l2-adam", epochs=3, lr=3e-3, wd=1e-3,
+                                        arch_kwargs={"hidden": 16}, seed=0))
+    save_checkpoint(folder / "tiny-l2-adam.pt", model, **contents)
+    (folder / "broken.pt").write_bytes(b"garbage")
+    out = tmp_path / "reports"
+    code, stdout, err = run_cli(["table", folder, "--out", out, "--probes", "3", "--steps", "15",
+                                 "--max-samples", "100"], capsys)
+    assert code == 2  # one checkpoint failed; the rest completed
+    assert "broken.pt" in err and len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+    for name in ("table1.md", "table1.csv", "table1.tex", "table1.json", "spectra-digits-mlp-hidden16.png",
+                 "density/tiny-adamw.png", "density/tiny-l2-adam.png"):
+        assert (out / name).is_file(), name
+    payload = json.loads((out / "table1.json").read_text())
+    frame = pd.read_csv(out / "table1.csv")
+    assert len(frame) == 2 == len(payload["cells"])
+    for cell in payload["cells"]:
+        line = frame[frame.checkpoint == cell["checkpoint"]].iloc[0]
+        for key in ("err_mean", "err_mean_stderr", "err_sum", "phi", "test_acc", "trace", "top_eigenvalue", "eta"):
+            assert line[key] == pytest.approx(cell[key], rel=1e-12), key
+    forms = {c["optimizer"]: c["form"] for c in payload["cells"]}
+    assert forms == {"adamw": "adamw", "l2-adam": "l2-adam"}
+    assert "broken.pt" in payload["failures"][0]
+    md = (out / "table1.md").read_text()
+    assert "digits-mlp(hidden=16), 3 ep: AdamW / AdamW-D" in md and f"/ {DASH}" in md
+    # A second run reuses every spectrum from the cache.
+    code, stdout, _ = run_cli(["table", folder / "tiny-adamw.pt", folder / "tiny-l2-adam.pt", "--out", out,
+                               "--probes", "3", "--steps", "15", "--max-samples", "100", "--format", "md"], capsys)
+    assert code == 0
+    assert all(c["cached"] for c in json.loads((out / "table1.json").read_text())["cells"])
+    code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", out, "--format", "pdf"], capsys)
+    assert code == 2 and "--format" in err
