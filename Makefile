@@ -2,6 +2,9 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# AdamW vs l2-Adam at two depths (1 and 8 hidden layers): the update-magnitude comparison of the demo.
+UPDATE_CKPTS := digits-mlp-adamw-e40.pt digits-mlp-l2-adam-e40.pt digits-mlp-depth8-adamw-e40.pt \
+	digits-mlp-depth8-l2-adam-e40.pt
 
 .PHONY: venv demo test checkpoints clean-venv
 
@@ -13,6 +16,8 @@ venv:
 demo: venv
 	@$(MAKE) --no-print-directory checkpoints
 	$(BIN)/wdbound table checkpoints/ --out reports/
+	$(BIN)/wdbound updates $(addprefix checkpoints/,$(UPDATE_CKPTS)) --per-layer --json reports/updates.json \
+		--plot reports/updates-depth.png
 
 ## Every test, slow end-to-end ones included. "No tests ran" (exit 5) fails.
 test: venv

@@ -132,6 +132,16 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     return Checkpoint(model, meta, path, sha256_file(path))
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (optimizer state included) without building its model; same safety as
+    :func:`load_checkpoint`. A plain state_dict gives ``{"format": "state_dict"}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WdboundError(f"{path}: no such checkpoint file")
+    _, meta = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+    return meta
+
+
 def _short(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
     first = text[0] if text else type(exc).__name__

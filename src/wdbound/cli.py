@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -545,6 +546,64 @@ def write_table_plots(spectra: dict, out: Path) -> list[Path]:
         plot_model_comparison(model, entries, path)
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------- updates
+
+@app.command()
+def updates(
+    paths: List[Path] = typer.Argument(..., help="Checkpoints (or folders) written by `wdbound train`."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Also one histogram per layer, grouped by depth."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write counts per bin (per layer, per recorded epoch) and the summaries."),
+    plot: Optional[Path] = typer.Option(None, help="Write the histograms (PNG/PDF/SVG): final state overlaid, per layer with --per-layer, "
+                                                     "and over training when the checkpoints recorded it."),
+) -> None:
+    """Histograms of |update|/lr = |m_hat/(sqrt(v_hat)+eps)| per coordinate, log2 bins from 2^-27 to 1."""
+    from .checkpoints import read_meta
+    from .io_utils import write_json_atomic
+    from .updates import bin_labels, checkpoint_histograms, layer_depths, plot_updates, stats
+
+    entries = []
+    for path in _checkpoint_paths(paths):
+        meta = read_meta(path)
+        layers = checkpoint_histograms(meta, str(path))
+        total = [int(v) for v in np.sum([np.asarray(c) for c in layers.values()], axis=0)]
+        recorded = ((meta.get("train") or {}).get("update_histograms") or {}).get("records") or []
+        entries.append({"checkpoint": path.name, "path": str(path), "optimizer": (meta.get("optimizer") or {}).get("name"),
+                        "arch": meta.get("arch"), "arch_kwargs": meta.get("arch_kwargs"),
+                        "total": total, "stats": stats(total).to_json(), "layers": layers,
+                        "depths": layer_depths(list(layers)),
+                        "layer_stats": {name: stats(c).to_json() for name, c in layers.items()},
+                        "over_training": [{"epoch": r["epoch"], "step": r["step"],
+                                           "total": [int(v) for v in np.sum([np.asarray(c) for c in r["layers"].values()], axis=0)]}
+                                          for r in recorded]})
+    table_ = Table(title="update magnitudes |m_hat/(sqrt(v_hat)+eps)| (log2 bins 2^-27 .. 1)")
+    for column in ("checkpoint", "optimizer", "coordinates", "median log2", "IQR (log2 units)", "<= 2^-27", ">= 1",
+                   "recorded epochs"):
+        table_.add_column(column, justify="left" if column in ("checkpoint", "optimizer") else "right")
+    for e in entries:
+        st = e["stats"]
+        table_.add_row(e["checkpoint"], str(e["optimizer"]), str(st["count"]), f"{st['median_log2']:.2f}",
+                       f"{st['iqr_log2']:.2f}", f"{100 * st['frac_low']:.2f}%", f"{100 * st['frac_high']:.2f}%",
+                       str(len(e["over_training"])))
+    console.print(table_)
+    if per_layer:
+        layer_table = Table(title="per layer (depth = order of the module in the network)")
+        for column in ("checkpoint", "depth", "parameter", "count", "median log2", "IQR", "<= 2^-27", ">= 1"):
+            layer_table.add_column(column, justify="left" if column in ("checkpoint", "parameter") else "right")
+        for e in entries:
+            for name, st in e["layer_stats"].items():
+                layer_table.add_row(e["checkpoint"], str(e["depths"][name]), name, str(st["count"]),
+                                    f"{st['median_log2']:.2f}", f"{st['iqr_log2']:.2f}", f"{100 * st['frac_low']:.2f}%",
+                                    f"{100 * st['frac_high']:.2f}%")
+        console.print(layer_table)
+    if plot is not None:
+        plot_updates(entries, plot, per_layer=per_layer)
+        say(f"wrote {plot}")
+    if json_path is not None:
+        write_json_atomic(json_path, {"bins": bin_labels(), "quantity": "|m_hat / (sqrt(v_hat) + eps)| per coordinate "
+                                      "(for l2-Adam the moments include lambda*x)", "checkpoints": entries})
+        say(f"wrote {json_path}")
 
 
 # ---------------------------------------------------------------- entry point

@@ -122,3 +122,58 @@ def layer_depths(names: list[str]) -> dict[str, int]:
             modules.append(module)
         depths[name] = modules.index(module)
     return depths
+
+
+def plot_updates(entries: list[dict], path, *, per_layer: bool = False) -> None:
+    """Panels: all checkpoints' final histograms overlaid (fraction of coordinates per bin); with ``per_layer``
+    one panel per checkpoint with a line per layer coloured by depth; and, for checkpoints that recorded
+    histograms during training, one panel each with up to six epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from .io_utils import atomic_path
+
+    x = np.arange(BINS) + LOW_EXP  # bin i is labelled by its upper log2 edge
+    panels = [("final", None)]
+    if per_layer:
+        panels += [("layers", e) for e in entries]
+    panels += [("training", e) for e in entries if e.get("over_training")]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (kind, entry) in zip(axes.flat, panels):
+        if kind == "final":
+            for e in entries:
+                counts = np.asarray(e["total"], dtype=float)
+                ax.step(x, counts / counts.sum(), where="mid",
+                        label=f"{e['checkpoint']} (IQR {e['stats']['iqr_log2']:.1f})")
+            ax.set_title("final optimizer state")
+        elif kind == "layers":
+            depths = entry["depths"]
+            top = max(depths.values()) or 1
+            for name, counts in entry["layers"].items():
+                counts = np.asarray(counts, dtype=float)
+                ax.step(x, counts / max(counts.sum(), 1), where="mid", color=plt.cm.viridis(depths[name] / top),
+                        label=name if len(entry["layers"]) <= 8 else None)
+            ax.set_title(f"{entry['checkpoint']}: per layer (dark = shallow)")
+        else:
+            records = entry["over_training"]
+            pick = sorted({round(i) for i in np.linspace(0, len(records) - 1, min(6, len(records)))})
+            for i in pick:
+                counts = np.asarray(records[i]["total"], dtype=float)
+                ax.step(x, counts / counts.sum(), where="mid", color=plt.cm.plasma(i / max(len(records) - 1, 1)),
+                        label=f"epoch {records[i]['epoch']}")
+            ax.set_title(f"{entry['checkpoint']}: during training")
+        ax.set_xlabel("log2 |update| / lr  (left: <= 2^-27, right: >= 1)")
+        ax.set_ylabel("fraction of coordinates")
+        ax.set_xlim(LOW_EXP - 0.5, 1.5)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png", dpi=110)
+    plt.close(fig)
