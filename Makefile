@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 UPDATE_CKPTS := digits-mlp-adamw-e40.pt digits-mlp-l2-adam-e40.pt digits-mlp-depth8-adamw-e40.pt \
 	digits-mlp-depth8-l2-adam-e40.pt
 
-.PHONY: venv demo test checkpoints clean-venv
+.PHONY: venv demo test check checkpoints clean-venv
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -22,6 +22,11 @@ demo: venv
 ## Every test, slow end-to-end ones included. "No tests ran" (exit 5) fails.
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Regression-check the bounds of the shipped zoo against the committed baseline (exit 1 on a regression).
+JUNIT ?= $(or $(TMPDIR),/tmp)/wdbound-check.xml
+check: venv
+	$(BIN)/wdbound check --baseline reports/baseline.json --junit $(JUNIT)
 
 ## Reproduce the shipped digits zoo (skips checkpoints that already exist).
 checkpoints: venv

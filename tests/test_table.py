@@ -112,3 +112,63 @@ def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert all(c["cached"] for c in json.loads((out / "table1.json").read_text())["cells"])
     code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", out, "--format", "pdf"], capsys)
     assert code == 2 and "--format" in err
+
+
+# ---------------------------------------------------------------- wdbound check
+
+def _baseline(tmp_path, capsys, ckpt):
+    baseline = tmp_path / "baseline.json"
+    code, out, err = run_cli(["check", "--update", "--baseline", baseline, ckpt, "--probes", "3", "--steps", "10",
+                              "--max-samples", "80"], capsys)
+    assert code == 0, err
+    return baseline
+
+
+def test_check_passes_untouched_and_fails_edited_baseline(tiny_checkpoint, tmp_path, capsys):
+    baseline = _baseline(tmp_path, capsys, tiny_checkpoint)
+    data = json.loads(baseline.read_text())
+    assert data["format"] == "wdbound-baseline/1"
+    assert set(data["checkpoints"][0]["metrics"]) == {"err_mean", "phi", "top_eigenvalue", "trace"}
+    junit = tmp_path / "check.xml"
+    code, out, err = run_cli(["check", "--baseline", baseline, "--junit", junit], capsys)
+    assert code == 0, err
+    assert "0 failed" in out and "largest relative drift 0" in out  # same seeds, same software: bit-identical
+    assert 'failures="0"' in junit.read_text()
+    # Move err_mean by 10 tolerances: exit 1, the metric named, JUnit failure.
+    metric = data["checkpoints"][0]["metrics"]["err_mean"]
+    metric["value"] += 10 * 4 * 2**0.5 * metric["stderr"]
+    baseline.write_text(json.dumps(data))
+    code, out, err = run_cli(["check", "--baseline", baseline, "--junit", junit], capsys)
+    assert code == 1 and "err_mean" in err and "FAIL" in out
+    xml = junit.read_text()
+    assert 'failures="1"' in xml and "<failure" in xml and "err_mean" in xml
+    # An explicit per-metric tolerance wider than the edit makes it pass again.
+    data["tolerances"] = {"err_mean": {"abs": 100.0}}
+    baseline.write_text(json.dumps(data))
+    code, _, err = run_cli(["check", "--baseline", baseline], capsys)
+    assert code == 0, err
+    # --update rewrites it and reports the change.
+    code, out, _ = run_cli(["check", "--baseline", baseline, "--update"], capsys)
+    assert code == 0 and "1 metric values changed" in out
+    code, _, _ = run_cli(["check", "--baseline", baseline], capsys)
+    assert code == 0
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d, p: p.write_text("{not json"), "not readable JSON"),
+    (lambda d, p: p.write_text(json.dumps({**d, "format": "wdbound-baseline/99"})), "unknown baseline format"),
+    (lambda d, p: p.write_text(json.dumps({**d, "checkpoints": [{**d["checkpoints"][0], "path": "nope.pt"}]})),
+     "missing"),
+    (lambda d, p: p.write_text(json.dumps({**d, "checkpoints": [{"path": 3}]})), "malformed"),
+    (lambda d, p: p.write_text("[]"), "not a wdbound baseline"),
+])
+def test_check_bad_baseline_exit_2(tiny_checkpoint, tmp_path, capsys, mutate, needle):
+    baseline = _baseline(tmp_path, capsys, tiny_checkpoint)
+    mutate(json.loads(baseline.read_text()), baseline)
+    code, _, err = run_cli(["check", "--baseline", baseline], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_check_without_baseline_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(["check", "--baseline", tmp_path / "none.json"], capsys)
+    assert code == 2 and "--update" in err

@@ -508,7 +508,8 @@ def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor) -> tup
            "model": model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
            "epochs": train_meta.get("epochs", 0), "optimizer": name, "family": family, "variant": variant,
            "form": family, "test_acc": metrics.get("test_acc"), "test_loss": metrics.get("test_loss"),
-           "top_eigenvalue": float(spectrum.top.values[0]), "trace": spectrum.trace.estimate,
+           "top_eigenvalue": float(spectrum.top.values[0]), "top_residual": float(spectrum.top.residuals[0]),
+           "trace": spectrum.trace.estimate,
            "trace_stderr": spectrum.trace.stderr, "probes": settings.probes, "steps": settings.steps,
            "seed": settings.seed, "dtype": settings.dtype, "split": settings.split, "hvps": analysis.hvps,
            "cached": spectrum.cached, **inputs.to_json(), "spectrum_provenance": spectrum.provenance}
@@ -604,6 +605,109 @@ def updates(
         write_json_atomic(json_path, {"bins": bin_labels(), "quantity": "|m_hat / (sqrt(v_hat) + eps)| per coordinate "
                                       "(for l2-Adam the moments include lambda*x)", "checkpoints": entries})
         say(f"wrote {json_path}")
+
+
+# ---------------------------------------------------------------- check
+
+@app.command()
+def check(
+    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Check only these baseline checkpoints (default: all); with --update on a new baseline, the checkpoints to record."),
+    baseline: Path = typer.Option(Path("reports/baseline.json"), help="Baseline JSON (format wdbound-baseline/1)."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the baseline (atomically) with the values computed now and say what changed; creates it if missing."),
+    junit: Optional[Path] = typer.Option(None, help="Also write the results as JUnit XML (one testcase per checkpoint and metric)."),
+    probes: int = typer.Option(4, help="New baselines only: SLQ probes k."),
+    steps: int = typer.Option(40, help="New baselines only: Lanczos steps m."),
+    seed: int = typer.Option(0, help="New baselines only: seed of every probe."),
+    max_samples: Optional[int] = typer.Option(None, help="New baselines only: first N examples of the test split."),
+    device: str = Opt.device,
+) -> None:
+    """Recompute the bounds of a baseline's checkpoints with its settings and seeds; exit 1 if any moved beyond tolerance."""
+    import time
+    from dataclasses import asdict
+
+    from .cache import NoCache
+    from .check import DEFAULT_TOLERANCE, FORMAT, METRICS, Comparison, compare, junit_xml, metrics_of, validate_baseline
+    from .io_utils import write_json_atomic, write_text_atomic
+    from .spectrum import SpectrumSettings
+
+    if baseline.exists():
+        try:
+            data = json.loads(baseline.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise WdboundError(f"{baseline}: not readable JSON ({str(exc).splitlines()[0][:120]})", "--baseline") from None
+        data = validate_baseline(data, str(baseline))
+    elif update:
+        if not checkpoints:
+            raise WdboundError(f"{baseline} does not exist; name the checkpoints to record", "--update")
+        spectrum = asdict(SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=seed, max_samples=max_samples))
+        data = {"format": FORMAT, "settings": {"spectrum": spectrum, "rho": None, "tau": 0.05, "sigma_floor": 1e-6},
+                "tolerance": dict(DEFAULT_TOLERANCE), "tolerances": {},
+                "checkpoints": [{"path": str(p), "metrics": {}} for p in _checkpoint_paths(list(checkpoints))]}
+    else:
+        raise WdboundError(f"{baseline}: no such baseline (create one with --update CKPT...)", "--baseline")
+    entries = data["checkpoints"]
+    if checkpoints and baseline.exists():
+        wanted = {str(p) for p in _checkpoint_paths(list(checkpoints))}
+        unknown = wanted - {e["path"] for e in entries}
+        if unknown:
+            raise WdboundError(f"not in the baseline: {', '.join(sorted(unknown))}", "--baseline")
+        entries = [e for e in entries if e["path"] in wanted]
+    missing = [e["path"] for e in entries if not Path(e["path"]).is_file()]
+    if missing:
+        raise WdboundError(f"baseline checkpoint missing: {', '.join(missing)}", "--baseline")
+    try:
+        spectrum_cfg = data["settings"]["spectrum"]
+        settings = SpectrumSettings(**{**spectrum_cfg, "device": device, "exact": False})
+        settings.validate()
+        rho, tau, floor = data["settings"].get("rho"), float(data["settings"]["tau"]), float(data["settings"]["sigma_floor"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WdboundError(f"{baseline}: unusable settings ({exc})", "--baseline") from None
+    rules = {**DEFAULT_TOLERANCE, **(data.get("tolerance") or {})}
+    explicit = data.get("tolerances") or {}
+    results: list = []
+    new_metrics: dict = {}
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        overall = bar.add_task("checkpoints", total=len(entries), info="")
+        for entry in entries:
+            row, _ = table_row(Path(entry["path"]), settings, NoCache(), bar, rho=rho, tau=tau, sigma_floor=floor)
+            now = metrics_of(row)
+            new_metrics[entry["path"]] = (row["sha256"], now)
+            if entry["metrics"]:
+                results += compare(entry, now, rules, explicit)
+            bar.advance(overall)
+    seconds = time.perf_counter() - start
+    out = Table(title=f"wdbound check against {baseline} ({len(entries)} checkpoints, {seconds:.0f} s)")
+    for column in ("checkpoint", "metric", "baseline", "now", "difference", "tolerance", "result"):
+        out.add_column(column, justify="left" if column in ("checkpoint", "metric", "result") else "right")
+    for r in results:
+        out.add_row(Path(r.checkpoint).name, r.metric, f"{r.baseline:.10g}", f"{r.now:.10g}", f"{r.difference:.3g}",
+                    f"{r.tolerance:.3g} ({r.reason})", "PASS" if r.passed else "FAIL")
+    if results:
+        console.print(out)
+    for entry in entries:
+        if entry.get("sha256") and entry["sha256"] != new_metrics[entry["path"]][0]:
+            say(f"note: {entry['path']} changed since the baseline (sha256 differs)")
+    failed = [r for r in results if not r.passed]
+    worst = max((abs(r.difference) / abs(r.baseline) for r in results if r.baseline), default=0.0)
+    say(f"{len(results) - len(failed)} passed, {len(failed)} failed; largest relative drift {worst:.2g}")
+    if junit is not None:
+        write_text_atomic(junit, junit_xml(results, [], seconds))
+        say(f"wrote {junit}")
+    if update:
+        changed = [r for r in results if r.difference != 0]
+        for entry in data["checkpoints"]:
+            if entry["path"] in new_metrics:
+                entry["sha256"], entry["metrics"] = new_metrics[entry["path"]][0], new_metrics[entry["path"]][1]
+        data["updated_with"] = __import__("wdbound.train", fromlist=["library_versions"]).library_versions()
+        write_json_atomic(baseline, data)
+        say(f"wrote {baseline}: {len(new_metrics)} checkpoints; {len(changed)} metric values changed"
+            + "".join(f"\n  {Path(r.checkpoint).name} {r.metric}: {r.baseline:.10g} -> {r.now:.10g}" for r in changed[:20]))
+        return
+    if failed:
+        for r in failed:
+            print_error(f"regression: {r.checkpoint} {r.metric} moved {r.difference:.3g} (tolerance {r.tolerance:.3g})")
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- entry point
