@@ -197,12 +197,12 @@ def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str =
 
 
 def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype, hvp,
-                      hvp_batch_size, exact):
+                      hvp_batch_size, exact, backend="wdbound"):
     from .spectrum import SpectrumSettings
 
     settings = SpectrumSettings(data=data, split=split, max_samples=max_samples, probes=probes, steps=steps,
                                 top_k=top_k, diag_probes=diag_probes, seed=seed, device=device, dtype=dtype, hvp=hvp,
-                                batch_size=hvp_batch_size, exact=exact)
+                                batch_size=hvp_batch_size, exact=exact, backend=backend)
     settings.validate()
     return settings
 
@@ -253,6 +253,7 @@ def spectrum(
     hvp_batch_size: int = Opt.hvp_batch_size, exact: bool = Opt.exact,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
+    backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
 ) -> None:
@@ -263,7 +264,7 @@ def spectrum(
     from .spectrum import plot_density
 
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
-                                 hvp, hvp_batch_size, exact)
+                                 hvp, hvp_batch_size, exact, backend)
     ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype)
     result = run_spectrum(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache))
     render_spectrum(result)
@@ -283,14 +284,21 @@ def render_spectrum(result) -> None:
     diag = result.diagonal.summary()
     nodes, _ = result.slq.measure()
     say(f"d = {result.d} parameters, n_eval = {result.n_eval} examples ({result.provenance['settings']['split']} split)")
-    say(f"top {len(result.top.values)} eigenvalues: {top}  (Lanczos, {result.top.steps} steps, "
-        f"residual <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'})")
+    backend = result.provenance.get("backend", "wdbound")
+    if backend == "wdbound":
+        say(f"top {len(result.top.values)} eigenvalues: {top}  (Lanczos, {result.top.steps} steps, "
+            f"residual <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'})")
+    else:
+        say(f"backend {backend}: {result.provenance.get('note', '')}")
+        say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
     say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (Hutchinson, {len(result.trace.samples)} probes)")
     say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}%")
-    say(f"zero rows: {len(result.zero_rows)} coordinates have an exactly zero Hessian row (inputs the data never "
-        "activates); they are deflated and counted as exact zero eigenvalues")
-    say(f"diagonal: mean {diag['mean']:.4g}, {diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} exactly 0 "
-        "(weights the data never moves: zero Hessian rows)")
+    if backend == "wdbound":
+        say(f"zero rows: {len(result.zero_rows)} coordinates have an exactly zero Hessian row (inputs the data never "
+            "activates); they are deflated and counted as exact zero eigenvalues")
+    if result.diagonal.probes:
+        say(f"diagonal: mean {diag['mean']:.4g}, {diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} "
+            "exactly 0 (weights the data never moves: zero Hessian rows)")
     if result.exact_eigenvalues is not None:
         ev = result.exact_eigenvalues
         rel = abs(result.top.values[0] - ev[-1]) / abs(ev[-1])

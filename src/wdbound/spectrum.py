@@ -35,7 +35,8 @@ from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.lanczos import slq_from_run
 from .train import library_versions
 
-EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
+EXACT_MAX_DIM = 20_000
+BACKENDS = ("wdbound", "pyhessian")  # dense float64 Hessian of 20k parameters: 3.2 GB
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,11 @@ class SpectrumSettings:
     hvp: str = "forward-over-reverse"
     batch_size: int = 512
     exact: bool = False
+    backend: str = "wdbound"  # or "pyhessian": PyHessian's estimators on the same model, data and loss
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise WdboundError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}", "--backend")
         for name, value, flag in (("probes", self.probes, "--probes"), ("steps", self.steps, "--steps"),
                                   ("top-k", self.top_k, "--top-k"), ("batch size", self.batch_size, "--batch-size")):
             if value < 1:
@@ -173,6 +177,8 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     instead (``cached=True``, no live operator in ``extra``)."""
     settings.validate()
     key = spectrum_key(ckpt, settings)
+    if settings.backend != "wdbound":
+        return _foreign_spectrum(ckpt, settings, key)
     if cache is not None and (hit := cache.get(key)) is not None:
         return Spectrum.from_arrays(*hit)
     operator = build_operator(ckpt, settings)
@@ -212,6 +218,26 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     if cache is not None:
         cache.put(key, *result.to_arrays())
     return result
+
+
+def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) -> Spectrum:
+    """Another tool's estimators on the same model, data and loss (never cached; no diagonal, no deflation)."""
+    from .backends.pyhessian_backend import run_pyhessian
+
+    if settings.exact:
+        raise WdboundError("--exact is computed by wdbound itself; drop it with --backend pyhessian", "--exact")
+    operator = build_operator(ckpt, settings)
+    top, density, trace, diagonal, hvps, wall = run_pyhessian(operator, settings)
+    provenance = {
+        "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
+        "data": evaluation_data(ckpt, settings), "settings": asdict(settings), "device": str(operator.device),
+        "hvp_count": hvps, "wall_seconds": wall, "versions": library_versions(),
+        "loss": "mean cross-entropy, model in eval mode", "backend": settings.backend, "cache_key": key,
+        "note": "PyHessian 0.1: power iteration (rel. tol 1e-3) for the top eigenvalues, Hutchinson trace with "
+                "early stop at rel. change 1e-3, density with torch.eig replaced by eigh (wdbound.backends."
+                "pyhessian_compat); no diagonal estimate",
+    }
+    return Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, hvps, wall, provenance)
 
 
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:

@@ -1,0 +1,1 @@
+"""Other tools' estimators behind wdbound's result types, for cross-checks (``--backend``)."""
