@@ -1,0 +1,365 @@
+"""wdbound vs PyHessian (and curvlinops when installed), side by side in one process and one run.
+
+    python benchmarks/compare.py                     # digits-mlp, digits-cnn, cifar-cnn; ResNet-18 HVP costs
+    python benchmarks/compare.py --full-resnet       # ResNet-18 full analysis too (slow on a CPU)
+    python benchmarks/compare.py --device cuda --dtype float32
+
+For each model: wall time and HVP count of density (k probes x m steps), top-5 eigenvalues, trace,
+diagonal, and the full analysis (all four); accuracy against the exact Hessian where it fits
+(top-1 relative error, density Wasserstein-1 / lambda_max, trace relative error); ratios
+wdbound / PyHessian; one HVP / one gradient for both of wdbound's HVP modes and PyHessian's; peak
+memory per method (CUDA: max_memory_allocated; CPU: resident-set growth sampled every 5 ms).
+Writes benchmarks/results/<run>.json and benchmarks/results/summary.md.
+
+Speed is measured here and printed as ratios; the unit tests never time anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from wdbound import load_checkpoint, load_dataset  # noqa: E402
+from wdbound.curvature import HessianOperator, dense_matrix  # noqa: E402
+from wdbound.data import ArrayDataset  # noqa: E402
+from wdbound.estimators import hutchinson, lanczos, rademacher, top_eigenvalues  # noqa: E402
+from wdbound.estimators.lanczos import slq_from_run  # noqa: E402
+from wdbound.models import build_model  # noqa: E402
+
+
+# ---------------------------------------------------------------- measurement helpers
+
+class PeakMemory:
+    """Peak memory growth during a block: CUDA allocator peak, or sampled RSS on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = self._rss()
+            self.stop = threading.Event()
+            self.max_rss = self.base
+
+            def sample() -> None:
+                while not self.stop.is_set():
+                    self.max_rss = max(self.max_rss, self._rss())
+                    time.sleep(0.005)
+
+            self.thread = threading.Thread(target=sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.max_rss, self._rss()) - self.base
+
+
+def timed(device: torch.device, fn):
+    """(result, seconds, peak bytes) of fn()."""
+    with PeakMemory(device) as mem:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return result, seconds, mem.peak
+
+
+def wasserstein1(nodes_a, weights_a, nodes_b, weights_b) -> float:
+    """W1 between two discrete measures on the line: the integral of |F_a - F_b|."""
+    points = np.concatenate([nodes_a, nodes_b])
+    order = np.argsort(points)
+    points = points[order]
+    signed = np.concatenate([weights_a / weights_a.sum(), -weights_b / weights_b.sum()])[order]
+    cdf_gap = np.cumsum(signed)[:-1]
+    return float(np.sum(np.abs(cdf_gap) * np.diff(points)))
+
+
+# ---------------------------------------------------------------- models
+
+class CifarCNN(nn.Module):
+    """A small CIFAR-sized CNN (3x32x32 -> 10): two conv blocks with BatchNorm, as in many Hessian studies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Tanh(), nn.MaxPool2d(2),
+                                 nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.Tanh(), nn.MaxPool2d(2),
+                                 nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def random_images(n: int, seed: int = 0) -> ArrayDataset:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 32, 32, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    return ArrayDataset(images.numpy(), labels.numpy())
+
+
+def cases(args):
+    zoo = ROOT.parent / "checkpoints"
+    digits = load_dataset("digits", "test")
+    out = [("digits-mlp", load_checkpoint(zoo / "digits-mlp-adamw-e40.pt").model, digits, True, True),
+           ("digits-cnn", load_checkpoint(zoo / "digits-cnn-adamw-e40.pt").model, digits, True, True)]
+    torch.manual_seed(0)
+    out.append(("cifar-cnn", CifarCNN().eval(), random_images(args.cifar_n), False, True))
+    torch.manual_seed(0)
+    out.append(("resnet18", build_model("resnet18", num_classes=10).eval(), random_images(args.resnet_n, 1), False,
+                args.full_resnet))
+    return [c for c in out if c[0] in args.models]
+
+
+# ---------------------------------------------------------------- the two tools
+
+def run_wdbound(op, args, device):
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    k, m = args.probes, args.steps
+    res = {}
+
+    def measure(name, fn):
+        before = op.matvecs
+        value, seconds, peak = timed(device, fn)
+        res[name] = {"seconds": seconds, "hvps": op.matvecs - before, "peak_bytes": peak}
+        return value
+
+    density = measure("density", lambda: slq_from_run(lanczos(op, rademacher(k, op.dim, gen(), op.dtype, op.device),
+                                                               m), op.dim))
+    top = measure("top5", lambda: top_eigenvalues(op, 5, gen()))
+    trace, _ = measure("trace", lambda: hutchinson(op, k, gen()))
+    measure("diagonal", lambda: hutchinson(op, k, gen()))
+
+    def full():  # one Krylov run serves density, trace and diagonal; top-5 by its own Lanczos
+        t = top_eigenvalues(op, 5, gen())
+        run = lanczos(op, rademacher(k, op.dim, gen(), op.dtype, op.device), m)
+        from wdbound.estimators.hutchinson import estimate_from_products
+
+        return t, slq_from_run(run, op.dim), estimate_from_products(run.starts, run.first_products)
+
+    measure("full", full)
+    nodes, weights = density.measure()
+    return res, {"top": top.values.tolist(), "trace": trace.estimate, "nodes": nodes, "weights": weights}
+
+
+def run_pyhessian(op, args, device):
+    try:
+        from pyhessian import hessian
+    except ImportError:
+        return None, None
+    from wdbound.backends.pyhessian_backend import CountingCriterion
+    from wdbound.backends.pyhessian_compat import torch_eig_shim
+
+    batches = list(op.chunks())
+    criterion = CountingCriterion()
+    torch.manual_seed(0)
+    engine = hessian(op.model, criterion, dataloader=batches, cuda=device.type == "cuda")
+    k, m = args.probes, args.steps
+    res = {}
+
+    def measure(name, fn):
+        before = criterion.calls
+        value, seconds, peak = timed(device, fn)
+        res[name] = {"seconds": seconds, "hvps": (criterion.calls - before) // len(batches), "peak_bytes": peak}
+        return value
+
+    def density():
+        with torch_eig_shim():
+            return engine.density(iter=m, n_v=k)
+
+    nodes, weights = measure("density", density)
+    values, _ = measure("top5", lambda: engine.eigenvalues(top_n=5))
+    samples = measure("trace", lambda: engine.trace(maxIter=k, tol=0.0))  # tol 0: all k probes, like ours
+    res["diagonal"] = None  # PyHessian 0.1 has no diagonal estimator
+    res["full"] = {key: sum(res[name][key] for name in ("density", "top5", "trace"))
+                   for key in ("seconds", "hvps")}
+    res["full"]["peak_bytes"] = max(res[name]["peak_bytes"] for name in ("density", "top5", "trace"))
+    res["full"]["note"] = "separate calls: density + eigenvalues(top_n=5) + trace (no diagonal available)"
+    all_nodes = np.concatenate([np.asarray(n, dtype=float) for n in nodes])
+    all_weights = np.concatenate([np.asarray(w, dtype=float) for w in weights])
+    return res, {"top": sorted(values, reverse=True), "trace": float(np.mean(samples)), "nodes": all_nodes,
+                 "weights": all_weights}
+
+
+def run_curvlinops(op, args, device):
+    """curvlinops' Hutchinson trace/diagonal and eigsh top-5 on the same model and data, when installed."""
+    try:
+        from curvlinops import HessianLinearOperator
+    except ImportError:
+        return None, None
+    params = [p for p in op.model.parameters() if p.requires_grad]
+    data = [(x, y) for x, y in op.chunks()]
+    linop = HessianLinearOperator(op.model, nn.CrossEntropyLoss(), params, data)
+    from scipy.sparse.linalg import eigsh
+
+    res = {}
+    (values, _), seconds, peak = timed(device, lambda: eigsh(linop, k=5, which="LA"))
+    res["top5"] = {"seconds": seconds, "hvps": None, "peak_bytes": peak}
+    return res, {"top": sorted(values.tolist(), reverse=True)}
+
+
+def hvp_costs(op_factory, reps: int, device):
+    """Seconds of one gradient, one HVP (each wdbound mode) and PyHessian's HVP; ratios to the gradient."""
+    out = {}
+    op = op_factory("forward-over-reverse")
+    op.gradient()
+    _, grad_s, _ = timed(device, lambda: [op.gradient() for _ in range(reps)])
+    out["gradient_seconds"] = grad_s / reps
+    for mode in ("forward-over-reverse", "double-backward"):
+        op = op_factory(mode)
+        v = torch.randn(1, op.dim, dtype=op.dtype, generator=torch.Generator().manual_seed(0)).to(op.device)
+        op.matmat(v)
+        _, s, _ = timed(device, lambda: [op.matmat(v) for _ in range(reps)])
+        out[f"hvp_{mode}_seconds"] = s / reps
+        out[f"hvp_{mode}_over_grad"] = s / reps / out["gradient_seconds"]
+    try:
+        from pyhessian import hessian
+
+        from wdbound.backends.pyhessian_backend import CountingCriterion
+
+        engine = hessian(op.model, CountingCriterion(), dataloader=list(op.chunks()), cuda=device.type == "cuda")
+        vec = [torch.randn_like(p) for p in engine.params]
+        engine.dataloader_hv_product(vec)
+        _, s, _ = timed(device, lambda: [engine.dataloader_hv_product(vec) for _ in range(reps)])
+        out["hvp_pyhessian_seconds"] = s / reps
+        out["hvp_pyhessian_over_grad"] = s / reps / out["gradient_seconds"]
+    except ImportError:
+        pass
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+def accuracy(found, exact_ev, exact_trace):
+    lam_max = float(np.max(np.abs(exact_ev)))
+    out = {"top1_rel_error": abs(found["top"][0] - exact_ev[-1]) / abs(exact_ev[-1]),
+           "trace_rel_error": abs(found["trace"] - exact_trace) / abs(exact_trace)}
+    if "nodes" in found:
+        out["density_w1_over_lambda_max"] = wasserstein1(found["nodes"], found["weights"], exact_ev,
+                                                         np.ones_like(exact_ev)) / lam_max
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="digits-mlp,digits-cnn,cifar-cnn,resnet18")
+    parser.add_argument("--probes", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--cifar-n", type=int, default=256, help="random 32x32 images for the CIFAR-sized CNN")
+    parser.add_argument("--resnet-n", type=int, default=16, help="random 32x32 images for ResNet-18")
+    parser.add_argument("--full-resnet", action="store_true", help="also run the full analysis on ResNet-18")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions for the HVP/gradient timing")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args(argv)
+    args.models = args.models.split(",")
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    report = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "models": {}}
+    for name, model, dataset, exact_ok, full in cases(args):
+        def factory(mode, model=model, dataset=dataset):
+            return HessianOperator(model, dataset, device=device, dtype=dtype, mode=mode, batch_size=512)
+
+        op = factory("forward-over-reverse")
+        entry = {"d": op.dim, "n_eval": op.n_eval, "costs": hvp_costs(factory, args.reps, device)}
+        print(f"\n== {name}: d = {op.dim}, n = {op.n_eval}", flush=True)
+        print("   " + ", ".join(f"{k} {v:.3g}" for k, v in entry["costs"].items()), flush=True)
+        if full:
+            ours, ours_found = run_wdbound(op, args, device)
+            theirs, theirs_found = run_pyhessian(factory("double-backward"), args, device)
+            curv, curv_found = run_curvlinops(op, args, device)
+            entry.update(wdbound=ours, pyhessian=theirs, curvlinops=curv)
+            if exact_ok and op.dim <= 20_000:
+                h = dense_matrix(op).double().cpu().numpy()
+                ev = np.linalg.eigvalsh(h)
+                entry["exact"] = {"lambda_max": float(ev[-1]), "trace": float(np.trace(h))}
+                entry["accuracy"] = {"wdbound": accuracy(ours_found, ev, np.trace(h))}
+                if theirs_found:
+                    entry["accuracy"]["pyhessian"] = accuracy(theirs_found, ev, np.trace(h))
+                if curv_found:
+                    entry["accuracy"]["curvlinops"] = {"top1_rel_error": abs(curv_found["top"][0] - ev[-1]) / ev[-1]}
+            for task in ("density", "top5", "trace", "diagonal", "full"):
+                a = ours[task]
+                b = (theirs or {}).get(task)
+                ratio = (b["seconds"] / a["seconds"]) if b else math.nan
+                print(f"   {task:9s} wdbound {a['seconds']:7.2f} s {a['hvps']:5d} HVPs | PyHessian "
+                      + (f"{b['seconds']:7.2f} s {b['hvps']:5d} HVPs | speed-up x{ratio:.2f}" if b else "n/a"),
+                      flush=True)
+            for tool, acc in (entry.get("accuracy") or {}).items():
+                print(f"   accuracy {tool}: " + ", ".join(f"{k} {v:.2e}" for k, v in acc.items()), flush=True)
+        report["models"][name] = entry
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    json_path = args.out / f"compare-{args.device.replace(':', '')}-{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (args.out / "summary.md").write_text(summary(report) + "\n")
+    print(f"\nwrote {json_path} and {args.out / 'summary.md'}")
+    return 0
+
+
+def summary(report) -> str:
+    s = report["settings"]
+    lines = [f"# wdbound vs PyHessian ({s['device']}, {s['dtype']}, {report['threads']} threads, torch "
+             f"{report['torch']}; k = {s['probes']} probes, m = {s['steps']} steps)", "",
+             "| model | d | task | wdbound s | HVPs | PyHessian s | HVPs | speed-up |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, e in report["models"].items():
+        for task in ("density", "top5", "trace", "diagonal", "full"):
+            if "wdbound" not in e:
+                continue
+            a, b = e["wdbound"][task], (e.get("pyhessian") or {}).get(task)
+            lines.append(f"| {name} | {e['d']} | {task} | {a['seconds']:.2f} | {a['hvps']} | "
+                         + (f"{b['seconds']:.2f} | {b['hvps']} | x{b['seconds'] / a['seconds']:.2f} |" if b
+                            else "n/a | | |"))
+    lines += ["", "| model | grad s | HVP/grad (fwd-over-rev) | HVP/grad (double backward) | HVP/grad (PyHessian) |",
+              "|---|---:|---:|---:|---:|"]
+    for name, e in report["models"].items():
+        c = e["costs"]
+        lines.append(f"| {name} | {c['gradient_seconds']:.3g} | {c['hvp_forward-over-reverse_over_grad']:.2f} | "
+                     f"{c['hvp_double-backward_over_grad']:.2f} | {c.get('hvp_pyhessian_over_grad', float('nan')):.2f} |")
+    lines += ["", "| model | tool | top-1 rel. error | density W1/lambda_max | trace rel. error |", "|---|---|---:|---:|---:|"]
+    for name, e in report["models"].items():
+        for tool, acc in (e.get("accuracy") or {}).items():
+            lines.append(f"| {name} | {tool} | {acc.get('top1_rel_error', float('nan')):.2e} | "
+                         f"{acc.get('density_w1_over_lambda_max', float('nan')):.2e} | "
+                         f"{acc.get('trace_rel_error', float('nan')):.2e} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
