@@ -49,7 +49,7 @@ def test_duplicate_cell_kept_out_of_table():
 def test_findings():
     found = {(f["epochs"], f["variant"]): f for f in findings(layout(ROWS))}
     const, dec = found[(10, "constant")], found[(10, "decaying")]
-    assert const["err_holds"] is True and const["acc_holds"] is True
+    assert const["err_holds"] is True and const["acc_holds"] is True and const["err_resolved"] is True
     assert const["err_gap"] == pytest.approx(0.40) and const["err_gap_stderr"] == pytest.approx(np.hypot(0.01, 0.01))
     assert dec["err_holds"] is False and dec["acc_holds"] is False
     assert found[(40, "constant")]["err_holds"] is None
