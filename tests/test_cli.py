@@ -84,8 +84,6 @@ def test_doctests():
 
 @pytest.mark.slow
 def test_err_exact_matches_brute_force_and_json_schema(tiny_checkpoint, tmp_path, capsys):
-    import math
-
     import torch
 
     from wdbound import load_checkpoint

@@ -73,7 +73,6 @@ def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
     import shutil
 
     import pandas as pd
-    import torch
 
     from wdbound.checkpoints import save_checkpoint
     from wdbound.train import TrainConfig, train

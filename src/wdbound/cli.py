@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -439,7 +438,7 @@ def table(
     import time
 
     from .io_utils import write_json_atomic, write_text_atomic
-    from .table import family_variant, finding_lines, findings, latex, layout, markdown, to_csv
+    from .table import PAPER, finding_lines, findings, latex, layout, markdown, to_csv
 
     formats = [f.strip() for f in format.split(",") if f.strip()]
     bad = [f for f in formats if f not in TABLE_FORMATS]
@@ -482,7 +481,7 @@ def table(
     payload = {"cells": rows, "findings": found, "failures": failures, "interrupted": interrupted,
                "settings": {"spectrum": settings.__dict__, "rho": rho if rho is not None else "1/sqrt(input dim)",
                             "tau": tau, "sigma_floor": sigma_floor},
-               "wall_seconds": wall, "paper": __import__("wdbound.table", fromlist=["PAPER"]).PAPER}
+               "wall_seconds": wall, "paper": PAPER}
     written = [write_json_atomic(out / "table1.json", payload)]
     texts = {"md": lambda: markdown(grid, found, settings_line, failures, note), "csv": lambda: to_csv(rows),
              "tex": lambda: latex(grid)}
@@ -634,9 +633,10 @@ def check(
     from dataclasses import asdict
 
     from .cache import NoCache
-    from .check import DEFAULT_TOLERANCE, FORMAT, METRICS, Comparison, compare, junit_xml, metrics_of, validate_baseline
+    from .check import DEFAULT_TOLERANCE, FORMAT, compare, junit_xml, metrics_of, validate_baseline
     from .io_utils import write_json_atomic, write_text_atomic
     from .spectrum import SpectrumSettings
+    from .train import library_versions
 
     if baseline.exists():
         try:
@@ -707,7 +707,7 @@ def check(
         for entry in data["checkpoints"]:
             if entry["path"] in new_metrics:
                 entry["sha256"], entry["metrics"] = new_metrics[entry["path"]][0], new_metrics[entry["path"]][1]
-        data["updated_with"] = __import__("wdbound.train", fromlist=["library_versions"]).library_versions()
+        data["updated_with"] = library_versions()
         write_json_atomic(baseline, data)
         say(f"wrote {baseline}: {len(new_metrics)} checkpoints; {len(changed)} metric values changed"
             + "".join(f"\n  {Path(r.checkpoint).name} {r.metric}: {r.baseline:.10g} -> {r.now:.10g}" for r in changed[:20]))

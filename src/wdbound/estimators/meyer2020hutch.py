@@ -21,7 +21,6 @@ The standard error is that of the Hutchinson part.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .hutchinson import TraceEstimate, _trace, rademacher
