@@ -114,11 +114,15 @@ def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
     return float(np.mean(samples)), (float(np.std(samples, ddof=1) / math.sqrt(k)) if k > 1 else math.nan)
 
 
+def corollary3_integrand(form: str, p: BoundInputs):
+    """σ ↦ h(x(max(|σ|, floor))): the per-eigenvalue term of Corollary 3's err."""
+    return lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p))
+
+
 def corollary3_from_slq(density, form: str, p: BoundInputs) -> Corollary3:
     """err from an SLQ run of H (``wdbound.estimators.SLQ``): per probe ``Σ_k w_k h(x(|θ_k|))`` scaled to d
     (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread."""
-    f = lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p))  # noqa: E731
-    total, stderr = _mean_stderr(density.quadrature(f))
+    total, stderr = _mean_stderr(density.quadrature(corollary3_integrand(form, p)))
     nodes, weights = density.measure()
     below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
     return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False)
@@ -130,7 +134,7 @@ def quadrature_change(density, form: str, p: BoundInputs) -> float:
     steps = int(np.max(density.lengths))
     if steps < 4:
         return math.nan
-    f = lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p))  # noqa: E731
+    f = corollary3_integrand(form, p)
     full = float(np.mean(density.quadrature(f)))
     half = float(np.mean(density.truncated(steps // 2).quadrature(f)))
     return abs(full - half) / p.d

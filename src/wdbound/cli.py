@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -206,17 +205,6 @@ def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probe
     return settings
 
 
-def run_spectrum(ckpt, settings, label: str, cache):
-    from .spectrum import compute_spectrum, expected_hvps
-    from .models import count_parameters
-
-    with progress_bar() as bar:
-        task = bar.add_task(f"HVPs {label}", total=expected_hvps(settings, count_parameters(ckpt.model)), info="")
-        result = compute_spectrum(ckpt, settings, lambda n: bar.advance(task, n), cache)
-        bar.update(task, total=result.hvps, completed=result.hvps)
-    return result
-
-
 def run_analysis(ckpt, settings, label: str, cache, forms, floors, bar=None):
     """Spectrum + Theorem runs with a progress bar (its own, or a task on ``bar``)."""
     from .analysis import analyse
@@ -265,7 +253,7 @@ def spectrum(
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, exact, backend)
     ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype)
-    result = run_spectrum(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache))
+    result = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), [], []).spectrum
     render_spectrum(result)
     if plot is not None:
         plot_density(result, plot, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
@@ -343,8 +331,8 @@ def err(
                                  hvp_batch_size, exact)
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
-    sweep_sets = {name: sweep_inputs(inputs, name, values) for name, values in sweeps}
-    floors = sorted({inputs.sigma_floor, *(p.sigma_floor for ps in sweep_sets.values() for p in ps)})
+    sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
+    floors = sorted({inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)})
     analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors)
     spectrum = analysis.spectrum
     out = {"checkpoint": str(checkpoint), "trained_with": (ckpt.meta.get("optimizer") or {}).get("name"),
@@ -361,19 +349,12 @@ def err(
     if sweep_sets:
         out["sweeps"] = {}
         for name, variants in sweep_sets.items():
-            rows = [{"value": getattr(p, _field(name)), **{f: bound_figures(analysis, f, p) for f in forms}}
-                    for p in variants]
+            rows = [{"value": value, **{f: bound_figures(analysis, f, p) for f in forms}} for value, p in variants]
             out["sweeps"][name] = rows
             render_sweep(name, rows, forms)
     if json_path is not None:
         write_json_atomic(json_path, out)
         say(f"wrote {json_path}")
-
-
-def _field(name: str) -> str:
-    from .analysis import SWEEPABLE
-
-    return SWEEPABLE[name]
 
 
 FORM_TITLES = {"adamw": "AdamW (Thm 6)", "l2-adam": "l2-Adam (Thm 7)"}
@@ -569,13 +550,13 @@ def updates(
     """Histograms of |update|/lr = |m_hat/(sqrt(v_hat)+eps)| per coordinate, log2 bins from 2^-27 to 1."""
     from .checkpoints import read_meta
     from .io_utils import write_json_atomic
-    from .updates import bin_labels, checkpoint_histograms, layer_depths, plot_updates, stats
+    from .updates import bin_labels, checkpoint_histograms, layer_depths, plot_updates, stats, total_counts
 
     entries = []
     for path in _checkpoint_paths(paths):
         meta = read_meta(path)
         layers = checkpoint_histograms(meta, str(path))
-        total = [int(v) for v in np.sum([np.asarray(c) for c in layers.values()], axis=0)]
+        total = total_counts(layers)
         recorded = ((meta.get("train") or {}).get("update_histograms") or {}).get("records") or []
         entries.append({"checkpoint": path.name, "path": str(path), "optimizer": (meta.get("optimizer") or {}).get("name"),
                         "arch": meta.get("arch"), "arch_kwargs": meta.get("arch_kwargs"),
@@ -583,7 +564,7 @@ def updates(
                         "depths": layer_depths(list(layers)),
                         "layer_stats": {name: stats(c).to_json() for name, c in layers.items()},
                         "over_training": [{"epoch": r["epoch"], "step": r["step"],
-                                           "total": [int(v) for v in np.sum([np.asarray(c) for c in r["layers"].values()], axis=0)]}
+                                           "total": total_counts(r["layers"])}
                                           for r in recorded]})
     table_ = Table(title="update magnitudes |m_hat/(sqrt(v_hat)+eps)| (log2 bins 2^-27 .. 1)")
     for column in ("checkpoint", "optimizer", "coordinates", "median log2", "IQR (log2 units)", "<= 2^-27", ">= 1",
@@ -700,7 +681,7 @@ def check(
     worst = max((abs(r.difference) / abs(r.baseline) for r in results if r.baseline), default=0.0)
     say(f"{len(results) - len(failed)} passed, {len(failed)} failed; largest relative drift {worst:.2g}")
     if junit is not None:
-        write_text_atomic(junit, junit_xml(results, [], seconds))
+        write_text_atomic(junit, junit_xml(results, seconds))
         say(f"wrote {junit}")
     if update:
         changed = [r for r in results if r.difference != 0]

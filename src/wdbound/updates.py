@@ -64,6 +64,11 @@ def optimizer_histograms(named_state: dict[str, dict], betas, eps: float) -> dic
     return out
 
 
+def total_counts(layers: dict[str, list[int]]) -> list[int]:
+    """Counts per bin over all parameter tensors."""
+    return [int(v) for v in np.sum([np.asarray(c, dtype=np.int64) for c in layers.values()], axis=0)]
+
+
 @dataclass(frozen=True)
 class UpdateStats:
     """Summary a reader compares at a glance."""
