@@ -7,7 +7,7 @@ grouped by (model, epochs); each group is a column pair "AdamW / AdamW-D"
 beside "l2-Adam / l2-Adam-D", each cell "constant / decaying", rows "err in
 bound" (err/d, the paper's scale) and "test acc. (%)". A missing partner is "—".
 
-This module is pure: rows in, text out. The CLI computes the rows.
+Rows in, text (and the per-model comparison plot) out; the CLI computes the rows.
 """
 
 from __future__ import annotations
