@@ -39,7 +39,7 @@ def test_train_is_deterministic_and_summary_lists_it(tmp_path, capsys):
 @pytest.mark.slow
 def test_spectrum_exact_json_plot(tiny_checkpoint, tmp_path, capsys):
     out_json, plot = tmp_path / "spec.json", tmp_path / "spec.png"
-    code, out, err = run_cli(["spectrum", tiny_checkpoint, "--probes", "4", "--steps", "30", "--exact",
+    code, out, err = run_cli(["spectrum", tiny_checkpoint, "--probes", "4", "--steps", "30", "--exact", "on",
                               "--max-samples", "100", "--json", out_json, "--plot", plot], capsys)
     assert code == 0, err
     payload = json.loads(out_json.read_text())
@@ -77,7 +77,7 @@ def test_doctests():
     import importlib
 
     for name in ("wdbound.estimators.hutchinson", "wdbound.estimators.meyer2020hutch", "wdbound.estimators.lanczos",
-                 "wdbound.optim"):
+                 "wdbound.estimators.quadrature_interval", "wdbound.optim"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.failed == 0 and result.attempted > 0, name
 
@@ -93,7 +93,7 @@ def test_err_exact_matches_brute_force_and_json_schema(tiny_checkpoint, tmp_path
 
     out_json = tmp_path / "err.json"
     code, out, err = run_cli(["err", tiny_checkpoint, "--probes", "4", "--steps", "20", "--max-samples", "100",
-                              "--exact", "--json", out_json], capsys)
+                              "--exact", "on", "--json", out_json], capsys)
     assert code == 0, err
     payload = json.loads(out_json.read_text())
     for form in ("adamw", "l2-adam"):

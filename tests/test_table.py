@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from wdbound.table import (DASH, CSV_FIELDS, family_variant, findings, grid, latex, layout, markdown, model_label,
-                           to_csv)
+from wdbound.table import (DASH, CSV_FIELDS, family_variant, findings, grid, latex, layout, long_grid, markdown,
+                           model_label, resolve_layout, summary_counts, to_csv)
 
 
 def _row(model, epochs, optimizer, err, acc, se=0.01):
@@ -50,9 +50,39 @@ def test_findings():
     found = {(f["epochs"], f["variant"]): f for f in findings(layout(ROWS))}
     const, dec = found[(10, "constant")], found[(10, "decaying")]
     assert const["err_holds"] is True and const["acc_holds"] is True and const["err_resolved"] is True
-    assert const["err_gap"] == pytest.approx(0.40) and const["err_gap_stderr"] == pytest.approx(np.hypot(0.01, 0.01))
+    # Rows without an interval get +/- 4 stderr: [3.36, 3.44] and [3.76, 3.84] are disjoint.
+    assert const["err_gap"] == pytest.approx(0.40) and const["err_adamw_interval"] == pytest.approx([3.36, 3.44])
     assert dec["err_holds"] is False and dec["acc_holds"] is False
     assert found[(40, "constant")]["err_holds"] is None
+
+
+def test_findings_resolved_only_when_intervals_disjoint():
+    a, l2 = _row("net", 10, "adamw", 3.40, 0.70), _row("net", 10, "l2-adam", 3.80, 0.69)
+    a["err_mean_interval"], l2["err_mean_interval"] = [3.1, 3.7], [3.6, 4.0]  # overlap: gap positive, not resolved
+    (f,) = [x for x in findings(layout([a, l2])) if x["variant"] == "constant"]
+    assert f["err_holds"] is True and f["err_resolved"] is False and f["exact"] is False
+    a["err_mean_interval"] = [3.1, 3.59]
+    (f,) = [x for x in findings(layout([a, l2])) if x["variant"] == "constant"]
+    assert f["err_resolved"] is True
+    a["method"] = l2["method"] = "exact"
+    a["err_mean_interval"], l2["err_mean_interval"] = [3.4, 3.4], [3.8, 3.8]
+    found = findings(layout([a, l2]))
+    assert found[0]["exact"] is True and "1 of 1 are resolved (1 from exact spectra)" in summary_counts(found)
+
+
+def test_long_layout():
+    rows = [dict(r) for r in ROWS[:4]]
+    rows[0]["method"] = "exact"
+    rows[2]["err_mean_interval"] = [3.7, 3.9]
+    lay = layout(rows)
+    header, body = long_grid(lay)
+    assert header == ["model, epochs", "AdamW", "AdamW-D", "l2-Adam", "l2-Adam-D"]
+    assert body[0][0] == "net, 10 ep" and body[0][1] == "3.400 (exact); 70.0%"
+    assert body[0][3] == "3.800 [3.700, 3.900]; 69.0%"
+    assert resolve_layout("auto", lay) == "paper" and resolve_layout("long", lay) == "long"
+    many = layout([_row(f"m{i}", 10, "adamw", 3.0, 0.5) for i in range(4)])
+    assert resolve_layout("auto", many) == "long"
+    assert "| model, epochs |" in markdown(lay, findings(lay), "s", [], layout_name="long")
 
 
 def test_markdown_latex_csv():

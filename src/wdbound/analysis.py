@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .bounds import (FORMS, BoundInputs, ExactTheoremParts, TheoremRuns, corollary3_exact, corollary3_from_slq,
-                     exact_theorem_parts, quadrature_change, theorem_from_exact_parts, theorem_from_runs,
-                     theorem_runs)
+                     corollary3_integrand, exact_theorem_parts, quadrature_change, theorem_from_exact_parts,
+                     theorem_from_runs, theorem_runs)
+from .estimators.quadrature_interval import quadrature_half_width
 from .cache import Cache, cache_key
 from .checkpoints import Checkpoint
 from .curvature import dense_matrix
@@ -39,6 +40,7 @@ class Analysis:
     spectrum: Spectrum
     runs: dict[tuple[str, float], TheoremRuns] = field(default_factory=dict)
     exact_parts: dict[tuple[str, float], ExactTheoremParts] = field(default_factory=dict)
+    refinement: "Refinement | None" = None
     hvps: int = 0  # HVPs spent in this process (0 when everything came from the cache)
 
 
@@ -60,12 +62,14 @@ def bound_inputs(ckpt: Checkpoint, *, rho: float | None, tau: float, sigma_floor
 
 def _slq_arrays(prefix: str, run: SLQ) -> dict[str, np.ndarray]:
     return {f"{prefix}_alphas": run.alphas, f"{prefix}_betas": run.betas, f"{prefix}_lengths": run.lengths,
-            f"{prefix}_norms_sq": run.norms_sq, f"{prefix}_null": np.array(run.null_weight)}
+            f"{prefix}_norms_sq": run.norms_sq, f"{prefix}_null": np.array(run.null_weight),
+            f"{prefix}_complete": run.complete}
 
 
 def _slq_from(prefix: str, arrays: dict[str, np.ndarray], dim: int) -> SLQ:
     return SLQ.from_tridiagonals(arrays[f"{prefix}_alphas"], arrays[f"{prefix}_betas"], arrays[f"{prefix}_lengths"],
-                                 arrays[f"{prefix}_norms_sq"], dim, float(arrays[f"{prefix}_null"]))
+                                 arrays[f"{prefix}_norms_sq"], dim, float(arrays[f"{prefix}_null"]),
+                                 complete=arrays[f"{prefix}_complete"])
 
 
 class _Live:
@@ -101,38 +105,119 @@ class _Live:
         return (self._operator.matvecs - self.hvps_before) if self._operator is not None else 0
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """What the adaptive SLQ (``--rtol``) did: the final probes and steps, its HVPs, and whether it met rtol."""
+
+    status: str  # "met", "cap" (HVP cap hit before rtol), "off" (rtol 0), "exact" (dense spectrum used instead)
+    probes: int
+    steps: int
+    hvps: int
+    rtol: float
+    worst_relative_half_width: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
 def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors=(1e-6,), cache: Cache | None = None,
-            on_hvps: Callable[[int], None] | None = None) -> Analysis:
+            on_hvps: Callable[[int], None] | None = None,
+            targets: tuple[tuple[str, BoundInputs], ...] = ()) -> Analysis:
     """Spectrum and Theorem runs for every form and floor; each piece is cached as soon as it is finished,
-    so an interrupted run keeps what it completed."""
+    so an interrupted run keeps what it completed. ``targets`` are the (form, inputs) whose err/d intervals
+    ``settings.rtol`` must reach (adaptive SLQ; see :func:`refine`). With the dense spectrum (``exact``) the
+    Theorem terms come from eigendecompositions and no Theorem SLQ run is made."""
     spectrum = compute_spectrum(ckpt, settings, on_hvps, cache)
     live = _Live(ckpt, settings, spectrum, on_hvps)
     fresh_hvps = 0 if spectrum.cached else spectrum.hvps
-    analysis = Analysis(spectrum)
     base = spectrum_key(ckpt, settings)
+    spectrum, refinement = refine(spectrum, live, settings, targets, cache, base)
+    analysis = Analysis(spectrum, refinement=refinement)
     for form in forms:
         if form not in FORMS:
             raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "--optimizer")
         for floor in floors:
+            if settings.exact:
+                analysis.exact_parts[(form, floor)] = _exact_parts(live, cache, base, form, floor)
+                continue
             key = cache_key("theorem", base, form, float(floor))
             hit = cache.get(key) if cache is not None else None
             if hit is not None:
                 meta, arrays = hit
                 runs = TheoremRuns(form, floor, meta["sum_log_q"], meta["diag_floored"],
-                                   _slq_from("logdet", arrays, spectrum.d), _slq_from("trace", arrays, spectrum.d))
+                                   _slq_from("logdet", arrays, spectrum.d), _slq_from("trace", arrays, spectrum.d),
+                                   tuple(meta["support"]))
             else:
                 generator = torch.Generator().manual_seed(_derived_seed(settings.seed, form, floor))
-                runs = theorem_runs(live.operator, spectrum.diagonal.estimate, form, floor, probes=settings.probes,
+                diagonal = spectrum.exact_diagonal if spectrum.exact_diagonal is not None else spectrum.diagonal.estimate
+                runs = theorem_runs(live.operator, diagonal, form, floor, probes=settings.probes,
                                     steps=settings.steps, generator=generator, zero_mask=live.zero_mask(),
-                                    density=spectrum.slq)
+                                    density=spectrum.slq, support=spectrum.support.bounds())
                 if cache is not None:
-                    cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored},
+                    cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored,
+                                    "support": list(runs.support)},
                               {**_slq_arrays("logdet", runs.logdet), **_slq_arrays("trace", runs.trace)})
             analysis.runs[(form, floor)] = runs
-            if settings.exact:
-                analysis.exact_parts[(form, floor)] = _exact_parts(live, cache, base, form, floor)
     analysis.hvps = fresh_hvps + live.hvps
     return analysis
+
+
+def _worst(density: SLQ, support, targets) -> tuple[float, float, float]:
+    """(worst relative half-width, its quadrature part, its probe part) over the targets' err/d intervals."""
+    worst = (0.0, 0.0, 0.0)
+    for form, inputs in targets:
+        interval = corollary3_from_slq(density, form, inputs, support).err_mean_interval
+        relative = interval.relative_half_width()
+        if relative >= worst[0]:
+            quad = quadrature_half_width(density, corollary3_integrand(form, inputs), support) / inputs.d
+            worst = (relative, quad, max(interval.half_width - quad, 0.0))
+    return worst
+
+
+def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets, cache: Cache | None,
+           base: str) -> tuple[Spectrum, Refinement]:
+    """Adaptive SLQ: while some target's err/d interval is wider than ``rtol`` (relative half-width), double
+    the Lanczos steps when the quadrature bracket dominates the width, else double the probes; stop at
+    ``max_hvps`` HVPs for the refinement and say so. Fresh probes each round (seeded); the result is cached
+    under the targets' inputs."""
+    if settings.exact or not targets or spectrum.support is None:
+        return spectrum, Refinement("exact" if settings.exact else "off", settings.probes, settings.steps, 0,
+                                    settings.rtol, 0.0)
+    slq, support = spectrum.slq, spectrum.support.bounds()
+    worst = _worst(slq, support, targets)
+    if settings.rtol <= 0 or worst[0] <= settings.rtol:
+        status = "off" if settings.rtol <= 0 else "met"
+        return spectrum, Refinement(status, settings.probes, settings.steps, 0, settings.rtol, worst[0])
+    key = cache_key("refined", base, [(form, inputs.to_json()) for form, inputs in targets])
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        meta, arrays = hit
+        return replace(spectrum, slq=_slq_from("slq", arrays, spectrum.d)), Refinement(**meta)
+    from .estimators.hutchinson import rademacher
+    from .estimators.lanczos import lanczos, slq_from_run
+
+    generator = torch.Generator().manual_seed(_derived_seed(settings.seed, "refine", settings.rtol))
+    keep = ~live.zero_mask()
+    dim, nulls = spectrum.d, float(len(spectrum.zero_rows))
+    probes, steps, spent, status = settings.probes, settings.steps, 0, "cap"
+    while True:
+        longer = worst[1] >= worst[2] and steps < dim - nulls
+        new_steps = min(2 * steps, dim) if longer else steps
+        cost = probes * new_steps  # longer: every probe again with more steps; else as many new probes
+        if spent + cost > settings.max_hvps:
+            break
+        z = rademacher(probes, dim, generator, live.operator.dtype, live.operator.device) * keep
+        fresh = slq_from_run(lanczos(live.operator, z, new_steps), dim, null_weight=nulls)
+        slq = fresh if longer else SLQ.concatenate([slq, fresh])
+        probes, steps, spent = len(slq.nodes), new_steps, spent + cost
+        worst = _worst(slq, support, targets)
+        if worst[0] <= settings.rtol:
+            status = "met"
+            break
+    refinement = Refinement(status, probes, steps, spent, settings.rtol, worst[0])
+    if cache is not None:
+        cache.put(key, refinement.to_json(), _slq_arrays("slq", slq))
+    return replace(spectrum, slq=slq), refinement
 
 
 def _exact_parts(live: _Live, cache: Cache | None, base: str, form: str, floor: float) -> ExactTheoremParts:
@@ -155,28 +240,67 @@ def _derived_seed(seed: int, form: str, floor: float) -> int:
 
 
 def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
-    """Every figure of one bound form for ``inputs`` (no HVPs). Keys are the JSON schema of ``wdbound err``."""
+    """Every figure of one bound form for ``inputs`` (no HVPs). Keys are the JSON schema of ``wdbound err``.
+
+    ``method`` says where the headline figures come from: ``exact`` (the dense spectrum; intervals are
+    points) or ``slq`` (estimate with an interval that covers the exact value). With the dense spectrum
+    the SLQ figures of the same run are kept under ``slq`` as a cross-check, and the exact ones also
+    under ``exact``."""
+    spectrum = analysis.spectrum
+    slq = _slq_figures(analysis, form, inputs)
+    if spectrum.exact_eigenvalues is None:
+        return {"method": "slq", **slq}
+    cor = corollary3_exact(spectrum.exact_eigenvalues, form, inputs)
+    entry = {"method": "exact", "err_sum": cor.err_sum, "err_sum_stderr": 0.0, "err_mean": cor.err_mean,
+             "err_mean_stderr": 0.0, "err_mean_interval": cor.err_mean_interval.to_json(),
+             "err_mean_quadrature_change": 0.0, "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
+             "zero_rows": int(len(spectrum.zero_rows)),
+             "near_zero": near_zero_split(spectrum.exact_eigenvalues, inputs.sigma_floor,
+                                          len(spectrum.zero_rows))}
+    if (form, inputs.sigma_floor) in analysis.exact_parts:
+        thm = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
+        entry.update({"theorem_term": thm.term, "theorem_term_stderr": 0.0,
+                      "theorem_term_interval": thm.interval.to_json(), "theorem_phi": thm.phi,
+                      "theorem_logdet_m": thm.logdet_m, "theorem_trace_m": thm.trace_m,
+                      "theorem_diag_floored": thm.diag_floored, "theorem_mass_below_floor": thm.mass_below_floor,
+                      "q_source": "exact diagonal"})
+    entry["exact"] = {k: entry[k] for k in ("err_sum", "err_mean", "phi", "mass_below_floor") if k in entry}
+    if "theorem_term" in entry:
+        entry["exact"].update(theorem_term=entry["theorem_term"], theorem_phi=entry["theorem_phi"],
+                              theorem_diag_floored=entry["theorem_diag_floored"])
+    entry["slq"] = slq
+    return entry
+
+
+def near_zero_split(eigenvalues: np.ndarray, floor: float, zero_rows: int) -> dict:
+    """How the near-null spectrum was handled: exactly-zero rows deflated, the rest of |λ| < floor raised to the
+    floor (counts out of d)."""
+    below = int((np.abs(eigenvalues) < floor).sum())
+    return {"deflated_zero_rows": int(zero_rows), "raised_to_floor": max(below - int(zero_rows), 0),
+            "below_floor_total": below}
+
+
+def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
     spectrum = analysis.spectrum
     runs = analysis.runs.get((form, inputs.sigma_floor))
-    cor = corollary3_from_slq(spectrum.slq, form, inputs)
+    support = spectrum.support.bounds() if spectrum.support is not None else None
+    cor = corollary3_from_slq(spectrum.slq, form, inputs, support)
     entry = {"err_sum": cor.err_sum, "err_sum_stderr": cor.err_sum_stderr, "err_mean": cor.err_mean,
              "err_mean_stderr": cor.err_mean_stderr,
+             "err_mean_interval": cor.err_mean_interval.to_json() if cor.err_mean_interval else None,
              "err_mean_quadrature_change": quadrature_change(spectrum.slq, form, inputs),
-             "phi": cor.phi, "mass_below_floor": cor.mass_below_floor, "zero_rows": int(len(spectrum.zero_rows))}
+             "phi": cor.phi, "mass_below_floor": cor.mass_below_floor, "zero_rows": int(len(spectrum.zero_rows)),
+             "probes": int(len(spectrum.slq.nodes)), "steps": int(spectrum.slq.alphas.shape[1])}
     if runs is not None:  # the Theorem 6/7 term (absent when only Corollary 3 was asked for, e.g. the table)
         theorem = theorem_from_runs(runs, inputs)
         entry.update({"theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr,
+                      "theorem_term_interval": theorem.interval.to_json() if theorem.interval else None,
                       "theorem_phi": theorem.phi, "theorem_logdet_m": theorem.logdet_m,
                       "theorem_trace_m": theorem.trace_m, "theorem_diag_floored": theorem.diag_floored,
-                      "theorem_mass_below_floor": theorem.mass_below_floor})
-    if spectrum.exact_eigenvalues is not None:
-        cor_x = corollary3_exact(spectrum.exact_eigenvalues, form, inputs)
-        entry["exact"] = {"err_sum": cor_x.err_sum, "err_mean": cor_x.err_mean, "phi": cor_x.phi,
-                          "mass_below_floor": cor_x.mass_below_floor}
-        if (form, inputs.sigma_floor) in analysis.exact_parts:
-            thm_x = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
-            entry["exact"].update(theorem_term=thm_x.term, theorem_phi=thm_x.phi,
-                                  theorem_diag_floored=thm_x.diag_floored)
+                      "theorem_mass_below_floor": theorem.mass_below_floor,
+                      "q_source": ("exact diagonal" if spectrum.exact_diagonal is not None else
+                                   f"Hutchinson diagonal ({spectrum.diagonal.probes} probes; the interval holds "
+                                   "for this Q)")})
     return entry
 
 

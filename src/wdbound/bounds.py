@@ -17,6 +17,12 @@ and :math:`A = Q^{1/2} H Q^{1/2}` (shared/SPEC.md):
 
 Singular values below ``sigma_floor`` (and non-positive H_ii for Q) are
 raised to the floor; the spectral mass (or count) affected is always reported.
+
+Every SLQ figure carries an interval that covers the exact value: the
+Chebyshev–Markov–Stieltjes bracket of each probe's Gauss rule plus three
+standard errors of the probe spread
+(:mod:`wdbound.estimators.quadrature_interval`). The integrands here are
+monotone between known breakpoints, which is all the bracket needs.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import WdboundError
+from .estimators.quadrature_interval import Interval, PiecewiseMonotone, trace_interval
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,7 @@ class Corollary3:
     phi: float
     mass_below_floor: float  # spectral mass with |θ| < sigma_floor
     exact: bool
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
+    err_mean_interval: Interval | None = None  # covers the exact err/d (SLQ only; exact values are points)
 
 
 def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
@@ -114,18 +119,43 @@ def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
     return float(np.mean(samples)), (float(np.std(samples, ddof=1) / math.sqrt(k)) if k > 1 else math.nan)
 
 
-def corollary3_integrand(form: str, p: BoundInputs):
-    """σ ↦ h(x(max(|σ|, floor))): the per-eigenvalue term of Corollary 3's err."""
-    return lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p))
+def _signed(values) -> tuple[float, ...]:
+    """Breakpoints in σ of a function of |σ|: 0 and each positive value with both signs."""
+    positive = sorted({float(v) for v in values if v > 0 and math.isfinite(v)})
+    return tuple([-v for v in reversed(positive)] + [0.0] + positive)
 
 
-def corollary3_from_slq(density, form: str, p: BoundInputs) -> Corollary3:
+def x_equals_one(form: str, p: BoundInputs) -> list[float]:
+    """The σ > 0 where x(σ) = 1, i.e. where h(x(σ)) turns (h has its minimum at x = 1)."""
+    c = 2 * p.rho * p.b / p.eta
+    if form == "adamw":  # c(√σ + λ) = 1
+        root = 1 / c - p.lam
+        return [root**2] if root > 0 else []
+    disc = 1 - 4 * c * c * p.lam  # c(u + λ/u) = 1 with u = √σ: c u² − u + cλ = 0
+    if disc < 0:
+        return []
+    return [((1 + sign * math.sqrt(disc)) / (2 * c)) ** 2 for sign in (1, -1) if (1 + sign * math.sqrt(disc)) > 0]
+
+
+def corollary3_integrand(form: str, p: BoundInputs) -> PiecewiseMonotone:
+    """σ ↦ h(x(max(|σ|, floor))): the per-eigenvalue term of Corollary 3's err.
+
+    Monotone between the breakpoints 0, ±floor, ±λ (where x_l2Adam turns) and ±σ with x(σ) = 1.
+    """
+    turns = [p.sigma_floor] + ([p.lam] if form == "l2-adam" else []) + x_equals_one(form, p)
+    return PiecewiseMonotone(lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p)), _signed(turns))
+
+
+def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float, float] | None = None) -> Corollary3:
     """err from an SLQ run of H (``wdbound.estimators.SLQ``): per probe ``Σ_k w_k h(x(|θ_k|))`` scaled to d
-    (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread."""
-    total, stderr = _mean_stderr(density.quadrature(corollary3_integrand(form, p)))
+    (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread.
+    With the spectrum's ends ``support`` = (L, R), also the interval of err/d."""
+    f = corollary3_integrand(form, p)
+    total, stderr = _mean_stderr(density.quadrature(f))
     nodes, weights = density.measure()
     below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
-    return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False)
+    interval = trace_interval(density, f, support).affine(1 / p.d) if support is not None else None
+    return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval)
 
 
 def quadrature_change(density, form: str, p: BoundInputs) -> float:
@@ -144,7 +174,7 @@ def corollary3_exact(eigenvalues: np.ndarray, form: str, p: BoundInputs) -> Coro
     """err from the exact eigenvalues."""
     total = float(np.sum(h(x_of_sigma(floored(eigenvalues, p.sigma_floor), form, p))))
     below = float(np.mean(np.abs(eigenvalues) < p.sigma_floor))
-    return Corollary3(form, total, 0.0, total / p.d, 0.0, phi(total, p), below, True)
+    return Corollary3(form, total, 0.0, total / p.d, 0.0, phi(total, p), below, True, Interval.point(total / p.d))
 
 
 # ---------------------------------------------------------------- Theorems 6 and 7
@@ -160,9 +190,7 @@ class TheoremTerm:
     diag_floored: int  # H_ii raised to the floor (non-positive or tiny)
     mass_below_floor: float  # spectral mass of A (AdamW) or H (l2-Adam) raised to the floor
     exact: bool
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
+    interval: Interval | None = None  # covers the term for the Q used (SLQ); a point when exact
 
 
 def log_q(diagonal: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
@@ -183,17 +211,42 @@ def ratio(values: np.ndarray, lam: float, floor: float) -> np.ndarray:
     return a / (a + lam)
 
 
+def logdet_integrand(lam: float, floor: float) -> PiecewiseMonotone:
+    """ln(a/(a+λ)) of |a| floored: monotone in |a|."""
+    return PiecewiseMonotone(lambda t: logdet_ratio(t, lam, floor), _signed([floor]))
+
+
+def ratio_integrand(lam: float, floor: float) -> PiecewiseMonotone:
+    """a/(a+λ) of |a| floored: monotone in |a|."""
+    return PiecewiseMonotone(lambda t: ratio(t, lam, floor), _signed([floor]))
+
+
+def _term_of(p: BoundInputs, sum_log_q: float, sum_logdet_ratio: float, trace_ratio: float) -> float:
+    logdet = p.d * math.log(p.eta / (2 * p.b)) + sum_log_q + sum_logdet_ratio
+    trace_m = p.eta / (2 * p.b) * trace_ratio
+    return -logdet + p.eta / (2 * p.rho * p.b) * trace_m + p.d * math.log(2 * p.b * p.rho / p.eta)
+
+
 def theorem_term(form: str, p: BoundInputs, *, sum_log_q: float, sum_logdet_ratio: float, trace_ratio: float,
-                 diag_floored: int, mass_below: float, stderr: float = 0.0, exact: bool = False) -> TheoremTerm:
+                 diag_floored: int, mass_below: float, stderr: float = 0.0, exact: bool = False,
+                 logdet_interval: Interval | None = None, trace_interval_: Interval | None = None) -> TheoremTerm:
     """Assemble the Theorem 6/7 term from its three spectral sums.
 
     ``sum_logdet_ratio`` = Σ ln(a/(a+λ)) (A's eigenvalues for AdamW, H's for l2-Adam);
-    ``trace_ratio`` = tr(Q^½ g(·) Q^½) with g(a) = a/(a+λ).
+    ``trace_ratio`` = tr(Q^½ g(·) Q^½) with g(a) = a/(a+λ). The term falls with the first and rises
+    with the second, so their intervals give the term's.
     """
     logdet = p.d * math.log(p.eta / (2 * p.b)) + sum_log_q + sum_logdet_ratio
     trace_m = p.eta / (2 * p.b) * trace_ratio
-    term = -logdet + p.eta / (2 * p.rho * p.b) * trace_m + p.d * math.log(2 * p.b * p.rho / p.eta)
-    return TheoremTerm(form, term, stderr, logdet, trace_m, phi(term, p), diag_floored, mass_below, exact)
+    term = _term_of(p, sum_log_q, sum_logdet_ratio, trace_ratio)
+    if exact:
+        interval = Interval.point(term)
+    elif logdet_interval is not None and trace_interval_ is not None:
+        interval = Interval(term, _term_of(p, sum_log_q, logdet_interval.high, trace_interval_.low),
+                            _term_of(p, sum_log_q, logdet_interval.low, trace_interval_.high))
+    else:
+        interval = None
+    return TheoremTerm(form, term, stderr, logdet, trace_m, phi(term, p), diag_floored, mass_below, exact, interval)
 
 
 @dataclass(frozen=True)
@@ -262,17 +315,19 @@ class TheoremRuns:
     diag_floored: int
     logdet: object  # wdbound.estimators.SLQ
     trace: object
+    support: tuple[float, float] | None = None  # ends of the spectrum of A (AdamW) or H (l2-Adam)
 
 
 def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
-                 zero_mask=None, density=None) -> TheoremRuns:
+                 zero_mask=None, density=None, support: tuple[float, float] | None = None) -> TheoremRuns:
     """Run the Lanczos quadratures of the Theorem term. ``zero_mask`` [d] marks exactly-zero Hessian rows: they
     are deflated (A and H are block-diagonal with a zero block there) and counted exactly. ``density``, an SLQ
-    run of H, is reused as l2-Adam's ln det run. The two runs use independent probes."""
+    run of H, is reused as l2-Adam's ln det run, and ``support``, the ends of H's spectrum, as l2-Adam's
+    support (A's are found by Lanczos). The two runs use independent probes."""
     import torch
 
     from .estimators.hutchinson import rademacher
-    from .estimators.lanczos import lanczos, slq_from_run
+    from .estimators.lanczos import lanczos, slq_from_run, spectral_support
 
     lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
     q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
@@ -287,16 +342,23 @@ def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, pro
     z = rademacher(probes, operator.dim, generator, operator.dtype, operator.device) * keep
     trace = slq_from_run(lanczos(target, z * q_half, steps), operator.dim,
                          null_weight=float((q_half**2 * ~keep).sum()))
-    return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace)
+    if form == "adamw" or support is None:
+        support = spectral_support(target, generator).bounds()
+    return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace, tuple(support))
 
 
 def theorem_from_runs(runs: TheoremRuns, p: BoundInputs) -> TheoremTerm:
     """Assemble the term; the stderr combines both runs' probe spreads (independent probes)."""
     _check_floor(runs.floor, p)
-    logdet, logdet_se = _mean_stderr(runs.logdet.quadrature(lambda t: logdet_ratio(t, p.lam, p.sigma_floor)))
-    trace, trace_se = _mean_stderr(runs.trace.quadrature(lambda t: ratio(t, p.lam, p.sigma_floor)))
+    f_logdet, f_trace = logdet_integrand(p.lam, p.sigma_floor), ratio_integrand(p.lam, p.sigma_floor)
+    logdet, logdet_se = _mean_stderr(runs.logdet.quadrature(f_logdet))
+    trace, trace_se = _mean_stderr(runs.trace.quadrature(f_trace))
     stderr = math.hypot(logdet_se, p.eta / (2 * p.rho * p.b) * p.eta / (2 * p.b) * trace_se)
     nodes, weights = runs.logdet.measure()
+    intervals = {}
+    if runs.support is not None:
+        intervals = {"logdet_interval": trace_interval(runs.logdet, f_logdet, runs.support),
+                     "trace_interval_": trace_interval(runs.trace, f_trace, runs.support)}
     return theorem_term(runs.form, p, sum_log_q=runs.sum_log_q, sum_logdet_ratio=logdet, trace_ratio=trace,
                         diag_floored=runs.diag_floored, mass_below=float(weights[np.abs(nodes) < p.sigma_floor].sum()),
-                        stderr=stderr)
+                        stderr=stderr, **intervals)

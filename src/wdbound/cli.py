@@ -169,7 +169,11 @@ class Opt:
     dtype = typer.Option("float64", help="float64 (default; accurate small eigenvalues) or float32 (faster on GPU).")
     hvp = typer.Option("forward-over-reverse", help="HVP mode: forward-over-reverse or double-backward (fallback).")
     hvp_batch_size = typer.Option(512, help="Examples per streamed HVP chunk (memory knob; results do not depend on it).")
-    exact = typer.Option(False, "--exact", help="Also build the dense Hessian (models up to 20,000 parameters) and report exact values.")
+    exact = typer.Option("off", "--exact", help="Dense Hessian (models up to 20,000 parameters) for exact values: on, off, or auto (on up to 10,000 parameters).")
+    exact_auto = typer.Option("auto", "--exact", help="Exact values from the dense Hessian: auto (up to 10,000 parameters, d HVPs), on (up to 20,000) or off (SLQ with intervals).")
+    diagonal = typer.Option("auto", help="Diagonal for Q = diag(H)^-1/2 of the Theorem term: exact (d HVPs), hutchinson, or auto (exact up to 20,000 parameters).")
+    rtol = typer.Option(0.01, help="Adaptive SLQ: add probes / Lanczos steps until each err/d interval's half-width is <= rtol * err/d (0: fixed settings).")
+    max_hvps = typer.Option(20000, help="Cap on the HVPs the adaptive SLQ may add; when hit, the output says so and gives the wider interval.")
     arch = typer.Option(None, help="Architecture of a plain state_dict checkpoint (registry name).")
     arch_kwarg = typer.Option([], help="Architecture argument key=value for a plain state_dict, repeatable.")
     lr = typer.Option(None, help="Override eta, the last learning rate used in training.")
@@ -195,17 +199,17 @@ def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str =
 
 
 def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype, hvp,
-                      hvp_batch_size, exact, backend="wdbound"):
+                      hvp_batch_size, exact, backend="wdbound", **more):
     from .spectrum import SpectrumSettings
 
     settings = SpectrumSettings(data=data, split=split, max_samples=max_samples, probes=probes, steps=steps,
                                 top_k=top_k, diag_probes=diag_probes, seed=seed, device=device, dtype=dtype, hvp=hvp,
-                                batch_size=hvp_batch_size, exact=exact, backend=backend)
+                                batch_size=hvp_batch_size, exact=exact, backend=backend, **more)
     settings.validate()
     return settings
 
 
-def run_analysis(ckpt, settings, label: str, cache, forms, floors, bar=None):
+def run_analysis(ckpt, settings, label: str, cache, forms, floors, bar=None, targets=()):
     """Spectrum + Theorem runs with a progress bar (its own, or a task on ``bar``)."""
     from .analysis import analyse
     from .models import count_parameters
@@ -213,12 +217,13 @@ def run_analysis(ckpt, settings, label: str, cache, forms, floors, bar=None):
 
     d = count_parameters(ckpt.model)
     runs_per_floor = sum(2 if form == "adamw" else 1 for form in forms)  # l2-Adam's ln det reuses the density run
-    total = expected_hvps(settings, d) + runs_per_floor * len(floors) * settings.probes * min(settings.steps, d)
+    total = expected_hvps(settings, d) + (d if settings.exact else
+                                          runs_per_floor * len(floors) * settings.probes * min(settings.steps, d))
 
     def go(progress):
         task = progress.add_task(f"HVPs {label}", total=total, info="")
         result = analyse(ckpt, settings, forms=forms, floors=floors, cache=cache,
-                         on_hvps=lambda n: progress.advance(task, n))
+                         on_hvps=lambda n: progress.advance(task, n), targets=tuple(targets))
         progress.update(task, total=max(result.hvps, 1), completed=max(result.hvps, 1),
                         info="cached" if result.hvps == 0 else "")
         return result
@@ -237,7 +242,7 @@ def spectrum(
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
     probes: int = Opt.probes, steps: int = Opt.steps, top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes,
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
-    hvp_batch_size: int = Opt.hvp_batch_size, exact: bool = Opt.exact,
+    hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
@@ -250,9 +255,13 @@ def spectrum(
     from .io_utils import write_atomic, write_json_atomic
     from .spectrum import plot_density
 
-    settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
-                                 hvp, hvp_batch_size, exact, backend)
+    from .models import count_parameters
+    from .spectrum import resolve_exact
+
     ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype)
+    settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
+                                 hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
+                                 diagonal="hutchinson")
     result = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), [], []).spectrum
     render_spectrum(result)
     if plot is not None:
@@ -314,7 +323,8 @@ def err(
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
     probes: int = Opt.probes, steps: int = Opt.steps, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed,
     device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
-    exact: bool = Opt.exact, arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    exact: str = Opt.exact_auto, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: int = Opt.max_hvps,
+    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
     n_train: Optional[int] = Opt.n_train, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
@@ -322,26 +332,34 @@ def err(
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
     from .analysis import bound_figures, bound_inputs, parse_sweep, sweep_inputs
     from .io_utils import write_json_atomic
+    from .spectrum import resolve_exact
 
     forms = {"both": ["adamw", "l2-adam"], "adamw": ["adamw"], "l2-adam": ["l2-adam"]}.get(optimizer)
     if forms is None:
         raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
     sweeps = [parse_sweep(item) for item in sweep]
-    settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
-                                 hvp_batch_size, exact)
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
+    settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
+                                 hvp_batch_size, resolve_exact(exact, inputs.d), diagonal=diagonal, rtol=rtol,
+                                 max_hvps=max_hvps)
     sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
     floors = sorted({inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)})
-    analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors)
+    analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors,
+                            targets=[(form, inputs) for form in forms])
     spectrum = analysis.spectrum
     out = {"checkpoint": str(checkpoint), "trained_with": (ckpt.meta.get("optimizer") or {}).get("name"),
            "note": "each form uses this checkpoint's own Hessian, eta and lambda; evaluating the form of an optimizer "
                    "that did not train it is a counterfactual comparison"}
     for form in forms:
         out[form] = bound_figures(analysis, form, inputs)
-    out["inputs"] = {**inputs.to_json(), "spectrum": spectrum.provenance, "spectrum_cached": spectrum.cached}
+    out["inputs"] = {**inputs.to_json(), "spectrum": spectrum.provenance, "spectrum_cached": spectrum.cached,
+                     "support": spectrum.support.to_json() if spectrum.support else None,
+                     "interval": "CMS bracket of each probe's Gauss rule + 3 stderr of the probe spread "
+                                 "(docs/intervals.md)"}
+    out["refinement"] = analysis.refinement.to_json() if analysis.refinement else None
     render_err(out, forms, checkpoint.name, spectrum.exact_eigenvalues is not None)
+    render_refinement(analysis.refinement, settings)
     say(f"inputs: d={inputs.d} n={inputs.n} b={inputs.b} eta={inputs.eta:g} lambda={inputs.lam:g} rho={inputs.rho:g} "
         f"tau={inputs.tau:g} sigma_floor={inputs.sigma_floor:g}; {len(spectrum.zero_rows)} exactly-zero Hessian rows "
         f"deflated (exact zero eigenvalues); spectrum: {spectrum.hvps} HVPs, {spectrum.wall_seconds:.1f} s"
@@ -360,23 +378,48 @@ def err(
 FORM_TITLES = {"adamw": "AdamW (Thm 6)", "l2-adam": "l2-Adam (Thm 7)"}
 
 
+def _interval(fig: dict, key: str, digits: int = 6) -> str:
+    lo_hi = fig.get(f"{key}_interval")
+    value = f"{fig[key]:.{digits}g}"
+    if not lo_hi or lo_hi[0] == lo_hi[1]:
+        return value
+    return f"{value} [{lo_hi[0]:.{digits}g}, {lo_hi[1]:.{digits}g}]"
+
+
 def render_err(out: dict, forms: list[str], name: str, exact: bool) -> None:
-    table = Table(title=f"{name}: generalization-bound terms (trained with {out['trained_with']})")
+    method = "exact (dense Hessian)" if exact else "SLQ, [interval covering the exact value]"
+    table = Table(title=f"{name}: generalization-bound terms (trained with {out['trained_with']}; {method})")
     table.add_column("quantity")
     for form in forms:
         table.add_column(FORM_TITLES[form], justify="right")
-    rows = [("err_mean = err/d (Table I)", "err_mean", "err_mean_stderr"),
-            ("  quadrature change m/2 -> m", "err_mean_quadrature_change", None),
-            ("err (sum over d)", "err_sum", "err_sum_stderr"),
-            ("Phi (Corollary 3)", "phi", None), ("mass below sigma floor", "mass_below_floor", None),
-            ("Theorem term (Q = diag(H)^-1/2)", "theorem_term", "theorem_term_stderr"), ("Phi (Theorem)", "theorem_phi", None),
-            ("H_ii raised to floor", "theorem_diag_floored", None)]
-    for label, key, se in rows:
-        table.add_row(label, *[f"{out[f][key]:.6g}" + (f" +/- {out[f][se]:.2g}" if se else "") for f in forms])
+    table.add_row("err_mean = err/d (Table I)", *[_interval(out[f], "err_mean") for f in forms])
+    if not exact:
+        table.add_row("  stderr over probes", *[f"{out[f]['err_mean_stderr']:.2g}" for f in forms])
+    table.add_row("err (sum over d)", *[f"{out[f]['err_sum']:.6g}" for f in forms])
+    table.add_row("Phi (Corollary 3)", *[f"{out[f]['phi']:.6g}" for f in forms])
+    table.add_row("mass below sigma floor", *[f"{out[f]['mass_below_floor']:.4g}" for f in forms])
+    if all("theorem_term" in out[f] for f in forms):
+        table.add_row("Theorem term (Q = diag(H)^-1/2)", *[_interval(out[f], "theorem_term") for f in forms])
+        table.add_row("Phi (Theorem)", *[f"{out[f]['theorem_phi']:.6g}" for f in forms])
+        table.add_row("H_ii raised to floor", *[str(out[f]["theorem_diag_floored"]) for f in forms])
     if exact:
-        for label, key in (("exact err_mean", "err_mean"), ("exact Theorem term", "theorem_term")):
-            table.add_row(label, *[f"{out[f]['exact'][key]:.6g}" for f in forms])
+        table.add_row("SLQ cross-check err_mean", *[_interval(out[f]["slq"], "err_mean") for f in forms])
+        split = out[forms[0]]["near_zero"]
+        table.add_row("near-null: deflated rows / raised to floor",
+                      *[f"{split['deflated_zero_rows']} / {split['raised_to_floor']}" for _ in forms])
     console.print(table)
+
+
+def render_refinement(refinement, settings) -> None:
+    if refinement is None or refinement.status in ("off", "exact"):
+        return
+    if refinement.status == "met":
+        say(f"adaptive SLQ: every err/d interval within rtol {refinement.rtol:g} "
+            f"({refinement.probes} probes x {refinement.steps} steps, {refinement.hvps} extra HVPs)")
+    else:
+        say(f"adaptive SLQ: HVP cap {settings.max_hvps} reached before rtol {refinement.rtol:g}: widest err/d interval "
+            f"is +/- {100 * refinement.worst_relative_half_width:.2g}% ({refinement.probes} probes x {refinement.steps} "
+            "steps); raise --max-hvps, or use --exact on for models up to 20,000 parameters")
 
 
 def render_sweep(name: str, rows: list[dict], forms: list[str]) -> None:
@@ -414,19 +457,24 @@ def table(
     steps: int = typer.Option(60, help="Lanczos steps m per probe."),
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
+    exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: int = Opt.max_hvps,
+    layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
     import time
 
     from .io_utils import write_json_atomic, write_text_atomic
-    from .table import PAPER, finding_lines, findings, latex, layout, markdown, to_csv
+    from .spectrum import EXACT_MODES
+    from .table import PAPER, finding_lines, findings, latex, layout, markdown, resolve_layout, summary_counts, to_csv
 
     formats = [f.strip() for f in format.split(",") if f.strip()]
     bad = [f for f in formats if f not in TABLE_FORMATS]
     if bad:
         raise WdboundError(f"unknown --format {', '.join(bad)}; use a comma-separated subset of md, csv, tex", "--format")
+    if exact not in EXACT_MODES:
+        raise WdboundError(f"unknown --exact {exact!r}; use auto, on or off", "--exact")
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
-                                 hvp_batch_size, False)
+                                 hvp_batch_size, False, diagonal="hutchinson", rtol=rtol, max_hvps=max_hvps)
     files = _checkpoint_paths(paths)
     cache = make_cache(cache_dir, no_cache)
     rows, failures, spectra = [], [], {}
@@ -436,7 +484,8 @@ def table(
         overall = bar.add_task("checkpoints", total=len(files), info="")
         for path in files:
             try:
-                row, spectrum = table_row(path, settings, cache, bar, rho=rho, tau=tau, sigma_floor=sigma_floor)
+                row, spectrum = table_row(path, settings, cache, bar, rho=rho, tau=tau, sigma_floor=sigma_floor,
+                                          exact_mode=exact)
                 rows.append(row)
                 spectra[path.stem] = (row, spectrum)
             except WdboundError as exc:
@@ -449,22 +498,28 @@ def table(
     wall = time.perf_counter() - start
     grid = layout(rows)
     found = findings(grid)
-    settings_line = (f"Settings: {settings.split} split, SLQ {settings.probes} probes x {settings.steps} Lanczos steps, "
-                     f"seed {settings.seed}, {settings.dtype}, sigma floor {sigma_floor:g}, tau {tau:g}, rho "
-                     f"{'1/sqrt(input dim)' if rho is None else f'{rho:g}'}; largest err/d stderr "
-                     f"{max((r['err_mean_stderr'] for r in rows if r.get('err_mean') is not None), default=0):.2g}, "
-                     f"largest quadrature change (m/2 -> m) "
-                     f"{max((r['err_mean_quadrature_change'] for r in rows if r.get('err_mean') is not None), default=0):.2g}.")
+    layout_used = resolve_layout(layout_name, grid)
+    exact_rows = [r["checkpoint"] for r in rows if r.get("method") == "exact"]
+    slq_rows = [r for r in rows if r.get("method") == "slq"]
+    settings_line = (f"Settings: {settings.split} split, --exact {exact} ({len(exact_rows)} of {len(rows)} checkpoints "
+                     f"exact: d <= 10,000 under auto), SLQ {settings.probes} probes x {settings.steps} Lanczos steps "
+                     f"(rtol {settings.rtol:g}, cap {settings.max_hvps} HVPs), seed {settings.seed}, {settings.dtype}, "
+                     f"sigma floor {sigma_floor:g}, tau {tau:g}, rho {'1/sqrt(input dim)' if rho is None else f'{rho:g}'}"
+                     + (f"; widest SLQ err/d interval +/- "
+                        f"{max((r['err_mean_high'] - r['err_mean_low']) / 2 for r in slq_rows):.3g}" if slq_rows else "")
+                     + ".")
     note = (f"INTERRUPTED after {len(rows)} of {len(files)} checkpoints." if interrupted else "")
-    console.print(rich_table(grid))
+    console.print(rich_table(grid, layout_used))
+    say(summary_counts(found))
     for line in finding_lines(found):
         say(line)
     payload = {"cells": rows, "findings": found, "failures": failures, "interrupted": interrupted,
                "settings": {"spectrum": settings.__dict__, "rho": rho if rho is not None else "1/sqrt(input dim)",
-                            "tau": tau, "sigma_floor": sigma_floor},
+                            "tau": tau, "sigma_floor": sigma_floor, "exact": exact, "layout": layout_used},
+               "exact_checkpoints": exact_rows,
                "wall_seconds": wall, "paper": PAPER}
     written = [write_json_atomic(out / "table1.json", payload)]
-    texts = {"md": lambda: markdown(grid, found, settings_line, failures, note), "csv": lambda: to_csv(rows),
+    texts = {"md": lambda: markdown(grid, found, settings_line, failures, note, layout_used), "csv": lambda: to_csv(rows),
              "tex": lambda: latex(grid)}
     for fmt in formats:
         written.append(write_text_atomic(out / f"table1.{fmt}", texts[fmt]()))
@@ -480,16 +535,23 @@ def table(
         raise typer.Exit(2)
 
 
-def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor) -> tuple[dict, object]:
-    """One checkpoint's Table I figures (its own form) and its spectrum."""
+def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor, exact_mode=None) -> tuple[dict, object]:
+    """One checkpoint's Table I figures (its own form) and its spectrum. ``exact_mode`` (auto/on/off) decides
+    per checkpoint whether the dense spectrum is used; None keeps ``settings.exact``."""
+    from dataclasses import replace
+
     from .analysis import bound_figures, bound_inputs
+    from .spectrum import resolve_exact
     from .table import family_variant, model_label
 
     ckpt = load(path, None, [], None, None, None, None, settings.dtype)
     name = str((ckpt.meta.get("optimizer") or {}).get("name", "unknown"))
     family, variant = family_variant(name)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
-    analysis = run_analysis(ckpt, settings, path.name, cache, [], [sigma_floor], bar=bar)
+    if exact_mode is not None:
+        settings = replace(settings, exact=resolve_exact(exact_mode, inputs.d))
+    analysis = run_analysis(ckpt, settings, path.name, cache, [], [sigma_floor], bar=bar,
+                            targets=[(family, inputs)] if family is not None else [])
     spectrum = analysis.spectrum
     train_meta, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
     row = {"checkpoint": path.name, "path": str(path), "sha256": ckpt.sha256,
@@ -502,14 +564,16 @@ def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor) -> tup
            "seed": settings.seed, "dtype": settings.dtype, "split": settings.split, "hvps": analysis.hvps,
            "cached": spectrum.cached, **inputs.to_json(), "spectrum_provenance": spectrum.provenance}
     if family is not None:
-        row.update(bound_figures(analysis, family, inputs))
+        figures = bound_figures(analysis, family, inputs)
+        row.update(figures, err_mean_low=figures["err_mean_interval"][0], err_mean_high=figures["err_mean_interval"][1],
+                   refinement=analysis.refinement.to_json() if analysis.refinement else None)
     return row, spectrum
 
 
-def rich_table(grid) -> Table:
-    from .table import grid as table_grid
+def rich_table(grid, layout_name: str = "paper") -> Table:
+    from .table import grid as table_grid, long_grid
 
-    header, rows = table_grid(grid)
+    header, rows = long_grid(grid) if layout_name == "long" else table_grid(grid)
     out = Table(title="Table I on these checkpoints (err/d of the trained-with form; constant / decaying)")
     for i, column in enumerate(header):
         out.add_column(column, justify="left" if i == 0 else "right")
@@ -646,7 +710,8 @@ def check(
         raise WdboundError(f"baseline checkpoint missing: {', '.join(missing)}", "--baseline")
     try:
         spectrum_cfg = data["settings"]["spectrum"]
-        settings = SpectrumSettings(**{**spectrum_cfg, "device": device, "exact": False})
+        settings = SpectrumSettings(**{**spectrum_cfg, "device": device, "exact": False, "diagonal": "hutchinson",
+                                       "rtol": 0.0})
         settings.validate()
         rho, tau, floor = data["settings"].get("rho"), float(data["settings"]["tau"]), float(data["settings"]["sigma_floor"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -214,7 +214,38 @@ def _eval_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn
     import copy
 
     clone = copy.deepcopy(model).to(device=device, dtype=dtype)
+    if device.type == "cpu" and dtype == torch.float64:
+        _use_unfold_convolutions(clone)
     return clone.eval()
+
+
+class UnfoldConv2d(nn.Conv2d):
+    """``nn.Conv2d`` computed as im2col (``F.unfold``) + one matrix product: same parameters, same values.
+
+    On the CPU, float64 convolutions have no oneDNN kernel: torch falls back to
+    ``_slow_conv2d_backward``, which loops over the examples and made one HVP of
+    the digits CNN cost ~40 ms. Unfold + matmul keeps every derivative (double
+    backward, forward-over-reverse) in batched matrix products.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        kh, kw = self.kernel_size
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        out = self.weight.reshape(self.out_channels, -1) @ cols  # [B, C_out, L]
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        out_h = (height + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out_w = (width + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        return out.reshape(batch, self.out_channels, out_h, out_w)
+
+
+def _use_unfold_convolutions(model: nn.Module) -> None:
+    """Swap plain convolutions (groups 1, zero padding given as numbers) for :class:`UnfoldConv2d` in place."""
+    for module in model.modules():
+        if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
+            module.__class__ = UnfoldConv2d
 
 
 def dense_matrix(operator: Operator, chunk: int = 256) -> torch.Tensor:
@@ -225,6 +256,19 @@ def dense_matrix(operator: Operator, chunk: int = 256) -> torch.Tensor:
         rows.append(operator.matmat(eye[start:start + chunk]))
     matrix = torch.cat(rows)
     return 0.5 * (matrix + matrix.T)
+
+
+def diagonal_by_columns(operator: Operator, chunk: int = 64) -> torch.Tensor:
+    """The exact diagonal ``[d]`` from ``d`` matvecs with unit vectors, ``chunk`` at a time (the matrix is never
+    stored: memory is ``chunk × d``)."""
+    out = torch.empty(operator.dim, dtype=operator.dtype, device=operator.device)
+    for start in range(0, operator.dim, chunk):
+        stop = min(start + chunk, operator.dim)
+        block = torch.zeros(stop - start, operator.dim, dtype=operator.dtype, device=operator.device)
+        rows = torch.arange(stop - start, device=operator.device)
+        block[rows, start + rows] = 1
+        out[start:stop] = operator.matmat(block)[rows, start + rows]
+    return out
 
 
 def zero_rows(operator: Operator, generator: torch.Generator) -> torch.Tensor:

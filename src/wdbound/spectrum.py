@@ -27,16 +27,29 @@ import torch
 
 from .checkpoints import Checkpoint
 from .cache import Cache, cache_key
-from .curvature import HessianOperator, dense_matrix, resolve_device, resolve_dtype, zero_rows
+from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype, zero_rows
 from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
-from .estimators.lanczos import slq_from_run
+from .estimators.lanczos import Support, slq_from_run, spectral_support
 from .train import library_versions
 
-EXACT_MAX_DIM = 20_000
-BACKENDS = ("wdbound", "pyhessian")  # dense float64 Hessian of 20k parameters: 3.2 GB
+EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
+EXACT_AUTO_MAX_DIM = 10_000  # `--exact auto`: dense Hessian (d HVPs, 0.8 GB, eigvalsh in seconds) up to this d
+DIAGONAL_EXACT_MAX_DIM = 20_000  # `--diagonal auto`: exact diagonal (d HVPs, no dense matrix) up to this d
+BACKENDS = ("wdbound", "pyhessian")
+EXACT_MODES = ("auto", "on", "off")
+DIAGONAL_MODES = ("auto", "exact", "hutchinson")
+
+
+def resolve_exact(mode: str | bool, dim: int) -> bool:
+    """``--exact auto|on|off`` for a model of ``dim`` parameters: auto is on up to EXACT_AUTO_MAX_DIM."""
+    if isinstance(mode, bool):
+        return mode
+    if mode not in EXACT_MODES:
+        raise WdboundError(f"unknown --exact {mode!r}; use auto, on or off", "--exact")
+    return mode == "on" or (mode == "auto" and dim <= EXACT_AUTO_MAX_DIM)
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,12 @@ class SpectrumSettings:
     batch_size: int = 512
     exact: bool = False
     backend: str = "wdbound"  # or "pyhessian": PyHessian's estimators on the same model, data and loss
+    diagonal: str = "auto"  # Q's diagonal: exact (d HVPs), hutchinson, or auto (exact up to DIAGONAL_EXACT_MAX_DIM)
+    rtol: float = 0.0  # adaptive SLQ: widen until every err/d interval's half-width <= rtol * |err/d| (0: off)
+    max_hvps: int = 20_000  # cap of the adaptive refinement
+
+    def exact_diagonal_for(self, dim: int) -> bool:
+        return self.exact or self.diagonal == "exact" or (self.diagonal == "auto" and dim <= DIAGONAL_EXACT_MAX_DIM)
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -69,6 +88,12 @@ class SpectrumSettings:
             raise WdboundError("probes = 1 gives no standard error; use at least 2", "--probes")
         if self.diag_probes < 0:
             raise WdboundError(f"diag probes = {self.diag_probes} must be >= 0", "--diag-probes")
+        if self.diagonal not in DIAGONAL_MODES:
+            raise WdboundError(f"unknown --diagonal {self.diagonal!r}; use auto, exact or hutchinson", "--diagonal")
+        if not (0 <= self.rtol < 1) or not math.isfinite(self.rtol):
+            raise WdboundError(f"rtol = {self.rtol:g} must lie in [0, 1) (0 turns the refinement off)", "--rtol")
+        if self.max_hvps < 1:
+            raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "--max-hvps")
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,7 @@ class Spectrum:
     exact_eigenvalues: np.ndarray | None = None
     exact_diagonal: np.ndarray | None = None
     zero_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # deflated coordinates
+    support: Support | None = None  # ends of H's spectrum (for the quadrature intervals)
     cached: bool = False  # loaded from the cache rather than computed in this run
     extra: dict = field(default_factory=dict)  # live objects of a fresh run (operator, dense, generator); never cached
 
@@ -107,6 +133,7 @@ class Spectrum:
                          "npy_layout": "[2, d]: row 0 estimate, row 1 stderr"},
             "slq": {"nodes": [n.tolist() for n in self.slq.nodes], "weights": [w.tolist() for w in self.slq.weights],
                     "lengths": self.slq.lengths.tolist(), "null_weight": self.slq.null_weight},
+            "support": self.support.to_json() if self.support is not None else None,
             "provenance": self.provenance,
             "cached": self.cached,
         }
@@ -122,13 +149,16 @@ class Spectrum:
         """(meta, arrays) for the cache: everything but the live ``extra`` objects."""
         meta = {"d": self.d, "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.wall_seconds,
                 "provenance": self.provenance, "top": self.top.to_json(), "trace_method": self.trace.method,
-                "diag_probes": self.diagonal.probes, "null_weight": self.slq.null_weight}
+                "diag_probes": self.diagonal.probes, "null_weight": self.slq.null_weight,
+                "support": self.support.to_json() if self.support is not None else None}
         arrays = {"slq_alphas": self.slq.alphas, "slq_betas": self.slq.betas, "slq_lengths": self.slq.lengths,
-                  "slq_norms_sq": self.slq.norms_sq, "trace_samples": self.trace.samples,
+                  "slq_norms_sq": self.slq.norms_sq, "slq_complete": self.slq.complete,
+                  "trace_samples": self.trace.samples,
                   "diag_estimate": self.diagonal.estimate, "diag_stderr": self.diagonal.stderr,
                   "zero_rows": self.zero_rows}
         if self.exact_eigenvalues is not None:
             arrays["exact_eigenvalues"] = self.exact_eigenvalues
+        if self.exact_diagonal is not None:
             arrays["exact_diagonal"] = self.exact_diagonal
         return meta, arrays
 
@@ -136,7 +166,9 @@ class Spectrum:
     def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "Spectrum":
         top = meta["top"]
         slq = SLQ.from_tridiagonals(arrays["slq_alphas"], arrays["slq_betas"], arrays["slq_lengths"],
-                                    arrays["slq_norms_sq"], meta["d"], meta["null_weight"])
+                                    arrays["slq_norms_sq"], meta["d"], meta["null_weight"],
+                                    complete=arrays["slq_complete"])
+        support = Support(**meta["support"]) if meta.get("support") else None
         samples = arrays["trace_samples"]
         trace = TraceEstimate(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(len(samples))), samples,
                               meta["trace_method"])
@@ -145,7 +177,7 @@ class Spectrum:
                             top["tol"]),
                    slq, trace, DiagonalEstimate(arrays["diag_estimate"], arrays["diag_stderr"], meta["diag_probes"]),
                    meta["hvps"], meta["wall_seconds"], meta["provenance"], arrays.get("exact_eigenvalues"),
-                   arrays.get("exact_diagonal"), arrays["zero_rows"], cached=True)
+                   arrays.get("exact_diagonal"), arrays["zero_rows"], support, cached=True)
 
 
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -189,6 +221,8 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
     top = top_eigenvalues(operator, settings.top_k, generator)
+    # The ends of the spectrum use their own seeded stream, so the probes below do not depend on them.
+    support = spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top)
     null = zero_rows(operator, generator)
     z = rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device) * (~null)
     run = lanczos(operator, z, settings.steps)
@@ -204,6 +238,8 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         exact_ev = torch.linalg.eigvalsh(matrix.double()).cpu().numpy()
         dense = matrix.double().cpu().numpy()
         del matrix
+    elif settings.exact_diagonal_for(operator.dim):
+        exact_diag = diagonal_by_columns(operator).double().cpu().numpy()
     wall = time.perf_counter() - start
     provenance = {
         "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
@@ -213,7 +249,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         "cache_key": key,
     }
     result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
-                      exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),
+                      exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64), support,
                       extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null})
     if cache is not None:
         cache.put(key, *result.to_arrays())
@@ -242,7 +278,8 @@ def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) ->
 
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs a run will use (for the progress bar)."""
-    return min(300, dim) + 3 + settings.probes * min(settings.steps, dim) + settings.diag_probes + (dim if settings.exact else 0)
+    return (min(300, dim) + 150 + 3 + settings.probes * min(settings.steps, dim) + settings.diag_probes
+            + (dim if settings.exact_diagonal_for(dim) else 0))
 
 
 def density_grid(spectrum: Spectrum, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:

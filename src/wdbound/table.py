@@ -31,7 +31,8 @@ PAPER = [
 ]
 
 CSV_FIELDS = ["checkpoint", "model", "epochs", "optimizer", "family", "variant", "form", "d", "n", "b", "eta", "lam",
-              "rho", "tau", "sigma_floor", "err_mean", "err_mean_stderr", "err_mean_quadrature_change", "err_sum",
+              "rho", "tau", "sigma_floor", "method", "err_mean", "err_mean_low", "err_mean_high", "err_mean_stderr",
+              "err_mean_quadrature_change", "err_sum",
               "err_sum_stderr", "phi", "mass_below_floor", "zero_rows", "test_acc", "test_loss", "top_eigenvalue",
               "trace", "trace_stderr", "probes", "steps", "seed", "dtype", "split", "hvps", "cached", "sha256"]
 
@@ -121,9 +122,19 @@ def paper_grid() -> tuple[list[str], list[list[str]]]:
     return header, [err_row, acc_row]
 
 
+def err_interval(row: dict) -> tuple[float, float]:
+    """The row's err/d interval; rows without one (older JSON) get ± 4 standard errors."""
+    if row.get("err_mean_interval"):
+        low, high = row["err_mean_interval"]
+        return float(low), float(high)
+    se = row.get("err_mean_stderr") or 0.0
+    return row["err_mean"] - 4 * se, row["err_mean"] + 4 * se
+
+
 def findings(layout_: Layout) -> list[dict]:
     """Per (model, epochs) and variant: does err_AdamW < err_l2-Adam hold, and does AdamW's accuracy reach l2-Adam's?
-    ``holds`` is None when a partner is missing. Standard errors are combined to say whether a gap is resolved."""
+    ``holds`` is None when a partner is missing. A finding is resolved only when the two err/d intervals are
+    disjoint (each covers its exact value; exact cells are points)."""
     out = []
     for group in layout_.groups:
         for variant in VARIANTS:
@@ -134,11 +145,12 @@ def findings(layout_: Layout) -> list[dict]:
                 entry.update(err_holds=None, acc_holds=None)
             else:
                 gap = l2["err_mean"] - a["err_mean"]
-                se = math.hypot(a.get("err_mean_stderr") or 0.0, l2.get("err_mean_stderr") or 0.0)
-                quad = max(a.get("err_mean_quadrature_change") or 0.0, l2.get("err_mean_quadrature_change") or 0.0)
-                entry.update(err_adamw=a["err_mean"], err_l2=l2["err_mean"], err_gap=gap, err_gap_stderr=se,
-                             err_gap_quadrature=quad, err_holds=bool(gap > 0),
-                             err_resolved=bool(abs(gap) > 4 * se and abs(gap) > quad), acc_adamw=a["test_acc"], acc_l2=l2["test_acc"],
+                (a_lo, a_hi), (l_lo, l_hi) = err_interval(a), err_interval(l2)
+                entry.update(err_adamw=a["err_mean"], err_l2=l2["err_mean"], err_gap=gap,
+                             err_adamw_interval=[a_lo, a_hi], err_l2_interval=[l_lo, l_hi],
+                             exact=bool(a.get("method") == "exact" and l2.get("method") == "exact"),
+                             err_holds=bool(gap > 0), err_resolved=bool(a_hi < l_lo or l_hi < a_lo),
+                             acc_adamw=a["test_acc"], acc_l2=l2["test_acc"],
                              acc_holds=bool(a["test_acc"] >= l2["test_acc"]))
             out.append(entry)
     return out
@@ -152,14 +164,68 @@ def finding_lines(found: list[dict]) -> list[str]:
             lines.append(f"{head} partner missing, no comparison")
             continue
         verdict = "holds" if f["err_holds"] else "does NOT hold"
-        resolved = (f" = {abs(f['err_gap']) / f['err_gap_stderr']:.0f} stderr" if f["err_gap_stderr"] > 0 else "")
-        resolved += (f"; quadrature change up to {f['err_gap_quadrature']:.2f}: "
-                     + ("resolved" if f["err_resolved"] else "NOT resolved by these settings"))
+        if f["exact"]:
+            how = "exact spectra"
+        else:
+            how = ("intervals disjoint: resolved" if f["err_resolved"]
+                   else "intervals overlap: NOT resolved by these settings")
         acc = "holds" if f["acc_holds"] else "does NOT hold"
-        lines.append(f"{head} err_AdamW < err_l2-Adam {verdict} ({f['err_adamw']:.3f} vs {f['err_l2']:.3f}, gap "
-                     f"{f['err_gap']:+.3f}{resolved}); acc AdamW >= l2-Adam {acc} "
-                     f"({100 * f['acc_adamw']:.1f} vs {100 * f['acc_l2']:.1f})")
+        lines.append(f"{head} err_AdamW < err_l2-Adam {verdict} ({_with_interval(f['err_adamw'], f['err_adamw_interval'])}"
+                     f" vs {_with_interval(f['err_l2'], f['err_l2_interval'])}, gap {f['err_gap']:+.3f}; {how}); "
+                     f"acc AdamW >= l2-Adam {acc} ({100 * f['acc_adamw']:.1f} vs {100 * f['acc_l2']:.1f})")
     return lines
+
+
+def _with_interval(value: float, interval) -> str:
+    if interval is None or interval[0] == interval[1]:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def summary_counts(found: list[dict]) -> str:
+    """One sentence: how many comparisons hold, and how many of those are resolved (exact or disjoint)."""
+    pairs = [f for f in found if f["err_holds"] is not None]
+    resolved = [f for f in pairs if f["exact"] or f["err_resolved"]]
+    return (f"err_AdamW < err_l2-Adam holds in {sum(f['err_holds'] for f in pairs)} of {len(pairs)} cell pairs; "
+            f"{len(resolved)} of {len(pairs)} are resolved ({sum(f['exact'] for f in pairs)} from exact spectra), "
+            f"of which {sum(f['err_holds'] for f in resolved)} hold. "
+            f"Accuracy AdamW >= l2-Adam holds in {sum(f['acc_holds'] for f in pairs)} of {len(pairs)}.")
+
+
+LONG_COLUMNS = (("adamw", "constant", "AdamW"), ("adamw", "decaying", "AdamW-D"), ("l2-adam", "constant", "l2-Adam"),
+                ("l2-adam", "decaying", "l2-Adam-D"))
+
+
+def long_grid(layout_: Layout) -> tuple[list[str], list[list[str]]]:
+    """One row per (model, epochs); per optimizer: err/d with its interval (or 'exact') and the test accuracy."""
+    header = ["model, epochs"] + [title for _, _, title in LONG_COLUMNS]
+    rows = []
+    for group in layout_.groups:
+        row = [f"{group[0]}, {group[1]} ep"]
+        for family, variant, _ in LONG_COLUMNS:
+            cell = layout_.cells.get((*group, family, variant))
+            if cell is None or cell.get("err_mean") is None:
+                row.append(DASH)
+                continue
+            err = (f"{cell['err_mean']:.3f} (exact)" if cell.get("method") == "exact"
+                   else _with_interval(cell["err_mean"], err_interval(cell)))
+            row.append(f"{err}; {_acc(cell['test_acc'])}%")
+        rows.append(row)
+    return header, rows
+
+
+LAYOUTS = ("auto", "long", "paper")
+
+
+def resolve_layout(name: str, layout_: Layout) -> str:
+    """``auto``: long when there are more than three (model, epochs) groups, else the paper's."""
+    if name not in LAYOUTS:
+        from .errors import WdboundError
+
+        raise WdboundError(f"unknown --layout {name!r}; use auto, long or paper", "--layout")
+    if name == "auto":
+        return "long" if len(layout_.groups) > 3 else "paper"
+    return name
 
 
 # ---------------------------------------------------------------- formats
@@ -170,21 +236,25 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: list[str], note: str = "") -> str:
-    header, rows = grid(layout_)
+def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: list[str], note: str = "",
+             layout_name: str = "paper") -> str:
+    header, rows = long_grid(layout_) if layout_name == "long" else grid(layout_)
     p_header, p_rows = paper_grid()
+    intro = ("One row per (model, epochs); each cell is err/d [interval] (or exact) and the test accuracy."
+             if layout_name == "long" else
+             "Each cell is *constant / decaying* weight decay (AdamW / AdamW-D, l2-Adam / l2-Adam-D).")
     parts = ["# Table I on these checkpoints", "",
-             "Each cell is *constant / decaying* weight decay (AdamW / AdamW-D, l2-Adam / l2-Adam-D). "
-             "err in bound = err/d of Corollary 3, evaluated with the form of the optimizer that trained the "
-             "checkpoint (its own Hessian, eta and lambda). — = no checkpoint.", ""]
+             intro + " err in bound = err/d of Corollary 3, evaluated with the form of the optimizer that trained "
+             "the checkpoint (its own Hessian, eta and lambda). — = no checkpoint. '(exact)': from the dense "
+             "Hessian's eigenvalues; otherwise SLQ with an interval that covers the exact value.", ""]
     parts += [_md_table(header, rows) if layout_.groups else "(no checkpoint of a Table I optimizer)", ""]
     parts += [settings_line, ""]
     if note:
         parts += [note, ""]
     parts += ["## Does the paper's finding hold here?", "",
-              "A gap counts as resolved when it exceeds 4 combined standard errors (probe noise) and the change "
-              "of the Lanczos rule from m/2 to m steps (an indication of quadrature bias, which the standard "
-              "error does not see; see README).", ""] + [f"- {line}" for line in finding_lines(found)] + [""]
+              "A comparison is resolved when both cells are exact, or when the two err/d intervals are disjoint "
+              "(each interval covers its exact value: docs/intervals.md).", "", summary_counts(found), ""]
+    parts += [f"- {line}" for line in finding_lines(found)] + [""]
     if layout_.outside:
         parts += ["Checkpoints of optimizers outside Table I (in table1.csv only): "
                   + ", ".join(r["checkpoint"] for r in layout_.outside), ""]

@@ -133,10 +133,21 @@ class SLQ:
     betas: np.ndarray  # [k, m-1] off-diagonals
     null_weight: float = 0.0
     run: LanczosRun | None = None  # the live run (absent when loaded from a cache)
+    complete: np.ndarray | None = None  # [k] bool: the probe's Krylov space is invariant (its Gauss rule is exact)
+
+    def exact_probe(self, probe: int) -> bool:
+        """Whether probe ``probe``'s recursion broke down (or spanned the space): its quadrature is then exact."""
+        return bool(self.complete[probe]) if self.complete is not None else False
 
     @classmethod
     def from_tridiagonals(cls, alphas: np.ndarray, betas: np.ndarray, lengths: np.ndarray, norms_sq: np.ndarray,
-                          dim: int, null_weight: float = 0.0, run: LanczosRun | None = None) -> "SLQ":
+                          dim: int, null_weight: float = 0.0, run: LanczosRun | None = None,
+                          complete: np.ndarray | None = None) -> "SLQ":
+        """Nodes and weights from the tridiagonals. ``complete`` defaults to "stopped before the padded width
+        ``alphas.shape[1]`` (a breakdown) or reached ``dim`` steps"."""
+        lengths = np.asarray(lengths)
+        if complete is None:
+            complete = (lengths < np.asarray(alphas).shape[1]) | (lengths >= dim)
         nodes, weights = [], []
         for p, n in enumerate(np.asarray(lengths, dtype=np.int64)):
             off = betas[p, : n - 1]
@@ -144,14 +155,31 @@ class SLQ:
             theta, vectors = np.linalg.eigh(t)
             nodes.append(theta)
             weights.append(vectors[0] ** 2)
-        return cls(nodes, weights, dim, np.asarray(norms_sq, dtype=np.float64), np.asarray(lengths), alphas, betas,
-                   float(null_weight), run)
+        return cls(nodes, weights, dim, np.asarray(norms_sq, dtype=np.float64), lengths, alphas, betas,
+                   float(null_weight), run, np.asarray(complete, dtype=bool))
 
     def truncated(self, steps: int) -> "SLQ":
         """The same probes with only their first ``steps`` Lanczos steps (a free convergence check:
         the Gauss rule of m/2 steps against that of m steps)."""
         lengths = np.minimum(self.lengths, steps)
-        return SLQ.from_tridiagonals(self.alphas, self.betas, lengths, self.norms_sq, self.dim, self.null_weight)
+        complete = self.complete & (self.lengths <= steps) if self.complete is not None else None
+        return SLQ.from_tridiagonals(self.alphas, self.betas, lengths, self.norms_sq, self.dim, self.null_weight,
+                                     complete=complete if complete is not None else np.zeros(len(lengths), bool))
+
+    @classmethod
+    def concatenate(cls, runs: list["SLQ"]) -> "SLQ":
+        """One SLQ of all probes of several runs on the same operator (more probes, possibly longer ones)."""
+        width = max(r.alphas.shape[1] for r in runs)
+
+        def pad(a: np.ndarray, cols: int) -> np.ndarray:
+            return np.pad(a, ((0, 0), (0, cols - a.shape[1])))
+
+        first = runs[0]
+        return cls.from_tridiagonals(np.concatenate([pad(r.alphas, width) for r in runs]),
+                                     np.concatenate([pad(r.betas, max(width - 1, 0)) for r in runs]),
+                                     np.concatenate([r.lengths for r in runs]),
+                                     np.concatenate([r.norms_sq for r in runs]), first.dim, first.null_weight,
+                                     complete=np.concatenate([r.complete for r in runs]))
 
     def quadrature(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Per-probe estimates of ``z^T f(H) z`` (mean: tr f(H)): ``||z||^2 Σ_j w_j f(θ_j)`` plus the null part."""
@@ -208,13 +236,14 @@ class TopEigen:
 
 
 def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: float | None = None,
-                    max_steps: int = 300, check_every: int = 5) -> TopEigen:
+                    max_steps: int = 300, check_every: int = 5, atol: float = 0.0) -> TopEigen:
     """The ``top`` largest eigenvalues (algebraic), by Lanczos from one Gaussian start vector.
 
     Stops once every wanted Ritz value has residual ``|β_m u_{m,i}| <= tol |θ_i|``;
     for a symmetric matrix that residual bounds the distance to an
     eigenvalue, so the stated tolerance is a guaranteed relative error.
-    Default ``tol``: 1e-9 in float64, 1e-4 in float32. A single start vector
+    Default ``tol``: 1e-9 in float64, 1e-4 in float32; ``atol`` accepts a
+    residual below it whatever the relative one. A single start vector
     finds each distinct eigenvalue once: an exactly repeated top eigenvalue is
     reported once.
     """
@@ -230,7 +259,7 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
         m = state.m
         if state.broke or m >= max_steps or (m >= top + 2 and m % check_every == 0):
             values, residuals = state.ritz(top)
-            ok = bool(np.all(residuals <= tol * np.maximum(np.abs(values), 1e-300)))
+            ok = bool(np.all(residuals <= np.maximum(tol * np.maximum(np.abs(values), 1e-300), atol)))
             if ok or state.broke or m >= max_steps:
                 return TopEigen(values, residuals, m, ok or state.broke, tol)
 
@@ -276,3 +305,46 @@ class _Incremental:
         theta, vectors = np.linalg.eigh(t)
         order = np.argsort(theta)[::-1][:top]
         return theta[order], np.abs(self.last_beta * vectors[-1, order])
+
+
+class _Negated:
+    """``-H`` behind the operator interface (the smallest eigenvalue of H is the largest of -H)."""
+
+    def __init__(self, operator) -> None:
+        self.op, self.dim, self.dtype, self.device = operator, operator.dim, operator.dtype, operator.device
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        return -self.op.matmat(vectors)
+
+
+@dataclass(frozen=True)
+class Support:
+    """``[low, high]`` containing the spectrum: the extreme Ritz values widened by their residual bounds."""
+
+    low: float
+    high: float
+    steps: int  # Lanczos steps spent on the two ends
+
+    def to_json(self) -> dict:
+        return {"low": self.low, "high": self.high, "steps": self.steps}
+
+    def bounds(self) -> tuple[float, float]:
+        return self.low, self.high
+
+
+def spectral_support(operator, generator: torch.Generator, top: TopEigen | None = None, *,
+                     rtol: float = 1e-4, max_steps: int = 150) -> Support:
+    """Ends of the spectrum for the quadrature intervals (``wdbound.estimators.quadrature_interval``).
+
+    Each end is a Lanczos Ritz value from a random start, minus (bottom) or plus (top) its
+    residual, the residual driven below ``rtol`` times the spectral radius. The extreme Ritz
+    values converge first (Kaniel–Paige), and a random start misses an extreme eigenvector with
+    probability zero; ``top`` reuses a finished top-eigenvalue run.
+    """
+    if top is None:
+        top = top_eigenvalues(operator, 1, generator, tol=rtol, max_steps=max_steps)
+    high = float(top.values[0] + top.residuals[0])
+    bottom = top_eigenvalues(_Negated(operator), 1, generator, tol=rtol, atol=rtol * abs(high),
+                             max_steps=max_steps)
+    low = float(-(bottom.values[0] + bottom.residuals[0]))
+    return Support(min(low, high), high, int(top.steps + bottom.steps))
