@@ -187,3 +187,51 @@ def test_sweep_bad_spec_exit_2(tiny_checkpoint, capsys):
     for spec in ("gamma=1", "rho", "rho=a,b", "rho=-1"):
         code, _, err = run_cli(["err", tiny_checkpoint, "--probes", "2", "--steps", "4", "--sweep", spec], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1, (spec, err)
+
+
+@pytest.mark.slow
+def test_err_intervals_cover_exact_on_a_shipped_checkpoint(tmp_path, capsys):
+    """The shipped digits-mlp-adamw-e40 (d = 2,410): SLQ intervals at 8 probes x 40 steps (no adaptation) against
+    the dense spectrum, for err/d and the Theorem term of both forms."""
+    from pathlib import Path
+
+    ckpt = Path(__file__).resolve().parent.parent / "checkpoints" / "digits-mlp-adamw-e40.pt"
+    slq_json, exact_json = tmp_path / "slq.json", tmp_path / "exact.json"
+    code, out, err = run_cli(["err", ckpt, "--exact", "off", "--rtol", "0", "--probes", "8", "--steps", "40",
+                              "--json", slq_json], capsys)
+    assert code == 0, err
+    assert "[" in out  # intervals printed beside the estimates
+    code, out, err = run_cli(["err", ckpt, "--json", exact_json], capsys)  # --exact auto: d <= 10,000 -> exact
+    assert code == 0, err
+    slq, exact = json.loads(slq_json.read_text()), json.loads(exact_json.read_text())
+    for form in ("adamw", "l2-adam"):
+        assert slq[form]["method"] == "slq" and exact[form]["method"] == "exact"
+        assert slq[form]["q_source"] == "exact diagonal"
+        low, high = slq[form]["err_mean_interval"]
+        assert low < slq[form]["err_mean"] < high
+        assert low <= exact[form]["err_mean"] <= high
+        low, high = slq[form]["theorem_term_interval"]
+        assert low <= exact[form]["theorem_term"] <= high
+        assert exact[form]["err_mean_interval"] == [exact[form]["err_mean"]] * 2
+        assert exact[form]["near_zero"]["deflated_zero_rows"] == 192
+        assert exact[form]["slq"]["err_mean_interval"][0] <= exact[form]["err_mean"] <= \
+            exact[form]["slq"]["err_mean_interval"][1]
+
+
+@pytest.mark.slow
+def test_err_adaptive_rtol_meets_target_or_says_cap(tiny_checkpoint, tmp_path, capsys):
+    base = ["err", tiny_checkpoint, "--exact", "off", "--probes", "4", "--steps", "10", "--max-samples", "100",
+            "--optimizer", "adamw"]
+    capped = tmp_path / "capped.json"
+    code, out, err = run_cli([*base, "--rtol", "0.001", "--max-hvps", "100", "--json", capped], capsys)
+    assert code == 0, err
+    assert "HVP cap 100 reached" in out
+    refinement = json.loads(capped.read_text())["refinement"]
+    assert refinement["status"] == "cap" and refinement["hvps"] <= 100
+    met = tmp_path / "met.json"
+    code, out, err = run_cli([*base, "--rtol", "0.05", "--max-hvps", "20000", "--json", met], capsys)
+    assert code == 0, err
+    payload = json.loads(met.read_text())
+    low, high = payload["adamw"]["err_mean_interval"]
+    assert payload["refinement"]["status"] == "met" and (high - low) / 2 <= 0.05 * payload["adamw"]["err_mean"]
+    assert payload["refinement"]["probes"] * payload["refinement"]["steps"] > 4 * 10

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import hessian
 
-from wdbound.curvature import HessianOperator, dense_matrix
+from wdbound.curvature import DenseOperator, HessianOperator, dense_matrix
 from wdbound.models import build_model
 
 SMALL = {"digits-mlp": {"hidden": 16}, "digits-cnn": {"channels": 4}, "digits-vit": {"dim": 8, "depth": 1, "mlp": 16}}
@@ -140,3 +140,41 @@ def test_zero_rows_match_exact_hessian_on_digits_mlp(digits_test):
     exact_zero = (dense == 0).all(1)
     assert exact_zero.sum() > 0  # always-blank pixels exist in the digits data
     assert torch.equal(mask, exact_zero)
+
+
+def test_unfold_convolution_equals_conv2d_and_its_hvp(digits_test):
+    """float64 on the CPU swaps Conv2d for UnfoldConv2d: same outputs, same HVPs as the stock convolution."""
+    from torch import nn
+
+    from wdbound.curvature import UnfoldConv2d, _use_unfold_convolutions
+    from wdbound.models import build_model
+
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 4, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2)),
+                 nn.Conv2d(3, 4, 1, bias=False)):
+        conv = conv.double()
+        x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+        swapped = nn.Sequential(conv)
+        reference = conv(x)
+        _use_unfold_convolutions(swapped)
+        assert type(swapped[0]) is UnfoldConv2d
+        assert torch.allclose(swapped[0](x), reference, rtol=1e-12, atol=1e-12)
+    model = build_model("digits-cnn")
+    fast = HessianOperator(model, digits_test, max_samples=40, dtype=torch.float64)
+    assert any(type(m) is UnfoldConv2d for m in fast.model.modules())
+    slow = HessianOperator(model, digits_test, max_samples=40, dtype=torch.float64)
+    for module in slow.model.modules():
+        if type(module) is UnfoldConv2d:
+            module.__class__ = nn.Conv2d
+    v = torch.randn(2, fast.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(fast.matmat(v), slow.matmat(v), rtol=1e-10, atol=1e-12)
+
+
+def test_diagonal_by_columns_is_the_exact_diagonal():
+    from wdbound.curvature import diagonal_by_columns
+
+    a = torch.randn(70, 70, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    matrix = a + a.T
+    op = DenseOperator(matrix)
+    assert torch.equal(diagonal_by_columns(op, chunk=16), torch.diagonal(matrix))
+    assert op.matvecs == 70

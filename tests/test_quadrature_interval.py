@@ -1,0 +1,117 @@
+"""The SLQ intervals against exact values on dense matrices whose spectrum is as hard as a trained net's:
+a cluster just above zero, a few tiny negative eigenvalues, exact zeros and a long tail up to lambda_max."""
+
+import numpy as np
+import pytest
+import torch
+
+from wdbound.bounds import (BoundInputs, corollary3_exact, corollary3_from_slq, corollary3_integrand,
+                            logdet_integrand, ratio_integrand, x_equals_one, x_of_sigma)
+from wdbound.curvature import DenseOperator
+from wdbound.estimators.hutchinson import rademacher
+from wdbound.estimators.lanczos import lanczos, slq_from_run, spectral_support
+from wdbound.estimators.quadrature_interval import Interval, PiecewiseMonotone, probe_brackets, trace_interval
+
+P = BoundInputs(d=400, n=1437, b=64, eta=1e-4, lam=5e-2, rho=0.125, sigma_floor=1e-6)
+
+
+def hard_matrix(d=400, seed=0):
+    """Eigenvalues: 10% in (1e-8, 1e-6) (below the floor), 40% in (1e-6, 1e-2), 5% tiny negatives,
+    the rest log-spread up to 80, in a random eigenbasis."""
+    rng = np.random.default_rng(seed)
+    parts = [10 ** rng.uniform(-8, -6, d // 10), 10 ** rng.uniform(-6, -2, 4 * d // 10),
+             -(10 ** rng.uniform(-5, -3, d // 20))]
+    rest = d - sum(len(p) for p in parts)
+    ev = np.concatenate(parts + [10 ** rng.uniform(-2, np.log10(80), rest)])
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return torch.from_numpy((q * ev) @ q.T), ev
+
+
+def test_extremes_match_a_dense_grid():
+    f = corollary3_integrand("l2-adam", P)
+    rng = np.random.default_rng(1)
+    low = -(10 ** rng.uniform(-8, 0, 200)) * (rng.random(200) < 0.3)
+    high = low + 10 ** rng.uniform(-8, 1, 200)
+    fmin, fmax = f.extremes(low, high)
+    for lo, hi, a, b in zip(low, high, fmin, fmax):
+        grid = np.concatenate([np.linspace(lo, hi, 2001), np.geomspace(1e-9, max(hi, 2e-9), 2001)])
+        grid = grid[(grid >= lo) & (grid <= hi)]
+        values = f(grid)
+        assert a <= values.min() + 1e-12 and b >= values.max() - 1e-12
+        assert a >= values.min() - 1e-6 * abs(values.min()) or lo <= 0 <= hi  # attained, not just a bound
+
+
+def test_x_equals_one_closed_form():
+    p = BoundInputs(d=1, n=10, b=1, eta=1.0, lam=0.01, rho=0.5)  # c = 1
+    (s,) = x_equals_one("adamw", p)
+    assert x_of_sigma(np.array([s]), "adamw", p)[0] == pytest.approx(1.0)
+    roots = x_equals_one("l2-adam", BoundInputs(d=1, n=10, b=1, eta=1.0, lam=0.1, rho=0.5))
+    assert len(roots) == 2
+    for s in roots:
+        assert x_of_sigma(np.array([s]), "l2-adam", BoundInputs(d=1, n=10, b=1, eta=1.0, lam=0.1, rho=0.5))[0] == \
+            pytest.approx(1.0)
+    assert x_equals_one("adamw", P) == []  # x >> 1 everywhere at the zoo's settings
+
+
+@pytest.mark.parametrize("steps", [5, 20, 60])
+def test_every_probe_bracket_contains_its_exact_quadratic_form(steps):
+    matrix, ev = hard_matrix()
+    op = DenseOperator(matrix)
+    z = rademacher(8, 400, torch.Generator().manual_seed(steps), torch.float64)
+    run = slq_from_run(lanczos(op, z, steps), 400)
+    support = (float(ev.min()), float(ev.max()))
+    values, vectors = np.linalg.eigh(matrix.numpy())
+    coeff = (z.numpy() @ vectors) ** 2  # [k, d]: (v_i . z)^2
+    for f in (corollary3_integrand("adamw", P), corollary3_integrand("l2-adam", P), logdet_integrand(P.lam, 1e-6),
+              ratio_integrand(P.lam, 1e-6)):
+        lower, upper = probe_brackets(run, f, support)
+        exact = coeff @ f(values)
+        gauss = run.quadrature(f)
+        slack = 1e-9 * np.abs(exact).max()
+        assert np.all(lower <= exact + slack) and np.all(exact <= upper + slack)
+        assert np.all(lower <= gauss + slack) and np.all(gauss <= upper + slack)
+
+
+def test_bracket_narrows_with_steps_and_is_a_point_after_breakdown():
+    matrix, ev = hard_matrix()
+    op = DenseOperator(matrix)
+    f = corollary3_integrand("l2-adam", P)
+    z = rademacher(4, 400, torch.Generator().manual_seed(0), torch.float64)
+    widths = []
+    for steps in (10, 40, 160):
+        lower, upper = probe_brackets(slq_from_run(lanczos(op, z, steps), 400), f, (ev.min(), ev.max()))
+        widths.append(float(np.mean(upper - lower)))
+    assert widths[0] > widths[1] > widths[2]
+    small = DenseOperator(torch.diag(torch.tensor([0.0, 1e-7, 1e-7, 2.0, 5.0], dtype=torch.float64)))
+    run = slq_from_run(lanczos(small, torch.ones(2, 5, dtype=torch.float64), 5), 5)
+    assert run.complete.all()
+    lower, upper = probe_brackets(run, f, (0.0, 5.0))
+    assert np.array_equal(lower, upper)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_corollary3_interval_covers_the_exact_err(seed):
+    matrix, ev = hard_matrix(seed=seed)
+    op = DenseOperator(matrix)
+    generator = torch.Generator().manual_seed(seed)
+    run = slq_from_run(lanczos(op, rademacher(12, 400, generator, torch.float64), 40), 400)
+    support = spectral_support(op, generator)
+    assert support.low <= ev.min() and support.high >= ev.max()
+    for form in ("adamw", "l2-adam"):
+        exact = corollary3_exact(ev, form, P).err_mean
+        interval = corollary3_from_slq(run, form, P, support.bounds()).err_mean_interval
+        assert interval.contains(exact), (form, interval, exact)
+
+
+def test_interval_arithmetic():
+    i = Interval(2.0, 1.0, 4.0)
+    assert i.affine(-1.0, 1.0) == Interval(-1.0, -3.0, 0.0)
+    assert i.relative_half_width() == pytest.approx(0.75) and Interval.point(3.0).relative_half_width() == 0.0
+    assert i.to_json() == [1.0, 4.0] and i.contains(4.0) and not i.contains(4.1)
+
+
+def test_piecewise_monotone_needs_its_breakpoints():
+    # Without the breakpoint at 0 the max of t^2 on [-1, 1] would be found, but its min would not.
+    f = PiecewiseMonotone(lambda t: t**2, breakpoints=(0.0,))
+    fmin, fmax = f.extremes(np.array([-1.0]), np.array([1.0]))
+    assert fmin[0] == 0.0 and fmax[0] == 1.0
