@@ -178,3 +178,40 @@ def test_diagonal_by_columns_is_the_exact_diagonal():
     op = DenseOperator(matrix)
     assert torch.equal(diagonal_by_columns(op, chunk=16), torch.diagonal(matrix))
     assert op.matvecs == 70
+
+
+def test_logit_shift_directions_are_exact_null_vectors(digits_test):
+    """The head's bias and weight columns moved along the all-ones vector of the classes leave the CE loss
+    constant: Deflation finds in_features + 1 of them (minus columns already in zero rows), they are null
+    vectors of the dense Hessian, and projecting them out keeps everything else."""
+    from wdbound.curvature import Deflation, zero_rows
+
+    model = build_model("digits-mlp", hidden=12)
+    op = HessianOperator(model, digits_test, max_samples=60)
+    generator = torch.Generator().manual_seed(0)
+    null = zero_rows(op, generator)
+    dense = dense_matrix(op)
+    scale = float(torch.linalg.eigvalsh(dense).abs().max())
+    deflation = Deflation.find(op, null, scale, generator)
+    assert deflation.shift_directions == 12 + 1 and deflation.null_count == float(null.sum()) + 13
+    z = torch.randn(5, op.dim, dtype=torch.float64, generator=generator)
+    projected = deflation.project(z)
+    removed = z * ~null - projected
+    assert torch.allclose(deflation.project(projected), projected, atol=1e-14)  # a projector
+    assert float((dense @ removed.T).norm()) <= 1e-9 * scale * float(removed.norm())
+    assert torch.allclose(projected @ dense, (z * ~null) @ dense, atol=1e-10)  # HP = H
+    eigenvalues = torch.linalg.eigvalsh(dense)
+    assert int((eigenvalues.abs() <= 1e-10 * scale).sum()) >= deflation.null_count
+    again = Deflation.from_json(deflation.to_json(), null)
+    assert torch.equal(again.project(z), projected)
+
+
+def test_no_logit_shift_without_a_linear_head(digits_test):
+    from torch import nn
+
+    from wdbound.curvature import Deflation
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Tanh())  # the last layer is not the logits' producer
+    op = HessianOperator(model, digits_test, max_samples=30)
+    deflation = Deflation.find(op, torch.zeros(op.dim, dtype=torch.bool), 1.0, torch.Generator().manual_seed(0))
+    assert deflation.shift_directions == 0

@@ -24,7 +24,7 @@ from .bounds import (FORMS, BoundInputs, ExactTheoremParts, TheoremRuns, corolla
 from .estimators.quadrature_interval import quadrature_half_width
 from .cache import Cache, cache_key
 from .checkpoints import Checkpoint
-from .curvature import dense_matrix
+from .curvature import Deflation, dense_matrix
 from .errors import WdboundError
 from .estimators.lanczos import SLQ
 from .models import input_shape
@@ -197,8 +197,8 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
     from .estimators.lanczos import lanczos, slq_from_run
 
     generator = torch.Generator().manual_seed(_derived_seed(settings.seed, "refine", settings.rtol))
-    keep = ~live.zero_mask()
-    dim, nulls = spectrum.d, float(len(spectrum.zero_rows))
+    deflation = Deflation.from_json(spectrum.deflation, live.zero_mask())
+    dim, nulls = spectrum.d, deflation.null_count
     probes, steps, spent, status = settings.probes, settings.steps, 0, "cap"
     while True:
         longer = worst[1] >= worst[2] and steps < dim - nulls
@@ -206,7 +206,7 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
         cost = probes * new_steps  # longer: every probe again with more steps; else as many new probes
         if spent + cost > settings.max_hvps:
             break
-        z = rademacher(probes, dim, generator, live.operator.dtype, live.operator.device) * keep
+        z = deflation.project(rademacher(probes, dim, generator, live.operator.dtype, live.operator.device))
         fresh = slq_from_run(lanczos(live.operator, z, new_steps), dim, null_weight=nulls)
         slq = fresh if longer else SLQ.concatenate([slq, fresh])
         probes, steps, spent = len(slq.nodes), new_steps, spent + cost
@@ -256,7 +256,7 @@ def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
              "err_mean_quadrature_change": 0.0, "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
              "zero_rows": int(len(spectrum.zero_rows)),
              "near_zero": near_zero_split(spectrum.exact_eigenvalues, inputs.sigma_floor,
-                                          len(spectrum.zero_rows))}
+                                          len(spectrum.zero_rows), spectrum.shift_directions)}
     if (form, inputs.sigma_floor) in analysis.exact_parts:
         thm = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
         entry.update({"theorem_term": thm.term, "theorem_term_stderr": 0.0,
@@ -272,12 +272,12 @@ def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
     return entry
 
 
-def near_zero_split(eigenvalues: np.ndarray, floor: float, zero_rows: int) -> dict:
-    """How the near-null spectrum was handled: exactly-zero rows deflated, the rest of |λ| < floor raised to the
-    floor (counts out of d)."""
+def near_zero_split(eigenvalues: np.ndarray, floor: float, zero_rows: int, logit_shift: int = 0) -> dict:
+    """How the near-null spectrum was handled (counts out of d): exactly-zero rows and logit-shift directions
+    deflated (exact zeros), the rest of |λ| < floor raised to the floor."""
     below = int((np.abs(eigenvalues) < floor).sum())
-    return {"deflated_zero_rows": int(zero_rows), "raised_to_floor": max(below - int(zero_rows), 0),
-            "below_floor_total": below}
+    return {"deflated_zero_rows": int(zero_rows), "deflated_logit_shift": int(logit_shift),
+            "raised_to_floor": max(below - int(zero_rows) - int(logit_shift), 0), "below_floor_total": below}
 
 
 def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
@@ -290,6 +290,7 @@ def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
              "err_mean_interval": cor.err_mean_interval.to_json() if cor.err_mean_interval else None,
              "err_mean_quadrature_change": quadrature_change(spectrum.slq, form, inputs),
              "phi": cor.phi, "mass_below_floor": cor.mass_below_floor, "zero_rows": int(len(spectrum.zero_rows)),
+             "logit_shift": spectrum.shift_directions,
              "probes": int(len(spectrum.slq.nodes)), "steps": int(spectrum.slq.alphas.shape[1])}
     if runs is not None:  # the Theorem 6/7 term (absent when only Corollary 3 was asked for, e.g. the table)
         theorem = theorem_from_runs(runs, inputs)

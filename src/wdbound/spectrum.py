@@ -27,7 +27,7 @@ import torch
 
 from .checkpoints import Checkpoint
 from .cache import Cache, cache_key
-from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype, zero_rows
+from .curvature import Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype, zero_rows
 from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
@@ -111,8 +111,13 @@ class Spectrum:
     exact_diagonal: np.ndarray | None = None
     zero_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # deflated coordinates
     support: Support | None = None  # ends of H's spectrum (for the quadrature intervals)
+    deflation: dict | None = None  # Deflation.to_json(): zero rows and logit-shift directions removed from the probes
     cached: bool = False  # loaded from the cache rather than computed in this run
     extra: dict = field(default_factory=dict)  # live objects of a fresh run (operator, dense, generator); never cached
+
+    @property
+    def shift_directions(self) -> int:
+        return int((self.deflation or {}).get("logit_shift", 0))
 
     @property
     def negative_mass(self) -> float:
@@ -129,6 +134,9 @@ class Spectrum:
             "negative_mass": self.negative_mass,
             "zero_rows": {"count": int(len(self.zero_rows)),
                           "note": "exactly-zero Hessian rows, deflated: counted as exact zero eigenvalues"},
+            "logit_shift": {"count": self.shift_directions,
+                            "note": "directions that shift every logit equally (CE is invariant): exact zero "
+                                    "eigenvalues, deflated"},
             "diagonal": {"estimate": self.diagonal.summary(), "path": diagonal_path,
                          "npy_layout": "[2, d]: row 0 estimate, row 1 stderr"},
             "slq": {"nodes": [n.tolist() for n in self.slq.nodes], "weights": [w.tolist() for w in self.slq.weights],
@@ -150,7 +158,8 @@ class Spectrum:
         meta = {"d": self.d, "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.wall_seconds,
                 "provenance": self.provenance, "top": self.top.to_json(), "trace_method": self.trace.method,
                 "diag_probes": self.diagonal.probes, "null_weight": self.slq.null_weight,
-                "support": self.support.to_json() if self.support is not None else None}
+                "support": self.support.to_json() if self.support is not None else None,
+                "deflation": self.deflation}
         arrays = {"slq_alphas": self.slq.alphas, "slq_betas": self.slq.betas, "slq_lengths": self.slq.lengths,
                   "slq_norms_sq": self.slq.norms_sq, "slq_complete": self.slq.complete,
                   "trace_samples": self.trace.samples,
@@ -177,7 +186,7 @@ class Spectrum:
                             top["tol"]),
                    slq, trace, DiagonalEstimate(arrays["diag_estimate"], arrays["diag_stderr"], meta["diag_probes"]),
                    meta["hvps"], meta["wall_seconds"], meta["provenance"], arrays.get("exact_eigenvalues"),
-                   arrays.get("exact_diagonal"), arrays["zero_rows"], support, cached=True)
+                   arrays.get("exact_diagonal"), arrays["zero_rows"], support, meta.get("deflation"), cached=True)
 
 
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -224,9 +233,11 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     # The ends of the spectrum use their own seeded stream, so the probes below do not depend on them.
     support = spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top)
     null = zero_rows(operator, generator)
-    z = rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device) * (~null)
+    deflation = Deflation.find(operator, null, float(abs(top.values).max()),
+                               torch.Generator().manual_seed(settings.seed + 2))
+    z = deflation.project(rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device))
     run = lanczos(operator, z, settings.steps)
-    density = slq_from_run(run, operator.dim, null_weight=float(null.sum()))
+    density = slq_from_run(run, operator.dim, null_weight=deflation.null_count)
     if settings.diag_probes:
         trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=(run.starts, run.first_products))
     else:
@@ -250,6 +261,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     }
     result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
                       exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64), support,
+                      deflation.to_json(),
                       extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null})
     if cache is not None:
         cache.put(key, *result.to_arrays())
