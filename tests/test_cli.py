@@ -125,8 +125,9 @@ def test_err_bad_inputs_exit_2_nothing_written(tiny_checkpoint, tmp_path, capsys
     assert not out_json.exists()
 
 
-def test_err_cache_reuse_and_sweeps(tiny_checkpoint, tmp_path, capsys, isolated_cache):
-    base = ["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80"]
+@pytest.mark.parametrize("mode", [["--exact", "auto"], ["--exact", "off", "--rtol", "0"]])
+def test_err_cache_reuse_and_sweeps(tiny_checkpoint, tmp_path, capsys, isolated_cache, mode):
+    base = ["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80", *mode]
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     code, out, err = run_cli([*base, "--json", first], capsys)
     assert code == 0, err
@@ -157,6 +158,12 @@ def test_err_cache_reuse_and_sweeps(tiny_checkpoint, tmp_path, capsys, isolated_
     for form in ("adamw", "l2-adam"):
         assert floor_row[form]["err_sum"] == pytest.approx(d[form]["err_sum"], rel=1e-12)
         assert floor_row[form]["theorem_term"] == pytest.approx(d[form]["theorem_term"], rel=1e-12)
+    for row in b["sweeps"]["rho"] + b["sweeps"]["sigma-floor"]:  # every sweep row carries its intervals
+        for form in ("adamw", "l2-adam"):
+            low, high = row[form]["err_mean_interval"]
+            assert low <= row[form]["err_mean"] <= high and row[form]["method"] == a[form]["method"]
+            low, high = row[form]["theorem_term_interval"]
+            assert low <= row[form]["theorem_term"] <= high
     # A lower floor never lowers the l2-Adam err (h(x_l2) grows as sigma -> 0).
     assert b["sweeps"]["sigma-floor"][0]["l2-adam"]["err_sum"] >= b["sweeps"]["sigma-floor"][1]["l2-adam"]["err_sum"]
 

@@ -292,6 +292,8 @@ def render_spectrum(result) -> None:
     if backend == "wdbound":
         say(f"zero rows: {len(result.zero_rows)} coordinates have an exactly zero Hessian row (inputs the data never "
             "activates); they are deflated and counted as exact zero eigenvalues")
+        say(f"logit shift: {result.shift_directions} directions of the linear head add the same number to every logit "
+            "(cross-entropy is invariant): exact zero eigenvalues, deflated")
     if result.diagonal.probes:
         say(f"diagonal: mean {diag['mean']:.4g}, {diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} "
             "exactly 0 (weights the data never moves: zero Hessian rows)")
@@ -432,7 +434,7 @@ def render_sweep(name: str, rows: list[dict], forms: list[str]) -> None:
         cells = [f"{row['value']:g}"]
         for form in forms:
             fig = row[form]
-            cells += [f"{fig['err_mean']:.5g}", f"{fig['phi']:.4g}", f"{fig['theorem_term']:.5g}",
+            cells += [_interval(fig, "err_mean", 5), f"{fig['phi']:.4g}", _interval(fig, "theorem_term", 5),
                       f"{fig['mass_below_floor']:.3g}"]
         table.add_row(*cells)
     console.print(table)
