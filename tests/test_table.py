@@ -141,6 +141,22 @@ def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert all(c["cached"] for c in json.loads((out / "table1.json").read_text())["cells"])
     code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", out, "--format", "pdf"], capsys)
     assert code == 2 and "--format" in err
+    # --exact auto (d = 1,210): every cell exact, and the table says so.
+    assert all(c["method"] == "exact" for c in payload["cells"]) and "(2 of 2 checkpoints exact" in md
+    # --exact off: SLQ cells with intervals in the CSV; an exact run's value lies inside them.
+    slq_out = tmp_path / "slq"
+    code, _, err = run_cli(["table", folder / "tiny-adamw.pt", folder / "tiny-l2-adam.pt", "--out", slq_out,
+                            "--probes", "6", "--steps", "20", "--max-samples", "100", "--exact", "off", "--rtol", "0",
+                            "--layout", "long", "--no-plots"], capsys)
+    assert code == 0, err
+    frame = pd.read_csv(slq_out / "table1.csv")
+    exact = {c["checkpoint"]: c["err_mean"] for c in json.loads((out / "table1.json").read_text())["cells"]}
+    for _, line in frame.iterrows():
+        assert line["method"] == "slq" and line["err_mean_low"] <= exact[line["checkpoint"]] <= line["err_mean_high"]
+    assert "| model, epochs | AdamW | AdamW-D | l2-Adam | l2-Adam-D |" in (slq_out / "table1.md").read_text()
+    bad = tmp_path / "bad"
+    code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", bad, "--layout", "wide"], capsys)
+    assert code == 2 and "--layout" in err and not bad.exists()
 
 
 # ---------------------------------------------------------------- wdbound check

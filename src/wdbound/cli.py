@@ -467,7 +467,8 @@ def table(
 
     from .io_utils import write_json_atomic, write_text_atomic
     from .spectrum import EXACT_MODES
-    from .table import PAPER, finding_lines, findings, latex, layout, markdown, resolve_layout, summary_counts, to_csv
+    from .table import (LAYOUTS, PAPER, finding_lines, findings, latex, layout, markdown, resolve_layout,
+                        summary_counts, to_csv)
 
     formats = [f.strip() for f in format.split(",") if f.strip()]
     bad = [f for f in formats if f not in TABLE_FORMATS]
@@ -475,6 +476,8 @@ def table(
         raise WdboundError(f"unknown --format {', '.join(bad)}; use a comma-separated subset of md, csv, tex", "--format")
     if exact not in EXACT_MODES:
         raise WdboundError(f"unknown --exact {exact!r}; use auto, on or off", "--exact")
+    if layout_name not in LAYOUTS:
+        raise WdboundError(f"unknown --layout {layout_name!r}; use auto, long or paper", "--layout")
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
                                  hvp_batch_size, False, diagonal="hutchinson", rtol=rtol, max_hvps=max_hvps)
     files = _checkpoint_paths(paths)
