@@ -70,6 +70,14 @@ def test_findings_resolved_only_when_intervals_disjoint():
     assert found[0]["exact"] is True and "1 of 1 are resolved (1 from exact spectra)" in summary_counts(found)
 
 
+def test_bound_form_of_every_optimizer():
+    from wdbound.table import bound_form
+
+    assert [bound_form(n) for n in ("adamw", "adamw-d", "adamprox", "adams")] == ["adamw"] * 4
+    assert [bound_form(n) for n in ("l2-adam", "l2-adam-d", "adal")] == ["l2-adam"] * 3
+    assert bound_form("sgd") is None
+
+
 def test_long_layout():
     rows = [dict(r) for r in ROWS[:4]]
     rows[0]["method"] = "exact"
@@ -91,6 +99,7 @@ def test_markdown_latex_csv():
     assert "| err in bound (err/d) | 3.400 / 3.380 | 3.800 / 3.300 |" in md
     assert "The paper's Table I" in md and "3.43 / 3.40" in md and "3.85 / 3.82" in md
     assert "does NOT hold" in md and "bad.pt: corrupt" in md and "adamprox" in md
+    assert "## Every optimizer" in md and "| net, 40 ep | adamprox | — | 3.100 [3.060, 3.140] | 80.0 | — |" in md
     tex = latex(lay)
     assert tex.count(r"\toprule") == 1 and r"\multicolumn{2}{c}{net, 10 ep}" in tex
     assert "3.800 / 3.300" in tex and "---" in tex  # the dash of a missing partner

@@ -72,7 +72,7 @@ def parse_kwargs(items: List[str]) -> dict:
 @app.command()
 def train(
     model: str = typer.Option("digits-mlp", help="Architecture registry name (digits-mlp, digits-cnn, digits-vit, resnet18, resnet50, vit_b_16)."),
-    optimizer: str = typer.Option("adamw", help="adamw, adamw-d, l2-adam or l2-adam-d (shared/SPEC.md)."),
+    optimizer: str = typer.Option("adamw", help="adamw, adamw-d, l2-adam, l2-adam-d, adamprox, adams (stable weight decay) or adal (shared/SPEC.md)."),
     data: str = typer.Option("digits", help="Data spec: digits, cifar10:PATH or imagefolder:PATH."),
     epochs: int = typer.Option(30, help="Passes over the training set."),
     lr: float = typer.Option(1e-3, help="Peak learning rate eta (dimensionless step size)."),
@@ -85,6 +85,9 @@ def train(
     arch_kwarg: List[str] = typer.Option([], help="Architecture argument key=value, repeatable (e.g. depth=8)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels for imagefolder data (default 32)."),
     record_updates: bool = typer.Option(False, "--record-updates", help="Store update-magnitude histograms (counts per log2 bin per layer) after every epoch, for `wdbound updates`."),
+    adal_norm: str = typer.Option("global", help="AdaL only: l1 norm over the whole gradient (global, the paper) or per parameter tensor (tensor)."),
+    scale_wd_with_batch: Optional[int] = typer.Option(None, help="Weight-decay linear scaling rule (SWD paper, Rule 2): use --wd * batch-size / BASE_BATCH."),
+    eps: float = typer.Option(1e-8, help="Adam's epsilon (outside the square root)."),
     out: Path = typer.Option(..., help="Checkpoint to write (.pt or .safetensors); written atomically."),
 ) -> None:
     """Train a model with one of the paper's optimizers and write a wdbound checkpoint."""
@@ -94,7 +97,8 @@ def train(
     config = TrainConfig(model=model, optimizer=optimizer, data=data, epochs=epochs, lr=lr, wd=wd, wd_gamma=wd_gamma,
                          schedule=schedule, lr_min=lr_min, batch_size=batch_size, seed=seed,
                          arch_kwargs=parse_kwargs(arch_kwarg), image_size=image_size,
-                         record_updates=record_updates)
+                         record_updates=record_updates, adal_norm=adal_norm, wd_base_batch=scale_wd_with_batch,
+                         eps=eps)
     with progress_bar() as bar:
         task = bar.add_task(f"train {model} / {optimizer}", total=None, info="")
 
@@ -106,6 +110,67 @@ def train(
     metrics, facts = contents["metrics"], contents["train"]
     say(f"wrote {out}: {facts['parameters']} parameters, test acc {100 * metrics['test_acc']:.2f}%, "
                   f"test loss {metrics['test_loss']:.4f}, last eta {facts['eta']:.3g}, last lambda {facts['lam']:.3g}")
+
+
+# ---------------------------------------------------------------- scale-freeness
+
+@app.command("scale-freeness")
+def scale_freeness(
+    model: str = typer.Option("digits-mlp", help="Architecture registry name."),
+    optimizer: str = typer.Option("adamw,adamprox,l2-adam", help="Optimizers to test, comma-separated."),
+    scale: float = typer.Option(1024.0, help="The constant c: train on c * loss (or, with --layer, that parameter's gradient times c). A power of two keeps float rounding out of the comparison."),
+    layer: Optional[str] = typer.Option(None, help="Scale only this parameter's gradient coordinates (e.g. 0.weight): the paper's per-coordinate definition."),
+    eps: str = typer.Option("1e-8,1e-16", help="Adam's epsilon values to try, comma-separated (scale-freeness holds as eps -> 0)."),
+    data: str = typer.Option("digits", help="Data spec."),
+    epochs: int = typer.Option(5, help="Epochs per run."),
+    lr: float = typer.Option(1e-3, help="Learning rate."),
+    wd: float = typer.Option(5e-2, help="Weight decay lambda."),
+    batch_size: int = typer.Option(64, help="Minibatch size."),
+    seed: int = typer.Option(0, help="Seed of both runs (identical initialisation and batch order)."),
+    dtype: str = typer.Option("float64", help="float64 (default: no rounding drift) or float32."),
+    arch_kwarg: List[str] = typer.Option([], help="Architecture argument key=value, repeatable."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-epoch drifts with the settings as JSON."),
+) -> None:
+    """Is the optimizer scale-free here? Train twice from one seed, on the loss and on c * loss, and report the drift."""
+    from .io_utils import write_json_atomic
+    from .optim import optimizer_spec
+    from .scale_freeness import SCALE_FREE_TOL, drift
+    from .train import TrainConfig
+
+    names = [o.strip() for o in optimizer.split(",") if o.strip()]
+    for name in names:
+        optimizer_spec(name)
+    try:
+        eps_values = [float(e) for e in eps.split(",") if e.strip()]
+    except ValueError:
+        raise WdboundError(f"--eps {eps!r}: use numbers separated by commas", "--eps") from None
+    if not eps_values or any(not e > 0 for e in eps_values):
+        raise WdboundError(f"--eps {eps!r}: every epsilon must be > 0", "--eps")
+    reports = []
+    with progress_bar() as bar:
+        task = bar.add_task("scale-freeness runs", total=len(names) * len(eps_values) * 2, info="")
+        for name in names:
+            for e in eps_values:
+                config = TrainConfig(model=model, optimizer=name, data=data, epochs=epochs, lr=lr, wd=wd,
+                                     batch_size=batch_size, seed=seed, arch_kwargs=parse_kwargs(arch_kwarg), eps=e,
+                                     dtype=dtype, wd_gamma=0.9999 if name.endswith("-d") else None)
+                reports.append(drift(config, scale, layer))
+                bar.advance(task, 2)
+    target = f"gradient of {layer}" if layer else "loss"
+    out = Table(title=f"scale-freeness: {target} x {scale:g}, {model}, {epochs} epochs, lr {lr:g}, wd {wd:g}, {dtype}")
+    for column in ("optimizer", "eps", "relative drift per epoch", "max |dx| (last)", "scale-free here?"):
+        out.add_column(column, justify="left" if column == "optimizer" else "right")
+    for r in reports:
+        out.add_row(r.optimizer, f"{r.eps:g}", " ".join(f"{e.relative:.1e}" for e in r.epochs),
+                    f"{r.epochs[-1].max_abs:.2e}", "yes" if r.scale_free else "no")
+    console.print(out)
+    say(f"'scale-free here' = relative parameter drift <= {SCALE_FREE_TOL:g} after the last epoch "
+        "(||x - x'|| / ||x||; both runs share seed and batch order)")
+    if json_path is not None:
+        write_json_atomic(json_path, {"model": model, "data": data, "epochs": epochs, "lr": lr, "wd": wd,
+                                      "batch_size": batch_size, "seed": seed, "dtype": dtype, "scale": scale,
+                                      "layer": layer, "runs": [r.to_json() for r in reports]})
+        say(f"wrote {json_path}")
 
 
 # ---------------------------------------------------------------- summary
@@ -350,7 +415,12 @@ def err(
     analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors,
                             targets=[(form, inputs) for form in forms])
     spectrum = analysis.spectrum
-    out = {"checkpoint": str(checkpoint), "trained_with": (ckpt.meta.get("optimizer") or {}).get("name"),
+    from .table import bound_form
+
+    trained_with = (ckpt.meta.get("optimizer") or {}).get("name")
+    out = {"checkpoint": str(checkpoint), "trained_with": trained_with,
+           "own_form": bound_form(str(trained_with)),
+           "lam_reading": (ckpt.meta.get("train") or {}).get("lam_reading"),
            "note": "each form uses this checkpoint's own Hessian, eta and lambda; evaluating the form of an optimizer "
                    "that did not train it is a counterfactual comparison"}
     for form in forms:
@@ -362,6 +432,10 @@ def err(
     out["refinement"] = analysis.refinement.to_json() if analysis.refinement else None
     render_err(out, forms, checkpoint.name, spectrum.exact_eigenvalues is not None)
     render_refinement(analysis.refinement, settings)
+    if out["own_form"] is not None:
+        say(f"{trained_with} trained this checkpoint: its own bound form is {FORM_TITLES[out['own_form']]}"
+            + (f" (lambda read as: {out['lam_reading']})" if out["lam_reading"] else "")
+            + "; the other form is a counterfactual comparison")
     say(f"inputs: d={inputs.d} n={inputs.n} b={inputs.b} eta={inputs.eta:g} lambda={inputs.lam:g} rho={inputs.rho:g} "
         f"tau={inputs.tau:g} sigma_floor={inputs.sigma_floor:g}; {len(spectrum.zero_rows)} exactly-zero Hessian rows "
         f"deflated (exact zero eigenvalues); spectrum: {spectrum.hvps} HVPs, {spectrum.wall_seconds:.1f} s"
@@ -407,8 +481,9 @@ def render_err(out: dict, forms: list[str], name: str, exact: bool) -> None:
     if exact:
         table.add_row("SLQ cross-check err_mean", *[_interval(out[f]["slq"], "err_mean") for f in forms])
         split = out[forms[0]]["near_zero"]
-        table.add_row("near-null: deflated rows / raised to floor",
-                      *[f"{split['deflated_zero_rows']} / {split['raised_to_floor']}" for _ in forms])
+        table.add_row("near-null: zero rows / logit shift / raised to floor",
+                      *[f"{split['deflated_zero_rows']} / {split['deflated_logit_shift']} / {split['raised_to_floor']}"
+                        for _ in forms])
     console.print(table)
 
 
@@ -547,29 +622,31 @@ def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor, exact_
 
     from .analysis import bound_figures, bound_inputs
     from .spectrum import resolve_exact
-    from .table import family_variant, model_label
+    from .table import bound_form, family_variant, model_label, update_spread
 
     ckpt = load(path, None, [], None, None, None, None, settings.dtype)
     name = str((ckpt.meta.get("optimizer") or {}).get("name", "unknown"))
     family, variant = family_variant(name)
+    form = bound_form(name)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
     if exact_mode is not None:
         settings = replace(settings, exact=resolve_exact(exact_mode, inputs.d))
     analysis = run_analysis(ckpt, settings, path.name, cache, [], [sigma_floor], bar=bar,
-                            targets=[(family, inputs)] if family is not None else [])
+                            targets=[(form, inputs)] if form is not None else [])
     spectrum = analysis.spectrum
     train_meta, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
     row = {"checkpoint": path.name, "path": str(path), "sha256": ckpt.sha256,
            "model": model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
            "epochs": train_meta.get("epochs", 0), "optimizer": name, "family": family, "variant": variant,
-           "form": family, "test_acc": metrics.get("test_acc"), "test_loss": metrics.get("test_loss"),
+           "form": form, "test_acc": metrics.get("test_acc"), "test_loss": metrics.get("test_loss"),
+           "update_iqr_log2": update_spread(ckpt.meta, path),
            "top_eigenvalue": float(spectrum.top.values[0]), "top_residual": float(spectrum.top.residuals[0]),
            "trace": spectrum.trace.estimate,
            "trace_stderr": spectrum.trace.stderr, "probes": settings.probes, "steps": settings.steps,
            "seed": settings.seed, "dtype": settings.dtype, "split": settings.split, "hvps": analysis.hvps,
            "cached": spectrum.cached, **inputs.to_json(), "spectrum_provenance": spectrum.provenance}
-    if family is not None:
-        figures = bound_figures(analysis, family, inputs)
+    if form is not None:
+        figures = bound_figures(analysis, form, inputs)
         row.update(figures, err_mean_low=figures["err_mean_interval"][0], err_mean_high=figures["err_mean_interval"][1],
                    refinement=analysis.refinement.to_json() if analysis.refinement else None)
     return row, spectrum

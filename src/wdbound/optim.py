@@ -1,38 +1,51 @@
 """The optimizers whose checkpoints the bounds compare (shared/SPEC.md, "Optimizers").
 
-All four share Adam's moment estimates and differ only in how the weight
-decay λ_k enters:
+All share Adam's moment estimates m̂, v̂ and the direction p = m̂/(√v̂ + ε);
+they differ in how the weight decay λ_k enters:
 
-* ``adamw``     x ← (1 − η λ) x − η m̂/(√v̂ + ε)                 (decoupled)
+* ``adamw``     x ← (1 − η λ) x − η p                             (decoupled)
 * ``l2-adam``   g ← g + λ x, then the Adam step                   (coupled, "l2")
 * ``adamw-d``   as adamw with λ_k = c1 γ^k
 * ``l2-adam-d`` as l2-adam with λ_k = c1 γ^k
+* ``adamprox``  x ← (x − η p)/(1 + λ η)                           (proximal; adamw_proximal_scale_freeness.txt)
+* ``adams``     x ← (1 − η λ/√mean(v̂)) x − η p                   (stable weight decay, p = 0.5;
+  scheduling_weight_decay_swd.txt, Algorithm 2; the mean is over every coordinate of every parameter)
+* ``adal``      g ← g + λ x; ĝ = ‖g‖₁ g with the l1 norm over the whole gradient (``adal_norm="tensor"``: per
+  parameter tensor); Adam's moments on ĝ; step size α_t = α/√t (adal_gradient_transformation.txt,
+  Algorithm 1; the paper's experiments add weight decay through torch's Adam, i.e. coupled, before the
+  transformation)
 
 Here k counts completed steps: the first step uses λ_0 = c1, the t-th step
 (1-based) uses c1 γ^(t−1). ``last_lam`` is the λ of the last step taken, the
-value the bounds use for a -D checkpoint. ε sits outside the square root, as
-in torch.optim.Adam.
+value the bounds use for a -D checkpoint; for AdamS it is the *effective*
+decoupled decay λ/√mean(v̂) of the last step (``last_lam_nominal`` keeps λ).
+``last_lr`` is the step size of the last step (α/√t for AdaL). ε sits outside
+the square root, as in torch.optim.Adam.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .errors import WdboundError
 
+RULES = ("decoupled", "l2", "proximal", "stable", "adal")
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
-    coupling: str  # "decoupled" (AdamW) or "l2" (l2-Adam)
+    coupling: str  # one of RULES: how λ enters the step
     decaying: bool  # λ_k = c1 γ^k
 
     @property
     def family(self) -> str:
-        """``adamw`` or ``l2-adam``: which bound form (Theorem 6 or 7) applies."""
-        return "adamw" if self.coupling == "decoupled" else "l2-adam"
+        """Which bound form applies: ``adamw`` (Theorem 6; decay outside the adaptive step: AdamW, AdamProx,
+        AdamS) or ``l2-adam`` (Theorem 7; decay through the gradient: l2-Adam, AdaL)."""
+        return "adamw" if self.coupling in ("decoupled", "proximal", "stable") else "l2-adam"
 
 
 OPTIMIZERS = {
@@ -40,6 +53,9 @@ OPTIMIZERS = {
     "adamw-d": OptimizerSpec("adamw-d", "decoupled", True),
     "l2-adam": OptimizerSpec("l2-adam", "l2", False),
     "l2-adam-d": OptimizerSpec("l2-adam-d", "l2", True),
+    "adamprox": OptimizerSpec("adamprox", "proximal", False),
+    "adams": OptimizerSpec("adams", "stable", False),
+    "adal": OptimizerSpec("adal", "adal", False),
 }
 
 
@@ -62,7 +78,7 @@ def adam_direction(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
 
 
 class AdamFamily(torch.optim.Optimizer):
-    """Adam with decoupled (AdamW) or coupled (l2-Adam) weight decay λ_k = c1 γ^k.
+    """Adam with weight decay λ_k = c1 γ^k entering by one of :data:`RULES` (see the module docstring).
 
     ``weight_decay`` is c1 (λ itself when ``decay_gamma`` = 1). Learning rates
     are read from each param group at every step, so any schedule can set them.
@@ -72,29 +88,59 @@ class AdamFamily(torch.optim.Optimizer):
     >>> p.grad = torch.tensor([2.0]); opt.step()
     >>> round(p.item(), 6)  # (1 - 0.1*0.5)*1 - 0.1 * 2/(2 + 1e-8)
     0.85
+    >>> q = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> prox = AdamFamily([q], lr=0.1, weight_decay=0.5, coupling="proximal")
+    >>> q.grad = torch.tensor([2.0]); prox.step()
+    >>> round(q.item(), 6)  # (1 - 0.1 * 1) / (1 + 0.1*0.5)
+    0.857143
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decay_gamma: float = 1.0, coupling: str = "decoupled") -> None:
-        if lr <= 0:
+                 weight_decay: float = 0.0, decay_gamma: float = 1.0, coupling: str = "decoupled",
+                 adal_norm: str = "global") -> None:
+        if not lr > 0:
             raise WdboundError(f"learning rate {lr} must be > 0", "--lr")
-        if weight_decay < 0:
+        if not weight_decay >= 0:
             raise WdboundError(f"weight decay {weight_decay} must be >= 0", "--wd")
         if not 0 < decay_gamma <= 1:
             raise WdboundError(f"decay gamma {decay_gamma} must lie in (0, 1]", "--wd-gamma")
-        if coupling not in ("decoupled", "l2"):
-            raise ValueError(f"coupling must be 'decoupled' or 'l2', got {coupling!r}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
+        if coupling not in RULES:
+            raise ValueError(f"coupling must be one of {RULES}, got {coupling!r}")
+        if adal_norm not in ("global", "tensor"):
+            raise WdboundError(f"AdaL norm {adal_norm!r}: use global or tensor", "--adal-norm")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or not eps > 0:
             raise WdboundError(f"bad Adam constants betas={betas}, eps={eps}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay_gamma=decay_gamma)
         super().__init__(params, defaults)
         self.coupling = coupling
+        self.adal_norm = adal_norm
         self.steps_taken = 0
         self.last_lam = weight_decay
+        self.last_lam_nominal = weight_decay
         self.last_lr = lr
 
     def current_lam(self, group: dict) -> float:
         return group["weight_decay"] * group["decay_gamma"] ** self.steps_taken
+
+    def _gradients(self) -> dict:
+        """Each parameter's gradient as the rule sees it: + λx for l2 and AdaL, then AdaL's ‖g‖₁ factor."""
+        grads = {}
+        for group in self.param_groups:
+            lam = self.current_lam(group)
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if self.coupling in ("l2", "adal") and lam:
+                    grad = grad.add(param, alpha=lam)
+                grads[param] = grad
+        if self.coupling == "adal":
+            if self.adal_norm == "global":
+                norm = sum(g.abs().sum() for g in grads.values())
+                grads = {p: g * norm for p, g in grads.items()}
+            else:
+                grads = {p: g * g.abs().sum() for p, g in grads.items()}
+        return grads
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -102,42 +148,56 @@ class AdamFamily(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grads = self._gradients()
+        directions = {}
+        v_sum, v_count = 0.0, 0
         for group in self.param_groups:
-            lam = self.current_lam(group)
-            lr = group["lr"]
+            beta1, beta2 = group["betas"]
             for param in group["params"]:
-                if param.grad is None:
+                if param not in grads:
                     continue
-                grad = param.grad
-                if self.coupling == "l2" and lam:
-                    grad = grad.add(param, alpha=lam)
+                grad = grads[param]
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                beta1, beta2 = group["betas"]
                 state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                direction = adam_direction(state["exp_avg"], state["exp_avg_sq"], state["step"], group["betas"], group["eps"])
-                if self.coupling == "decoupled" and lam:
-                    param.mul_(1 - lr * lam)
-                param.add_(direction, alpha=-lr)
-            self.last_lam = lam
-            self.last_lr = lr
+                directions[param] = adam_direction(state["exp_avg"], state["exp_avg_sq"], state["step"],
+                                                   group["betas"], group["eps"])
+                if self.coupling == "stable":
+                    v_sum += float((state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sum())
+                    v_count += param.numel()
+        # AdamS: one isotropic decay for all coordinates, λ / sqrt(mean v̂) (v̂ of every parameter).
+        stable_scale = 1.0 / math.sqrt(v_sum / v_count) if self.coupling == "stable" and v_sum > 0 else 0.0
+        for group in self.param_groups:
+            lam = self.current_lam(group)
+            lr = group["lr"] / math.sqrt(self.steps_taken + 1) if self.coupling == "adal" else group["lr"]
+            effective = lam * stable_scale if self.coupling == "stable" else lam
+            for param in group["params"]:
+                if param not in directions:
+                    continue
+                if self.coupling in ("decoupled", "stable") and effective:
+                    param.mul_(1 - lr * effective)
+                param.add_(directions[param], alpha=-lr)
+                if self.coupling == "proximal" and lam:
+                    param.div_(1 + lr * lam)
+            self.last_lam, self.last_lam_nominal, self.last_lr = effective, lam, lr
         self.steps_taken += 1
         return loss
 
 
 def make_optimizer(name: str, params, *, lr: float, wd: float, gamma: float | None = None,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> AdamFamily:
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                   adal_norm: str = "global") -> AdamFamily:
     """Build a named optimizer. For -D variants ``wd`` is c1 and ``gamma`` is required."""
     spec = optimizer_spec(name)
     if spec.decaying and gamma is None:
         raise WdboundError(f"{name} needs the decay factor gamma of lambda_k = c1 * gamma^k", "--wd-gamma")
     return AdamFamily(params, lr=lr, betas=betas, eps=eps, weight_decay=wd,
-                      decay_gamma=gamma if spec.decaying else 1.0, coupling=spec.coupling)
+                      decay_gamma=gamma if spec.decaying else 1.0, coupling=spec.coupling, adal_norm=adal_norm)
 
 
 # ---------------------------------------------------------------- learning-rate schedules

@@ -31,6 +31,7 @@ PAPER = [
 ]
 
 CSV_FIELDS = ["checkpoint", "model", "epochs", "optimizer", "family", "variant", "form", "d", "n", "b", "eta", "lam",
+              "update_iqr_log2",
               "rho", "tau", "sigma_floor", "method", "err_mean", "err_mean_low", "err_mean_high", "err_mean_stderr",
               "err_mean_quadrature_change", "err_sum",
               "err_sum_stderr", "phi", "mass_below_floor", "zero_rows", "test_acc", "test_loss", "top_eigenvalue",
@@ -41,6 +42,45 @@ def model_label(arch: str, arch_kwargs: dict | None) -> str:
     """``digits-mlp`` or ``digits-mlp(depth=8)``: the arch plus every kwarg but the class count."""
     extra = {k: v for k, v in (arch_kwargs or {}).items() if k != "num_classes"}
     return arch + (f"({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else "")
+
+
+def bound_form(optimizer: str) -> str | None:
+    """The bound form for a checkpoint of ``optimizer``: Corollary 3's AdamW form for decay outside the
+    adaptive step (AdamW(-D), AdamProx, AdamS), the l2-Adam form for decay through the gradient (l2-Adam(-D),
+    AdaL); None for an optimizer wdbound does not know."""
+    from .optim import OPTIMIZERS
+
+    spec = OPTIMIZERS.get(optimizer)
+    return spec.family if spec is not None else None
+
+
+def update_spread(meta: dict, path) -> float | None:
+    """Interquartile range (log2 units) of the update-magnitude histogram from the saved optimizer state."""
+    from .errors import WdboundError
+    from .updates import checkpoint_histograms, stats, total_counts
+
+    try:
+        return stats(total_counts(checkpoint_histograms(meta, str(path)))).iqr_log2
+    except WdboundError:
+        return None
+
+
+def all_optimizers_grid(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One line per checkpoint, grouped by (model, epochs): optimizer, bound form, err/d, accuracy, update spread."""
+    header = ["model, epochs", "optimizer", "bound form", "err/d", "test acc. (%)", "update IQR (log2)"]
+    body = []
+    for row in sorted(rows, key=lambda r: (r["model"], int(r["epochs"]), r["optimizer"])):
+        if row.get("err_mean") is None:
+            err = DASH
+        elif row.get("method") == "exact":
+            err = f"{row['err_mean']:.3f} (exact)"
+        else:
+            err = _with_interval(row["err_mean"], err_interval(row))
+        spread = row.get("update_iqr_log2")
+        body.append([f"{row['model']}, {row['epochs']} ep", row["optimizer"], row.get("form") or DASH, err,
+                     DASH if row.get("test_acc") is None else _acc(row["test_acc"]),
+                     DASH if spread is None or _nan(spread) else f"{spread:.2f}"])
+    return header, body
 
 
 def family_variant(optimizer: str) -> tuple[str | None, str | None]:
@@ -255,9 +295,14 @@ def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: l
               "A comparison is resolved when both cells are exact, or when the two err/d intervals are disjoint "
               "(each interval covers its exact value: docs/intervals.md).", "", summary_counts(found), ""]
     parts += [f"- {line}" for line in finding_lines(found)] + [""]
+    rows = list(layout_.cells.values()) + layout_.outside + layout_.duplicates
     if layout_.outside:
-        parts += ["Checkpoints of optimizers outside Table I (in table1.csv only): "
-                  + ", ".join(r["checkpoint"] for r in layout_.outside), ""]
+        a_header, a_rows = all_optimizers_grid(rows)
+        parts += ["## Every optimizer", "",
+                  "Each checkpoint with the bound form of its optimizer (the AdamW form for decay outside the "
+                  "adaptive step: AdamW, AdamProx, AdamS; the l2-Adam form for decay through the gradient: "
+                  "l2-Adam, AdaL), its test accuracy and the spread of its update magnitudes.", "",
+                  _md_table(a_header, a_rows), ""]
     if failures:
         parts += ["## Failed checkpoints", ""] + [f"- {line}" for line in failures] + [""]
     parts += ["## The paper's Table I (Zhou et al., TPAMI 2024; ImageNet) — for comparison, not computed here", "",

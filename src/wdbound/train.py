@@ -36,9 +36,32 @@ class TrainConfig:
     arch_kwargs: dict = field(default_factory=dict)
     image_size: int | None = None
     record_updates: bool = False  # store update-magnitude histograms (counts per bin per layer) every epoch
+    adal_norm: str = "global"  # AdaL: l1 norm over the whole gradient (the paper) or per tensor
+    wd_base_batch: int | None = None  # SWD paper's Rule 2: λ is multiplied by batch_size / wd_base_batch
+    eps: float = 1e-8  # Adam's ε (scale-freeness needs it small)
+    dtype: str = "float32"  # parameters and inputs (float64 for scale-freeness runs: no rounding drift)
+    loss_scale: float = 1.0  # train on loss_scale * loss (scale-freeness)
+    grad_scale: dict = field(default_factory=dict)  # parameter name -> factor on its gradient coordinates
+
+    def weight_decay(self) -> float:
+        """λ (or c1) actually used: ``wd`` scaled by the weight-decay linear scaling rule when asked."""
+        if self.wd_base_batch is None:
+            return self.wd
+        if self.wd_base_batch < 1:
+            raise WdboundError(f"base batch {self.wd_base_batch} must be >= 1", "--scale-wd-with-batch")
+        return self.wd * self.batch_size / self.wd_base_batch
 
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+# What the checkpoint's λ ("lam", used by the bounds) means for each rule.
+LAM_READING = {
+    "decoupled": "lambda of the last step (c1 gamma^k for -D)",
+    "l2": "lambda of the last step (c1 gamma^k for -D)",
+    "proximal": "lambda of the proximal step x <- (x - eta p)/(1 + eta lambda), read as AdamW's decoupled lambda",
+    "stable": "effective decoupled decay lambda / sqrt(mean v_hat) of the last step (AdamS); lam_nominal is lambda",
+    "adal": "lambda added to the gradient before AdaL's l1 scaling (coupled, read as l2-Adam's lambda)",
+}
 
 
 def library_versions() -> dict[str, str]:
@@ -71,7 +94,8 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512) -> tuple[float, f
     return total_loss / count, correct / count
 
 
-def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.Module, dict]:
+def train(config: TrainConfig, on_step: StepCallback | None = None,
+          on_epoch: Callable[[int, nn.Module], None] | None = None) -> tuple[nn.Module, dict]:
     """Train deterministically on CPU; return the model and the checkpoint contents.
 
     Same config and seed give bit-identical tensors: the model is initialised
@@ -88,9 +112,18 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
     arch_kwargs = dict(config.arch_kwargs)
     arch_kwargs.setdefault("num_classes", num_classes(train_set))
     torch.manual_seed(config.seed)
-    model = build_model(config.model, **arch_kwargs)
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if config.dtype not in dtypes:
+        raise WdboundError(f"unknown dtype {config.dtype!r}; use float32 or float64", "--dtype")
+    model = build_model(config.model, **arch_kwargs).to(dtypes[config.dtype])
     names = {param: name for name, param in model.named_parameters()}
-    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, wd=config.wd, gamma=config.wd_gamma)
+    unknown = set(config.grad_scale) - set(names.values())
+    if unknown:
+        raise WdboundError(f"no parameter named {', '.join(sorted(unknown))}; the model has "
+                           f"{', '.join(names.values())}", "--layer")
+    wd = config.weight_decay()
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, wd=wd, gamma=config.wd_gamma,
+                               eps=config.eps, adal_norm=config.adal_norm)
     generator = torch.Generator().manual_seed(config.seed)
     n_train = len(train_set)
     steps_per_epoch = -(-n_train // config.batch_size)
@@ -105,8 +138,11 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(inputs), labels)
-            loss.backward()
+            loss = F.cross_entropy(model(inputs.to(dtypes[config.dtype])), labels)
+            (loss * config.loss_scale if config.loss_scale != 1.0 else loss).backward()
+            for param, name in names.items():
+                if name in config.grad_scale and param.grad is not None:
+                    param.grad.mul_(config.grad_scale[name])
             optimizer.step()
             step += 1
             if on_step is not None:
@@ -114,6 +150,8 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
         if config.record_updates:
             recorded.append({"epoch": epoch + 1, "step": step,
                              "layers": _update_histograms(optimizer, names)})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     if optimizer.last_lr <= 0:
         raise WdboundError("the last learning rate used was 0; the bounds need eta > 0 (raise --lr-min)", "--lr-min")
     train_loss, _ = evaluate(model, train_set)
@@ -129,8 +167,12 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
         "optimizer": {
             "name": spec.name,
             "family": spec.family,
+            "rule": spec.coupling,
             "hyper": {"lr": config.lr, "betas": list(group["betas"]), "eps": group["eps"],
-                      "weight_decay": config.wd, "decay_gamma": config.wd_gamma if spec.decaying else 1.0},
+                      "weight_decay": wd, "decay_gamma": config.wd_gamma if spec.decaying else 1.0,
+                      "adal_norm": config.adal_norm if spec.coupling == "adal" else None,
+                      "wd_scaling": ({"rule": "lambda * b / base_batch (SWD paper, Rule 2)", "wd": config.wd,
+                                      "base_batch": config.wd_base_batch} if config.wd_base_batch else None)},
             "state": state,
         },
         "train": {
@@ -142,9 +184,11 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> tuple[nn.
             "lr_schedule": {"name": config.schedule, "lr": config.lr, "lr_min": config.lr_min,
                             "milestones": list(config.milestones)},
             "eta": optimizer.last_lr,
-            "wd_schedule": ({"name": "exponential", "c1": config.wd, "gamma": config.wd_gamma, "steps": total_steps}
-                            if spec.decaying else {"name": "constant", "wd": config.wd}),
+            "wd_schedule": ({"name": "exponential", "c1": wd, "gamma": config.wd_gamma, "steps": total_steps}
+                            if spec.decaying else {"name": "constant", "wd": wd}),
             "lam": optimizer.last_lam,
+            "lam_nominal": optimizer.last_lam_nominal,
+            "lam_reading": LAM_READING[spec.coupling],
             "seed": config.seed,
             "command": " ".join(sys.argv),
             "versions": library_versions(),
