@@ -7,6 +7,9 @@
 # AdamW lambda = 5e-2; AdamW-D c1 = 1e-1; l2-Adam lambda = 1e-3; l2-Adam-D c1 = 2e-3;
 # -D variants decay with gamma = 0.995 per iteration (to ~1% of c1 over the 920 steps of 40 epochs,
 # the relative decay the paper's gamma = 0.99999 gives over ImageNet training).
+# The other optimizers of the papers, 40 epochs on the three digits models: AdamProx lambda = 5e-2 (AdamW's),
+# AdamS lambda = 5e-4 (the SWD paper's setting; its effective decay lambda/sqrt(mean v_hat) is recorded),
+# AdaL lambda = 1e-3 coupled (l2-Adam's) with its alpha/sqrt(t) step size on top of the cosine schedule.
 # Every run records update histograms per epoch (--record-updates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,9 @@ train_one() {  # name model epochs optimizer [extra args...]
     adamw-d)   wd=1e-1; extra=(--wd-gamma 0.995) ;;
     l2-adam)   wd=1e-3 ;;
     l2-adam-d) wd=2e-3; extra=(--wd-gamma 0.995) ;;
+    adamprox)  wd=5e-2 ;;
+    adams)     wd=5e-4 ;;
+    adal)      wd=1e-3 ;;
   esac
   local out="$OUT/$name-$opt-e$epochs.pt"
   [ -f "$out" ] && return 0
@@ -40,4 +46,9 @@ for epochs in $BUDGETS; do
 done
 for opt in adamw adamw-d l2-adam l2-adam-d; do
   train_one digits-mlp-depth8 digits-mlp 40 "$opt" --arch-kwarg depth=8
+done
+for model in digits-mlp digits-cnn digits-vit; do
+  for opt in adamprox adams adal; do
+    train_one "$model" "$model" 40 "$opt"
+  done
 done
