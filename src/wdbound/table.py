@@ -222,6 +222,17 @@ def _with_interval(value: float, interval) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
+def exactness_line(rows: list[dict]) -> str:
+    """Which cells are exact (dense Hessian) and which are SLQ with intervals."""
+    exact = [r["checkpoint"] for r in rows if r.get("method") == "exact"]
+    slq = [r["checkpoint"] for r in rows if r.get("method") == "slq"]
+    if exact and not slq:
+        return f"Every err/d above is exact (dense Hessian eigenvalues; {len(exact)} checkpoints)."
+    if slq and not exact:
+        return f"Every err/d above is SLQ with an interval covering the exact value ({len(slq)} checkpoints)."
+    return (f"Exact (dense Hessian): {', '.join(exact) or 'none'}. SLQ with intervals: {', '.join(slq) or 'none'}.")
+
+
 def summary_counts(found: list[dict]) -> str:
     """One sentence: how many comparisons hold, and how many of those are resolved (exact or disjoint)."""
     pairs = [f for f in found if f["err_holds"] is not None]
@@ -288,7 +299,7 @@ def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: l
              "the checkpoint (its own Hessian, eta and lambda). — = no checkpoint. '(exact)': from the dense "
              "Hessian's eigenvalues; otherwise SLQ with an interval that covers the exact value.", ""]
     parts += [_md_table(header, rows) if layout_.groups else "(no checkpoint of a Table I optimizer)", ""]
-    parts += [settings_line, ""]
+    parts += [settings_line, "", exactness_line(list(layout_.cells.values()) + layout_.outside), ""]
     if note:
         parts += [note, ""]
     parts += ["## Does the paper's finding hold here?", "",
