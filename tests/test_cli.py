@@ -77,7 +77,7 @@ def test_doctests():
     import importlib
 
     for name in ("wdbound.estimators.hutchinson", "wdbound.estimators.meyer2020hutch", "wdbound.estimators.lanczos",
-                 "wdbound.estimators.quadrature_interval", "wdbound.optim"):
+                 "wdbound.estimators.quadrature_interval", "wdbound.optim", "wdbound.api"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.failed == 0 and result.attempted > 0, name
 

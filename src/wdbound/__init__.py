@@ -7,7 +7,11 @@ Public API::
     ckpt.meta       # dict: arch, optimizer, train (eta, lam, batch_size, n_train, ...), metrics
     data = wdbound.load_dataset("digits", "test")   # items: (tensor [C, H, W], int label)
 
-The loss every analysis uses is the mean cross-entropy over the chosen split.
+    H = wdbound.Hessian(model, (inputs, targets), loss=None)   # any nn.Module, any mean loss
+    H.top_eigenvalues(5); H.trace(); H.diagonal(); H.density(); H.exact()
+    wdbound.err(H, eta=1e-4, lam=5e-2, b=64, n=1437, rho=0.125)     # Corollary 3 per form
+
+The CLI's loss is the mean cross-entropy over the chosen split; the Python API takes any mean loss.
 """
 
 __version__ = "0.1.0"
@@ -15,6 +19,7 @@ __version__ = "0.1.0"
 from .checkpoints import Checkpoint, TrainingFacts, load_checkpoint, save_checkpoint  # noqa: E402
 from .data import load_dataset  # noqa: E402
 from .errors import WdboundError  # noqa: E402
+from .api import Density, ErrResult, ExactSpectrum, Hessian, err  # noqa: E402
 
-__all__ = ["Checkpoint", "TrainingFacts", "WdboundError", "__version__", "load_checkpoint", "load_dataset",
-           "save_checkpoint"]
+__all__ = ["Checkpoint", "Density", "ErrResult", "ExactSpectrum", "Hessian", "TrainingFacts", "WdboundError",
+           "__version__", "err", "load_checkpoint", "load_dataset", "save_checkpoint"]

@@ -110,11 +110,18 @@ class HessianOperator:
         ``forward-over-reverse`` or ``double-backward``.
     probe_chunk:
         At most this many vectors share one vmapped pass (memory knob).
+    loss_fn:
+        ``loss_fn(outputs, targets) -> scalar`` mean loss of a chunk (default: mean cross-entropy). Chunks are
+        combined as a size-weighted mean, so it must be a mean over the examples of the chunk.
+    params:
+        Which trainable parameters span the Hessian: ``None`` (all with ``requires_grad``), a collection of
+        names, or ``filter(name, parameter) -> bool``; the others are held fixed.
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, batch_size: int = 512, max_samples: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-                 mode: str = "forward-over-reverse", probe_chunk: int = 64) -> None:
+                 mode: str = "forward-over-reverse", probe_chunk: int = 64,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, params=None) -> None:
         if mode not in HVP_MODES:
             raise WdboundError(f"unknown HVP mode {mode!r}; use {' or '.join(HVP_MODES)}", "--hvp")
         self.device = torch.device(device)
@@ -122,15 +129,25 @@ class HessianOperator:
         self.mode = mode
         self.probe_chunk = max(1, probe_chunk)
         self.model = _eval_copy(model, self.device, dtype)
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if params is not None and not callable(params):
+            unknown = set([params] if isinstance(params, str) else params) - {n for n, _ in
+                                                                              self.model.named_parameters()}
+            if unknown:
+                raise WdboundError(f"no parameter named {', '.join(sorted(unknown))}", "--params")
+        chosen = _parameter_filter(params)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and chosen(n, p)]
         if not named:
-            raise WdboundError("the model has no trainable parameters")
+            raise WdboundError("no trainable parameter is selected" if params is not None
+                               else "the model has no trainable parameters", "--params")
+        self.fallback: str | None = None  # why forward-over-reverse was given up for double backward
+        self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.params = torch.cat([p.detach().reshape(-1) for _, p in named])
         self.buffers = {n: b for n, b in self.model.named_buffers()}
-        self.frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
+        selected = set(self.names)
+        self.frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in selected}
         self.dim = int(self.params.numel())
         self.dataset = dataset
         self.batch_size = batch_size
@@ -144,12 +161,29 @@ class HessianOperator:
         first_inputs, _ = next(iterate_batches(dataset, 1))
         if first_inputs[0].numel() * self.n_eval * torch.finfo(dtype).bits // 8 <= CACHE_BYTES:
             self._cache = list(self._stream())
+        self._check_loss()
+
+    def _check_loss(self) -> None:
+        """The loss of the first chunk must be a finite scalar (a custom ``loss_fn`` is checked here, once)."""
+        inputs, labels = next(self.chunks())
+        try:
+            with torch.no_grad():
+                value = self.loss(self.params, inputs, labels)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise WdboundError(f"the loss failed on the first chunk: {str(exc).splitlines()[0][:160]}",
+                               "--loss") from None
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise WdboundError(f"the loss must return a scalar (the mean over the chunk), got {shape}", "--loss")
+        if not torch.isfinite(value):
+            raise WdboundError(f"the loss is {float(value)} on the first chunk of the evaluation data", "--loss")
 
     # ---- data
 
     def _stream(self):
         for inputs, labels in iterate_batches(self.dataset, self.batch_size, max_samples=self.max_samples):
-            yield inputs.to(self.device, self.dtype), labels.to(self.device)
+            labels = labels.to(self.device, self.dtype) if labels.is_floating_point() else labels.to(self.device)
+            yield inputs.to(self.device, self.dtype), labels
 
     def chunks(self):
         """``(inputs, labels)`` chunks on the device, in a fixed order."""
@@ -161,9 +195,9 @@ class HessianOperator:
         return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
 
     def loss(self, flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of one chunk at parameters ``flat`` [d]."""
+        """Mean loss (default cross-entropy) of one chunk at parameters ``flat`` [d]."""
         tensors = {**self.unflatten(flat), **self.frozen, **self.buffers}
-        return F.cross_entropy(functional_call(self.model, tensors, (inputs,)), labels)
+        return self.loss_fn(functional_call(self.model, tensors, (inputs,)), labels)
 
     # ---- products
 
@@ -178,11 +212,23 @@ class HessianOperator:
             weight = labels.shape[0] / self.n_eval
             for start in range(0, vectors.shape[0], self.probe_chunk):
                 block = vectors[start:start + self.probe_chunk]
-                out[start:start + block.shape[0]] += weight * self._chunk_hvp(block, inputs, labels, mode or self.mode)
+                out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels,
+                                                                                   mode or self.mode)
         self.matvecs += vectors.shape[0]
         if self.on_matvecs is not None:
             self.on_matvecs(vectors.shape[0])
         return out
+
+    def _safe_chunk_hvp(self, block, inputs, labels, mode: str) -> torch.Tensor:
+        """Forward-over-reverse where torch implements it; else (a layer or loss without a forward-mode
+        derivative) double backward from then on, with the reason kept in ``fallback``."""
+        if mode == "forward-over-reverse" and self.fallback is None:
+            try:
+                return self._chunk_hvp(block, inputs, labels, mode)
+            except (RuntimeError, NotImplementedError) as exc:
+                self.fallback = str(exc).splitlines()[0][:200]
+                self.mode = "double-backward"
+        return self._chunk_hvp(block, inputs, labels, "double-backward" if self.fallback else mode)
 
     def _chunk_hvp(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "forward-over-reverse":
@@ -209,6 +255,17 @@ class HessianOperator:
     def mean_loss(self) -> float:
         with torch.no_grad():
             return float(sum(self.loss(self.params, x, y) * y.shape[0] for x, y in self.chunks()) / self.n_eval)
+
+
+def _parameter_filter(params) -> Callable[[str, torch.Tensor], bool]:
+    if params is None:
+        return lambda _name, _param: True
+    if callable(params):
+        return params
+    if isinstance(params, str):
+        params = [params]
+    names = set(params)
+    return lambda name, _param: name in names
 
 
 def _eval_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:

@@ -257,7 +257,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         "data": evaluation_data(ckpt, settings),
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": "mean cross-entropy, model in eval mode",
-        "cache_key": key,
+        "cache_key": key, "hvp_fallback": operator.fallback,
     }
     result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
                       exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64), support,
@@ -294,29 +294,31 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
             + (dim if settings.exact_diagonal_for(dim) else 0))
 
 
-def density_grid(spectrum: Spectrum, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
-    nodes, _ = spectrum.slq.measure()
+def density_grid(slq: SLQ, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
+    nodes, _ = slq.measure()
     low, high = float(nodes.min()), float(nodes.max())
     span = max(high - low, 1e-12)
     width = 0.01 * span
     grid = np.linspace(low - 0.05 * span, high + 0.05 * span, points)
-    return grid, spectrum.slq.density(grid, width), width
+    return grid, slq.density(grid, width), width
 
 
-def plot_density(spectrum: Spectrum, path: Path, title: str) -> None:
-    """Gaussian-smoothed SLQ density on a log scale (Ghorbani et al. 2019 / PyHessian style)."""
+def density_figure(slq: SLQ, exact_eigenvalues: np.ndarray | None, title: str, path: Path | None = None):
+    """Gaussian-smoothed SLQ density on a log scale (Ghorbani et al. 2019 / PyHessian style), with the exact
+    eigenvalues under the same smoothing when given. Saved atomically to ``path``, else the figure is returned."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if path is not None:
+        matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     from .io_utils import atomic_path
 
-    grid, dens, width = density_grid(spectrum)
+    grid, dens, width = density_grid(slq)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(grid, np.maximum(dens, 1e-12), label=f"SLQ ({len(spectrum.slq.nodes)} probes, smoothing {width:.2g})")
-    if spectrum.exact_eigenvalues is not None:
-        ev = spectrum.exact_eigenvalues
+    ax.semilogy(grid, np.maximum(dens, 1e-12), label=f"SLQ ({len(slq.nodes)} probes, smoothing {width:.2g})")
+    if exact_eigenvalues is not None:
+        ev = exact_eigenvalues
         diff = (grid[:, None] - ev[None, :]) / width
         exact = np.exp(-0.5 * diff**2).sum(1) / (len(ev) * width * math.sqrt(2 * math.pi))
         ax.semilogy(grid, np.maximum(exact, 1e-12), "--", label="exact (same smoothing)")
@@ -326,6 +328,15 @@ def plot_density(spectrum: Spectrum, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    if path is None:
+        return fig
+    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
+    return None
+
+
+def plot_density(spectrum: Spectrum, path: Path, title: str) -> None:
+    """The density plot of a spectrum (``wdbound spectrum --plot``, the table's per-checkpoint plots)."""
+    density_figure(spectrum.slq, spectrum.exact_eigenvalues, title, path)

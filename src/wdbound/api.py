@@ -1,0 +1,234 @@
+"""The Python API for a model in hand: ``wdbound.Hessian`` and ``wdbound.err``.
+
+PyHessian's ``hessian(model, criterion, data=(x, y))`` and curvlinops'
+``HessianLinearOperator(model, loss_func, params, data)`` are how curvature is
+studied from a notebook; this is wdbound's equivalent, on the same operator and
+estimators as the CLI, returning the same typed results.
+
+>>> import torch
+>>> from torch import nn
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+>>> x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+>>> H = Hessian(model, (x, y))
+>>> H.dim
+23
+>>> exact = H.exact()
+>>> top = H.top_eigenvalues(1)
+>>> bool(abs(top.values[0] - exact.eigenvalues[-1]) <= 1e-9 * abs(exact.eigenvalues[-1]))
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .bounds import FORMS, BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
+from .curvature import Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype, \
+    zero_rows
+from .data import ArrayDataset
+from .errors import WdboundError
+from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
+from .estimators.hutchinson import rademacher
+from .estimators.lanczos import Support, slq_from_run, spectral_support
+from .estimators.quadrature_interval import Interval
+
+
+def _as_dataset(data) -> Dataset:
+    """``(inputs, targets)`` tensors, a ``Dataset`` of such pairs, or a ``DataLoader`` (its batches, in order)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, targets = data
+        if inputs.shape[0] != targets.shape[0] or inputs.shape[0] == 0:
+            raise WdboundError(f"data: inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must be "
+                               "non-empty and of one length")
+        return ArrayDataset(inputs, targets)
+    if isinstance(data, DataLoader):
+        batches = list(data)
+        if not batches:
+            raise WdboundError("data: the DataLoader yields no batch")
+        return ArrayDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    if isinstance(data, Dataset):
+        return data
+    raise WdboundError(f"data must be (inputs, targets) tensors, a Dataset or a DataLoader, not {type(data).__name__}")
+
+
+@dataclass(frozen=True)
+class ExactSpectrum:
+    """The dense Hessian's eigenvalues (ascending) and diagonal."""
+
+    eigenvalues: np.ndarray  # [d]
+    diagonal: np.ndarray  # [d]
+
+    @property
+    def trace(self) -> float:
+        return float(self.eigenvalues.sum())
+
+    def to_json(self) -> dict:
+        return {"eigenvalues": self.eigenvalues.tolist(), "trace": self.trace,
+                "diagonal_zero": int((self.diagonal == 0).sum())}
+
+    def __repr__(self) -> str:
+        ev = self.eigenvalues
+        return (f"ExactSpectrum(d={len(ev)}, lambda_max={ev[-1]:.6g}, lambda_min={ev[0]:.6g}, trace={self.trace:.6g}, "
+                f"zero diagonal entries={int((self.diagonal == 0).sum())})")
+
+
+@dataclass(frozen=True)
+class Density:
+    """An SLQ run with the ends of the spectrum (what the err/d intervals need) and its provenance."""
+
+    slq: SLQ
+    support: Support
+    provenance: dict
+
+    def plot(self, path=None, title: str = "Hessian spectral density"):
+        """The log-scale density plot of ``wdbound spectrum --plot``; saved to ``path`` or returned as a figure."""
+        from .spectrum import density_figure
+
+        return density_figure(self.slq, None, title, path)
+
+
+class Hessian:
+    """The Hessian of ``loss(model(inputs), targets)``, averaged over ``data``, at the model's parameters.
+
+    Parameters
+    ----------
+    model:
+        Any ``nn.Module``. It is copied (eval mode, ``dtype``, ``device``); the original is left as it was.
+    data:
+        ``(inputs, targets)`` tensors, a ``Dataset`` of ``(input, target)`` pairs, or a ``DataLoader``.
+    loss:
+        ``loss(outputs, targets)`` returning the mean loss of a batch (default: mean cross-entropy, the
+        paper's setting; label smoothing: ``torch.nn.CrossEntropyLoss(label_smoothing=0.1)``).
+    params:
+        Parameters spanning the Hessian: None (all trainable), names, or ``filter(name, parameter)``.
+    """
+
+    def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, device: str = "auto",
+                 dtype: str = "float64", params=None, batch_size: int = 512, hvp: str = "forward-over-reverse",
+                 seed: int = 0) -> None:
+        if not isinstance(model, nn.Module):
+            raise WdboundError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.operator = HessianOperator(model, _as_dataset(data), batch_size=batch_size,
+                                        device=resolve_device(device), dtype=resolve_dtype(dtype), mode=hvp,
+                                        loss_fn=loss, params=params)
+        self.seed = seed
+        self.provenance = {"loss": getattr(loss, "__name__", None) or type(loss).__name__ if loss else
+                           "mean cross-entropy", "dtype": dtype, "device": str(self.operator.device), "hvp": hvp,
+                           "seed": seed, "n_eval": self.operator.n_eval, "d": self.operator.dim,
+                           "parameters": list(self.operator.names)}
+
+    @property
+    def dim(self) -> int:
+        return self.operator.dim
+
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def top_eigenvalues(self, k: int = 5) -> TopEigen:
+        """The k largest eigenvalues by Lanczos, each with a residual bound on its error."""
+        return top_eigenvalues(self.operator, k, self._generator())
+
+    def trace(self, probes: int = 16) -> TraceEstimate:
+        """Hutchinson's trace with its standard error."""
+        return hutchinson(self.operator, probes, self._generator(3))[0]
+
+    def diagonal(self, probes: int | None = 16) -> DiagonalEstimate:
+        """Bekas et al.'s diagonal with per-entry standard errors; ``probes=None``: exact (d HVPs)."""
+        if probes is None:
+            exact = diagonal_by_columns(self.operator).double().cpu().numpy()
+            return DiagonalEstimate(exact, np.zeros_like(exact), 0)
+        return hutchinson(self.operator, probes, self._generator(3))[1]
+
+    def density(self, probes: int = 16, steps: int = 80) -> Density:
+        """SLQ with exact null directions deflated (zero rows, logit shift) and the spectrum's ends."""
+        generator = self._generator()
+        top = top_eigenvalues(self.operator, 1, generator)
+        support = spectral_support(self.operator, self._generator(1), top)
+        deflation = Deflation.find(self.operator, zero_rows(self.operator, generator), float(abs(top.values[0])),
+                                   self._generator(2))
+        z = deflation.project(rademacher(probes, self.dim, generator, self.operator.dtype, self.operator.device))
+        run = slq_from_run(lanczos(self.operator, z, steps), self.dim, null_weight=deflation.null_count)
+        return Density(run, support, {**self.provenance, "probes": probes, "steps": steps,
+                                      "deflation": deflation.to_json(), "support": support.to_json(),
+                                      "hvp_fallback": self.operator.fallback})
+
+    def exact(self, max_dim: int = 20_000) -> ExactSpectrum:
+        """Eigenvalues and diagonal of the dense Hessian (d HVPs; refused above ``max_dim`` parameters)."""
+        if self.dim > max_dim:
+            raise WdboundError(f"the dense Hessian of {self.dim} parameters is above the limit {max_dim}", "--exact")
+        matrix = dense_matrix(self.operator).double()
+        return ExactSpectrum(torch.linalg.eigvalsh(matrix).cpu().numpy(), torch.diagonal(matrix).cpu().numpy())
+
+    def dense(self) -> np.ndarray:
+        """The dense Hessian [d, d] (float64)."""
+        return dense_matrix(self.operator).double().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ErrResult:
+    """Corollary 3 (and with a dense Hessian the Theorem 6/7 term) for one bound form."""
+
+    form: str
+    method: str  # "exact" or "slq"
+    err_mean: float
+    err_mean_interval: Interval
+    err_sum: float
+    phi: float
+    theorem_term: float | None
+    inputs: BoundInputs
+
+    def to_json(self) -> dict:
+        return {"form": self.form, "method": self.method, "err_mean": self.err_mean,
+                "err_mean_interval": self.err_mean_interval.to_json(), "err_sum": self.err_sum, "phi": self.phi,
+                "theorem_term": self.theorem_term, "inputs": self.inputs.to_json()}
+
+    def __repr__(self) -> str:
+        lo, hi = self.err_mean_interval.low, self.err_mean_interval.high
+        where = "exact" if self.method == "exact" else f"[{lo:.4g}, {hi:.4g}]"
+        return f"ErrResult({self.form}: err/d = {self.err_mean:.6g} {where}, Phi = {self.phi:.6g})"
+
+
+def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "both", rho: float = 0.125,
+        tau: float = 0.05, sigma_floor: float = 1e-6, x_norm_sq: float | None = None,
+        exact: str = "auto") -> dict[str, ErrResult]:
+    """Corollary 3's err/d (with its interval) for ``source``: a :class:`Hessian` (``exact`` auto/on/off as in
+    ``wdbound err``) or a :class:`Density` (SLQ). Returns one :class:`ErrResult` per form."""
+    forms = list(FORMS) if optimizer == "both" else [optimizer]
+    if any(f not in FORMS for f in forms):
+        raise WdboundError(f"unknown optimizer form {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
+    if isinstance(source, Hessian):
+        d = source.dim
+        norm = float(source.operator.params.double().square().sum()) if x_norm_sq is None else x_norm_sq
+    elif isinstance(source, Density):
+        d, norm = source.slq.dim, (0.0 if x_norm_sq is None else x_norm_sq)
+    else:
+        raise WdboundError(f"err needs a wdbound.Hessian or a Density, not {type(source).__name__}")
+    inputs = BoundInputs(d=d, n=n, b=b, eta=eta, lam=lam, rho=rho, tau=tau, sigma_floor=sigma_floor, x_norm_sq=norm)
+    inputs.validate()
+    results = {}
+    use_exact = isinstance(source, Hessian) and (exact == "on" or (exact == "auto" and d <= 10_000))
+    if use_exact:
+        matrix = source.dense()
+        eigenvalues = np.linalg.eigvalsh(matrix)
+        for form in forms:
+            cor = corollary3_exact(eigenvalues, form, inputs)
+            results[form] = ErrResult(form, "exact", cor.err_mean, cor.err_mean_interval, cor.err_sum, cor.phi,
+                                      theorem_exact(matrix, form, inputs).term, inputs)
+        return results
+    density = source if isinstance(source, Density) else source.density()
+    for form in forms:
+        cor = corollary3_from_slq(density.slq, form, inputs, density.support.bounds())
+        results[form] = ErrResult(form, "slq", cor.err_mean, cor.err_mean_interval, cor.err_sum, cor.phi, None,
+                                  inputs)
+    return results
+
+
+__all__ = ["Density", "ErrResult", "ExactSpectrum", "Hessian", "err"]

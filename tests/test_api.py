@@ -1,0 +1,131 @@
+"""wdbound.Hessian and wdbound.err on a model class of the test's own, against torch.func.hessian."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+import wdbound
+from wdbound import WdboundError
+
+
+class Net(nn.Module):
+    """Not in wdbound's registry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 5))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = Net()
+    x, y = torch.randn(80, 6), torch.randint(0, 5, (80,))
+    return model, x, y
+
+
+def _dense(model, x, y, loss):
+    model = model.double()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(v):
+        tensors, start = {}, 0
+        for n, s in zip(names, shapes):
+            tensors[n] = v[start:start + s.numel()].view(s)
+            start += s.numel()
+        return loss(functional_call(model, tensors, (x.double(),)), y)
+
+    return hessian(f)(flat)
+
+
+@pytest.mark.parametrize("loss", [None, nn.CrossEntropyLoss(label_smoothing=0.1)])
+def test_hessian_against_torch_func(loss):
+    model, x, y = _setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    H = wdbound.Hessian(model, (x, y), loss)
+    dense = _dense(_copy(model, before), x, y, loss or nn.functional.cross_entropy)
+    ev = torch.linalg.eigvalsh(dense).numpy()
+    top = H.top_eigenvalues(3)
+    assert np.allclose(top.values, ev[::-1][:3], rtol=1e-8)
+    exact = H.exact()
+    assert np.allclose(exact.eigenvalues, ev, atol=1e-10 * abs(ev).max())
+    trace = H.trace(probes=64)
+    assert abs(trace.estimate - ev.sum()) <= 4 * trace.stderr
+    density = H.density(probes=8, steps=40)
+    nodes, weights = density.slq.measure()
+    assert weights.sum() == pytest.approx(1.0) and density.support.low <= ev.min() and density.support.high >= ev.max()
+    # The model is left as it was (mode, dtype, values).
+    assert model.training and next(model.parameters()).dtype == torch.float32
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def _copy(model, state):
+    clone = Net()
+    clone.load_state_dict(state)
+    return clone
+
+
+def test_err_from_python_matches_the_formula_and_covers_exact():
+    model, x, y = _setup(1)
+    H = wdbound.Hessian(model, (x, y))
+    exact = wdbound.err(H, eta=1e-3, lam=5e-2, b=16, n=1000, rho=0.1)
+    ev = H.exact().eigenvalues
+    for form in ("adamw", "l2-adam"):
+        sigma = np.maximum(np.abs(ev), 1e-6)
+        root = np.sqrt(sigma)
+        xv = 2 * 0.1 * 16 * (root + (5e-2 if form == "adamw" else 5e-2 / root)) / 1e-3
+        assert exact[form].method == "exact"
+        assert exact[form].err_mean == pytest.approx(float(np.mean(np.log(xv) + 1 / xv)), rel=1e-9)
+        assert exact[form].theorem_term is not None and math.isfinite(exact[form].phi)
+    slq = wdbound.err(H.density(probes=8, steps=12), eta=1e-3, lam=5e-2, b=16, n=1000, rho=0.1)
+    for form in ("adamw", "l2-adam"):
+        assert slq[form].method == "slq" and slq[form].err_mean_interval.contains(exact[form].err_mean)
+    assert "err/d" in repr(slq["adamw"])
+
+
+def test_parameter_subset_and_data_forms():
+    model, x, y = _setup(2)
+    head = wdbound.Hessian(model, (x, y), params=["body.2.weight", "body.2.bias"])
+    assert head.dim == 12 * 5 + 5
+    dense = _dense(model, x, y, nn.functional.cross_entropy).numpy()
+    block = dense[-65:, -65:]  # the head's block of the full Hessian
+    assert np.allclose(head.exact().eigenvalues, np.linalg.eigvalsh(block), atol=1e-10)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    assert np.allclose(wdbound.Hessian(model, loader).exact().eigenvalues,
+                       wdbound.Hessian(model, (x, y)).exact().eigenvalues, atol=1e-12)
+
+
+def test_bad_inputs_are_wdbound_errors():
+    model, x, y = _setup()
+    with pytest.raises(WdboundError, match="scalar"):
+        wdbound.Hessian(model, (x, y), loss=lambda out, t: nn.functional.cross_entropy(out, t, reduction="none"))
+    with pytest.raises(WdboundError, match="nan"):
+        wdbound.Hessian(model, (x, y), loss=lambda out, t: out.sum() * float("nan"))
+    with pytest.raises(WdboundError, match="no parameter named"):
+        wdbound.Hessian(model, (x, y), params=["nope"])
+    with pytest.raises(WdboundError, match="data must be"):
+        wdbound.Hessian(model, [1, 2, 3])
+    with pytest.raises(WdboundError, match="--lr"):
+        wdbound.err(wdbound.Hessian(model, (x, y)), eta=0.0, lam=0.1, b=8, n=10)
+
+
+def test_mse_loss_keeps_the_logit_shift_directions():
+    """MSE is not invariant to a common shift of the outputs: nothing beyond zero rows is deflated."""
+    model, x, y = _setup(3)
+    onehot = nn.functional.one_hot(y, 5).float()
+    H = wdbound.Hessian(model, (x, onehot), loss=nn.functional.mse_loss)
+    density = H.density(probes=2, steps=5)
+    assert density.provenance["deflation"]["logit_shift"] == 0
+    # torch has no forward-mode derivative here: the operator fell back to double backward and says so.
+    assert density.provenance["hvp_fallback"] and H.operator.mode == "double-backward"
+    dense = _dense(model, x, onehot, nn.functional.mse_loss)
+    assert np.allclose(H.exact().eigenvalues, torch.linalg.eigvalsh(dense).numpy(), atol=1e-10)
+    assert wdbound.Hessian(model, (x, y)).density(probes=2, steps=5).provenance["deflation"]["logit_shift"] == 13
