@@ -129,3 +129,59 @@ def test_mse_loss_keeps_the_logit_shift_directions():
     dense = _dense(model, x, onehot, nn.functional.mse_loss)
     assert np.allclose(H.exact().eigenvalues, torch.linalg.eigvalsh(dense).numpy(), atol=1e-10)
     assert wdbound.Hessian(model, (x, y)).density(probes=2, steps=5).provenance["deflation"]["logit_shift"] == 13
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+
+def build(hidden=6):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+
+
+def broken(**_):
+    raise RuntimeError("no such layer")
+'''
+
+
+def test_model_factory_from_the_cli_matches_python(tmp_path, capsys, monkeypatch):
+    import json
+
+    from conftest import run_cli
+
+    (tmp_path / "usernets.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usernets
+
+    torch.manual_seed(0)
+    model = usernets.build(hidden=6)
+    torch.save(model.state_dict(), tmp_path / "mine.pt")
+    out = tmp_path / "spec.json"
+    code, stdout, err = run_cli(["spectrum", tmp_path / "mine.pt", "--model-factory", "usernets:build", "--arch-kwarg",
+                                 "hidden=6", "--data", "digits", "--max-samples", "60", "--exact", "on",
+                                 "--probes", "2", "--steps", "5", "--json", out, "--no-cache"], capsys)
+    assert code == 0, err
+    payload = json.loads(out.read_text())
+    assert payload["provenance"]["arch"] == "factory:usernets:build"
+    data = wdbound.load_dataset("digits", "test")
+    x = torch.stack([data[i][0] for i in range(60)])
+    y = torch.tensor([data[i][1] for i in range(60)])
+    ev = wdbound.Hessian(model, (x, y)).exact().eigenvalues
+    assert np.allclose(payload["exact"]["eigenvalues"], ev, atol=1e-10 * abs(ev).max())
+    # Label smoothing changes the Hessian; the loss is recorded.
+    code, _, err = run_cli(["spectrum", tmp_path / "mine.pt", "--model-factory", "usernets:build", "--arch-kwarg",
+                            "hidden=6", "--data", "digits", "--max-samples", "60", "--exact", "on", "--probes", "2",
+                            "--steps", "5", "--loss", "label-smoothing:0.1", "--json", out, "--no-cache"], capsys)
+    assert code == 0, err
+    smoothed = wdbound.Hessian(model, (x, y), nn.CrossEntropyLoss(label_smoothing=0.1)).exact().eigenvalues
+    payload = json.loads(out.read_text())
+    assert np.allclose(payload["exact"]["eigenvalues"], smoothed, atol=1e-10 * abs(smoothed).max())
+    assert "label-smoothing:0.1" in payload["provenance"]["loss"]
+    for args, flag in ((["--model-factory", "nowhere_module:build"], "--model-factory"),
+                       (["--model-factory", "usernets:broken"], "--model-factory"),
+                       (["--model-factory", "usernets"], "--model-factory"),
+                       (["--model-factory", "usernets:build", "--loss", "hinge"], "--loss")):
+        code, _, err = run_cli(["spectrum", tmp_path / "mine.pt", *args, "--json", tmp_path / "bad.json"], capsys)
+        assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "bad.json").exists()

@@ -46,6 +46,9 @@ class Analysis:
 
 def default_rho(ckpt: Checkpoint) -> float:
     """The documented default prior variance: 1/sqrt(input dimension) (the paper: of order 1/sqrt(d_i))."""
+    if str(ckpt.meta["arch"]).startswith("factory:"):
+        raise WdboundError("the default rho is 1/sqrt(input dimension), which a model factory does not declare; "
+                           "pass --rho", "--rho")
     return 1.0 / math.sqrt(math.prod(input_shape(ckpt.meta["arch"], **(ckpt.meta.get("arch_kwargs") or {}))))
 
 

@@ -240,6 +240,8 @@ class Opt:
     rtol = typer.Option(0.01, help="Adaptive SLQ: add probes / Lanczos steps until each err/d interval's half-width is <= rtol * err/d (0: fixed settings).")
     max_hvps = typer.Option(20000, help="Cap on the HVPs the adaptive SLQ may add; when hit, the output says so and gives the wider interval.")
     arch = typer.Option(None, help="Architecture of a plain state_dict checkpoint (registry name).")
+    model_factory = typer.Option(None, help="module:function building your own nn.Module (kwargs from --arch-kwarg); the state_dict or safetensors file is then loaded into it. This imports and runs your code.")
+    loss = typer.Option("cross-entropy", help="Loss whose Hessian is analysed: cross-entropy (the paper's; the bounds assume it), label-smoothing:EPS, or mse (on one-hot targets).")
     arch_kwarg = typer.Option([], help="Architecture argument key=value for a plain state_dict, repeatable.")
     lr = typer.Option(None, help="Override eta, the last learning rate used in training.")
     wd = typer.Option(None, help="Override lambda, the weight decay at the last training step.")
@@ -255,12 +257,17 @@ def make_cache(cache_dir: Optional[Path], no_cache: bool):
     return NoCache() if no_cache else Cache(cache_dir)
 
 
-def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str = "float32"):
+def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str = "float32", model_factory=None):
     from .checkpoints import load_checkpoint
     from .curvature import resolve_dtype
 
-    return load_checkpoint(path, arch=arch, arch_kwargs=parse_kwargs(arch_kwarg) if arch_kwarg else None, lr=lr,
-                           wd=wd, batch_size=batch_size, n_train=n_train, dtype=resolve_dtype(dtype))
+    if model_factory is not None:
+        if arch is not None:
+            raise WdboundError("give either --arch or --model-factory, not both", "--model-factory")
+        arch = f"factory:{model_factory}"
+        arch_kwarg = arch_kwarg or []
+    return load_checkpoint(path, arch=arch, arch_kwargs=parse_kwargs(arch_kwarg) if (arch_kwarg or model_factory)
+                           else None, lr=lr, wd=wd, batch_size=batch_size, n_train=n_train, dtype=resolve_dtype(dtype))
 
 
 def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype, hvp,
@@ -309,6 +316,7 @@ def spectrum(
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
@@ -323,10 +331,10 @@ def spectrum(
     from .models import count_parameters
     from .spectrum import resolve_exact
 
-    ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype)
+    ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype, model_factory)
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
-                                 diagonal="hutchinson")
+                                 diagonal="hutchinson", loss=loss)
     result = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), [], []).spectrum
     render_spectrum(result)
     if plot is not None:
@@ -392,6 +400,7 @@ def err(
     device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
     exact: str = Opt.exact_auto, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: int = Opt.max_hvps,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
     n_train: Optional[int] = Opt.n_train, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
@@ -405,11 +414,11 @@ def err(
     if forms is None:
         raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
     sweeps = [parse_sweep(item) for item in sweep]
-    ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype)
+    ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
                                  hvp_batch_size, resolve_exact(exact, inputs.d), diagonal=diagonal, rtol=rtol,
-                                 max_hvps=max_hvps)
+                                 max_hvps=max_hvps, loss=loss)
     sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
     floors = sorted({inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)})
     analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors,

@@ -34,13 +34,50 @@ def available() -> list[str]:
 
 
 def build_model(arch: str, **arch_kwargs) -> nn.Module:
-    """Construct a registered architecture (random init, eval mode not set)."""
+    """Construct a registered architecture, or ``factory:module:function`` (random init, eval mode not set)."""
+    if arch.startswith("factory:"):
+        return build_from_factory(arch[len("factory:"):], **arch_kwargs)
     if arch not in _REGISTRY:
         raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}", "--arch")
     try:
         return _REGISTRY[arch](**arch_kwargs)
     except TypeError as exc:
         raise WdboundError(f"bad arguments for architecture {arch!r}: {exc}") from None
+
+
+FACTORY_PREFIX = "factory:"
+
+
+def build_from_factory(spec: str, **kwargs) -> nn.Module:
+    """``module:function`` (the uvicorn / Lightning convention): import ``module`` (the current folder is
+    searched first) and call ``function(**kwargs)``; it must return an ``nn.Module``. This runs the user's
+    code, by the user's explicit choice."""
+    import importlib
+    import sys
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise WdboundError(f"--model-factory {spec!r}: use module:function (e.g. mynets:build)", "--model-factory")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is the user's one-line error
+        raise WdboundError(f"--model-factory {spec!r}: cannot import {module_name!r} "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})",
+                           "--model-factory") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise WdboundError(f"--model-factory {spec!r}: {module_name} has no callable {attr!r}", "--model-factory")
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise WdboundError(f"--model-factory {spec!r} raised {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''}", "--model-factory") from None
+    if not isinstance(model, nn.Module):
+        raise WdboundError(f"--model-factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module",
+                           "--model-factory")
+    return model
 
 
 def input_shape(arch: str, **arch_kwargs) -> tuple[int, ...]:

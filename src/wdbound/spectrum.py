@@ -73,6 +73,7 @@ class SpectrumSettings:
     diagonal: str = "auto"  # Q's diagonal: exact (d HVPs), hutchinson, or auto (exact up to DIAGONAL_EXACT_MAX_DIM)
     rtol: float = 0.0  # adaptive SLQ: widen until every err/d interval's half-width <= rtol * |err/d| (0: off)
     max_hvps: int = 20_000  # cap of the adaptive refinement
+    loss: str = "cross-entropy"  # cross-entropy (the paper's), label-smoothing:EPS, mse (one-hot targets)
 
     def exact_diagonal_for(self, dim: int) -> bool:
         return self.exact or self.diagonal == "exact" or (self.diagonal == "auto" and dim <= DIAGONAL_EXACT_MAX_DIM)
@@ -94,6 +95,7 @@ class SpectrumSettings:
             raise WdboundError(f"rtol = {self.rtol:g} must lie in [0, 1) (0 turns the refinement off)", "--rtol")
         if self.max_hvps < 1:
             raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "--max-hvps")
+        loss_function(self.loss)
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,35 @@ def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
     return settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits"
 
 
+def loss_function(spec: str):
+    """``cross-entropy`` (None: the operator's default), ``label-smoothing:EPS`` or ``mse`` (on one-hot targets)."""
+    import torch.nn.functional as F
+
+    if spec == "cross-entropy":
+        return None
+    if spec == "mse":
+        def mse_one_hot(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(outputs, F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype))
+
+        return mse_one_hot
+    name, sep, raw = spec.partition(":")
+    if name == "label-smoothing" and sep:
+        try:
+            eps = float(raw)
+        except ValueError:
+            eps = math.nan
+        if 0 <= eps < 1:
+            return lambda outputs, labels: F.cross_entropy(outputs, labels, label_smoothing=eps)
+    raise WdboundError(f"unknown --loss {spec!r}; use cross-entropy, label-smoothing:EPS (0 <= EPS < 1) or mse",
+                       "--loss")
+
+
 def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:
     data = evaluation_data(ckpt, settings)
     dataset = load_dataset(data, settings.split, (ckpt.meta.get("arch_kwargs") or {}).get("image_size"))
     return HessianOperator(ckpt.model, dataset, batch_size=settings.batch_size, max_samples=settings.max_samples,
                            device=resolve_device(settings.device), dtype=resolve_dtype(settings.dtype),
-                           mode=settings.hvp)
+                           mode=settings.hvp, loss_fn=loss_function(settings.loss))
 
 
 def spectrum_key(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -256,7 +281,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
         "data": evaluation_data(ckpt, settings),
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
-        "wall_seconds": wall, "versions": library_versions(), "loss": "mean cross-entropy, model in eval mode",
+        "wall_seconds": wall, "versions": library_versions(), "loss": f"mean {settings.loss}, model in eval mode",
         "cache_key": key, "hvp_fallback": operator.fallback,
     }
     result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
@@ -274,6 +299,8 @@ def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) ->
 
     if settings.exact:
         raise WdboundError("--exact is computed by wdbound itself; drop it with --backend pyhessian", "--exact")
+    if settings.loss != "cross-entropy":
+        raise WdboundError("--backend pyhessian runs with the cross-entropy loss only", "--loss")
     operator = build_operator(ckpt, settings)
     top, density, trace, diagonal, hvps, wall = run_pyhessian(operator, settings)
     provenance = {
