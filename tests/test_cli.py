@@ -77,7 +77,8 @@ def test_doctests():
     import importlib
 
     for name in ("wdbound.estimators.hutchinson", "wdbound.estimators.meyer2020hutch", "wdbound.estimators.lanczos",
-                 "wdbound.estimators.quadrature_interval", "wdbound.optim", "wdbound.api"):
+                 "wdbound.estimators.quadrature_interval", "wdbound.optim", "wdbound.api",
+                 "wdbound.updates"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.failed == 0 and result.attempted > 0, name
 

@@ -105,3 +105,50 @@ def test_updates_plain_state_dict_is_one_line_error(tmp_path, capsys):
     torch.save(build_model("digits-mlp").state_dict(), path)
     code, _, err = run_cli(["updates", path], capsys)
     assert code == 2 and "no optimizer state" in err and len(err.strip().splitlines()) == 1
+
+
+def test_update_recorder_on_torch_adamw_equals_a_hand_computation(tmp_path):
+    import math
+
+    from wdbound import UpdateRecorder
+    from wdbound.updates import BINS, LOW_EXP
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    recorder = UpdateRecorder(opt, model=model, label="mine")
+    x, y = torch.randn(20, 5), torch.randint(0, 3, (20,))
+    for epoch in (1, 2):
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        recorder.record(epoch)
+    entry = recorder.entry()
+    b1, b2 = opt.param_groups[0]["betas"]
+    eps = opt.param_groups[0]["eps"]
+    for name, param in model.named_parameters():
+        state = opt.state[param]
+        t = int(state["step"])
+        expected = [0] * BINS
+        for m, v in zip(state["exp_avg"].reshape(-1).tolist(), state["exp_avg_sq"].reshape(-1).tolist()):
+            u = abs((m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps))
+            expected[0 if u <= 2.0**LOW_EXP else BINS - 1 if u >= 1 else math.ceil(math.log2(u)) - LOW_EXP] += 1
+        assert entry["layers"][name] == expected
+    assert [r["epoch"] for r in entry["over_training"]] == [1, 2]
+    assert sum(entry["total"]) == sum(p.numel() for p in model.parameters())
+    recorder.plot(tmp_path / "u.png", per_layer=True)
+    assert (tmp_path / "u.png").stat().st_size > 1000
+
+
+def test_update_recorder_needs_adam_moments():
+    from wdbound import UpdateRecorder, WdboundError
+
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(WdboundError, match="no Adam moments"):
+        UpdateRecorder(torch.optim.AdamW([p])).record(1)
+    with pytest.raises(WdboundError, match="Adam-family"):
+        sgd = torch.optim.SGD([p], lr=0.1)
+        p.grad = torch.ones(2)
+        sgd.step()
+        UpdateRecorder(sgd).record(1)

@@ -705,22 +705,9 @@ def updates(
     """Histograms of |update|/lr = |m_hat/(sqrt(v_hat)+eps)| per coordinate, log2 bins from 2^-27 to 1."""
     from .checkpoints import read_meta
     from .io_utils import write_json_atomic
-    from .updates import bin_labels, checkpoint_histograms, layer_depths, plot_updates, stats, total_counts
+    from .updates import bin_labels, checkpoint_entry, plot_updates
 
-    entries = []
-    for path in _checkpoint_paths(paths):
-        meta = read_meta(path)
-        layers = checkpoint_histograms(meta, str(path))
-        total = total_counts(layers)
-        recorded = ((meta.get("train") or {}).get("update_histograms") or {}).get("records") or []
-        entries.append({"checkpoint": path.name, "path": str(path), "optimizer": (meta.get("optimizer") or {}).get("name"),
-                        "arch": meta.get("arch"), "arch_kwargs": meta.get("arch_kwargs"),
-                        "total": total, "stats": stats(total).to_json(), "layers": layers,
-                        "depths": layer_depths(list(layers)),
-                        "layer_stats": {name: stats(c).to_json() for name, c in layers.items()},
-                        "over_training": [{"epoch": r["epoch"], "step": r["step"],
-                                           "total": total_counts(r["layers"])}
-                                          for r in recorded]})
+    entries = [checkpoint_entry(read_meta(path), path) for path in _checkpoint_paths(paths)]
     table_ = Table(title="update magnitudes |m_hat/(sqrt(v_hat)+eps)| (log2 bins 2^-27 .. 1)")
     for column in ("checkpoint", "optimizer", "coordinates", "median log2", "IQR (log2 units)", "<= 2^-27", ">= 1",
                    "recorded epochs"):

@@ -117,6 +117,81 @@ def checkpoint_histograms(meta: dict, path: str) -> dict[str, list[int]]:
         raise WdboundError(f"{path}: unreadable optimizer state ({exc})") from None
 
 
+def histogram_entry(label: str, layers: dict[str, list[int]], records: list[dict], *, path: str | None = None,
+                    optimizer: str | None = None, arch: str | None = None, arch_kwargs: dict | None = None) -> dict:
+    """One entry of ``wdbound updates --json``: totals, per-layer counts and statistics, depths, and the
+    histograms recorded over training (``records``: ``{"epoch", "step", "layers"}``)."""
+    total = total_counts(layers)
+    return {"checkpoint": label, "path": path, "optimizer": optimizer, "arch": arch, "arch_kwargs": arch_kwargs,
+            "total": total, "stats": stats(total).to_json(), "layers": layers, "depths": layer_depths(list(layers)),
+            "layer_stats": {name: stats(c).to_json() for name, c in layers.items()},
+            "over_training": [{"epoch": r["epoch"], "step": r["step"], "total": total_counts(r["layers"])}
+                              for r in records]}
+
+
+def checkpoint_entry(meta: dict, path) -> dict:
+    """:func:`histogram_entry` of a checkpoint written by ``wdbound train`` (final state + recorded epochs)."""
+    layers = checkpoint_histograms(meta, str(path))
+    records = ((meta.get("train") or {}).get("update_histograms") or {}).get("records") or []
+    return histogram_entry(getattr(path, "name", str(path)), layers, records, path=str(path),
+                           optimizer=(meta.get("optimizer") or {}).get("name"), arch=meta.get("arch"),
+                           arch_kwargs=meta.get("arch_kwargs"))
+
+
+class UpdateRecorder:
+    """Update-magnitude histograms from any Adam-family ``torch.optim`` optimizer (Adam, AdamW, wdbound's),
+    in your own training loop: call :meth:`record` once per epoch; :meth:`entry` gives what
+    ``wdbound updates --json`` writes for a checkpoint, :meth:`plot` draws it.
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.ones(3))
+    >>> opt = torch.optim.AdamW([p], lr=0.1)
+    >>> p.grad = torch.tensor([1.0, -2.0, 0.0]); opt.step()
+    >>> recorder = UpdateRecorder(opt, names={p: "w"})
+    >>> recorder.record(epoch=1)["w"][-1]  # |m_hat/(sqrt(v_hat)+eps)| = 1 for both non-zero coordinates
+    2
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None,
+                 names: dict | None = None, label: str = "training run") -> None:
+        self.optimizer = optimizer
+        if names is None:
+            names = {p: n for n, p in model.named_parameters()} if model is not None else {}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.names = {p: names.get(p, f"param{i}") for i, p in enumerate(params)}
+        self.label = label
+        self.records: list[dict] = []
+
+    def current(self) -> dict[str, list[int]]:
+        """Counts per parameter from the optimizer's present moments."""
+        out = {}
+        for group in self.optimizer.param_groups:
+            betas, eps = group.get("betas"), group.get("eps")
+            if betas is None or eps is None:
+                raise WdboundError("UpdateRecorder needs an Adam-family optimizer (param groups with betas, eps)")
+            for param in group["params"]:
+                state = self.optimizer.state.get(param) or {}
+                if "exp_avg" not in state:
+                    continue
+                step = int(state["step"]) if "step" in state else 0
+                out.update(optimizer_histograms({self.names[param]: {**state, "step": step}}, betas, eps))
+        if not out:
+            raise WdboundError("the optimizer has no Adam moments yet: call record() after optimizer.step()")
+        return out
+
+    def record(self, epoch: int, step: int | None = None) -> dict[str, list[int]]:
+        """Histogram the present state as ``epoch``; returns the per-parameter counts."""
+        layers = self.current()
+        self.records.append({"epoch": int(epoch), "step": step, "layers": layers})
+        return layers
+
+    def entry(self) -> dict:
+        return histogram_entry(self.label, self.current(), self.records)
+
+    def plot(self, path, per_layer: bool = False) -> None:
+        plot_updates([self.entry()], path, per_layer=per_layer)
+
+
 def layer_depths(names: list[str]) -> dict[str, int]:
     """Depth index of each parameter name in module order: parameters of one module share a depth."""
     depths: dict[str, int] = {}
