@@ -185,3 +185,29 @@ def test_model_factory_from_the_cli_matches_python(tmp_path, capsys, monkeypatch
         code, _, err = run_cli(["spectrum", tmp_path / "mine.pt", *args, "--json", tmp_path / "bad.json"], capsys)
         assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_python_err_equals_the_cli_on_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "err.json"
+    code, _, err = run_cli(["err", tiny_checkpoint, "--max-samples", "100", "--json", out], capsys)
+    assert code == 0, err
+    cli = json.loads(out.read_text())
+    ckpt = wdbound.load_checkpoint(tiny_checkpoint)
+    data = wdbound.load_dataset("digits", "test")
+    x = torch.stack([data[i][0] for i in range(100)])
+    y = torch.tensor([data[i][1] for i in range(100)])
+    facts = ckpt.facts()
+    python = wdbound.err(wdbound.Hessian(ckpt.model, (x, y)), eta=facts.eta, lam=facts.lam, b=facts.batch_size,
+                         n=facts.n_train, rho=cli["inputs"]["rho"])
+    for form in ("adamw", "l2-adam"):
+        assert python[form].err_mean == pytest.approx(cli[form]["err_mean"], rel=1e-9)
+        assert python[form].theorem_term == pytest.approx(cli[form]["theorem_term"], rel=1e-9)
+        assert python[form].phi == pytest.approx(cli[form]["phi"], rel=1e-9)
+    H = wdbound.Hessian(ckpt.model, (x, y))
+    for text in (repr(H.top_eigenvalues(2)), repr(H.trace(4)), repr(H.diagonal(None)), repr(H.density(2, 5)),
+                 repr(H.exact())):
+        assert "\n" not in text and len(text) < 300

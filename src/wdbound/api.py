@@ -88,6 +88,13 @@ class Density:
     support: Support
     provenance: dict
 
+    def __repr__(self) -> str:
+        nodes, _ = self.slq.measure()
+        return (f"Density({len(self.slq.nodes)} probes x {self.slq.alphas.shape[1]} steps, Ritz values in "
+                f"[{nodes.min():.4g}, {nodes.max():.4g}], support [{self.support.low:.4g}, {self.support.high:.4g}], "
+                f"{self.provenance.get('deflation', {}).get('logit_shift', 0)} logit-shift and "
+                f"{self.provenance.get('deflation', {}).get('zero_rows', 0)} zero-row directions deflated)")
+
     def plot(self, path=None, title: str = "Hessian spectral density"):
         """The log-scale density plot of ``wdbound spectrum --plot``; saved to ``path`` or returned as a figure."""
         from .spectrum import density_figure

@@ -42,12 +42,20 @@ class TraceEstimate:
         return {"estimate": self.estimate, "stderr": self.stderr, "probes": int(len(self.samples)),
                 "method": self.method}
 
+    def __repr__(self) -> str:
+        return f"TraceEstimate({self.estimate:.6g} +/- {self.stderr:.2g}, {len(self.samples)} probes, {self.method})"
+
 
 @dataclass(frozen=True)
 class DiagonalEstimate:
     estimate: np.ndarray  # [d]
     stderr: np.ndarray  # [d]
     probes: int
+
+    def __repr__(self) -> str:
+        how = "exact" if self.probes == 0 else f"{self.probes} probes"
+        return (f"DiagonalEstimate(d={len(self.estimate)}, mean {float(self.estimate.mean()):.4g}, "
+                f"{int((self.estimate == 0).sum())} exact zeros, {how})")
 
     def summary(self) -> dict:
         est = self.estimate

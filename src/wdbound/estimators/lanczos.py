@@ -234,6 +234,11 @@ class TopEigen:
         return {"values": self.values.tolist(), "residuals": self.residuals.tolist(), "steps": self.steps,
                 "converged": self.converged, "tol": self.tol}
 
+    def __repr__(self) -> str:
+        values = ", ".join(f"{v:.6g}" for v in self.values)
+        return (f"TopEigen([{values}], max residual {float(np.max(self.residuals)):.1e}, {self.steps} Lanczos steps, "
+                f"{'converged' if self.converged else 'NOT converged'})")
+
 
 def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: float | None = None,
                     max_steps: int = 300, check_every: int = 5, atol: float = 0.0) -> TopEigen:
