@@ -181,7 +181,7 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
            base: str) -> tuple[Spectrum, Refinement]:
     """Adaptive SLQ: while some target's err/d interval is wider than ``rtol`` (relative half-width), double
     the Lanczos steps when the quadrature bracket dominates the width, else double the probes; stop at
-    ``max_hvps`` HVPs for the refinement and say so. Fresh probes each round (seeded); the result is cached
+    ``settings.refine_cap()`` HVPs for the refinement and say so. Fresh probes each round (seeded); the result is cached
     under the targets' inputs."""
     if settings.exact or not targets or spectrum.support is None:
         return spectrum, Refinement("exact" if settings.exact else "off", settings.probes, settings.steps, 0,
@@ -207,7 +207,7 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
         longer = worst[1] >= worst[2] and steps < dim - nulls
         new_steps = min(2 * steps, dim) if longer else steps
         cost = probes * new_steps  # longer: every probe again with more steps; else as many new probes
-        if spent + cost > settings.max_hvps:
+        if spent + cost > settings.refine_cap():
             break
         z = deflation.project(rademacher(probes, dim, generator, live.operator.dtype, live.operator.device))
         fresh = slq_from_run(lanczos(live.operator, z, new_steps), dim, null_weight=nulls)

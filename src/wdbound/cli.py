@@ -238,7 +238,7 @@ class Opt:
     exact_auto = typer.Option("auto", "--exact", help="Exact values from the dense Hessian: auto (up to 10,000 parameters, d HVPs), on (up to 20,000) or off (SLQ with intervals).")
     diagonal = typer.Option("auto", help="Diagonal for Q = diag(H)^-1/2 of the Theorem term: exact (d HVPs), hutchinson, or auto (exact up to 20,000 parameters).")
     rtol = typer.Option(0.01, help="Adaptive SLQ: add probes / Lanczos steps until each err/d interval's half-width is <= rtol * err/d (0: fixed settings).")
-    max_hvps = typer.Option(20000, help="Cap on the HVPs the adaptive SLQ may add; when hit, the output says so and gives the wider interval.")
+    max_hvps = typer.Option(None, help="Cap on the HVPs the adaptive SLQ may add (default: 8 x probes x steps); when hit, the output says so and gives the wider interval.")
     arch = typer.Option(None, help="Architecture of a plain state_dict checkpoint (registry name).")
     model_factory = typer.Option(None, help="module:function building your own nn.Module (kwargs from --arch-kwarg); the state_dict or safetensors file is then loaded into it. This imports and runs your code.")
     loss = typer.Option("cross-entropy", help="Loss whose Hessian is analysed: cross-entropy (the paper's; the bounds assume it), label-smoothing:EPS, or mse (on one-hot targets).")
@@ -398,7 +398,7 @@ def err(
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
     probes: int = Opt.probes, steps: int = Opt.steps, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed,
     device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
-    exact: str = Opt.exact_auto, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: int = Opt.max_hvps,
+    exact: str = Opt.exact_auto, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
@@ -503,7 +503,7 @@ def render_refinement(refinement, settings) -> None:
         say(f"adaptive SLQ: every err/d interval within rtol {refinement.rtol:g} "
             f"({refinement.probes} probes x {refinement.steps} steps, {refinement.hvps} extra HVPs)")
     else:
-        say(f"adaptive SLQ: HVP cap {settings.max_hvps} reached before rtol {refinement.rtol:g}: widest err/d interval "
+        say(f"adaptive SLQ: HVP cap {settings.refine_cap()} reached before rtol {refinement.rtol:g}: widest err/d interval "
             f"is +/- {100 * refinement.worst_relative_half_width:.2g}% ({refinement.probes} probes x {refinement.steps} "
             "steps); raise --max-hvps, or use --exact on for models up to 20,000 parameters")
 
@@ -543,7 +543,7 @@ def table(
     steps: int = typer.Option(60, help="Lanczos steps m per probe."),
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
-    exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: int = Opt.max_hvps,
+    exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
     layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
@@ -592,7 +592,7 @@ def table(
     slq_rows = [r for r in rows if r.get("method") == "slq"]
     settings_line = (f"Settings: {settings.split} split, --exact {exact} ({len(exact_rows)} of {len(rows)} checkpoints "
                      f"exact: d <= 10,000 under auto), SLQ {settings.probes} probes x {settings.steps} Lanczos steps "
-                     f"(rtol {settings.rtol:g}, cap {settings.max_hvps} HVPs), seed {settings.seed}, {settings.dtype}, "
+                     f"(rtol {settings.rtol:g}, cap {settings.refine_cap()} HVPs), seed {settings.seed}, {settings.dtype}, "
                      f"sigma floor {sigma_floor:g}, tau {tau:g}, rho {'1/sqrt(input dim)' if rho is None else f'{rho:g}'}"
                      + (f"; widest SLQ err/d interval +/- "
                         f"{max((r['err_mean_high'] - r['err_mean_low']) / 2 for r in slq_rows):.3g}" if slq_rows else "")

@@ -40,6 +40,7 @@ EXACT_AUTO_MAX_DIM = 10_000  # `--exact auto`: dense Hessian (d HVPs, 0.8 GB, ei
 DIAGONAL_EXACT_MAX_DIM = 20_000  # `--diagonal auto`: exact diagonal (d HVPs, no dense matrix) up to this d
 BACKENDS = ("wdbound", "pyhessian")
 EXACT_MODES = ("auto", "on", "off")
+REFINE_BUDGET = 8  # default cap of the adaptive SLQ: 8 times the HVPs of the base run
 DIAGONAL_MODES = ("auto", "exact", "hutchinson")
 
 
@@ -72,7 +73,11 @@ class SpectrumSettings:
     backend: str = "wdbound"  # or "pyhessian": PyHessian's estimators on the same model, data and loss
     diagonal: str = "auto"  # Q's diagonal: exact (d HVPs), hutchinson, or auto (exact up to DIAGONAL_EXACT_MAX_DIM)
     rtol: float = 0.0  # adaptive SLQ: widen until every err/d interval's half-width <= rtol * |err/d| (0: off)
-    max_hvps: int = 20_000  # cap of the adaptive refinement
+    max_hvps: int | None = None  # cap of the adaptive refinement; None: REFINE_BUDGET x probes x steps
+
+    def refine_cap(self) -> int:
+        """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
+        return self.max_hvps if self.max_hvps is not None else REFINE_BUDGET * self.probes * self.steps
     loss: str = "cross-entropy"  # cross-entropy (the paper's), label-smoothing:EPS, mse (one-hot targets)
 
     def exact_diagonal_for(self, dim: int) -> bool:
@@ -93,7 +98,7 @@ class SpectrumSettings:
             raise WdboundError(f"unknown --diagonal {self.diagonal!r}; use auto, exact or hutchinson", "--diagonal")
         if not (0 <= self.rtol < 1) or not math.isfinite(self.rtol):
             raise WdboundError(f"rtol = {self.rtol:g} must lie in [0, 1) (0 turns the refinement off)", "--rtol")
-        if self.max_hvps < 1:
+        if self.max_hvps is not None and self.max_hvps < 1:
             raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "--max-hvps")
         loss_function(self.loss)
 
