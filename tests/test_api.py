@@ -88,7 +88,7 @@ def test_err_from_python_matches_the_formula_and_covers_exact():
     slq = wdbound.err(H.density(probes=8, steps=12), eta=1e-3, lam=5e-2, b=16, n=1000, rho=0.1)
     for form in ("adamw", "l2-adam"):
         assert slq[form].method == "slq" and slq[form].err_mean_interval.contains(exact[form].err_mean)
-    assert "err/d" in repr(slq["adamw"])
+    assert "err/d" in repr(slq["adamw"]) and slq["adamw"]._repr_html_().startswith("<pre>")
 
 
 def test_parameter_subset_and_data_forms():

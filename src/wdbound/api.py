@@ -59,8 +59,17 @@ def _as_dataset(data) -> Dataset:
     raise WdboundError(f"data must be (inputs, targets) tensors, a Dataset or a DataLoader, not {type(data).__name__}")
 
 
-@dataclass(frozen=True)
-class ExactSpectrum:
+class _NotebookRepr:
+    """Notebooks show the compact ``repr`` as preformatted HTML."""
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(repr(self))}</pre>"
+
+
+@dataclass(frozen=True, repr=False)
+class ExactSpectrum(_NotebookRepr):
     """The dense Hessian's eigenvalues (ascending) and diagonal."""
 
     eigenvalues: np.ndarray  # [d]
@@ -80,8 +89,8 @@ class ExactSpectrum:
                 f"zero diagonal entries={int((self.diagonal == 0).sum())})")
 
 
-@dataclass(frozen=True)
-class Density:
+@dataclass(frozen=True, repr=False)
+class Density(_NotebookRepr):
     """An SLQ run with the ends of the spectrum (what the err/d intervals need) and its provenance."""
 
     slq: SLQ
@@ -179,8 +188,8 @@ class Hessian:
         return dense_matrix(self.operator).double().cpu().numpy()
 
 
-@dataclass(frozen=True)
-class ErrResult:
+@dataclass(frozen=True, repr=False)
+class ErrResult(_NotebookRepr):
     """Corollary 3 (and with a dense Hessian the Theorem 6/7 term) for one bound form."""
 
     form: str
