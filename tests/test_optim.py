@@ -179,3 +179,11 @@ def test_families_of_the_new_optimizers():
     from wdbound.optim import optimizer_spec
 
     assert [optimizer_spec(n).family for n in ("adamprox", "adams", "adal")] == ["adamw", "adamw", "l2-adam"]
+
+
+def test_bound_form_of_every_optimizer():
+    from wdbound.optim import bound_form
+
+    assert [bound_form(n) for n in ("adamw", "adamw-d", "adamprox", "adams")] == ["adamw"] * 4
+    assert [bound_form(n) for n in ("l2-adam", "l2-adam-d", "adal")] == ["l2-adam"] * 3
+    assert bound_form("sgd") is None

@@ -10,7 +10,7 @@ from wdbound.bounds import (BoundInputs, corollary3_exact, corollary3_from_slq, 
 from wdbound.curvature import DenseOperator
 from wdbound.estimators.hutchinson import rademacher
 from wdbound.estimators.lanczos import lanczos, slq_from_run, spectral_support
-from wdbound.estimators.quadrature_interval import Interval, PiecewiseMonotone, probe_brackets, trace_interval
+from wdbound.estimators.quadrature_interval import Interval, PiecewiseMonotone, probe_brackets
 
 P = BoundInputs(d=400, n=1437, b=64, eta=1e-4, lam=5e-2, rho=0.125, sigma_floor=1e-6)
 

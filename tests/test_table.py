@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -68,14 +67,6 @@ def test_findings_resolved_only_when_intervals_disjoint():
     a["err_mean_interval"], l2["err_mean_interval"] = [3.4, 3.4], [3.8, 3.8]
     found = findings(layout([a, l2]))
     assert found[0]["exact"] is True and "1 of 1 are resolved (1 from exact spectra)" in summary_counts(found)
-
-
-def test_bound_form_of_every_optimizer():
-    from wdbound.table import bound_form
-
-    assert [bound_form(n) for n in ("adamw", "adamw-d", "adamprox", "adams")] == ["adamw"] * 4
-    assert [bound_form(n) for n in ("l2-adam", "l2-adam-d", "adal")] == ["l2-adam"] * 3
-    assert bound_form("sgd") is None
 
 
 def test_long_layout():

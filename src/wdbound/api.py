@@ -31,14 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .bounds import FORMS, BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
-from .curvature import Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype, \
-    zero_rows
+from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype
 from .data import ArrayDataset
 from .errors import WdboundError
-from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
-from .estimators.hutchinson import rademacher
-from .estimators.lanczos import Support, slq_from_run, spectral_support
+from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
+from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
+from .spectrum import deflated_density, resolve_exact
 
 
 def _as_dataset(data) -> Dataset:
@@ -167,11 +166,7 @@ class Hessian:
         """SLQ with exact null directions deflated (zero rows, logit shift) and the spectrum's ends."""
         generator = self._generator()
         top = top_eigenvalues(self.operator, 1, generator)
-        support = spectral_support(self.operator, self._generator(1), top)
-        deflation = Deflation.find(self.operator, zero_rows(self.operator, generator), float(abs(top.values[0])),
-                                   self._generator(2))
-        z = deflation.project(rademacher(probes, self.dim, generator, self.operator.dtype, self.operator.device))
-        run = slq_from_run(lanczos(self.operator, z, steps), self.dim, null_weight=deflation.null_count)
+        _, run, support, deflation = deflated_density(self.operator, probes, steps, self.seed, generator, top)
         return Density(run, support, {**self.provenance, "probes": probes, "steps": steps,
                                       "deflation": deflation.to_json(), "support": support.to_json(),
                                       "hvp_fallback": self.operator.fallback})
@@ -230,7 +225,7 @@ def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "bot
     inputs = BoundInputs(d=d, n=n, b=b, eta=eta, lam=lam, rho=rho, tau=tau, sigma_floor=sigma_floor, x_norm_sq=norm)
     inputs.validate()
     results = {}
-    use_exact = isinstance(source, Hessian) and (exact == "on" or (exact == "auto" and d <= 10_000))
+    use_exact = isinstance(source, Hessian) and resolve_exact(exact, d)
     if use_exact:
         matrix = source.dense()
         eigenvalues = np.linalg.eigvalsh(matrix)

@@ -221,10 +221,12 @@ def ratio_integrand(lam: float, floor: float) -> PiecewiseMonotone:
     return PiecewiseMonotone(lambda t: ratio(t, lam, floor), _signed([floor]))
 
 
-def _term_of(p: BoundInputs, sum_log_q: float, sum_logdet_ratio: float, trace_ratio: float) -> float:
+def _term_of(p: BoundInputs, sum_log_q: float, sum_logdet_ratio: float,
+             trace_ratio: float) -> tuple[float, float, float]:
+    """(term, ln det M, Tr M) from the three spectral sums."""
     logdet = p.d * math.log(p.eta / (2 * p.b)) + sum_log_q + sum_logdet_ratio
     trace_m = p.eta / (2 * p.b) * trace_ratio
-    return -logdet + p.eta / (2 * p.rho * p.b) * trace_m + p.d * math.log(2 * p.b * p.rho / p.eta)
+    return -logdet + p.eta / (2 * p.rho * p.b) * trace_m + p.d * math.log(2 * p.b * p.rho / p.eta), logdet, trace_m
 
 
 def theorem_term(form: str, p: BoundInputs, *, sum_log_q: float, sum_logdet_ratio: float, trace_ratio: float,
@@ -236,14 +238,12 @@ def theorem_term(form: str, p: BoundInputs, *, sum_log_q: float, sum_logdet_rati
     ``trace_ratio`` = tr(Q^½ g(·) Q^½) with g(a) = a/(a+λ). The term falls with the first and rises
     with the second, so their intervals give the term's.
     """
-    logdet = p.d * math.log(p.eta / (2 * p.b)) + sum_log_q + sum_logdet_ratio
-    trace_m = p.eta / (2 * p.b) * trace_ratio
-    term = _term_of(p, sum_log_q, sum_logdet_ratio, trace_ratio)
+    term, logdet, trace_m = _term_of(p, sum_log_q, sum_logdet_ratio, trace_ratio)
     if exact:
         interval = Interval.point(term)
     elif logdet_interval is not None and trace_interval_ is not None:
-        interval = Interval(term, _term_of(p, sum_log_q, logdet_interval.high, trace_interval_.low),
-                            _term_of(p, sum_log_q, logdet_interval.low, trace_interval_.high))
+        interval = Interval(term, _term_of(p, sum_log_q, logdet_interval.high, trace_interval_.low)[0],
+                            _term_of(p, sum_log_q, logdet_interval.low, trace_interval_.high)[0])
     else:
         interval = None
     return TheoremTerm(form, term, stderr, logdet, trace_m, phi(term, p), diag_floored, mass_below, exact, interval)

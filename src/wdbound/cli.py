@@ -424,7 +424,7 @@ def err(
     analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors,
                             targets=[(form, inputs) for form in forms])
     spectrum = analysis.spectrum
-    from .table import bound_form
+    from .optim import bound_form
 
     trained_with = (ckpt.meta.get("optimizer") or {}).get("name")
     out = {"checkpoint": str(checkpoint), "trained_with": trained_with,
@@ -631,7 +631,8 @@ def table_row(path: Path, settings, cache, bar, *, rho, tau, sigma_floor, exact_
 
     from .analysis import bound_figures, bound_inputs
     from .spectrum import resolve_exact
-    from .table import bound_form, family_variant, model_label, update_spread
+    from .optim import bound_form
+    from .table import family_variant, model_label, update_spread
 
     ckpt = load(path, None, [], None, None, None, None, settings.dtype)
     name = str((ckpt.meta.get("optimizer") or {}).get("name", "unknown"))

@@ -59,6 +59,14 @@ OPTIMIZERS = {
 }
 
 
+def bound_form(optimizer: str) -> str | None:
+    """The bound form for a checkpoint of ``optimizer``: Corollary 3's AdamW form for decay outside the
+    adaptive step (AdamW(-D), AdamProx, AdamS), the l2-Adam form for decay through the gradient (l2-Adam(-D),
+    AdaL); None for an optimizer wdbound does not know."""
+    spec = OPTIMIZERS.get(optimizer)
+    return spec.family if spec is not None else None
+
+
 def optimizer_spec(name: str) -> OptimizerSpec:
     try:
         return OPTIMIZERS[name]

@@ -32,7 +32,7 @@ from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
-from .estimators.lanczos import Support, slq_from_run, spectral_support
+from .estimators.lanczos import LanczosRun, Support, slq_from_run, spectral_support
 from .train import library_versions
 
 EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
@@ -74,11 +74,11 @@ class SpectrumSettings:
     diagonal: str = "auto"  # Q's diagonal: exact (d HVPs), hutchinson, or auto (exact up to DIAGONAL_EXACT_MAX_DIM)
     rtol: float = 0.0  # adaptive SLQ: widen until every err/d interval's half-width <= rtol * |err/d| (0: off)
     max_hvps: int | None = None  # cap of the adaptive refinement; None: REFINE_BUDGET x probes x steps
+    loss: str = "cross-entropy"  # cross-entropy (the paper's), label-smoothing:EPS, mse (one-hot targets)
 
     def refine_cap(self) -> int:
         """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
         return self.max_hvps if self.max_hvps is not None else REFINE_BUDGET * self.probes * self.steps
-    loss: str = "cross-entropy"  # cross-entropy (the paper's), label-smoothing:EPS, mse (one-hot targets)
 
     def exact_diagonal_for(self, dim: int) -> bool:
         return self.exact or self.diagonal == "exact" or (self.diagonal == "auto" and dim <= DIAGONAL_EXACT_MAX_DIM)
@@ -196,6 +196,22 @@ class Spectrum:
                    arrays.get("exact_diagonal"), arrays["zero_rows"], support, meta.get("deflation"), cached=True)
 
 
+def deflated_density(operator, probes: int, steps: int, seed: int, generator: torch.Generator,
+                     top: TopEigen) -> tuple[LanczosRun, SLQ, Support, Deflation]:
+    """The SLQ run every spectrum starts from: the ends of the spectrum, the exact null directions (zero rows,
+    logit shift) found and removed from ``probes`` Rademacher probes, ``steps`` Lanczos steps each.
+
+    ``generator`` (which drew ``top``) draws the zero-row probes and the SLQ probes; the ends and the
+    logit-shift check use their own streams (``seed + 1``, ``seed + 2``), so the SLQ probes do not depend on them.
+    """
+    support = spectral_support(operator, torch.Generator().manual_seed(seed + 1), top)
+    deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
+                               torch.Generator().manual_seed(seed + 2))
+    z = deflation.project(rademacher(probes, operator.dim, generator, operator.dtype, operator.device))
+    run = lanczos(operator, z, steps)
+    return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count), support, deflation
+
+
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
     """The data spec the Hessian is evaluated on: the flag, else the checkpoint's training data."""
     return settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits"
@@ -260,14 +276,9 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
     top = top_eigenvalues(operator, settings.top_k, generator)
-    # The ends of the spectrum use their own seeded stream, so the probes below do not depend on them.
-    support = spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top)
-    null = zero_rows(operator, generator)
-    deflation = Deflation.find(operator, null, float(abs(top.values).max()),
-                               torch.Generator().manual_seed(settings.seed + 2))
-    z = deflation.project(rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device))
-    run = lanczos(operator, z, settings.steps)
-    density = slq_from_run(run, operator.dim, null_weight=deflation.null_count)
+    run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
+                                                        generator, top)
+    null = deflation.zero_mask
     if settings.diag_probes:
         trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=(run.starts, run.first_products))
     else:

@@ -44,16 +44,6 @@ def model_label(arch: str, arch_kwargs: dict | None) -> str:
     return arch + (f"({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else "")
 
 
-def bound_form(optimizer: str) -> str | None:
-    """The bound form for a checkpoint of ``optimizer``: Corollary 3's AdamW form for decay outside the
-    adaptive step (AdamW(-D), AdamProx, AdamS), the l2-Adam form for decay through the gradient (l2-Adam(-D),
-    AdaL); None for an optimizer wdbound does not know."""
-    from .optim import OPTIMIZERS
-
-    spec = OPTIMIZERS.get(optimizer)
-    return spec.family if spec is not None else None
-
-
 def update_spread(meta: dict, path) -> float | None:
     """Interquartile range (log2 units) of the update-magnitude histogram from the saved optimizer state."""
     from .errors import WdboundError
