@@ -164,9 +164,12 @@ def test_model_factory_from_the_cli_matches_python(tmp_path, capsys, monkeypatch
     assert code == 0, err
     payload = json.loads(out.read_text())
     assert payload["provenance"]["arch"] == "factory:usernets:build"
+    from wdbound.data import evaluation_subset
+
     data = wdbound.load_dataset("digits", "test")
-    x = torch.stack([data[i][0] for i in range(60)])
-    y = torch.tensor([data[i][1] for i in range(60)])
+    chosen = evaluation_subset(len(data), 60, 0).tolist()  # --max-samples 60 --seed 0: a seeded random subset
+    x = torch.stack([data[i][0] for i in chosen])
+    y = torch.tensor([data[i][1] for i in chosen])
     ev = wdbound.Hessian(model, (x, y)).exact().eigenvalues
     assert np.allclose(payload["exact"]["eigenvalues"], ev, atol=1e-10 * abs(ev).max())
     # Label smoothing changes the Hessian; the loss is recorded.
@@ -196,10 +199,13 @@ def test_python_err_equals_the_cli_on_a_checkpoint(tiny_checkpoint, tmp_path, ca
     code, _, err = run_cli(["err", tiny_checkpoint, "--max-samples", "100", "--json", out], capsys)
     assert code == 0, err
     cli = json.loads(out.read_text())
+    from wdbound.data import evaluation_subset
+
     ckpt = wdbound.load_checkpoint(tiny_checkpoint)
     data = wdbound.load_dataset("digits", "test")
-    x = torch.stack([data[i][0] for i in range(100)])
-    y = torch.tensor([data[i][1] for i in range(100)])
+    chosen = evaluation_subset(len(data), 100, 0).tolist()  # what --max-samples 100 --seed 0 evaluates
+    x = torch.stack([data[i][0] for i in chosen])
+    y = torch.tensor([data[i][1] for i in chosen])
     facts = ckpt.facts()
     python = wdbound.err(wdbound.Hessian(ckpt.model, (x, y)), eta=facts.eta, lam=facts.lam, b=facts.batch_size,
                          n=facts.n_train, rho=cli["inputs"]["rho"])

@@ -28,7 +28,8 @@ from .curvature import Deflation, dense_matrix
 from .errors import WdboundError
 from .estimators.lanczos import SLQ
 from .models import input_shape
-from .spectrum import Spectrum, SpectrumSettings, build_operator, compute_spectrum, spectrum_key
+from .spectrum import (REFINE_BUDGET, Spectrum, SpectrumSettings, build_operator, compute_spectrum, memory_plan,
+                       spectrum_key)
 
 SWEEPABLE = {"rho": "rho", "sigma-floor": "sigma_floor", "tau": "tau", "wd": "lam", "lr": "eta"}
 
@@ -79,18 +80,29 @@ class _Live:
     """The operator (and dense Hessian) of a checkpoint, built only when a cache miss needs them."""
 
     def __init__(self, ckpt: Checkpoint, settings: SpectrumSettings, spectrum: Spectrum,
-                 on_hvps: Callable[[int], None] | None) -> None:
+                 on_hvps: Callable[[int], None] | None, refine_factor: int = 1, on_plan=None) -> None:
         self.ckpt, self.settings, self.spectrum, self.on_hvps = ckpt, settings, spectrum, on_hvps
         self._operator = spectrum.extra.get("operator")
         self._dense = spectrum.extra.get("dense")
+        self._plan = spectrum.extra.get("plan")
+        self.refine_factor, self.on_plan = refine_factor, on_plan
         self.hvps_before = self._operator.matvecs if self._operator is not None else 0
 
     @property
     def operator(self):
         if self._operator is None:
             self._operator = build_operator(self.ckpt, self.settings)
+            self._plan = memory_plan(self._operator, self.settings, self.refine_factor)
+            if self.on_plan is not None:
+                self.on_plan(self._plan)
             self._operator.on_matvecs = self.on_hvps
         return self._operator
+
+    @property
+    def memory(self):
+        """The Lanczos memory policy of the plan (building the operator if needed)."""
+        self.operator  # noqa: B018 - builds the operator and its plan on a cache hit
+        return self._plan.memory
 
     @property
     def dense(self) -> np.ndarray:
@@ -125,12 +137,15 @@ class Refinement:
 
 def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors=(1e-6,), cache: Cache | None = None,
             on_hvps: Callable[[int], None] | None = None,
-            targets: tuple[tuple[str, BoundInputs], ...] = ()) -> Analysis:
+            targets: tuple[tuple[str, BoundInputs], ...] = (), on_plan=None) -> Analysis:
     """Spectrum and Theorem runs for every form and floor; each piece is cached as soon as it is finished,
     so an interrupted run keeps what it completed. ``targets`` are the (form, inputs) whose err/d intervals
     ``settings.rtol`` must reach (adaptive SLQ; see :func:`refine`). With the dense spectrum (``exact``) the
-    Theorem terms come from eigendecompositions and no Theorem SLQ run is made."""
-    spectrum = compute_spectrum(ckpt, settings, on_hvps, cache)
+    Theorem terms come from eigendecompositions and no Theorem SLQ run is made. ``on_plan`` receives the
+    memory plan before the first HVP."""
+    factor = REFINE_BUDGET if targets and settings.rtol > 0 and not settings.exact else 1
+    spectrum = compute_spectrum(ckpt, settings, on_hvps, cache, on_plan=on_plan, refine_factor=factor)
+    live = _Live(ckpt, settings, spectrum, on_hvps, factor, on_plan)
     live = _Live(ckpt, settings, spectrum, on_hvps)
     fresh_hvps = 0 if spectrum.cached else spectrum.hvps
     base = spectrum_key(ckpt, settings)
@@ -155,7 +170,8 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
                 diagonal = spectrum.exact_diagonal if spectrum.exact_diagonal is not None else spectrum.diagonal.estimate
                 runs = theorem_runs(live.operator, diagonal, form, floor, probes=settings.probes,
                                     steps=settings.steps, generator=generator, zero_mask=live.zero_mask(),
-                                    density=spectrum.slq, support=spectrum.support.bounds())
+                                    density=spectrum.slq, support=spectrum.support.bounds(),
+                                    memory=live.memory)
                 if cache is not None:
                     cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored,
                                     "support": list(runs.support)},
@@ -197,7 +213,7 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
         meta, arrays = hit
         return replace(spectrum, slq=_slq_from("slq", arrays, spectrum.d)), Refinement(**meta)
     from .estimators.hutchinson import rademacher
-    from .estimators.lanczos import lanczos, slq_from_run
+    from .estimators.lanczos import run_lanczos, slq_from_run
 
     generator = torch.Generator().manual_seed(_derived_seed(settings.seed, "refine", settings.rtol))
     deflation = Deflation.from_json(spectrum.deflation, live.zero_mask())
@@ -209,8 +225,11 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
         cost = probes * new_steps  # longer: every probe again with more steps; else as many new probes
         if spent + cost > settings.refine_cap():
             break
-        z = deflation.project(rademacher(probes, dim, generator, live.operator.dtype, live.operator.device))
-        fresh = slq_from_run(lanczos(live.operator, z, new_steps), dim, null_weight=nulls)
+        def draw(count: int) -> torch.Tensor:
+            return deflation.project(rademacher(count, dim, generator, live.operator.dtype, live.operator.device))
+
+        fresh = slq_from_run(run_lanczos(live.operator, draw, probes, new_steps, live.memory), dim,
+                             null_weight=nulls)
         slq = fresh if longer else SLQ.concatenate([slq, fresh])
         probes, steps, spent = len(slq.nodes), new_steps, spent + cost
         worst = _worst(slq, support, targets)

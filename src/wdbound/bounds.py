@@ -319,31 +319,37 @@ class TheoremRuns:
 
 
 def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
-                 zero_mask=None, density=None, support: tuple[float, float] | None = None) -> TheoremRuns:
+                 zero_mask=None, density=None, support: tuple[float, float] | None = None,
+                 memory=None) -> TheoremRuns:
     """Run the Lanczos quadratures of the Theorem term. ``zero_mask`` [d] marks exactly-zero Hessian rows: they
     are deflated (A and H are block-diagonal with a zero block there) and counted exactly. ``density``, an SLQ
     run of H, is reused as l2-Adam's ln det run, and ``support``, the ends of H's spectrum, as l2-Adam's
-    support (A's are found by Lanczos). The two runs use independent probes."""
+    support (A's are found by Lanczos). The two runs use independent probes. ``memory`` (a
+    ``LanczosMemory`` of the memory plan) chooses the whole basis or the low-memory recurrence."""
     import torch
 
     from .estimators.hutchinson import rademacher
-    from .estimators.lanczos import lanczos, slq_from_run, spectral_support
+    from .estimators.lanczos import run_lanczos, slq_from_run, spectral_support
+    from .memory import RESTART_ENDS
 
     lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
     q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
     keep = torch.ones(operator.dim, dtype=torch.bool, device=operator.device) if zero_mask is None else ~zero_mask
     nulls = float((~keep).sum())
     target = ScaledOperator(operator, q_half) if form == "adamw" else operator
+
+    def draw(count: int) -> torch.Tensor:
+        return rademacher(count, operator.dim, generator, operator.dtype, operator.device) * keep
+
     if density is not None and form == "l2-adam":
         logdet = density
     else:
-        z = rademacher(probes, operator.dim, generator, operator.dtype, operator.device) * keep
-        logdet = slq_from_run(lanczos(target, z, steps), operator.dim, null_weight=nulls)
-    z = rademacher(probes, operator.dim, generator, operator.dtype, operator.device) * keep
-    trace = slq_from_run(lanczos(target, z * q_half, steps), operator.dim,
-                         null_weight=float((q_half**2 * ~keep).sum()))
+        logdet = slq_from_run(run_lanczos(target, draw, probes, steps, memory), operator.dim, null_weight=nulls)
+    trace = slq_from_run(run_lanczos(target, lambda count: draw(count) * q_half, probes, steps, memory),
+                         operator.dim, null_weight=float((q_half**2 * ~keep).sum()))
     if form == "adamw" or support is None:
-        support = spectral_support(target, generator).bounds()
+        restart = RESTART_ENDS if memory is not None and memory.restart else None
+        support = spectral_support(target, generator, restart=restart).bounds()
     return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace, tuple(support))
 
 

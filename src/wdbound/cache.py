@@ -84,3 +84,10 @@ class NoCache(Cache):
 
     def put(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         return None
+
+
+class WriteOnlyCache(Cache):
+    """Writes entries, never reads them (rank 0 of a multi-process run: every rank must compute)."""
+
+    def get(self, key: str):
+        return None

@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import WdboundError
 from .io_utils import atomic_path, sha256_file
-from .models import build_model
+from .models import arch_arguments, build_model, infer_arch_kwargs
 
 FORMAT = "wdbound/1"
 _FACT_FLAGS = {"eta": "--lr", "lam": "--wd", "batch_size": "--batch-size", "n_train": "--n-train"}
@@ -118,10 +118,15 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     meta = copy.deepcopy(meta)
     if arch is not None:
         meta["arch"] = arch
-    if arch_kwargs is not None:
-        meta["arch_kwargs"] = dict(arch_kwargs)
     if not meta.get("arch"):
         raise WdboundError(f"{path} is a plain state_dict without an architecture", "--arch")
+    if meta.get("format") == "state_dict" and not str(meta["arch"]).startswith("factory:"):
+        # a plain state_dict: what its shapes say (classes, stem, widths, image size), under any --arch-kwarg
+        inferred = infer_arch_kwargs(meta["arch"], state_dict)
+        meta["arch_kwargs_inferred"] = inferred
+        meta["arch_kwargs"] = {**inferred, **dict(arch_kwargs or {})}
+    elif arch_kwargs is not None:
+        meta["arch_kwargs"] = dict(arch_kwargs)
     train = meta.setdefault("train", {})
     for key, value in (("eta", lr), ("lam", wd), ("batch_size", batch_size), ("n_train", n_train)):
         if value is not None:
@@ -210,6 +215,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def _fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    takes = arch_arguments(arch)
+    hint = (f"; {arch} takes {', '.join(takes)}: pass the one that differs as --arch-kwarg KEY=VALUE"
+            if takes else "; pass the architecture's arguments as --arch-kwarg KEY=VALUE")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -219,13 +227,13 @@ def _fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch:
             parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
-        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}", "--arch")
+        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}{hint}", "--arch")
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise WdboundError(
                 f"{path}: state_dict does not fit arch {arch!r}: {key} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(expected[key].shape)}",
-                "--arch",
+                f"the model expects {tuple(expected[key].shape)}{hint}",
+                "--arch-kwarg",
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise WdboundError(f"{path}: weights contain NaN or infinity ({key})")

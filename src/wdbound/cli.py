@@ -47,10 +47,73 @@ def say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
-def progress_bar() -> Progress:
+def progress_bar():
+    """rich's bar on a terminal; elsewhere (log files, CI, nohup) a :class:`LogProgress` line every ~10 s."""
+    if not err_console.is_terminal:
+        return LogProgress()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=False, disable=not err_console.is_terminal)
+                    console=err_console, transient=False)
+
+
+class LogProgress:
+    """Progress for a stderr that is not a terminal: one plain line per task at most every ``interval``
+    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned, elapsed, ETA. The subset of rich's
+    ``Progress`` the commands use."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        import os
+        import time
+
+        self.clock = time.monotonic
+        self.interval = float(os.environ.get("WDBOUND_PROGRESS_INTERVAL", 10.0)) if interval is None else interval
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "LogProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total=None, info: str = "", **_fields) -> int:
+        now = self.clock()
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "start": now,
+                                       "last": now, "info": info}
+        return len(self.tasks) - 1
+
+    def advance(self, task: int, amount: float = 1) -> None:
+        self.update(task, completed=self.tasks[task]["completed"] + amount)
+
+    def update(self, task: int, *, total=None, completed=None, info: str | None = None, **_fields) -> None:
+        state = self.tasks[task]
+        if total is not None:
+            state["total"] = total
+        if completed is not None:
+            state["completed"] = completed
+        if info is not None:
+            state["info"] = info
+        now = self.clock()
+        if now - state["last"] >= self.interval:
+            state["last"] = now
+            self._log(state, now)
+
+    def _log(self, state: dict, now: float) -> None:
+        elapsed, done, total = now - state["start"], state["completed"], state["total"]
+        planned = f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
+        eta = (f", ETA {_clock(elapsed * (total - done) / done)}" if total and 0 < done < total else "")
+        err_console.print(f"[progress] {state['description']}: {planned}, elapsed {_clock(elapsed)}{eta}"
+                          + (f" ({state['info']})" if state["info"] else ""), highlight=False, markup=False,
+                          soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def show_plan(plan) -> None:
+    """The memory plan, on stderr before the first HVP."""
+    err_console.print(plan.summary(), highlight=False, markup=False, soft_wrap=True)
 
 
 def parse_kwargs(items: List[str]) -> dict:
@@ -224,7 +287,7 @@ class Opt:
 
     data = typer.Option(None, help="Data spec to evaluate on: digits, cifar10:PATH, imagefolder:PATH (default: the checkpoint's training data).")
     split = typer.Option("test", help="Split the Hessian is evaluated on: test (the paper's choice) or train.")
-    max_samples = typer.Option(None, help="Use only the first N examples of the split (default: all).")
+    max_samples = typer.Option(None, help="Use N examples of the split, a random subset drawn with --seed (recorded in the JSON; default: all).")
     probes = typer.Option(16, help="SLQ / Hutchinson Rademacher probes k.")
     steps = typer.Option(80, help="Lanczos steps m per probe.")
     top_k = typer.Option(5, help="How many largest eigenvalues to report.")
@@ -249,12 +312,21 @@ class Opt:
     n_train = typer.Option(None, help="Override n, the training-set size.")
     cache_dir = typer.Option(None, help="Spectrum cache folder (default $WDBOUND_CACHE_DIR, else ~/.cache/wdbound).")
     no_cache = typer.Option(False, "--no-cache", help="Neither read nor write the spectrum cache.")
+    memory = typer.Option("auto", help="Memory budget, e.g. 8GB or 16GiB; auto: 70% of the free RAM (85% of the free GPU memory on CUDA). The plan is printed before the first HVP; a plan that cannot fit stops the run up front.")
+    lanczos = typer.Option("auto", help="Lanczos storage: auto (the memory plan decides), full (whole basis, full re-orthogonalisation) or low-memory (three-term recurrence in probe blocks, thick-restart top-k; docs/low-memory.md).")
+    tf32 = typer.Option(False, "--tf32", help="Allow TF32 matmuls / convolutions on CUDA for float32 HVPs (faster, 10-bit mantissa). Off by default.")
+    params = typer.Option([], "--params", help="Restrict the Hessian to parameters whose name matches this glob (e.g. 'layer4.*'), repeatable; the others are held fixed.")
+    workers = typer.Option(0, help="DataLoader worker processes for imagefolder / cifar10 data (results do not depend on it).")
 
 
 def make_cache(cache_dir: Optional[Path], no_cache: bool):
-    from .cache import Cache, NoCache
+    """The spectrum cache; in a multi-process run rank 0 writes it and no rank reads it."""
+    from .cache import Cache, NoCache, WriteOnlyCache
+    from .distributed import is_main, shard
 
-    return NoCache() if no_cache else Cache(cache_dir)
+    if no_cache or not is_main():
+        return NoCache()
+    return WriteOnlyCache(cache_dir) if shard() is not None else Cache(cache_dir)
 
 
 def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str = "float32", model_factory=None):
@@ -295,7 +367,7 @@ def run_analysis(ckpt, settings, label: str, cache, forms, floors, bar=None, tar
     def go(progress):
         task = progress.add_task(f"HVPs {label}", total=total, info="")
         result = analyse(ckpt, settings, forms=forms, floors=floors, cache=cache,
-                         on_hvps=lambda n: progress.advance(task, n), targets=tuple(targets))
+                         on_hvps=lambda n: progress.advance(task, n), targets=tuple(targets), on_plan=show_plan)
         progress.update(task, total=max(result.hvps, 1), completed=max(result.hvps, 1),
                         info="cached" if result.hvps == 0 else "")
         return result
@@ -318,6 +390,9 @@ def spectrum(
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
+    memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
+    workers: int = Opt.workers,
+    per_layer: bool = typer.Option(False, "--per-layer", help="One spectrum per parameter tensor (its diagonal Hessian block; with --params, the matching ones): top-1, trace, density."),
     backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
@@ -334,7 +409,10 @@ def spectrum(
     ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype, model_factory)
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
-                                 diagonal="hutchinson", loss=loss)
+                                 diagonal="hutchinson", loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
+                                 params=tuple(params), workers=workers)
+    if per_layer:
+        return spectrum_per_layer(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), json_path)
     result = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), [], []).spectrum
     render_spectrum(result)
     if plot is not None:
@@ -346,6 +424,29 @@ def spectrum(
                                                      np.stack([result.diagonal.estimate, result.diagonal.stderr])))
         write_json_atomic(json_path, result.to_json(str(diag_path)))
         say(f"wrote {json_path} and {diag_path}")
+
+
+def spectrum_per_layer(ckpt, settings, label: str, cache, json_path: Optional[Path]) -> None:
+    """``spectrum --per-layer``: one row per parameter tensor, rendered as each finishes."""
+    from .io_utils import write_json_atomic
+    from .spectrum import per_layer_spectra
+
+    table = Table("parameter", "d", "top-1", "trace", "+/-", "neg. mass", "zero rows", "HVPs", title=f"{label}: per-layer Hessian blocks")
+    with progress_bar() as bar:
+        task = bar.add_task(f"HVPs {label} per layer", total=None, info="")
+        layers = per_layer_spectra(ckpt, settings, on_hvps=lambda n: bar.advance(task, n), cache=cache,
+                                   on_plan=None, on_layer=lambda layer: bar.update(task, info=layer.name))
+    for layer in layers:
+        s = layer.spectrum
+        table.add_row(layer.name, str(s.d), f"{s.top.values[0]:.6g}", f"{s.trace.estimate:.6g}",
+                      f"{s.trace.stderr:.2g}", f"{100 * s.negative_mass:.2f}%", str(len(s.zero_rows)), str(s.hvps))
+    console.print(table)
+    if json_path is not None:
+        from dataclasses import asdict
+
+        write_json_atomic(json_path, {"checkpoint": str(ckpt.path), "settings": asdict(settings),
+                                      "layers": [layer.to_json() for layer in layers]})
+        say(f"wrote {json_path}")
 
 
 def render_spectrum(result) -> None:
@@ -403,6 +504,8 @@ def err(
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
     n_train: Optional[int] = Opt.n_train, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
+    memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
+    workers: int = Opt.workers,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
 ) -> None:
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
@@ -418,7 +521,8 @@ def err(
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
                                  hvp_batch_size, resolve_exact(exact, inputs.d), diagonal=diagonal, rtol=rtol,
-                                 max_hvps=max_hvps, loss=loss)
+                                 max_hvps=max_hvps, loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
+                                 params=tuple(params), workers=workers)
     sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
     floors = sorted({inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)})
     analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors,
@@ -544,6 +648,7 @@ def table(
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
+    memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, workers: int = Opt.workers,
     layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
@@ -563,7 +668,8 @@ def table(
     if layout_name not in LAYOUTS:
         raise WdboundError(f"unknown --layout {layout_name!r}; use auto, long or paper", "--layout")
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
-                                 hvp_batch_size, False, diagonal="hutchinson", rtol=rtol, max_hvps=max_hvps)
+                                 hvp_batch_size, False, diagonal="hutchinson", rtol=rtol, max_hvps=max_hvps,
+                                 memory=memory, lanczos=lanczos, tf32=tf32, workers=workers)
     files = _checkpoint_paths(paths)
     cache = make_cache(cache_dir, no_cache)
     rows, failures, spectra = [], [], {}
@@ -749,8 +855,8 @@ def check(
     probes: int = typer.Option(4, help="New baselines only: SLQ probes k."),
     steps: int = typer.Option(40, help="New baselines only: Lanczos steps m."),
     seed: int = typer.Option(0, help="New baselines only: seed of every probe."),
-    max_samples: Optional[int] = typer.Option(None, help="New baselines only: first N examples of the test split."),
-    device: str = Opt.device,
+    max_samples: Optional[int] = typer.Option(None, help="New baselines only: N examples of the test split (a seeded random subset)."),
+    device: str = Opt.device, memory: str = Opt.memory,
 ) -> None:
     """Recompute the bounds of a baseline's checkpoints with its settings and seeds; exit 1 if any moved beyond tolerance."""
     import time
@@ -790,7 +896,7 @@ def check(
     try:
         spectrum_cfg = data["settings"]["spectrum"]
         settings = SpectrumSettings(**{**spectrum_cfg, "device": device, "exact": False, "diagonal": "hutchinson",
-                                       "rtol": 0.0})
+                                       "rtol": 0.0, "memory": memory})
         settings.validate()
         rho, tau, floor = data["settings"].get("rho"), float(data["settings"]["tau"]), float(data["settings"]["sigma_floor"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -846,9 +952,17 @@ def check(
 # ---------------------------------------------------------------- entry point
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Run the CLI. Bad input is one line on stderr and exit code 2 (SystemExit)."""
+    """Run the CLI. Bad input is one line on stderr and exit code 2 (SystemExit). Under torchrun with several
+    processes, rank 0 alone prints and writes (see :mod:`wdbound.distributed`)."""
+    from .distributed import finish, init_from_env, is_main
+
     try:
+        init_from_env()
+        if not is_main():
+            console.quiet = err_console.quiet = True
         app(args=argv, prog_name="wdbound")
     except WdboundError as exc:
         print_error(exc)
         raise SystemExit(2) from None
+    finally:
+        finish()

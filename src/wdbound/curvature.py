@@ -33,7 +33,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from .data import iterate_batches
+from .data import evaluation_subset, iterate_batches
 from .errors import WdboundError
 
 HVP_MODES = ("forward-over-reverse", "double-backward")
@@ -105,7 +105,15 @@ class HessianOperator:
     batch_size:
         Examples per chunk of the streamed HVP (memory knob, not the training b).
     max_samples:
-        Use the first N examples of the dataset.
+        Use N examples of the dataset: a random subset drawn with ``sample_seed`` when given, else the first N.
+    sample_seed:
+        Seed of the ``max_samples`` subset (:func:`wdbound.data.evaluation_subset`).
+    workers:
+        DataLoader worker processes reading a file-backed dataset (0: read in this process).
+    shard:
+        ``(rank, world)``: this process evaluates only its contiguous share of the evaluation examples and
+        every product is summed over the processes with ``torch.distributed.all_reduce`` (gloo on CPU, NCCL
+        on GPU), so each rank holds the full HVP. Every rank must call ``matmat`` with the same vectors.
     mode:
         ``forward-over-reverse`` or ``double-backward``.
     probe_chunk:
@@ -121,7 +129,8 @@ class HessianOperator:
     def __init__(self, model: nn.Module, dataset: Dataset, *, batch_size: int = 512, max_samples: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
                  mode: str = "forward-over-reverse", probe_chunk: int = 64,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, params=None) -> None:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, params=None,
+                 sample_seed: int | None = None, workers: int = 0, shard: tuple[int, int] | None = None) -> None:
         if mode not in HVP_MODES:
             raise WdboundError(f"unknown HVP mode {mode!r}; use {' or '.join(HVP_MODES)}", "--hvp")
         self.device = torch.device(device)
@@ -152,16 +161,37 @@ class HessianOperator:
         self.dataset = dataset
         self.batch_size = batch_size
         self.max_samples = max_samples
+        self.workers = workers
+        self.subset = evaluation_subset(len(dataset), max_samples, sample_seed) if sample_seed is not None else None
         self.n_eval = min(len(dataset), max_samples) if max_samples else len(dataset)
         if self.n_eval == 0:
             raise WdboundError("the evaluation set is empty", "--max-samples")
+        self.rank, self.world = shard if shard is not None else (0, 1)
+        self.local = None  # the example indices of this rank (None: all, one process)
+        if self.world > 1:
+            order = self.subset if self.subset is not None else torch.arange(self.n_eval)
+            self.local = order[self.rank * self.n_eval // self.world:(self.rank + 1) * self.n_eval // self.world]
+            if len(self.local) == 0:
+                raise WdboundError(f"{self.n_eval} evaluation examples cannot be shared by {self.world} processes",
+                                   "--nproc-per-node")
         self.matvecs = 0
         self.on_matvecs: Callable[[int], None] | None = None
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         first_inputs, _ = next(iterate_batches(dataset, 1))
-        if first_inputs[0].numel() * self.n_eval * torch.finfo(dtype).bits // 8 <= CACHE_BYTES:
+        local_count = self.n_eval if self.local is None else len(self.local)
+        self.resident = first_inputs[0].numel() * local_count * torch.finfo(dtype).bits // 8 <= CACHE_BYTES
+        if self.resident:
             self._cache = list(self._stream())
         self._check_loss()
+
+    def rechunk(self, batch_size: int) -> None:
+        """Stream ``batch_size`` examples per HVP chunk from now on (a memory knob: the product is the same
+        size-weighted mean, equal up to rounding)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        if self._cache is not None:
+            self._cache = list(self._stream())
 
     def _check_loss(self) -> None:
         """The loss of the first chunk must be a finite scalar (a custom ``loss_fn`` is checked here, once)."""
@@ -181,7 +211,9 @@ class HessianOperator:
     # ---- data
 
     def _stream(self):
-        for inputs, labels in iterate_batches(self.dataset, self.batch_size, max_samples=self.max_samples):
+        subset = self.local if self.local is not None else self.subset
+        for inputs, labels in iterate_batches(self.dataset, self.batch_size, max_samples=self.max_samples,
+                                              subset=subset, workers=self.workers):
             labels = labels.to(self.device, self.dtype) if labels.is_floating_point() else labels.to(self.device)
             yield inputs.to(self.device, self.dtype), labels
 
@@ -214,6 +246,7 @@ class HessianOperator:
                 block = vectors[start:start + self.probe_chunk]
                 out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels,
                                                                                    mode or self.mode)
+        self._reduce(out)
         self.matvecs += vectors.shape[0]
         if self.on_matvecs is not None:
             self.on_matvecs(vectors.shape[0])
@@ -231,6 +264,11 @@ class HessianOperator:
         return self._chunk_hvp(block, inputs, labels, "double-backward" if self.fallback else mode)
 
     def _chunk_hvp(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
+        with _math_attention():
+            return self._chunk_hvp_inner(block, inputs, labels, mode)
+
+    def _chunk_hvp_inner(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+                         mode: str) -> torch.Tensor:
         if mode == "forward-over-reverse":
             gradient = grad(self.loss)
 
@@ -245,16 +283,46 @@ class HessianOperator:
                     for i, v in enumerate(block)]
         return torch.stack(rows).detach()
 
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the processes in place (nothing in one process)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
     def gradient(self) -> torch.Tensor:
         """Gradient ``[d]`` of the mean loss (for cost ratios and sanity checks)."""
         out = torch.zeros_like(self.params)
         for inputs, labels in self.chunks():
             out += labels.shape[0] / self.n_eval * grad(self.loss)(self.params, inputs, labels)
-        return out
+        return self._reduce(out)
 
     def mean_loss(self) -> float:
+        """The mean loss over the evaluation set."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
         with torch.no_grad():
-            return float(sum(self.loss(self.params, x, y) * y.shape[0] for x, y in self.chunks()) / self.n_eval)
+            for x, y in self.chunks():
+                total += self.loss(self.params, x, y) * y.shape[0]
+        return float(self._reduce(total) / self.n_eval)
+
+
+def _math_attention():
+    """``F.scaled_dot_product_attention`` on its math kernel: the fused CPU / flash kernels have no double
+    backward (timm's and torchvision's ViTs call it); the math kernel is plain differentiable ops."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no fused-kernel selection, the math path is used for second derivatives
+        import contextlib
+
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor-core matmuls and convolutions on CUDA (10-bit mantissa): off unless asked (``--tf32``)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def _parameter_filter(params) -> Callable[[str, torch.Tensor], bool]:

@@ -90,6 +90,20 @@ class ArrayDataset(Dataset):
         return self.images[index], int(self.labels[index])
 
 
+def evaluation_subset(size: int, count: int | None, seed: int) -> torch.Tensor | None:
+    """``--max-samples``: ``count`` of ``size`` examples drawn without replacement by a generator seeded with
+    ``seed`` (its own stream: the probes do not depend on it), in ascending index order; None for all.
+
+    >>> evaluation_subset(10, 3, 0).tolist(), evaluation_subset(10, None, 0), evaluation_subset(3, 5, 0)
+    ([1, 4, 7], None, None)
+    """
+    if count is None or count >= size:
+        return None
+    if count < 1:
+        raise WdboundError(f"max samples {count} must be >= 1", "--max-samples")
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
 def load_dataset(spec: str | DataSpec, split: str = "test", image_size: int | None = None) -> Dataset:
     """Return the ``split`` ("train" or "test") of a data spec as a torch Dataset.
 
@@ -232,12 +246,14 @@ def _imagefolder(root: Path, split: str, image_size: int) -> Dataset:
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Generator | None = None,
-                    max_samples: int | None = None):
+                    max_samples: int | None = None, subset: torch.Tensor | None = None, workers: int = 0):
     """Yield ``(inputs [B, C, H, W], labels [B] int64)`` batches.
 
     With ``generator`` the order is a seeded random permutation (training);
     without, the dataset order (evaluation). ``max_samples`` keeps the first N
-    examples of that order.
+    examples of that order; ``subset`` (indices) replaces the order. ``workers`` > 0 reads files
+    (ImageFolder, any map-style dataset) through a ``DataLoader`` with that many worker processes;
+    the batches are the same.
     """
     if batch_size < 1:
         raise WdboundError(f"batch size {batch_size} must be >= 1", "--batch-size")
@@ -247,6 +263,16 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Gener
             raise WdboundError(f"max samples {max_samples} must be >= 1", "--max-samples")
         total = min(total, max_samples)
     order = torch.randperm(len(dataset), generator=generator)[:total] if generator is not None else torch.arange(total)
+    if subset is not None:
+        order, total = subset, len(subset)
+    if workers > 0 and not isinstance(dataset, ArrayDataset):
+        from torch.utils.data import DataLoader, Subset
+
+        loader = DataLoader(Subset(_IntLabels(dataset), order.tolist()), batch_size=batch_size, shuffle=False,
+                            num_workers=workers)
+        for inputs, labels in loader:
+            yield inputs, labels.to(torch.int64)
+        return
     for start in range(0, total, batch_size):
         index = order[start:start + batch_size]
         if isinstance(dataset, ArrayDataset):

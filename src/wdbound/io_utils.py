@@ -17,8 +17,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     On any exception (Ctrl-C included) the temporary file is removed and
     ``path`` is left as it was. The file gets the usual mode under the umask (0644 under 022), not
-    mkstemp's 0600. Missing parent folders are created.
+    mkstemp's 0600. Missing parent folders are created. In a multi-process run only rank 0 writes: the
+    other ranks write to a scratch file that is thrown away.
     """
+    from .distributed import is_main
+
+    if not is_main():
+        fd, tmp = tempfile.mkstemp(prefix="wdbound-rank-", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -18,31 +18,95 @@ from .errors import WdboundError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _INPUT_SHAPE: dict[str, Callable[..., tuple[int, ...]]] = {}
+_INFER: dict[str, Callable[[dict], dict]] = {}
+TIMM_PREFIX = "timm:"
+StateDict = dict  # parameter name -> tensor
 
 
-def register(name: str, input_shape: Callable[..., tuple[int, ...]]):
+def register(name: str, input_shape: Callable[..., tuple[int, ...]], infer: Callable[[StateDict], dict] | None = None):
+    """Register an architecture: its factory, the input shape it expects, and how to read its keyword
+    arguments back from a state_dict's shapes (``infer``)."""
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = factory
         _INPUT_SHAPE[name] = input_shape
+        if infer is not None:
+            _INFER[name] = infer
         return factory
 
     return wrap
 
 
 def available() -> list[str]:
+    """Registered architecture names (``timm:<model>`` and ``factory:module:function`` come on top)."""
     return sorted(_REGISTRY)
 
 
 def build_model(arch: str, **arch_kwargs) -> nn.Module:
-    """Construct a registered architecture, or ``factory:module:function`` (random init, eval mode not set)."""
+    """Construct a registered architecture, ``timm:<name>`` or ``factory:module:function`` (random init, eval
+    mode not set)."""
     if arch.startswith("factory:"):
         return build_from_factory(arch[len("factory:"):], **arch_kwargs)
+    if arch.startswith(TIMM_PREFIX):
+        return _timm_model(arch[len(TIMM_PREFIX):], **arch_kwargs)
     if arch not in _REGISTRY:
-        raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}", "--arch")
+        raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}, timm:<model>, "
+                           "or --model-factory", "--arch")
     try:
         return _REGISTRY[arch](**arch_kwargs)
     except TypeError as exc:
-        raise WdboundError(f"bad arguments for architecture {arch!r}: {exc}") from None
+        raise WdboundError(f"bad arguments for architecture {arch!r}: {exc}", "--arch-kwarg") from None
+
+
+def arch_arguments(arch: str) -> list[str]:
+    """The keyword arguments an architecture takes (for error messages)."""
+    import inspect
+
+    factory = _REGISTRY.get(arch)
+    return list(inspect.signature(factory).parameters) if factory is not None else []
+
+
+def infer_arch_kwargs(arch: str, state_dict: StateDict) -> dict:
+    """Architecture arguments read from a state_dict's shapes (classes, stem, widths, depth, image size, patch);
+    those the shapes do not determine are left out (the factory's default applies). ``{}`` when the
+    architecture has no rule or the state_dict does not look like it (the fit check then names the misfit)."""
+    rule = _timm_infer if arch.startswith(TIMM_PREFIX) else _INFER.get(arch)
+    if rule is None:
+        return {}
+    try:
+        return rule(state_dict)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _shape(state_dict: StateDict, key: str) -> tuple[int, ...]:
+    return tuple(state_dict[key].shape)
+
+
+def _timm_model(name: str, **kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise WdboundError(f"architecture timm:{name} needs timm (pip install 'wdbound[timm]')", "--arch") from None
+    if name not in timm.list_models():
+        raise WdboundError(f"timm has no model {name!r} (see timm.list_models())", "--arch")
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise WdboundError(f"bad arguments for timm:{name}: {exc}", "--arch-kwarg") from None
+
+
+def _timm_infer(state_dict: StateDict) -> dict:
+    """timm ViTs: classes from ``head.weight``, image size from ``pos_embed`` and the patch of ``patch_embed``."""
+    out = {}
+    if "head.weight" in state_dict:
+        out["num_classes"] = _shape(state_dict, "head.weight")[0]
+    if "pos_embed" in state_dict and "patch_embed.proj.weight" in state_dict:
+        patch = _shape(state_dict, "patch_embed.proj.weight")[-1]
+        tokens = _shape(state_dict, "pos_embed")[1] - (1 if "cls_token" in state_dict else 0)
+        side = math.isqrt(tokens)
+        if side * side == tokens:
+            out["img_size"] = side * patch
+    return out
 
 
 FACTORY_PREFIX = "factory:"
@@ -82,6 +146,11 @@ def build_from_factory(spec: str, **kwargs) -> nn.Module:
 
 def input_shape(arch: str, **arch_kwargs) -> tuple[int, ...]:
     """Shape of one input example (C, H, W) the architecture expects."""
+    if arch.startswith(TIMM_PREFIX):
+        model = build_model(arch, **arch_kwargs)
+        config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
+        size = arch_kwargs.get("img_size") or (config.get("input_size") or (3, 224, 224))[-1]
+        return (int(arch_kwargs.get("in_chans", 3)), int(size), int(size))
     if arch not in _INPUT_SHAPE:
         raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}", "--arch")
     return _INPUT_SHAPE[arch](**arch_kwargs)
@@ -97,7 +166,12 @@ def _digits_shape(**_: object) -> tuple[int, ...]:
     return (1, 8, 8)
 
 
-@register("digits-mlp", _digits_shape)
+def _infer_digits_mlp(sd: StateDict) -> dict:
+    weights = sorted((int(k.split(".")[0]), v.shape) for k, v in sd.items() if k.endswith(".weight"))
+    return {"hidden": weights[0][1][0], "depth": len(weights) - 1, "num_classes": weights[-1][1][0]}
+
+
+@register("digits-mlp", _digits_shape, _infer_digits_mlp)
 def digits_mlp(hidden: int = 32, depth: int = 1, num_classes: int = 10) -> nn.Module:
     """MLP on flattened 8x8 digits: ``depth`` hidden tanh layers of ``hidden`` units.
 
@@ -133,7 +207,8 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-@register("digits-cnn", _digits_shape)
+@register("digits-cnn", _digits_shape, lambda sd: {"channels": _shape(sd, "features.0.weight")[0],
+                                                   "num_classes": _shape(sd, "head.weight")[0]})
 def digits_cnn(channels: int = 8, num_classes: int = 10) -> nn.Module:
     return DigitsCNN(channels, num_classes)
 
@@ -202,7 +277,14 @@ class TinyViT(nn.Module):
         return self.head(self.norm(tokens[:, 0]))
 
 
-@register("digits-vit", _digits_shape)
+def _infer_digits_vit(sd: StateDict) -> dict:
+    """dim, depth, mlp width and classes (``heads`` does not change any shape: its default applies)."""
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    return {"dim": _shape(sd, "embed.weight")[0], "depth": depth, "mlp": _shape(sd, "blocks.0.mlp.0.weight")[0],
+            "num_classes": _shape(sd, "head.weight")[0]}
+
+
+@register("digits-vit", _digits_shape, _infer_digits_vit)
 def digits_vit(dim: int = 16, depth: int = 2, heads: int = 2, mlp: int = 32, num_classes: int = 10) -> nn.Module:
     return TinyViT(dim=dim, depth=depth, heads=heads, mlp=mlp, num_classes=num_classes)
 
@@ -222,14 +304,27 @@ def _resnet(factory, num_classes: int, cifar_stem: bool) -> nn.Module:
     return model
 
 
-@register("resnet18", _image_shape)
+def _infer_resnet(sd: StateDict) -> dict:
+    """Classes from ``fc.weight``; the stem from ``conv1.weight`` (3x3: CIFAR stem, 7x7: ImageNet stem). The
+    image size does not show in the weights (a ResNet is fully convolutional): its default, 32, applies."""
+    return {"num_classes": _shape(sd, "fc.weight")[0], "cifar_stem": _shape(sd, "conv1.weight")[-1] == 3}
+
+
+@register("resnet18", _image_shape, _infer_resnet)
 def resnet18(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 32) -> nn.Module:
     from torchvision.models import resnet18 as factory
 
     return _resnet(factory, num_classes, cifar_stem)
 
 
-@register("resnet50", _image_shape)
+@register("resnet34", _image_shape, _infer_resnet)
+def resnet34(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 32) -> nn.Module:
+    from torchvision.models import resnet34 as factory
+
+    return _resnet(factory, num_classes, cifar_stem)
+
+
+@register("resnet50", _image_shape, _infer_resnet)
 def resnet50(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 32) -> nn.Module:
     from torchvision.models import resnet50 as factory
 
@@ -240,7 +335,16 @@ def _vit_shape(image_size: int = 224, **_: object) -> tuple[int, ...]:
     return (3, image_size, image_size)
 
 
-@register("vit_b_16", _vit_shape)
+def _infer_vit_b_16(sd: StateDict) -> dict:
+    tokens = _shape(sd, "encoder.pos_embedding")[1] - 1
+    side = math.isqrt(tokens)
+    out = {"num_classes": _shape(sd, "heads.head.weight")[0]}
+    if side * side == tokens:
+        out["image_size"] = side * _shape(sd, "conv_proj.weight")[-1]
+    return out
+
+
+@register("vit_b_16", _vit_shape, _infer_vit_b_16)
 def vit_b_16(num_classes: int = 1000, image_size: int = 224) -> nn.Module:
     from torchvision.models import vit_b_16 as factory
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,12 +27,15 @@ import torch
 
 from .checkpoints import Checkpoint
 from .cache import Cache, cache_key
-from .curvature import Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype, zero_rows
+from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
+                        set_tf32, zero_rows)
 from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
-from .estimators.lanczos import LanczosRun, Support, slq_from_run, spectral_support
+from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
+from .memory import (LANCZOS_MODES, RESTART_ENDS, MemoryPlan, activation_floats, available_bytes, human_bytes,
+                     parse_memory, peak_bytes, plan_memory)
 from .train import library_versions
 
 EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
@@ -75,6 +78,11 @@ class SpectrumSettings:
     rtol: float = 0.0  # adaptive SLQ: widen until every err/d interval's half-width <= rtol * |err/d| (0: off)
     max_hvps: int | None = None  # cap of the adaptive refinement; None: REFINE_BUDGET x probes x steps
     loss: str = "cross-entropy"  # cross-entropy (the paper's), label-smoothing:EPS, mse (one-hot targets)
+    memory: str = "auto"  # memory budget (wdbound.memory.parse_memory) or auto: a share of the free RAM / GPU memory
+    lanczos: str = "auto"  # auto (the memory plan decides), full (whole basis) or low-memory (three-term recurrence)
+    tf32: bool = False  # CUDA TF32 matmuls / convolutions in the HVPs (float32 only; off: full float32)
+    params: tuple[str, ...] = ()  # globs of parameter names spanning the Hessian (empty: every trainable one)
+    workers: int = 0  # DataLoader workers for file-backed data (results do not depend on it)
 
     def refine_cap(self) -> int:
         """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
@@ -92,6 +100,10 @@ class SpectrumSettings:
                 raise WdboundError(f"{name} = {value} must be >= 1", flag)
         if self.probes < 2:
             raise WdboundError("probes = 1 gives no standard error; use at least 2", "--probes")
+        if self.workers < 0:
+            raise WdboundError(f"workers = {self.workers} must be >= 0", "--workers")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise WdboundError(f"max samples {self.max_samples} must be >= 1", "--max-samples")
         if self.diag_probes < 0:
             raise WdboundError(f"diag probes = {self.diag_probes} must be >= 0", "--diag-probes")
         if self.diagonal not in DIAGONAL_MODES:
@@ -101,6 +113,10 @@ class SpectrumSettings:
         if self.max_hvps is not None and self.max_hvps < 1:
             raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "--max-hvps")
         loss_function(self.loss)
+        if self.memory != "auto":
+            parse_memory(self.memory)
+        if self.lanczos not in LANCZOS_MODES:
+            raise WdboundError(f"unknown --lanczos {self.lanczos!r}; use auto, full or low-memory", "--lanczos")
 
 
 @dataclass(frozen=True)
@@ -197,18 +213,23 @@ class Spectrum:
 
 
 def deflated_density(operator, probes: int, steps: int, seed: int, generator: torch.Generator,
-                     top: TopEigen) -> tuple[LanczosRun, SLQ, Support, Deflation]:
+                     top: TopEigen, memory: LanczosMemory | None = None) -> tuple[LanczosRun, SLQ, Support, Deflation]:
     """The SLQ run every spectrum starts from: the ends of the spectrum, the exact null directions (zero rows,
     logit shift) found and removed from ``probes`` Rademacher probes, ``steps`` Lanczos steps each.
 
     ``generator`` (which drew ``top``) draws the zero-row probes and the SLQ probes; the ends and the
     logit-shift check use their own streams (``seed + 1``, ``seed + 2``), so the SLQ probes do not depend on them.
+    ``memory`` (from the memory plan) decides between the whole basis and the low-memory recurrence.
     """
-    support = spectral_support(operator, torch.Generator().manual_seed(seed + 1), top)
+    restart = RESTART_ENDS if memory is not None and memory.restart else None
+    support = spectral_support(operator, torch.Generator().manual_seed(seed + 1), top, restart=restart)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
-    z = deflation.project(rademacher(probes, operator.dim, generator, operator.dtype, operator.device))
-    run = lanczos(operator, z, steps)
+
+    def draw(count: int) -> torch.Tensor:
+        return deflation.project(rademacher(count, operator.dim, generator, operator.dtype, operator.device))
+
+    run = run_lanczos(operator, draw, probes, steps, memory)
     return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count), support, deflation
 
 
@@ -240,12 +261,92 @@ def loss_function(spec: str):
                        "--loss")
 
 
+def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_factor: int = 1) -> MemoryPlan:
+    """The memory plan of an analysis of ``operator`` under ``settings`` (see :mod:`wdbound.memory`); raises
+    the ``--memory`` error when nothing fits. Applies the plan's HVP chunk and probe block to the operator."""
+    if settings.memory == "auto":
+        free, source = available_bytes(operator.device)
+        budget, source = int(free * (0.85 if operator.device.type == "cuda" else 0.7)), f"auto: share of {source}"
+    else:
+        budget, source = parse_memory(settings.memory), "--memory"
+    example = next(operator.chunks())[0][:1]
+    exact_chunk = 256 if settings.exact else (64 if settings.exact_diagonal_for(operator.dim) else 0)
+    plan = plan_memory(dim=operator.dim, probes=settings.probes, steps=settings.steps, top_k=settings.top_k,
+                       hvp_bytes=torch.finfo(operator.dtype).bits // 8, example_floats=example.numel(),
+                       activation_per_example=activation_floats(operator.model, example), n_eval=operator.n_eval,
+                       data_resident=operator.resident, hvp_chunk=operator.batch_size,
+                       probe_chunk=operator.probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
+                       exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor)
+    if settings.exact:
+        need = operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
+        if need > budget:
+            raise WdboundError(f"--exact needs ~{human_bytes(need)} for the dense Hessian, over the "
+                               f"{human_bytes(budget)} budget", "--exact")
+    operator.probe_chunk = plan.probe_block
+    if plan.hvp_chunk != operator.batch_size:
+        operator.rechunk(plan.hvp_chunk)
+    return plan
+
+
 def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:
+    """The Hessian operator of ``ckpt`` on its evaluation data under ``settings`` (TF32 set as asked)."""
+    set_tf32(settings.tf32)
     data = evaluation_data(ckpt, settings)
     dataset = load_dataset(data, settings.split, (ckpt.meta.get("arch_kwargs") or {}).get("image_size"))
+    from .distributed import local_device, shard
+
     return HessianOperator(ckpt.model, dataset, batch_size=settings.batch_size, max_samples=settings.max_samples,
-                           device=resolve_device(settings.device), dtype=resolve_dtype(settings.dtype),
-                           mode=settings.hvp, loss_fn=loss_function(settings.loss))
+                           device=local_device(resolve_device(settings.device)), dtype=resolve_dtype(settings.dtype),
+                           mode=settings.hvp, loss_fn=loss_function(settings.loss),
+                           params=parameter_globs(settings.params), sample_seed=settings.seed,
+                           workers=settings.workers, shard=shard())
+
+
+def parameter_globs(patterns: tuple[str, ...]):
+    """``--params`` globs as the operator's parameter filter (None: every trainable parameter)."""
+    if not patterns:
+        return None
+    from fnmatch import fnmatchcase
+
+    return lambda name, _param: any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+@dataclass(frozen=True)
+class LayerSpectrum:
+    """The spectrum of the Hessian block of one parameter tensor (``--per-layer``)."""
+
+    name: str
+    spectrum: Spectrum
+
+    def to_json(self) -> dict:
+        s = self.spectrum
+        return {"name": self.name, "d": s.d, "top_eigenvalue": float(s.top.values[0]),
+                "top_residual": float(s.top.residuals[0]), "trace": s.trace.estimate, "trace_stderr": s.trace.stderr,
+                "negative_mass": s.negative_mass, "zero_rows": int(len(s.zero_rows)),
+                "logit_shift": s.shift_directions, "hvps": s.hvps, "cached": s.cached,
+                "slq": {"nodes": [n.tolist() for n in s.slq.nodes], "weights": [w.tolist() for w in s.slq.weights]}}
+
+
+def per_layer_spectra(ckpt: Checkpoint, settings: SpectrumSettings, on_hvps: Callable[[int], None] | None = None,
+                      cache: Cache | None = None, on_plan: Callable[[MemoryPlan], None] | None = None,
+                      on_layer: Callable[[LayerSpectrum], None] | None = None) -> list[LayerSpectrum]:
+    """One spectrum per trainable parameter tensor (those matching ``settings.params`` when given): the
+    diagonal Hessian block of that tensor, the other parameters held fixed. Each is cached on its own, so an
+    interrupted run keeps the finished layers; ``on_layer`` sees each as it finishes."""
+    from glob import escape
+
+    select = parameter_globs(settings.params) or (lambda _n, _p: True)
+    names = [n for n, p in ckpt.model.named_parameters() if p.requires_grad and select(n, p)]
+    if not names:
+        raise WdboundError("no trainable parameter matches --params", "--params")
+    out = []
+    for name in names:
+        layer = LayerSpectrum(name, compute_spectrum(ckpt, replace(settings, params=(escape(name),)), on_hvps, cache,
+                                                     on_plan=on_plan))
+        out.append(layer)
+        if on_layer is not None:
+            on_layer(layer)
+    return out
 
 
 def spectrum_key(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -257,11 +358,14 @@ def spectrum_key(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
 
 
 def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
-                     on_hvps: Callable[[int], None] | None = None, cache: Cache | None = None) -> Spectrum:
+                     on_hvps: Callable[[int], None] | None = None, cache: Cache | None = None,
+                     on_plan: Callable[[MemoryPlan], None] | None = None, refine_factor: int = 1) -> Spectrum:
     """Top-k, SLQ, Hutchinson trace/diagonal (and with ``exact`` the dense spectrum) of one checkpoint.
 
     With a ``cache``, a spectrum computed before with the same checkpoint and settings is returned
-    instead (``cached=True``, no live operator in ``extra``)."""
+    instead (``cached=True``, no live operator in ``extra``). ``on_plan`` receives the memory plan before
+    the first HVP; ``refine_factor`` is how much longer the longest later SLQ run may be (``err``'s
+    adaptive refinement), for the plan."""
     settings.validate()
     key = spectrum_key(ckpt, settings)
     if settings.backend != "wdbound":
@@ -272,15 +376,21 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     if settings.exact and operator.dim > EXACT_MAX_DIM:
         raise WdboundError(f"--exact builds a dense {operator.dim}x{operator.dim} Hessian; the limit is "
                            f"{EXACT_MAX_DIM} parameters", "--exact")
+    plan = memory_plan(operator, settings, refine_factor)
+    if on_plan is not None:
+        on_plan(plan)
     operator.on_matvecs = on_hvps
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
-    top = top_eigenvalues(operator, settings.top_k, generator)
+    top = top_eigenvalues(operator, settings.top_k, generator, restart=plan.restart)
     run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
-                                                        generator, top)
+                                                        generator, top, plan.memory)
     null = deflation.zero_mask
+    products = run.products if run.products is not None else (run.starts, run.first_products)
     if settings.diag_probes:
-        trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=(run.starts, run.first_products))
+        trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=products)
+    elif run.products is not None:
+        trace, diagonal = run.products.estimates()
     else:
         trace, diagonal = estimate_from_products(run.starts, run.first_products)
     exact_ev = exact_diag = dense = None
@@ -298,15 +408,37 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         "data": evaluation_data(ckpt, settings),
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": f"mean {settings.loss}, model in eval mode",
-        "cache_key": key, "hvp_fallback": operator.fallback,
+        "cache_key": key, "hvp_fallback": operator.fallback, "memory_plan": plan.to_json(),
+        "peak_memory_bytes": peak_bytes(operator.device), "eval_subset": subset_record(operator),
+        "processes": operator.world, "lanczos": run.reorth, "precision": precision(operator),
     }
     result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
                       exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64), support,
                       deflation.to_json(),
-                      extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null})
+                      extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null,
+                             "plan": plan})
     if cache is not None:
         cache.put(key, *result.to_arrays())
     return result
+
+
+def subset_record(operator: HessianOperator) -> dict | None:
+    """Which examples ``--max-samples`` kept: count, seed and a hash of the indices (None: all)."""
+    if operator.subset is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(operator.subset.numpy().astype("<i8").tobytes()).hexdigest()
+    return {"count": int(len(operator.subset)), "of": len(operator.dataset), "seed": "settings.seed",
+            "indices_sha256": digest, "first_indices": operator.subset[:10].tolist()}
+
+
+def precision(operator: HessianOperator) -> dict:
+    """The precision policy of a run, for the provenance."""
+    return {"hvp": str(operator.dtype).replace("torch.", ""), "lanczos_vectors": "float64",
+            "recurrence_and_quadrature": "float64",
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if operator.device.type == "cuda" else None,
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if operator.device.type == "cuda" else None}
 
 
 def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) -> Spectrum:

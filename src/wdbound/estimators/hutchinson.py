@@ -85,12 +85,36 @@ class _Welford:
         return self.mean.cpu().numpy(), (variance / self.count).sqrt().cpu().numpy()
 
 
+class HutchinsonSums:
+    """Probes ``Z`` and products ``HZ`` folded in block by block without keeping them: a running mean and
+    variance of ``z ⊙ Hz`` (the diagonal) and the per-probe ``zᵀHz`` (the trace). Memory: two vectors of d."""
+
+    def __init__(self) -> None:
+        self._acc = _Welford()
+        self._samples: list[np.ndarray] = []
+
+    def add(self, probes: torch.Tensor, products: torch.Tensor) -> None:
+        """Fold in a block ``Z [b, d]``, ``HZ [b, d]``."""
+        rows = probes * products
+        self._acc.add(rows)
+        self._samples.append(rows.sum(1).double().cpu().numpy())
+
+    @property
+    def count(self) -> int:
+        return self._acc.count
+
+    def estimates(self) -> tuple[TraceEstimate, DiagonalEstimate]:
+        """The trace and diagonal estimates of every probe folded in so far."""
+        if self._acc.count == 0:
+            raise ValueError("no probe was folded in")
+        return _trace(np.concatenate(self._samples)), DiagonalEstimate(*self._acc.result(), probes=self._acc.count)
+
+
 def estimate_from_products(probes: torch.Tensor, products: torch.Tensor) -> tuple[TraceEstimate, DiagonalEstimate]:
     """Trace and diagonal from probes ``Z [k, d]`` and their products ``HZ [k, d]`` (any source, e.g. Lanczos)."""
-    acc = _Welford()
-    acc.add(probes * products)
-    samples = (probes * products).sum(1).double().cpu().numpy()
-    return _trace(samples), DiagonalEstimate(*acc.result(), probes=probes.shape[0])
+    sums = HutchinsonSums()
+    sums.add(probes, products)
+    return sums.estimates()
 
 
 def _trace(samples: np.ndarray, method: str = "hutchinson") -> TraceEstimate:
@@ -100,29 +124,23 @@ def _trace(samples: np.ndarray, method: str = "hutchinson") -> TraceEstimate:
 
 
 def hutchinson(operator, probes: int, generator: torch.Generator, batch: int = 16,
-               extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[TraceEstimate, DiagonalEstimate]:
+               extra: "tuple[torch.Tensor, torch.Tensor] | HutchinsonSums | None" = None) -> tuple[TraceEstimate, DiagonalEstimate]:
     """Hutchinson trace and diagonal from ``probes`` Rademacher vectors, ``batch`` per matmat.
 
-    ``extra`` = ``(Z, HZ)`` adds probes whose products are already known
-    (e.g. the first Lanczos step of SLQ) at no matvec cost.
+    ``extra`` = ``(Z, HZ)`` (or the :class:`HutchinsonSums` of a low-memory run) adds probes whose
+    products are already known (e.g. the first Lanczos step of SLQ) at no matvec cost.
     """
     if probes < 0:
         raise ValueError(f"probes must be >= 0, got {probes}")
-    acc = _Welford()
-    samples: list[np.ndarray] = []
-    if extra is not None:
-        acc.add(extra[0] * extra[1])
-        samples.append((extra[0] * extra[1]).sum(1).double().cpu().numpy())
+    sums = extra if isinstance(extra, HutchinsonSums) else HutchinsonSums()
+    if extra is not None and not isinstance(extra, HutchinsonSums):
+        sums.add(*extra)
     done = 0
     while done < probes:
         count = min(batch, probes - done)
         z = rademacher(count, operator.dim, generator, operator.dtype, operator.device)
-        hz = operator.matmat(z)
-        acc.add(z * hz)
-        samples.append((z * hz).sum(1).double().cpu().numpy())
+        sums.add(z, operator.matmat(z))
         done += count
-    if acc.count == 0:
+    if sums.count == 0:
         raise ValueError("hutchinson needs at least one probe")
-    values = np.concatenate(samples)
-    mean, stderr = acc.result()
-    return _trace(values), DiagonalEstimate(mean, stderr, probes=acc.count)
+    return sums.estimates()

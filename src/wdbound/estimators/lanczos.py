@@ -37,7 +37,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .hutchinson import rademacher
+from .hutchinson import HutchinsonSums, rademacher
+
+VECTOR_DTYPE = torch.float64  # Lanczos vectors, recurrences and quadrature: float64 even when the HVPs are float32
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,11 @@ class LanczosRun:
     betas: np.ndarray  # [k, m-1]
     lengths: np.ndarray  # [k] steps actually taken (< m after breakdown)
     norms: np.ndarray  # [k] ||z|| of each start vector
-    first_products: torch.Tensor  # [k, d] H z (the first matvec, free for Hutchinson)
-    starts: torch.Tensor  # [k, d] the start vectors z
+    first_products: torch.Tensor | None  # [k, d] H z (the first matvec, free for Hutchinson); None when low-memory
+    starts: torch.Tensor | None  # [k, d] the start vectors z; None when low-memory
     basis: torch.Tensor | None = None  # [k, m, d] when kept
+    products: "HutchinsonSums | None" = None  # running z ⊙ Hz sums of a low-memory run (starts not kept)
+    reorth: str = "full"  # "full" (against the whole basis) or "local" (three-term recurrence, see lanczos_blocks)
 
     def tridiagonal(self, probe: int) -> np.ndarray:
         n = int(self.lengths[probe])
@@ -61,14 +65,16 @@ class LanczosRun:
 
 def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = False,
             breakdown_tol: float | None = None) -> LanczosRun:
-    """Run ``steps`` Lanczos steps from each row of ``starts`` [k, d], together."""
+    """Run ``steps`` Lanczos steps from each row of ``starts`` [k, d], together, with full
+    re-orthogonalisation (memory: the whole basis, k·m·d floats; see :func:`lanczos_blocks` for the
+    low-memory recurrence). Vectors and recurrences are float64 (``VECTOR_DTYPE``) whatever the
+    operator's precision: a float32 HVP sees its input cast down and its output cast up."""
     k, d = starts.shape
     steps = int(min(steps, d))
     if steps < 1:
         raise ValueError(f"Lanczos needs at least one step, got {steps}")
-    dtype, device = operator.dtype, operator.device
-    if breakdown_tol is None:
-        breakdown_tol = 100 * torch.finfo(dtype).eps if dtype == torch.float64 else 1e3 * torch.finfo(dtype).eps
+    dtype, device = VECTOR_DTYPE, operator.device
+    breakdown_tol = _breakdown_tol(operator, breakdown_tol)
     starts = starts.to(device, dtype)
     norms = starts.norm(dim=1)
     if bool((norms == 0).any()):
@@ -86,7 +92,7 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
     for j in range(steps):
         idx = active.nonzero().squeeze(1)
         basis[idx, j] = q[idx]
-        w = operator.matmat(q[idx])
+        w = _apply(operator, q[idx])
         if j == 0:
             first_products = w * norms[:, None]
         alpha = (w * q[idx]).sum(1)
@@ -111,6 +117,97 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
         beta_prev[idx] = beta
     return LanczosRun(alphas.numpy(), betas.numpy(), lengths.numpy(), norms.double().cpu().numpy(),
                       first_products, starts, basis if keep_basis else None)
+
+
+def _apply(operator, vectors: torch.Tensor) -> torch.Tensor:
+    """``H V`` with V in ``VECTOR_DTYPE``: cast to the operator's precision for the product, back for the recurrence."""
+    return operator.matmat(vectors.to(operator.dtype)).to(vectors.dtype)
+
+
+def _breakdown_tol(operator, breakdown_tol: float | None) -> float:
+    if breakdown_tol is not None:
+        return breakdown_tol
+    eps = torch.finfo(operator.dtype).eps  # the HVP's precision decides what counts as a zero residual
+    return 100 * eps if operator.dtype == torch.float64 else 1e3 * eps
+
+
+def lanczos_blocks(operator, draw: Callable[[int], torch.Tensor], probes: int, steps: int, *, block: int,
+                   breakdown_tol: float | None = None) -> LanczosRun:
+    r"""Low-memory SLQ: ``probes`` start vectors drawn ``block`` at a time by ``draw(count) -> [count, d]``,
+    each advanced by the three-term recurrence with local re-orthogonalisation only (against the two
+    previous vectors). Memory: about four vectors of d per probe in the block, whatever ``steps``; the
+    start vectors are not kept, their ``z ⊙ Hz`` is folded into ``products`` for Hutchinson.
+
+    Without full re-orthogonalisation the Lanczos vectors lose orthogonality once Ritz values converge
+    and "ghost" copies of converged eigenvalues appear, but the Gauss quadrature of the finite-precision
+    recursion stays accurate: Greenbaum (1989) shows it is the exact recursion of a nearby matrix whose
+    eigenvalues lie in tiny intervals around H's, and Knizhnerman (1996) and Chen, Trogdon & Ubaru (ICML
+    2021, "Analysis of stochastic Lanczos quadrature for spectrum approximation", Sec. 5) carry this to
+    SLQ: the ghosts split the weight of a converged eigenvalue, they do not add weight. The price is in
+    the nodes, not in the quadratures: measured on the zoo in ``docs/low-memory.md``.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    runs, sums = [], HutchinsonSums()
+    done = 0
+    while done < probes:
+        count = min(block, probes - done)
+        runs.append(_three_term(operator, draw(count), steps, _breakdown_tol(operator, breakdown_tol), sums))
+        done += count
+    width = max(r[0].shape[1] for r in runs)
+    alphas = np.concatenate([np.pad(r[0], ((0, 0), (0, width - r[0].shape[1]))) for r in runs])
+    betas = np.concatenate([np.pad(r[1], ((0, 0), (0, max(width - 1, 0) - r[1].shape[1]))) for r in runs])
+    return LanczosRun(alphas, betas, np.concatenate([r[2] for r in runs]), np.concatenate([r[3] for r in runs]),
+                      None, None, None, sums, "local")
+
+
+def _three_term(operator, starts: torch.Tensor, steps: int, breakdown_tol: float, sums: HutchinsonSums):
+    k, d = starts.shape
+    steps = int(min(steps, d))
+    if steps < 1:
+        raise ValueError(f"Lanczos needs at least one step, got {steps}")
+    dtype, device = VECTOR_DTYPE, operator.device
+    starts = starts.to(device, dtype)
+    norms = starts.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError("a Lanczos start vector is zero")
+    alphas = np.zeros((k, steps))
+    betas = np.zeros((k, max(steps - 1, 0)))
+    lengths = np.full(k, steps, dtype=np.int64)
+    scale = np.zeros(k)
+    q = starts / norms[:, None]
+    q_prev = torch.zeros_like(q)
+    beta_prev = torch.zeros(k, dtype=dtype, device=device)
+    active = np.ones(k, dtype=bool)
+    for j in range(steps):
+        idx = torch.from_numpy(np.flatnonzero(active)).to(device)
+        rows = np.flatnonzero(active)
+        w = _apply(operator, q[idx])
+        if j == 0:
+            sums.add(starts, w * norms[:, None])
+            del starts
+        alpha = (w * q[idx]).sum(1)
+        w = w - alpha[:, None] * q[idx] - beta_prev[idx, None] * q_prev[idx]
+        correction = (w * q[idx]).sum(1)  # local re-orthogonalisation against q_j (Paige 1976)
+        w = w - correction[:, None] * q[idx]
+        alpha = alpha + correction
+        beta = w.norm(dim=1)
+        a, b = alpha.double().cpu().numpy(), beta.double().cpu().numpy()
+        alphas[rows, j] = a
+        scale[rows] = np.maximum(scale[rows], np.abs(a) + b)
+        if j == steps - 1:
+            break
+        betas[rows, j] = b
+        broke = b <= breakdown_tol * scale[rows]
+        lengths[rows[broke]] = j + 1
+        active[rows[broke]] = False
+        if not active.any():
+            break
+        keep = torch.from_numpy(~broke).to(device)
+        q_prev[idx] = q[idx]
+        q[idx[keep]] = w[keep] / beta[keep, None]
+        beta_prev[idx] = beta
+    return alphas, betas, lengths, norms.double().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -217,7 +314,45 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQ:
 
 
 def slq_from_run(run: LanczosRun, dim: int, null_weight: float = 0.0) -> SLQ:
-    return SLQ.from_tridiagonals(run.alphas, run.betas, run.lengths, run.norms**2, dim, null_weight, run)
+    """The SLQ of a finished run. A low-memory (three-term) run counts as exact only where it broke down."""
+    complete = None if run.reorth == "full" else run.lengths < run.alphas.shape[1]
+    return SLQ.from_tridiagonals(run.alphas, run.betas, run.lengths, run.norms**2, dim, null_weight, run,
+                                 complete=complete)
+
+
+@dataclass(frozen=True)
+class LanczosMemory:
+    """How the Lanczos runs of one analysis may use memory (chosen by :mod:`wdbound.memory`).
+
+    ``full_basis_bytes``: an SLQ run keeps its whole basis (full re-orthogonalisation) when k·m·d float64
+    values fit in it, else it runs :func:`lanczos_blocks` with ``probe_block`` probes at a time.
+    ``restart``: None keeps every Lanczos vector of the top-eigenvalue and spectrum-end runs (at most
+    ``max_steps``); an integer caps that basis by thick restarts (:func:`top_eigenvalues`).
+    """
+
+    full_basis_bytes: float = math.inf
+    probe_block: int = 16
+    restart: int | None = None
+
+    def full(self, probes: int, steps: int, dim: int) -> bool:
+        return probes * min(steps, dim) * dim * VECTOR_DTYPE.itemsize <= self.full_basis_bytes
+
+    def to_json(self) -> dict:
+        return {"full_basis_bytes": None if math.isinf(self.full_basis_bytes) else int(self.full_basis_bytes),
+                "probe_block": self.probe_block, "restart": self.restart}
+
+
+FULL_MEMORY = LanczosMemory()
+
+
+def run_lanczos(operator, draw: Callable[[int], torch.Tensor], probes: int, steps: int,
+                memory: LanczosMemory | None = None) -> LanczosRun:
+    """SLQ's Lanczos runs under a memory policy: the whole basis (full re-orthogonalisation) when it fits,
+    else :func:`lanczos_blocks`. ``draw(count)`` gives the next ``count`` start vectors ``[count, d]``."""
+    memory = memory or FULL_MEMORY
+    if memory.full(probes, steps, operator.dim):
+        return lanczos(operator, draw(probes), steps)
+    return lanczos_blocks(operator, draw, probes, steps, block=memory.probe_block)
 
 
 @dataclass(frozen=True)
@@ -241,7 +376,8 @@ class TopEigen:
 
 
 def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: float | None = None,
-                    max_steps: int = 300, check_every: int = 5, atol: float = 0.0) -> TopEigen:
+                    max_steps: int = 300, check_every: int = 5, atol: float = 0.0,
+                    restart: int | None = None) -> TopEigen:
     """The ``top`` largest eigenvalues (algebraic), by Lanczos from one Gaussian start vector.
 
     Stops once every wanted Ritz value has residual ``|β_m u_{m,i}| <= tol |θ_i|``;
@@ -250,14 +386,21 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
     Default ``tol``: 1e-9 in float64, 1e-4 in float32; ``atol`` accepts a
     residual below it whatever the relative one. A single start vector
     finds each distinct eigenvalue once: an exactly repeated top eigenvalue is
-    reported once.
+    reported once. ``max_steps`` caps the HVPs.
+
+    ``restart`` (an integer >= top + 2) keeps at most that many Lanczos vectors: when the basis is full,
+    the ``top`` wanted Ritz vectors and as many more of the largest are kept and the run goes on from the
+    residual, the thick-restart Lanczos of Wu & Simon (SIAM J. Matrix Anal. Appl. 22, 2000). The residual
+    bound certifies the values exactly as without restarts. None keeps every vector (up to ``max_steps``).
     """
     dim = operator.dim
     top = min(top, dim)
     if tol is None:
         tol = 1e-9 if operator.dtype == torch.float64 else 1e-4
     max_steps = min(max_steps, dim)
-    z = torch.randn(1, dim, generator=generator, dtype=torch.float64).to(operator.device, operator.dtype)
+    z = torch.randn(1, dim, generator=generator, dtype=torch.float64).to(operator.device, VECTOR_DTYPE)
+    if restart is not None and restart < max_steps:
+        return _thick_restart(operator, top, z[0], tol, atol, max_steps, max(int(restart), top + 2), check_every)
     state = _Incremental(operator, z[0])
     while True:
         state.step()
@@ -269,8 +412,58 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
                 return TopEigen(values, residuals, m, ok or state.broke, tol)
 
 
+def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: float, max_steps: int, size: int,
+                   check_every: int) -> TopEigen:
+    """Thick-restart Lanczos (Wu & Simon 2000) with at most ``size`` vectors of d; see :func:`top_eigenvalues`.
+
+    The projected matrix ``T = Vᵀ H V`` is kept dense (it is an arrowhead plus a tridiagonal after a
+    restart); full re-orthogonalisation against the current ``size`` vectors gives its new column, and
+    ``H V = V T + w e_nᵀ`` holds throughout, so ``|β y_{n,i}|`` bounds each Ritz value's error.
+    """
+    dim = operator.dim
+    basis = torch.zeros(size, dim, dtype=VECTOR_DTYPE, device=operator.device)
+    projected = np.zeros((size, size))
+    q = start / start.norm()
+    n = matvecs = 0
+    scale = 0.0
+    eps = torch.finfo(operator.dtype).eps
+    keep_count = min(size - 1, max(top + 1, (size + top) // 2))
+    while True:
+        basis[n] = q
+        w = _apply(operator, q[None])[0]
+        matvecs += 1
+        span = basis[: n + 1]
+        h = span @ w
+        w = w - span.T @ h
+        again = span @ w
+        w = w - span.T @ again
+        column = (h + again).double().cpu().numpy()
+        projected[: n + 1, n] = column
+        projected[n, : n + 1] = column
+        beta = float(w.norm())
+        n += 1
+        scale = max(scale, float(np.abs(column).sum()) + beta)
+        broke = beta <= 100 * eps * scale or n >= dim
+        if broke or matvecs >= max_steps or n == size or (n >= top + 2 and matvecs % check_every == 0):
+            theta, vectors = np.linalg.eigh(projected[:n, :n])
+            order = np.argsort(theta)[::-1]
+            residuals = np.abs((0.0 if broke else beta) * vectors[n - 1, order])
+            values = theta[order[:top]]
+            ok = bool(np.all(residuals[:top] <= np.maximum(tol * np.maximum(np.abs(values), 1e-300), atol)))
+            if ok or broke or matvecs >= max_steps:
+                return TopEigen(values, residuals[:top], matvecs, ok or broke, tol)
+            if n == size:
+                kept = order[:keep_count]
+                ritz = torch.from_numpy(vectors[:, kept].T.copy()).to(basis.device, basis.dtype)
+                basis[:keep_count] = ritz @ basis[:n]
+                projected[:] = 0.0
+                projected[np.arange(keep_count), np.arange(keep_count)] = theta[kept]
+                n = keep_count
+        q = w / beta
+
+
 class _Incremental:
-    """Single-vector Lanczos, one step at a time, with full re-orthogonalisation."""
+    """Single-vector Lanczos, one step at a time, with full re-orthogonalisation (every vector kept)."""
 
     def __init__(self, operator, start: torch.Tensor) -> None:
         self.op = operator
@@ -286,7 +479,7 @@ class _Incremental:
 
     def step(self) -> None:
         q = self.basis[-1]
-        w = self.op.matmat(q[None])[0]
+        w = _apply(self.op, q[None])[0]
         alpha = float(w @ q)
         w = w - alpha * q - (self.betas[-1] * self.basis[-2] if self.betas else 0)
         span = torch.stack(self.basis)
@@ -338,18 +531,19 @@ class Support:
 
 
 def spectral_support(operator, generator: torch.Generator, top: TopEigen | None = None, *,
-                     rtol: float = 1e-4, max_steps: int = 150) -> Support:
+                     rtol: float = 1e-4, max_steps: int = 150, restart: int | None = None) -> Support:
     """Ends of the spectrum for the quadrature intervals (``wdbound.estimators.quadrature_interval``).
 
     Each end is a Lanczos Ritz value from a random start, minus (bottom) or plus (top) its
-    residual, the residual driven below ``rtol`` times the spectral radius. The extreme Ritz
+    residual, the residual driven below ``rtol`` times the spectral radius (``restart``: at most that
+    many Lanczos vectors, see :func:`top_eigenvalues`). The extreme Ritz
     values converge first (Kaniel–Paige), and a random start misses an extreme eigenvector with
     probability zero; ``top`` reuses a finished top-eigenvalue run.
     """
     if top is None:
-        top = top_eigenvalues(operator, 1, generator, tol=rtol, max_steps=max_steps)
+        top = top_eigenvalues(operator, 1, generator, tol=rtol, max_steps=max_steps, restart=restart)
     high = float(top.values[0] + top.residuals[0])
     bottom = top_eigenvalues(_Negated(operator), 1, generator, tol=rtol, atol=rtol * abs(high),
-                             max_steps=max_steps)
+                             max_steps=max_steps, restart=restart)
     low = float(-(bottom.values[0] + bottom.residuals[0]))
     return Support(min(low, high), high, int(top.steps + bottom.steps))

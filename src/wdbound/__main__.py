@@ -1,0 +1,5 @@
+"""``python -m wdbound`` (and ``torchrun -m wdbound``): the command-line interface."""
+
+from .cli import main
+
+main()

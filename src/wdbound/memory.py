@@ -1,0 +1,226 @@
+"""The memory plan: what an analysis will hold, decided and checked before the first HVP.
+
+A Hessian analysis holds the model (the checkpoint's copy and the operator's copy in the HVP
+precision), the evaluation data (the whole set when it is small, else one streamed chunk), the
+activations of one HVP pass (the forward pass, its tangents and the backward pass, for every vector
+of the pass), the Lanczos vectors of the SLQ probes and of the top-eigenvalue run, and the diagonal
+estimate. Only the Lanczos storage grows with the settings (k·m·d floats with full
+re-orthogonalisation), so the plan picks, in this order:
+
+1. full re-orthogonalisation (every basis vector kept) when the SLQ basis fits in the Lanczos share of
+   the budget and in ``FULL_BASIS_MAX_BYTES``; else the low-memory recurrence
+   (:func:`wdbound.estimators.lanczos.lanczos_blocks`) with the top eigenvalues by thick restart;
+2. the largest probe block (vectors per HVP pass) that fits;
+3. if a single vector still does not fit, fewer examples per streamed HVP chunk (results do not depend
+   on it beyond rounding).
+
+When nothing fits, :func:`plan_memory` raises the one-line error naming ``--memory`` (and the knobs that
+shrink the need) before any work. The activation figure is an estimate (leaf-module outputs of one
+example, times a safety factor); the peak the process really reached is measured and recorded next to it
+(:func:`peak_bytes`).
+
+>>> parse_memory("8GB"), parse_memory("512MiB"), parse_memory("1.5g")
+(8000000000, 536870912, 1610612736)
+>>> human_bytes(3 * 2**30)
+'3.00 GiB'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import WdboundError
+from .estimators.lanczos import VECTOR_DTYPE, LanczosMemory
+
+AUTO_SHARE_RAM = 0.7  # default budget: this share of the RAM available when the run starts
+AUTO_SHARE_GPU = 0.85  # ... of the free memory of the CUDA device
+FULL_BASIS_MAX_BYTES = 4 * 2**30  # above this the SLQ basis is never kept whole, whatever the budget
+LANCZOS_SHARE = 0.5  # share of what is left after model, data and activations that a full basis may take
+ACTIVATION_SAFETY = 1.5  # leaf-module outputs miss functional ops (residual adds, attention products)
+RESTART_TOP = 20  # Lanczos vectors kept by the thick-restart top-eigenvalue run (top-k up to 9)
+RESTART_ENDS = 12  # ... by the runs for the spectrum's ends
+TOP_MAX_STEPS = 300  # the unrestarted top-eigenvalue run keeps up to this many vectors
+LANCZOS_MODES = ("auto", "full", "low-memory")
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+          "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """``8GB``, ``8GiB``, ``8g`` (binary), ``512MB``, or a number of bytes -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise WdboundError(f"--memory {text!r}: use a size such as 8GB, 16GiB or 512MB", "--memory")
+    value = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value < 2**20:
+        raise WdboundError(f"--memory {text!r} is below 1 MiB", "--memory")
+    return int(value)
+
+
+def human_bytes(count: float) -> str:
+    """Bytes in GiB / MiB / KiB with two decimals."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(count) >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{int(count)} B"
+
+
+def available_bytes(device: torch.device) -> tuple[int, str]:
+    """Free memory of the device and where the figure comes from."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory of {device}"
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo"
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "free physical pages"
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30, "unknown (assumed 8 GiB)"
+
+
+def peak_bytes(device: torch.device) -> int:
+    """Peak memory this process has used so far: max RSS on the CPU, max allocated on a CUDA device."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+    except ImportError:  # not on Linux / macOS
+        return 0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if os.uname().sysname == "Darwin" else rss * 1024)
+
+
+def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
+    """Floats produced by the leaf modules in one forward pass of one example (the activation memory unit)."""
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        for item in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(item, torch.Tensor):
+                total += item.numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total + example[:1].numel()
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes each part of an analysis will hold, and the choices that make them fit in ``budget``."""
+
+    budget: int
+    budget_source: str
+    model: int
+    data: int
+    activations: int
+    lanczos: int
+    top: int
+    diagonal: int
+    lanczos_mode: str  # "full" (whole basis, full re-orthogonalisation) or "low-memory"
+    probe_block: int  # vectors per HVP pass
+    hvp_chunk: int  # examples per streamed HVP chunk
+    restart: int | None  # thick-restart basis of the top-eigenvalue run (None: unrestarted)
+
+    @property
+    def peak(self) -> int:
+        """Planned peak: the fixed parts plus the larger of the SLQ phase and the top-eigenvalue phase."""
+        return self.model + self.data + self.activations + max(self.lanczos + self.diagonal, self.top)
+
+    @property
+    def memory(self) -> LanczosMemory:
+        """The policy the Lanczos runs follow."""
+        return LanczosMemory(math.inf if self.lanczos_mode == "full" else 0.0, self.probe_block, self.restart)
+
+    def to_json(self) -> dict:
+        return {"budget": self.budget, "budget_source": self.budget_source, "model": self.model, "data": self.data,
+                "activations_estimate": self.activations, "lanczos": self.lanczos, "top": self.top,
+                "diagonal": self.diagonal, "planned_peak": self.peak, "lanczos_mode": self.lanczos_mode,
+                "probe_block": self.probe_block, "hvp_chunk": self.hvp_chunk, "restart": self.restart}
+
+    def summary(self) -> str:
+        """One line for the terminal / log."""
+        return (f"memory plan ({human_bytes(self.budget)} budget, {self.budget_source}): model "
+                f"{human_bytes(self.model)}, data {human_bytes(self.data)}, activations ~{human_bytes(self.activations)}"
+                f" ({self.probe_block} vectors x {self.hvp_chunk} examples per pass), Lanczos "
+                f"{human_bytes(self.lanczos)} ({self.lanczos_mode}), top-k {human_bytes(self.top)}"
+                f"{f' (thick restart, {self.restart} vectors)' if self.restart else ''}, diagonal "
+                f"{human_bytes(self.diagonal)}; peak ~{human_bytes(self.peak)}")
+
+
+def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int, example_floats: int,
+                activation_per_example: int, n_eval: int, data_resident: bool, hvp_chunk: int, probe_chunk: int,
+                budget: int, budget_source: str, mode: str = "auto", exact_diagonal_chunk: int = 0,
+                refine_factor: int = 1) -> MemoryPlan:
+    """Choose the Lanczos mode, the probe block and the HVP chunk that fit ``budget`` (see the module doc).
+
+    ``hvp_bytes``: bytes per float of the HVP (4 or 8); ``example_floats``: floats of one input;
+    ``activation_per_example``: :func:`activation_floats`; ``data_resident``: the whole evaluation set stays
+    on the device; ``probe_chunk``: the operator's cap on vectors per pass; ``exact_diagonal_chunk``: unit
+    vectors per pass of an exact diagonal (0: none); ``refine_factor``: the longest SLQ run is this many
+    times ``probes x steps`` (the adaptive refinement of ``err``).
+    """
+    if mode not in LANCZOS_MODES:
+        raise WdboundError(f"unknown --lanczos {mode!r}; use auto, full or low-memory", "--lanczos")
+    vec = VECTOR_DTYPE.itemsize
+    model = dim * (4 + 2 * hvp_bytes)  # checkpoint copy (float32), operator copy, flat parameter vector
+    steps = min(steps, dim)
+
+    def data_bytes(chunk: int) -> int:
+        return (n_eval if data_resident else min(chunk, n_eval)) * example_floats * hvp_bytes
+
+    def activations(vectors: int, chunk: int) -> int:
+        per_pass = activation_per_example * min(chunk, n_eval) * hvp_bytes * (2 + 3 * vectors)
+        return int(ACTIVATION_SAFETY * per_pass + 3 * vectors * dim * hvp_bytes)
+
+    full_basis = probes * refine_factor * steps * dim * vec + 4 * probes * dim * vec
+    diagonal = 2 * dim * 8 + (exact_diagonal_chunk * dim * hvp_bytes if exact_diagonal_chunk else 0)
+    fixed = model + data_bytes(hvp_chunk) + activations(min(probes, probe_chunk), hvp_chunk)
+    top = min(TOP_MAX_STEPS, dim) * dim * vec
+    if mode == "full" or (mode == "auto" and max(full_basis, top) <= FULL_BASIS_MAX_BYTES
+                          and max(full_basis + diagonal, top) <= LANCZOS_SHARE * max(budget - fixed, 0)):
+        plan = MemoryPlan(budget, budget_source, model, data_bytes(hvp_chunk),
+                          activations(min(probes, probe_chunk), hvp_chunk), full_basis, top, diagonal, "full",
+                          min(probes, probe_chunk), hvp_chunk, None)
+        if mode == "full" and plan.peak > budget:
+            raise WdboundError(f"--lanczos full keeps {human_bytes(full_basis)} of Lanczos vectors; with the rest "
+                               f"the plan needs ~{human_bytes(plan.peak)}, over the {human_bytes(budget)} budget; use "
+                               "--lanczos auto or low-memory, or raise --memory", "--memory")
+        return plan
+    restart = max(RESTART_TOP, top_k + 10)
+    top = restart * dim * vec
+    chunk = hvp_chunk
+    while True:
+        block = min(probes, probe_chunk)
+        while block >= 1:
+            lanczos = 4 * block * dim * vec
+            plan = MemoryPlan(budget, budget_source, model, data_bytes(chunk), activations(block, chunk), lanczos,
+                              top, diagonal, "low-memory", block, chunk, restart)
+            if plan.peak <= budget:
+                return plan
+            block //= 2
+        if chunk == 1:
+            break
+        chunk = max(1, chunk // 2)
+    smallest = MemoryPlan(budget, budget_source, model, data_bytes(1), activations(1, 1), 4 * dim * vec, top,
+                          diagonal, "low-memory", 1, 1, restart)
+    raise WdboundError(f"the analysis needs at least ~{human_bytes(smallest.peak)} (model {human_bytes(model)}, "
+                       f"top-k basis {human_bytes(top)}, one HVP pass ~{human_bytes(smallest.activations)}) but the "
+                       f"memory budget is {human_bytes(budget)} ({budget_source}); raise --memory, or lower "
+                       "--max-samples / use --dtype float32", "--memory")
