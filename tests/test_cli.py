@@ -73,14 +73,21 @@ def test_spectrum_bad_flags_write_nothing(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_doctests():
+    """Every module's doctests (found by walking the package, not a hand-kept list)."""
     import doctest
     import importlib
+    import pkgutil
 
-    for name in ("wdbound.estimators.hutchinson", "wdbound.estimators.meyer2020hutch", "wdbound.estimators.lanczos",
-                 "wdbound.estimators.quadrature_interval", "wdbound.optim", "wdbound.api",
-                 "wdbound.updates"):
-        result = doctest.testmod(importlib.import_module(name))
-        assert result.failed == 0 and result.attempted > 0, name
+    import wdbound
+
+    attempted = 0
+    for info in pkgutil.walk_packages(wdbound.__path__, "wdbound."):
+        if info.name.endswith("__main__"):
+            continue
+        result = doctest.testmod(importlib.import_module(info.name))
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted >= 20
 
 
 @pytest.mark.slow
@@ -243,3 +250,95 @@ def test_err_adaptive_rtol_meets_target_or_says_cap(tiny_checkpoint, tmp_path, c
     low, high = payload["adamw"]["err_mean_interval"]
     assert payload["refinement"]["status"] == "met" and (high - low) / 2 <= 0.05 * payload["adamw"]["err_mean"]
     assert payload["refinement"]["probes"] * payload["refinement"]["steps"] > 4 * 10
+
+
+# ---------------------------------------------------------------- parameter blocks, subsets, progress off a terminal
+
+def _tiny_dense(tiny_checkpoint, samples=100):
+    import torch
+
+    from wdbound import load_checkpoint, load_dataset
+    from wdbound.curvature import HessianOperator, dense_matrix
+
+    ckpt = load_checkpoint(tiny_checkpoint, dtype=torch.float64)
+    op = HessianOperator(ckpt.model, load_dataset("digits", "test"), max_samples=samples, sample_seed=0)
+    return op, dense_matrix(op).numpy()
+
+
+@pytest.mark.slow
+def test_params_and_per_layer_match_the_exact_blocks(tiny_checkpoint, tmp_path, capsys):
+    """--params '3.*' is the Hessian block of the head (exact eigenvalues equal eigvalsh of that block);
+    --per-layer gives each tensor's block, its top-1 equal to the block's largest eigenvalue."""
+    op, H = _tiny_dense(tiny_checkpoint)
+    offsets = np.cumsum([0, *op.numels])
+    blocks = {name: (int(offsets[i]), int(offsets[i + 1])) for i, name in enumerate(op.names)}
+    out = tmp_path / "head.json"
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--params", "3.*", "--exact", "on", "--max-samples", "100",
+                            "--probes", "2", "--steps", "10", "--json", out], capsys)
+    assert code == 0, err
+    lo, hi = blocks["3.weight"][0], blocks["3.bias"][1]
+    exact = np.linalg.eigvalsh(H[lo:hi, lo:hi])
+    got = json.loads(out.read_text())
+    assert got["d"] == hi - lo
+    assert np.allclose(got["exact"]["eigenvalues"], exact, atol=1e-10 * abs(exact).max())
+    out = tmp_path / "layers.json"
+    code, stdout, err = run_cli(["spectrum", tiny_checkpoint, "--per-layer", "--max-samples", "100", "--probes", "16",
+                                 "--steps", "20", "--top-k", "1", "--json", out], capsys)
+    assert code == 0, err
+    layers = json.loads(out.read_text())["layers"]
+    assert [layer["name"] for layer in layers] == op.names
+    for layer in layers:
+        lo, hi = blocks[layer["name"]]
+        block = np.linalg.eigvalsh(H[lo:hi, lo:hi])
+        assert layer["d"] == hi - lo
+        assert layer["top_eigenvalue"] == pytest.approx(block[-1], rel=1e-8)
+        # Hutchinson on the block: within 4 of its exact standard error, sqrt(2 sum_{i!=j} H_ij^2 / k)
+        sub = H[lo:hi, lo:hi]
+        stderr = np.sqrt(2 * (np.sum(sub**2) - np.sum(np.diag(sub) ** 2)) / 16)
+        assert abs(layer["trace"] - block.sum()) <= 4 * stderr + 1e-9 * abs(block).sum()
+    assert "1.weight" in stdout and "per-layer" in stdout
+
+
+def test_params_that_match_nothing(tiny_checkpoint, capsys):
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--params", "nope.*", "--probes", "2", "--steps", "4"], capsys)
+    assert code == 2 and "--params" in err and len(err.strip().splitlines()) == 1
+
+
+def test_max_samples_draws_a_recorded_seeded_subset(tiny_checkpoint, tmp_path, capsys):
+    from wdbound.data import evaluation_subset
+
+    runs = {}
+    for seed, subset_seed in ((0, 0), (1, 0), (0, 1)):
+        out = tmp_path / f"s{seed}{subset_seed}.json"
+        code, _, err = run_cli(["spectrum", tiny_checkpoint, "--max-samples", "50", "--seed", str(seed),
+                                "--subset-seed", str(subset_seed), "--probes", "2", "--steps", "4", "--top-k", "1",
+                                "--json", out], capsys)
+        assert code == 0, err
+        runs[seed, subset_seed] = json.loads(out.read_text())["provenance"]["eval_subset"]
+    assert runs[0, 0] == runs[1, 0]  # the probe seed does not move the subset
+    runs = {0: runs[0, 0], 1: runs[0, 1]}
+    assert runs[0]["count"] == 50 and runs[0]["of"] == 360 and runs[1]["seed"] == 1
+    assert runs[0]["first_indices"] == evaluation_subset(360, 50, 0)[:10].tolist()
+    assert runs[0]["indices_sha256"] != runs[1]["indices_sha256"]
+    assert evaluation_subset(360, 50, 0).tolist() != list(range(50))  # not the first N
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("WDBOUND_PROGRESS_INTERVAL", "0")
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--probes", "2", "--steps", "6", "--top-k", "1",
+                            "--no-cache"], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("[progress] HVPs")]
+    assert lines and "elapsed 0:00:" in lines[-1]
+    assert any("ETA" in line for line in lines)
+    assert err.splitlines()[0].startswith("memory plan")  # the plan comes before the first HVP's line
+
+
+def test_log_progress_throttles():
+    from wdbound.cli import LogProgress
+
+    progress = LogProgress(interval=3600)
+    task = progress.add_task("HVPs x", total=10)
+    for _ in range(10):
+        progress.advance(task)
+    assert progress.tasks[task]["completed"] == 10 and progress.tasks[task]["last"] == progress.tasks[task]["start"]

@@ -31,3 +31,67 @@ def test_unknown_arch_and_bad_kwargs():
         build_model("alexnet")
     with pytest.raises(WdboundError, match="bad arguments"):
         build_model("digits-mlp", width=3)
+
+
+# ---------------------------------------------------------------- architecture arguments from state_dict shapes
+
+INFERABLE = [
+    ("digits-mlp", {"hidden": 12, "depth": 3, "num_classes": 7}),
+    ("digits-cnn", {"channels": 5, "num_classes": 4}),
+    ("digits-vit", {"dim": 12, "depth": 3, "mlp": 20, "num_classes": 6}),
+    ("resnet18", {"num_classes": 7, "cifar_stem": False}),
+    ("resnet34", {"num_classes": 3, "cifar_stem": True}),
+    ("resnet50", {"num_classes": 5, "cifar_stem": False}),
+    ("vit_b_16", {"num_classes": 4, "image_size": 64}),
+]
+
+
+def test_every_registered_architecture_has_an_inference_case():
+    assert {arch for arch, _ in INFERABLE} == set(available())
+
+
+@pytest.mark.parametrize("arch, kwargs", INFERABLE, ids=[a for a, _ in INFERABLE])
+def test_arch_kwargs_inferred_from_a_saved_state_dict(arch, kwargs, tmp_path):
+    """Build with non-default arguments, save the plain state_dict, load it naming only --arch."""
+    from wdbound.checkpoints import load_checkpoint
+    from wdbound.models import infer_arch_kwargs
+
+    torch.manual_seed(0)
+    model = build_model(arch, **kwargs)
+    state = model.state_dict()
+    assert infer_arch_kwargs(arch, state) == kwargs
+    path = tmp_path / "plain.pt"
+    torch.save(state, path)
+    ckpt = load_checkpoint(path, arch=arch, lr=1e-3, wd=0.0, batch_size=8, n_train=100)
+    assert ckpt.meta["arch_kwargs_inferred"] == kwargs
+    assert count_parameters(ckpt.model) == count_parameters(model)
+
+
+def test_timm_vit_small_inferred_from_safetensors(tmp_path):
+    pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from wdbound.checkpoints import load_checkpoint
+
+    model = build_model("timm:vit_small_patch16_224", num_classes=7, img_size=32)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "vits.safetensors"))
+    ckpt = load_checkpoint(tmp_path / "vits.safetensors", arch="timm:vit_small_patch16_224")
+    assert ckpt.meta["arch_kwargs"] == {"num_classes": 7, "img_size": 32}
+    assert input_shape("timm:vit_small_patch16_224", img_size=32) == (3, 32, 32)
+    with torch.no_grad():
+        assert ckpt.model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_a_misfit_names_the_arch_kwarg(tmp_path):
+    """digits-vit's heads change no shape (not inferable); a wrong explicit argument is named with the
+    arguments the architecture takes."""
+    from wdbound.checkpoints import load_checkpoint
+
+    torch.save(build_model("digits-mlp", hidden=12).state_dict(), tmp_path / "mlp.pt")
+    with pytest.raises(WdboundError, match="--arch-kwarg") as info:
+        load_checkpoint(tmp_path / "mlp.pt", arch="digits-mlp", arch_kwargs={"hidden": 10})
+    assert "hidden" in str(info.value) and "digits-mlp takes hidden, depth, num_classes" in str(info.value)
+    torch.save(build_model("resnet18").state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(WdboundError, match="does not fit arch 'resnet50'") as info:
+        load_checkpoint(tmp_path / "r18.pt", arch="resnet50")
+    assert "--arch-kwarg" in str(info.value)

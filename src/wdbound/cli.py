@@ -287,7 +287,8 @@ class Opt:
 
     data = typer.Option(None, help="Data spec to evaluate on: digits, cifar10:PATH, imagefolder:PATH (default: the checkpoint's training data).")
     split = typer.Option("test", help="Split the Hessian is evaluated on: test (the paper's choice) or train.")
-    max_samples = typer.Option(None, help="Use N examples of the split, a random subset drawn with --seed (recorded in the JSON; default: all).")
+    max_samples = typer.Option(None, help="Use N examples of the split, a random subset drawn with --subset-seed (recorded in the JSON; default: all).")
+    subset_seed = typer.Option(0, help="Seed of the --max-samples subset (independent of --seed, which draws the probes).")
     probes = typer.Option(16, help="SLQ / Hutchinson Rademacher probes k.")
     steps = typer.Option(80, help="Lanczos steps m per probe.")
     top_k = typer.Option(5, help="How many largest eigenvalues to report.")
@@ -391,7 +392,7 @@ def spectrum(
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
-    workers: int = Opt.workers,
+    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
     per_layer: bool = typer.Option(False, "--per-layer", help="One spectrum per parameter tensor (its diagonal Hessian block; with --params, the matching ones): top-1, trace, density."),
     backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
@@ -410,7 +411,7 @@ def spectrum(
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
                                  diagonal="hutchinson", loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
-                                 params=tuple(params), workers=workers)
+                                 params=tuple(params), workers=workers, subset_seed=subset_seed)
     if per_layer:
         return spectrum_per_layer(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), json_path)
     result = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), [], []).spectrum
@@ -505,7 +506,7 @@ def err(
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
     n_train: Optional[int] = Opt.n_train, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
-    workers: int = Opt.workers,
+    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
 ) -> None:
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
@@ -522,7 +523,7 @@ def err(
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
                                  hvp_batch_size, resolve_exact(exact, inputs.d), diagonal=diagonal, rtol=rtol,
                                  max_hvps=max_hvps, loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
-                                 params=tuple(params), workers=workers)
+                                 params=tuple(params), workers=workers, subset_seed=subset_seed)
     sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
     floors = sorted({inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)})
     analysis = run_analysis(ckpt, settings, checkpoint.name, make_cache(cache_dir, no_cache), forms, floors,
@@ -648,7 +649,7 @@ def table(
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
-    memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, workers: int = Opt.workers,
+    memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
     layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
@@ -669,7 +670,8 @@ def table(
         raise WdboundError(f"unknown --layout {layout_name!r}; use auto, long or paper", "--layout")
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, 0, seed, device, dtype, hvp,
                                  hvp_batch_size, False, diagonal="hutchinson", rtol=rtol, max_hvps=max_hvps,
-                                 memory=memory, lanczos=lanczos, tf32=tf32, workers=workers)
+                                 memory=memory, lanczos=lanczos, tf32=tf32, workers=workers,
+                                 subset_seed=subset_seed)
     files = _checkpoint_paths(paths)
     cache = make_cache(cache_dir, no_cache)
     rows, failures, spectra = [], [], {}

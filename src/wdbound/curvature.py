@@ -162,6 +162,7 @@ class HessianOperator:
         self.batch_size = batch_size
         self.max_samples = max_samples
         self.workers = workers
+        self.sample_seed = sample_seed
         self.subset = evaluation_subset(len(dataset), max_samples, sample_seed) if sample_seed is not None else None
         self.n_eval = min(len(dataset), max_samples) if max_samples else len(dataset)
         if self.n_eval == 0:

@@ -101,6 +101,17 @@ def peak_bytes(device: torch.device) -> int:
     return int(rss if os.uname().sysname == "Darwin" else rss * 1024)
 
 
+def current_bytes(device: torch.device) -> int:
+    """Memory this process holds now (libraries, loaded checkpoint and data): RSS on the CPU, allocated on CUDA."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_bytes(device)
+
+
 def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
     """Floats produced by the leaf modules in one forward pass of one example (the activation memory unit)."""
     total = 0
@@ -127,6 +138,7 @@ class MemoryPlan:
 
     budget: int
     budget_source: str
+    baseline: int  # held by the process before the analysis (torch, the checkpoint, the evaluation data)
     model: int
     data: int
     activations: int
@@ -141,7 +153,8 @@ class MemoryPlan:
     @property
     def peak(self) -> int:
         """Planned peak: the fixed parts plus the larger of the SLQ phase and the top-eigenvalue phase."""
-        return self.model + self.data + self.activations + max(self.lanczos + self.diagonal, self.top)
+        return (self.baseline + self.model + self.data + self.activations
+                + max(self.lanczos + self.diagonal, self.top))
 
     @property
     def memory(self) -> LanczosMemory:
@@ -149,14 +162,16 @@ class MemoryPlan:
         return LanczosMemory(math.inf if self.lanczos_mode == "full" else 0.0, self.probe_block, self.restart)
 
     def to_json(self) -> dict:
-        return {"budget": self.budget, "budget_source": self.budget_source, "model": self.model, "data": self.data,
+        return {"budget": self.budget, "budget_source": self.budget_source, "baseline": self.baseline,
+                "model": self.model, "data": self.data,
                 "activations_estimate": self.activations, "lanczos": self.lanczos, "top": self.top,
                 "diagonal": self.diagonal, "planned_peak": self.peak, "lanczos_mode": self.lanczos_mode,
                 "probe_block": self.probe_block, "hvp_chunk": self.hvp_chunk, "restart": self.restart}
 
     def summary(self) -> str:
         """One line for the terminal / log."""
-        return (f"memory plan ({human_bytes(self.budget)} budget, {self.budget_source}): model "
+        return (f"memory plan ({human_bytes(self.budget)} budget, {self.budget_source}): in use "
+                f"{human_bytes(self.baseline)}, model "
                 f"{human_bytes(self.model)}, data {human_bytes(self.data)}, activations ~{human_bytes(self.activations)}"
                 f" ({self.probe_block} vectors x {self.hvp_chunk} examples per pass), Lanczos "
                 f"{human_bytes(self.lanczos)} ({self.lanczos_mode}), top-k {human_bytes(self.top)}"
@@ -167,14 +182,15 @@ class MemoryPlan:
 def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int, example_floats: int,
                 activation_per_example: int, n_eval: int, data_resident: bool, hvp_chunk: int, probe_chunk: int,
                 budget: int, budget_source: str, mode: str = "auto", exact_diagonal_chunk: int = 0,
-                refine_factor: int = 1) -> MemoryPlan:
+                refine_factor: int = 1, baseline: int = 0) -> MemoryPlan:
     """Choose the Lanczos mode, the probe block and the HVP chunk that fit ``budget`` (see the module doc).
 
     ``hvp_bytes``: bytes per float of the HVP (4 or 8); ``example_floats``: floats of one input;
     ``activation_per_example``: :func:`activation_floats`; ``data_resident``: the whole evaluation set stays
     on the device; ``probe_chunk``: the operator's cap on vectors per pass; ``exact_diagonal_chunk``: unit
     vectors per pass of an exact diagonal (0: none); ``refine_factor``: the longest SLQ run is this many
-    times ``probes x steps`` (the adaptive refinement of ``err``).
+    times ``probes x steps`` (the adaptive refinement of ``err``); ``baseline``: bytes the process already
+    holds (the budget is for the whole process).
     """
     if mode not in LANCZOS_MODES:
         raise WdboundError(f"unknown --lanczos {mode!r}; use auto, full or low-memory", "--lanczos")
@@ -191,11 +207,11 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
 
     full_basis = probes * refine_factor * steps * dim * vec + 4 * probes * dim * vec
     diagonal = 2 * dim * 8 + (exact_diagonal_chunk * dim * hvp_bytes if exact_diagonal_chunk else 0)
-    fixed = model + data_bytes(hvp_chunk) + activations(min(probes, probe_chunk), hvp_chunk)
+    fixed = baseline + model + data_bytes(hvp_chunk) + activations(min(probes, probe_chunk), hvp_chunk)
     top = min(TOP_MAX_STEPS, dim) * dim * vec
     if mode == "full" or (mode == "auto" and max(full_basis, top) <= FULL_BASIS_MAX_BYTES
                           and max(full_basis + diagonal, top) <= LANCZOS_SHARE * max(budget - fixed, 0)):
-        plan = MemoryPlan(budget, budget_source, model, data_bytes(hvp_chunk),
+        plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(hvp_chunk),
                           activations(min(probes, probe_chunk), hvp_chunk), full_basis, top, diagonal, "full",
                           min(probes, probe_chunk), hvp_chunk, None)
         if mode == "full" and plan.peak > budget:
@@ -210,7 +226,8 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
         block = min(probes, probe_chunk)
         while block >= 1:
             lanczos = 4 * block * dim * vec
-            plan = MemoryPlan(budget, budget_source, model, data_bytes(chunk), activations(block, chunk), lanczos,
+            plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk), activations(block, chunk),
+                              lanczos,
                               top, diagonal, "low-memory", block, chunk, restart)
             if plan.peak <= budget:
                 return plan
@@ -218,9 +235,10 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
         if chunk == 1:
             break
         chunk = max(1, chunk // 2)
-    smallest = MemoryPlan(budget, budget_source, model, data_bytes(1), activations(1, 1), 4 * dim * vec, top,
-                          diagonal, "low-memory", 1, 1, restart)
-    raise WdboundError(f"the analysis needs at least ~{human_bytes(smallest.peak)} (model {human_bytes(model)}, "
+    smallest = MemoryPlan(budget, budget_source, baseline, model, data_bytes(1), activations(1, 1), 4 * dim * vec,
+                          top, diagonal, "low-memory", 1, 1, restart)
+    raise WdboundError(f"the analysis needs at least ~{human_bytes(smallest.peak)} (in use "
+                       f"{human_bytes(baseline)}, model {human_bytes(model)}, "
                        f"top-k basis {human_bytes(top)}, one HVP pass ~{human_bytes(smallest.activations)}) but the "
                        f"memory budget is {human_bytes(budget)} ({budget_source}); raise --memory, or lower "
                        "--max-samples / use --dtype float32", "--memory")

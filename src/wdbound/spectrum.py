@@ -34,7 +34,7 @@ from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
-from .memory import (LANCZOS_MODES, RESTART_ENDS, MemoryPlan, activation_floats, available_bytes, human_bytes,
+from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, RESTART_ENDS, MemoryPlan, activation_floats, available_bytes, human_bytes,
                      parse_memory, peak_bytes, plan_memory)
 from .train import library_versions
 
@@ -63,6 +63,7 @@ class SpectrumSettings:
     data: str | None = None  # None: the checkpoint's training data
     split: str = "test"
     max_samples: int | None = None
+    subset_seed: int = 0  # seed of the --max-samples subset (its own stream: --seed moves only the probes)
     probes: int = 16
     steps: int = 80
     top_k: int = 5
@@ -264,9 +265,11 @@ def loss_function(spec: str):
 def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_factor: int = 1) -> MemoryPlan:
     """The memory plan of an analysis of ``operator`` under ``settings`` (see :mod:`wdbound.memory`); raises
     the ``--memory`` error when nothing fits. Applies the plan's HVP chunk and probe block to the operator."""
+    baseline = current_bytes(operator.device)
     if settings.memory == "auto":
         free, source = available_bytes(operator.device)
-        budget, source = int(free * (0.85 if operator.device.type == "cuda" else 0.7)), f"auto: share of {source}"
+        share = AUTO_SHARE_GPU if operator.device.type == "cuda" else AUTO_SHARE_RAM
+        budget, source = baseline + int(free * share), f"auto: in use + {share:.0%} of {source}"
     else:
         budget, source = parse_memory(settings.memory), "--memory"
     example = next(operator.chunks())[0][:1]
@@ -276,9 +279,9 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
                        activation_per_example=activation_floats(operator.model, example), n_eval=operator.n_eval,
                        data_resident=operator.resident, hvp_chunk=operator.batch_size,
                        probe_chunk=operator.probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
-                       exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor)
+                       exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline)
     if settings.exact:
-        need = operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
+        need = baseline + operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
         if need > budget:
             raise WdboundError(f"--exact needs ~{human_bytes(need)} for the dense Hessian, over the "
                                f"{human_bytes(budget)} budget", "--exact")
@@ -298,7 +301,7 @@ def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOpera
     return HessianOperator(ckpt.model, dataset, batch_size=settings.batch_size, max_samples=settings.max_samples,
                            device=local_device(resolve_device(settings.device)), dtype=resolve_dtype(settings.dtype),
                            mode=settings.hvp, loss_fn=loss_function(settings.loss),
-                           params=parameter_globs(settings.params), sample_seed=settings.seed,
+                           params=parameter_globs(settings.params), sample_seed=settings.subset_seed,
                            workers=settings.workers, shard=shard())
 
 
@@ -380,11 +383,27 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     if on_plan is not None:
         on_plan(plan)
     operator.on_matvecs = on_hvps
+    result = estimate_spectrum(operator, settings, plan)
+    result.provenance.update({"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
+                              "arch": ckpt.meta.get("arch"), "data": evaluation_data(ckpt, settings),
+                              "cache_key": key})
+    if cache is not None:
+        cache.put(key, *result.to_arrays())
+    return result
+
+
+def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | None = None) -> Spectrum:
+    """Every estimate of a spectrum from an operator: top-k, the deflated SLQ density and its support,
+    Hutchinson trace / diagonal from the same probes, and (``settings.exact`` / the diagonal setting) the
+    dense spectrum or the exact diagonal. Pure: no file, no cache; the probes come from ``settings.seed``.
+    ``plan`` (default: full re-orthogonalisation, unrestarted top-k) is how the Lanczos runs use memory.
+    The one owner of how a spectrum spends its HVPs (:func:`expected_hvps` counts them beside it)."""
+    memory = plan.memory if plan is not None else None
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
-    top = top_eigenvalues(operator, settings.top_k, generator, restart=plan.restart)
+    top = top_eigenvalues(operator, settings.top_k, generator, restart=plan.restart if plan is not None else None)
     run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
-                                                        generator, top, plan.memory)
+                                                        generator, top, memory)
     null = deflation.zero_mask
     products = run.products if run.products is not None else (run.starts, run.first_products)
     if settings.diag_probes:
@@ -403,23 +422,28 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     elif settings.exact_diagonal_for(operator.dim):
         exact_diag = diagonal_by_columns(operator).double().cpu().numpy()
     wall = time.perf_counter() - start
+    matvecs = getattr(operator, "matvecs", 0)
     provenance = {
-        "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
-        "data": evaluation_data(ckpt, settings),
-        "settings": asdict(settings), "device": str(operator.device), "hvp_count": operator.matvecs,
+        "settings": asdict(settings), "device": str(operator.device), "hvp_count": matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": f"mean {settings.loss}, model in eval mode",
-        "cache_key": key, "hvp_fallback": operator.fallback, "memory_plan": plan.to_json(),
-        "peak_memory_bytes": peak_bytes(operator.device), "eval_subset": subset_record(operator),
-        "processes": operator.world, "lanczos": run.reorth, "precision": precision(operator),
+        "hvp_fallback": getattr(operator, "fallback", None),
+        "memory_plan": plan.to_json() if plan is not None else None, "peak_memory_bytes": peak_bytes(operator.device),
+        "eval_subset": subset_record(operator) if isinstance(operator, HessianOperator) else None,
+        "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
     }
-    result = Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, operator.matvecs, wall, provenance,
-                      exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64), support,
-                      deflation.to_json(),
-                      extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null,
-                             "plan": plan})
-    if cache is not None:
-        cache.put(key, *result.to_arrays())
-    return result
+    return Spectrum(operator.dim, getattr(operator, "n_eval", 0), top, density, trace, diagonal, matvecs, wall,
+                    provenance, exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),
+                    support, deflation.to_json(),
+                    extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null,
+                           "plan": plan})
+
+
+def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
+    """An upper estimate of the HVPs :func:`estimate_spectrum` spends (for the progress bar): top-k (at most
+    300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes, the extra
+    diagonal probes, and d unit vectors for an exact diagonal or dense Hessian."""
+    return (min(300, dim) + 150 + 4 + settings.probes * min(settings.steps, dim) + settings.diag_probes
+            + (dim if settings.exact_diagonal_for(dim) else 0))
 
 
 def subset_record(operator: HessianOperator) -> dict | None:
@@ -429,11 +453,11 @@ def subset_record(operator: HessianOperator) -> dict | None:
     import hashlib
 
     digest = hashlib.sha256(operator.subset.numpy().astype("<i8").tobytes()).hexdigest()
-    return {"count": int(len(operator.subset)), "of": len(operator.dataset), "seed": "settings.seed",
+    return {"count": int(len(operator.subset)), "of": len(operator.dataset), "seed": operator.sample_seed,
             "indices_sha256": digest, "first_indices": operator.subset[:10].tolist()}
 
 
-def precision(operator: HessianOperator) -> dict:
+def precision(operator) -> dict:
     """The precision policy of a run, for the provenance."""
     return {"hvp": str(operator.dtype).replace("torch.", ""), "lanczos_vectors": "float64",
             "recurrence_and_quadrature": "float64",
@@ -461,12 +485,6 @@ def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) ->
                 "pyhessian_compat); no diagonal estimate",
     }
     return Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, hvps, wall, provenance)
-
-
-def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
-    """An upper estimate of the HVPs a run will use (for the progress bar)."""
-    return (min(300, dim) + 150 + 3 + settings.probes * min(settings.steps, dim) + settings.diag_probes
-            + (dim if settings.exact_diagonal_for(dim) else 0))
 
 
 def density_grid(slq: SLQ, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:

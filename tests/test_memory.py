@@ -1,0 +1,117 @@
+"""The memory plan: budget parsing, the choice between full and low-memory Lanczos, and the up-front refusal."""
+
+import json
+import math
+
+import pytest
+
+from wdbound import WdboundError
+from wdbound.memory import (FULL_BASIS_MAX_BYTES, MemoryPlan, activation_floats, human_bytes, parse_memory,
+                            plan_memory)
+
+GIB = 2**30
+
+
+def plan(**overrides) -> MemoryPlan:
+    args = dict(dim=2_000, probes=16, steps=80, top_k=5, hvp_bytes=8, example_floats=64, activation_per_example=200,
+                n_eval=360, data_resident=True, hvp_chunk=512, probe_chunk=64, budget=8 * GIB, budget_source="test")
+    args.update(overrides)
+    return plan_memory(**args)
+
+
+@pytest.mark.parametrize("text, expected", [("8GB", 8 * 10**9), ("8GiB", 8 * GIB), ("8g", 8 * GIB),
+                                            ("512MB", 512 * 10**6), ("1.5GiB", int(1.5 * GIB)),
+                                            ("3000000", 3_000_000)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "8 XB", "-1GB", "10"])
+def test_parse_memory_refuses(text):
+    with pytest.raises(WdboundError, match="--memory"):
+        parse_memory(text)
+
+
+def test_small_model_keeps_the_whole_basis():
+    p = plan()
+    assert p.lanczos_mode == "full" and p.restart is None and p.probe_block == 16
+    # k*m*d float64 basis plus four working vectors per probe
+    assert p.lanczos == 16 * 80 * 2_000 * 8 + 4 * 16 * 2_000 * 8
+    assert p.peak == p.baseline + p.model + p.data + p.activations + max(p.lanczos + p.diagonal, p.top)
+
+
+def test_resnet18_size_switches_to_low_memory_and_fits_8gb():
+    """ResNet-18 (11.2 M parameters) at the spectrum defaults: the full basis would be 115 GB."""
+    d = 11_173_962
+    p = plan(dim=d, hvp_bytes=4, example_floats=3 * 32 * 32, activation_per_example=600_000, n_eval=256,
+             data_resident=True, budget=8 * GIB)
+    assert 16 * 80 * d * 8 > 100e9
+    assert p.lanczos_mode == "low-memory" and p.restart is not None
+    assert p.peak <= 8 * GIB
+    assert p.lanczos == 4 * p.probe_block * d * 8  # O(block) vectors, independent of the steps
+    assert p.top == p.restart * d * 8
+
+
+def test_the_plan_shrinks_the_block_then_the_chunk():
+    d = 1_000_000
+    roomy = plan(dim=d, mode="low-memory", budget=64 * GIB, activation_per_example=10_000)
+    tight = plan(dim=d, mode="low-memory", budget=2 * GIB, activation_per_example=10_000)
+    assert roomy.probe_block == 16 and tight.probe_block < 16
+    tighter = plan(dim=d, mode="low-memory", budget=int(1.2 * GIB), activation_per_example=2_000_000)
+    assert tighter.hvp_chunk < 512 and tighter.peak <= 1.2 * GIB
+
+
+def test_nothing_fits_is_refused_up_front_naming_the_flag():
+    with pytest.raises(WdboundError, match="--memory") as info:
+        plan(dim=50_000_000, budget=GIB)
+    assert "needs at least" in str(info.value)
+    with pytest.raises(WdboundError, match="--lanczos"):
+        plan(mode="sideways")
+    with pytest.raises(WdboundError, match="--memory"):
+        plan(dim=3_000_000, mode="full", budget=4 * GIB)
+
+
+def test_full_basis_never_above_the_cap():
+    d = int(FULL_BASIS_MAX_BYTES / (16 * 80 * 8)) + 1000
+    assert plan(dim=d, budget=1024 * GIB).lanczos_mode == "low-memory"
+
+
+def test_activation_floats_counts_leaf_outputs():
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    # input 64 + flatten 64 + linear 32 + tanh 32 + linear 10
+    assert activation_floats(model, torch.zeros(5, 1, 8, 8)) == 64 + 64 + 32 + 32 + 10
+
+
+def test_plan_json_and_summary():
+    p = plan()
+    data = p.to_json()
+    assert data["planned_peak"] == p.peak and data["lanczos_mode"] == "full"
+    assert "memory plan" in p.summary() and human_bytes(p.peak) in p.summary()
+    assert json.loads(json.dumps(data)) == data
+    assert math.isinf(p.memory.full_basis_bytes)
+
+
+def test_cli_refuses_a_budget_too_small_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    from conftest import run_cli
+
+    out = tmp_path / "s.json"
+    code, stdout, err = run_cli(["spectrum", tiny_checkpoint, "--memory", "2MB", "--no-cache", "--json", out], capsys)
+    assert code == 2 and "--memory" in err and len(err.strip().splitlines()) == 1, err
+    assert "HVPs" not in stdout and not out.exists()
+
+
+def test_cli_records_the_plan_and_the_measured_peak(tiny_checkpoint, tmp_path, capsys):
+    from conftest import run_cli
+
+    out = tmp_path / "s.json"
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--probes", "3", "--steps", "10", "--lanczos", "low-memory",
+                            "--memory", "4GiB", "--no-cache", "--json", out], capsys)
+    assert code == 0, err
+    assert "memory plan (4.00 GiB budget, --memory)" in err
+    prov = json.loads(out.read_text())["provenance"]
+    assert prov["memory_plan"]["lanczos_mode"] == "low-memory" and prov["lanczos"] == "local"
+    assert prov["memory_plan"]["budget"] == 4 * GIB and prov["peak_memory_bytes"] > 0
+    assert prov["precision"]["lanczos_vectors"] == "float64" and prov["precision"]["hvp"] == "float64"
