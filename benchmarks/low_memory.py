@@ -32,15 +32,9 @@ from wdbound.analysis import bound_inputs
 from wdbound.bounds import FORMS, corollary3_exact, corollary3_from_slq
 from wdbound.spectrum import SpectrumSettings, compute_spectrum
 
+from compare import wasserstein1  # benchmarks/compare.py (this folder is on sys.path when run as a script)
+
 DEFAULT = ["digits-mlp-adamw-e40", "digits-mlp-depth8-adamw-e40", "digits-cnn-adamw-e40", "digits-vit-adamw-e40"]
-
-
-def wasserstein1(nodes_a, weights_a, nodes_b, weights_b) -> float:
-    """W1 between two discrete measures on the line: the integral of |F_a - F_b|."""
-    points = np.concatenate([nodes_a, nodes_b])
-    order = np.argsort(points)
-    signed = np.concatenate([weights_a / weights_a.sum(), -weights_b / weights_b.sum()])[order]
-    return float(np.sum(np.abs(np.cumsum(signed)[:-1]) * np.diff(points[order])))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import WdboundError
+from .errors import Interrupted, WdboundError
 
 # torch.jit's deprecation notice fires on import of torchvision; it says nothing about the user's run.
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
@@ -688,8 +688,8 @@ def table(
             except WdboundError as exc:
                 failures.append(f"{path.name}: {exc}")
                 print_error(f"{path.name}: {exc}")
-            except KeyboardInterrupt:
-                interrupted = True
+            except (KeyboardInterrupt, Interrupted) as exc:
+                interrupted = getattr(exc, "code", 130)
                 break
             bar.advance(overall)
     wall = time.perf_counter() - start
@@ -710,7 +710,7 @@ def table(
     say(summary_counts(found))
     for line in finding_lines(found):
         say(line)
-    payload = {"cells": rows, "findings": found, "failures": failures, "interrupted": interrupted,
+    payload = {"cells": rows, "findings": found, "failures": failures, "interrupted": bool(interrupted),
                "settings": {"spectrum": settings.__dict__, "rho": rho if rho is not None else "1/sqrt(input dim)",
                             "tau": tau, "sigma_floor": sigma_floor, "exact": exact, "layout": layout_used},
                "exact_checkpoints": exact_rows,
@@ -727,7 +727,7 @@ def table(
         + (f" and {len(written) - tables} plots under {out}" if len(written) > tables else "")
         + f" ({len(rows)} checkpoints, {wall:.0f} s)")
     if interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(interrupted)
     if failures:
         raise typer.Exit(2)
 
@@ -958,6 +958,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     processes, rank 0 alone prints and writes (see :mod:`wdbound.distributed`)."""
     from .distributed import finish, init_from_env, is_main
 
+    previous = _raise_on_signals()
     try:
         init_from_env()
         if not is_main():
@@ -966,5 +967,32 @@ def main(argv: Optional[List[str]] = None) -> None:
     except WdboundError as exc:
         print_error(exc)
         raise SystemExit(2) from None
+    except Interrupted as exc:
+        err_console.print(f"interrupted by signal {exc.signum}: finished results are kept (cache, table rows), "
+                          "unfinished outputs were not written", highlight=False, markup=False, soft_wrap=True)
+        raise SystemExit(exc.code) from None
     finally:
         finish()
+        _restore_signals(previous)
+
+
+def _raise_on_signals() -> dict:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (exit 130 / 143) instead of click's generic abort;
+    returns the handlers they replace."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

@@ -23,3 +23,14 @@ class WdboundError(Exception):
         if flag and flag not in message:
             message = f"{message} (pass {flag})"
         super().__init__(message)
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM arrived: unwind (atomic writes clean up, finished cache entries stay) and exit
+    with ``code`` (130 or 143, the shell's 128 + signal). A BaseException, like KeyboardInterrupt, so no
+    ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.code = 128 + signum

@@ -90,9 +90,17 @@ def available_bytes(device: torch.device) -> tuple[int, str]:
 
 
 def peak_bytes(device: torch.device) -> int:
-    """Peak memory this process has used so far: max RSS on the CPU, max allocated on a CUDA device."""
+    """Peak memory this process has used so far: the high-water mark of its RSS on the CPU (``VmHWM``; not
+    ``ru_maxrss``, which Linux carries over ``exec`` from a large parent), max allocated on a CUDA device."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # not on Linux / macOS

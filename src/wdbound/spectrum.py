@@ -385,8 +385,9 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     operator.on_matvecs = on_hvps
     result = estimate_spectrum(operator, settings, plan)
     result.provenance.update({"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
-                              "arch": ckpt.meta.get("arch"), "data": evaluation_data(ckpt, settings),
-                              "cache_key": key})
+                              "arch": ckpt.meta.get("arch"), "arch_kwargs": ckpt.meta.get("arch_kwargs"),
+                              "arch_kwargs_inferred": ckpt.meta.get("arch_kwargs_inferred"),
+                              "data": evaluation_data(ckpt, settings), "cache_key": key})
     if cache is not None:
         cache.put(key, *result.to_arrays())
     return result

@@ -1,0 +1,67 @@
+"""Real SIGINT / SIGTERM during long commands: exit 130 / 143, nothing half-written, finished work kept."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ZOO = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def start(args, tmp_path):
+    env = {**os.environ, "WDBOUND_CACHE_DIR": str(tmp_path / "cache"), "WDBOUND_PROGRESS_INTERVAL": "0.2",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "wdbound", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc, marker: str, timeout: float = 300) -> list[str]:
+    """Read stderr lines until one contains ``marker``."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            return seen
+    proc.kill()
+    raise AssertionError(f"never saw {marker!r}: {''.join(seen)[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_spectrum_writes_nothing(tmp_path, sig, code):
+    out = tmp_path / "out" / "spec.json"
+    proc = start(["spectrum", ZOO / "digits-vit-adamw-e40.pt", "--exact", "on", "--no-cache", "--json", out],
+                 tmp_path)
+    wait_for(proc, "[progress] HVPs")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and f"interrupted by signal {int(sig)}" in err
+    assert not out.exists() and not list(tmp_path.glob("out/*"))
+
+
+@pytest.mark.slow
+def test_sigterm_during_table_keeps_the_finished_rows(tmp_path):
+    """The first checkpoint finishes (exact, small MLP); SIGTERM lands in the second (a dense ViT Hessian): exit
+    143, the table is written with the finished row and marked interrupted, the finished spectrum is cached."""
+    out = tmp_path / "reports"
+    proc = start(["table", ZOO / "digits-mlp-adamw-e10.pt", ZOO / "digits-vit-adamw-e40.pt", "--out", out,
+                  "--format", "md"], tmp_path)
+    wait_for(proc, "checkpoints: 1/2")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    payload = json.loads((out / "table1.json").read_text())
+    assert payload["interrupted"] is True and [c["checkpoint"] for c in payload["cells"]] == ["digits-mlp-adamw-e10.pt"]
+    assert "INTERRUPTED after 1 of 2" in (out / "table1.md").read_text()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+    assert list((tmp_path / "cache").rglob("*.npz"))  # the finished checkpoint's spectrum stays cached
