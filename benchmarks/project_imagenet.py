@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from wdbound.memory import activation_floats, human_bytes, plan_memory
+from wdbound.memory import activation_floats, plan_memory
 from wdbound.models import build_model
 from wdbound.spectrum import SpectrumSettings, expected_hvps
 

@@ -136,7 +136,7 @@ def main() -> None:
                  "hvp_double_backward_seconds": timed(lambda: op.matmat(v, mode="double-backward"), repeats=1)}
         entry["hvp_over_gradient"] = entry["hvp_seconds"] / entry["gradient_seconds"]
         one = op.matmat(v)
-        del op
+        op = None  # freed before the measuring child process starts
         entry["plans"] = planned
         child = subprocess.run([sys.executable, __file__, "--child", "peak", "--arch", arch, "--images",
                                 str(args.images), "--budget", budget], capture_output=True, text=True, check=True)

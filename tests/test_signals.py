@@ -34,18 +34,28 @@ def wait_for(proc, marker: str, timeout: float = 300) -> list[str]:
     raise AssertionError(f"never saw {marker!r}: {''.join(seen)[-2000:]}")
 
 
+BASELINE = Path(__file__).resolve().parents[1] / "reports" / "baseline.json"
+LONG = {
+    "spectrum": lambda out: ["spectrum", ZOO / "digits-vit-adamw-e40.pt", "--exact", "on", "--no-cache", "--json",
+                             out / "spec.json"],
+    "err": lambda out: ["err", ZOO / "digits-vit-adamw-e40.pt", "--exact", "on", "--json", out / "err.json"],
+    "check": lambda out: ["check", "--baseline", BASELINE, "--junit", out / "check.xml"],
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_during_spectrum_writes_nothing(tmp_path, sig, code):
-    out = tmp_path / "out" / "spec.json"
-    proc = start(["spectrum", ZOO / "digits-vit-adamw-e40.pt", "--exact", "on", "--no-cache", "--json", out],
-                 tmp_path)
+@pytest.mark.parametrize("command, sig, code", [("spectrum", signal.SIGINT, 130), ("spectrum", signal.SIGTERM, 143),
+                                                ("err", signal.SIGTERM, 143), ("check", signal.SIGINT, 130)])
+def test_signal_during_a_long_command_writes_nothing(tmp_path, command, sig, code, monkeypatch):
+    monkeypatch.chdir(BASELINE.parents[1])  # the baseline names its checkpoints relative to the repository
+    out = tmp_path / "out"
+    proc = start(LONG[command](out), tmp_path)
     wait_for(proc, "[progress] HVPs")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err and f"interrupted by signal {int(sig)}" in err
-    assert not out.exists() and not list(tmp_path.glob("out/*"))
+    assert not out.exists() or not list(out.rglob("*"))
 
 
 @pytest.mark.slow

@@ -159,13 +159,10 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
                 analysis.exact_parts[(form, floor)] = _exact_parts(live, cache, base, form, floor)
                 continue
             key = cache_key("theorem", base, form, float(floor))
-            hit = cache.get(key) if cache is not None else None
-            if hit is not None:
-                meta, arrays = hit
-                runs = TheoremRuns(form, floor, meta["sum_log_q"], meta["diag_floored"],
-                                   _slq_from("logdet", arrays, spectrum.d), _slq_from("trace", arrays, spectrum.d),
-                                   tuple(meta["support"]))
-            else:
+            runs = cache.load(key, lambda meta, arrays: TheoremRuns(
+                form, floor, meta["sum_log_q"], meta["diag_floored"], _slq_from("logdet", arrays, spectrum.d),
+                _slq_from("trace", arrays, spectrum.d), tuple(meta["support"]))) if cache is not None else None
+            if runs is None:
                 generator = torch.Generator().manual_seed(_derived_seed(settings.seed, form, floor))
                 diagonal = spectrum.exact_diagonal if spectrum.exact_diagonal is not None else spectrum.diagonal.estimate
                 runs = theorem_runs(live.operator, diagonal, form, floor, probes=settings.probes,
@@ -208,10 +205,10 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
         status = "off" if settings.rtol <= 0 else "met"
         return spectrum, Refinement(status, settings.probes, settings.steps, 0, settings.rtol, worst[0])
     key = cache_key("refined", base, [(form, inputs.to_json()) for form, inputs in targets])
-    hit = cache.get(key) if cache is not None else None
+    hit = cache.load(key, lambda meta, arrays: (replace(spectrum, slq=_slq_from("slq", arrays, spectrum.d)),
+                                                Refinement(**meta))) if cache is not None else None
     if hit is not None:
-        meta, arrays = hit
-        return replace(spectrum, slq=_slq_from("slq", arrays, spectrum.d)), Refinement(**meta)
+        return hit
     from .estimators.hutchinson import rademacher
     from .estimators.lanczos import run_lanczos, slq_from_run
 
@@ -244,11 +241,11 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
 
 def _exact_parts(live: _Live, cache: Cache | None, base: str, form: str, floor: float) -> ExactTheoremParts:
     key = cache_key("theorem-exact", base, form, float(floor))
-    hit = cache.get(key) if cache is not None else None
+    hit = cache.load(key, lambda meta, arrays: ExactTheoremParts(
+        form, floor, arrays["values"], arrays["q_weights"], meta["sum_log_q"], meta["diag_floored"])) \
+        if cache is not None else None
     if hit is not None:
-        meta, arrays = hit
-        return ExactTheoremParts(form, floor, arrays["values"], arrays["q_weights"], meta["sum_log_q"],
-                                 meta["diag_floored"])
+        return hit
     parts = exact_theorem_parts(live.dense, form, floor)
     if cache is not None:
         cache.put(key, {"sum_log_q": parts.sum_log_q, "diag_floored": parts.diag_floored},

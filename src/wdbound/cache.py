@@ -48,6 +48,32 @@ class Cache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
 
+    def check_writable(self) -> None:
+        """Refuse up front (one line naming --cache-dir / --no-cache) a cache folder that cannot be written:
+        a regular file, a folder without write permission, a read-only file system."""
+        import tempfile
+
+        from .errors import WdboundError
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", suffix=".tmp"):
+                pass
+        except OSError as exc:
+            raise WdboundError(f"the cache folder {self.root} is not writable ({exc.strerror or exc}); pass "
+                               "another --cache-dir or --no-cache", "--cache-dir") from None
+
+    def load(self, key: str, build):
+        """``build(meta, arrays)`` of the entry under ``key``, or None when it is missing or does not have the
+        shape ``build`` expects (a damaged or foreign entry is recomputed, never trusted)."""
+        hit = self.get(key)
+        if hit is None:
+            return None
+        try:
+            return build(*hit)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+            return None
+
     def get(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         path = self.path(key)
         if not path.is_file():
@@ -78,6 +104,9 @@ class NoCache(Cache):
 
     def __init__(self) -> None:
         super().__init__(Path(os.devnull))
+
+    def check_writable(self) -> None:
+        return None
 
     def get(self, key: str):
         return None

@@ -39,8 +39,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def print_error(exc: BaseException) -> None:
-    """One line on stderr, never wrapped, never interpreted as markup."""
-    err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+    """One line on stderr, never wrapped, never interpreted as markup; control characters that came in with
+    the input (a key, a path) are shown escaped, so the error stays one line."""
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(exc))
+    err_console.print(f"error: {text}", highlight=False, soft_wrap=True, markup=False)
 
 
 def say(text: str) -> None:
@@ -154,6 +156,9 @@ def train(
     out: Path = typer.Option(..., help="Checkpoint to write (.pt or .safetensors); written atomically."),
 ) -> None:
     """Train a model with one of the paper's optimizers and write a wdbound checkpoint."""
+    from .io_utils import check_output
+
+    check_output(out)
     from .checkpoints import save_checkpoint
     from .train import TrainConfig, train as run_training
 
@@ -195,6 +200,9 @@ def scale_freeness(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-epoch drifts with the settings as JSON."),
 ) -> None:
     """Is the optimizer scale-free here? Train twice from one seed, on the loss and on c * loss, and report the drift."""
+    from .io_utils import check_output
+
+    check_output(json_path)
     from .io_utils import write_json_atomic
     from .optim import optimizer_spec
     from .scale_freeness import SCALE_FREE_TOL, drift
@@ -327,7 +335,9 @@ def make_cache(cache_dir: Optional[Path], no_cache: bool):
 
     if no_cache or not is_main():
         return NoCache()
-    return WriteOnlyCache(cache_dir) if shard() is not None else Cache(cache_dir)
+    cache = WriteOnlyCache(cache_dir) if shard() is not None else Cache(cache_dir)
+    cache.check_writable()
+    return cache
 
 
 def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str = "float32", model_factory=None):
@@ -399,6 +409,10 @@ def spectrum(
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
 ) -> None:
     """Hessian spectrum of a checkpoint: top eigenvalues, SLQ density, trace and diagonal (+ exact with --exact)."""
+    from .io_utils import check_output
+
+    check_output(json_path)
+    check_output(plot)
     import numpy as np
 
     from .io_utils import write_atomic, write_json_atomic
@@ -510,6 +524,9 @@ def err(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
 ) -> None:
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
+    from .io_utils import check_output
+
+    check_output(json_path)
     from .analysis import bound_figures, bound_inputs, parse_sweep, sweep_inputs
     from .io_utils import write_json_atomic
     from .spectrum import resolve_exact
@@ -653,6 +670,9 @@ def table(
     layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
+    from .io_utils import check_output_folder
+
+    check_output_folder(out)
     import time
 
     from .io_utils import write_json_atomic, write_text_atomic
@@ -693,6 +713,8 @@ def table(
                 break
             bar.advance(overall)
     wall = time.perf_counter() - start
+    if failures and not rows and not interrupted:
+        raise typer.Exit(2)  # every checkpoint failed (each said why): no empty table is written
     grid = layout(rows)
     found = findings(grid)
     layout_used = resolve_layout(layout_name, grid)
@@ -812,6 +834,10 @@ def updates(
                                                      "and over training when the checkpoints recorded it."),
 ) -> None:
     """Histograms of |update|/lr = |m_hat/(sqrt(v_hat)+eps)| per coordinate, log2 bins from 2^-27 to 1."""
+    from .io_utils import check_output
+
+    check_output(json_path)
+    check_output(plot)
     from .checkpoints import read_meta
     from .io_utils import write_json_atomic
     from .updates import bin_labels, checkpoint_entry, plot_updates
@@ -861,6 +887,9 @@ def check(
     device: str = Opt.device, memory: str = Opt.memory,
 ) -> None:
     """Recompute the bounds of a baseline's checkpoints with its settings and seeds; exit 1 if any moved beyond tolerance."""
+    from .io_utils import check_output
+
+    check_output(junit)
     import time
     from dataclasses import asdict
 

@@ -248,6 +248,10 @@ class HessianOperator:
                 out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels,
                                                                                    mode or self.mode)
         self._reduce(out)
+        if not bool(torch.isfinite(out).all()):
+            raise WdboundError("a Hessian-vector product is not finite (NaN or Inf): the loss or its second "
+                               "derivative overflows on some evaluation example; check the checkpoint and the data, "
+                               "or use --dtype float64", "--data")
         self.matvecs += vectors.shape[0]
         if self.on_matvecs is not None:
             self.on_matvecs(vectors.shape[0])

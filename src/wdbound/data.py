@@ -172,8 +172,11 @@ def _read_cifar_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
         data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8)
-        labels = batch.get(b"labels", batch.get("labels"))
-        return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+        labels = np.asarray(batch.get(b"labels", batch.get("labels")), dtype=np.int64).reshape(-1)
+        images = data.reshape(-1, 3, 32, 32)
+        if len(images) != len(labels) or len(images) == 0:
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        return images, labels
     except Exception as exc:  # any malformed batch file is bad input
         raise WdboundError(f"{path}: not a CIFAR-10 python batch ({exc})", "--data") from None
 

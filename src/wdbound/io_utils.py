@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import WdboundError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -32,8 +34,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 os.unlink(tmp)
         return
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    check_output(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise WdboundError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,6 +50,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output(path: str | Path | None) -> None:
+    """Refuse, before any work, an output path that cannot be written: a parent that is a regular file, a
+    folder without write permission, or an existing folder where a file is wanted. Creates nothing."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise WdboundError(f"cannot write {target}: it is a folder")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise WdboundError(f"cannot write {target}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise WdboundError(f"cannot write {target}: no permission to write in {ancestor}")
+
+
+def check_output_folder(path: str | Path | None) -> None:
+    """Like :func:`check_output` for a folder to be created or filled (``table --out``)."""
+    if path is None:
+        return
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise WdboundError(f"cannot write into {folder}: it is a file, not a folder")
+    check_output(folder / "probe")
 
 
 def _umask() -> int:

@@ -31,7 +31,7 @@ from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_co
                         set_tf32, zero_rows)
 from .data import load_dataset
 from .errors import WdboundError
-from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, lanczos, top_eigenvalues
+from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, RESTART_ENDS, MemoryPlan, activation_floats, available_bytes, human_bytes,
@@ -344,8 +344,9 @@ def per_layer_spectra(ckpt: Checkpoint, settings: SpectrumSettings, on_hvps: Cal
         raise WdboundError("no trainable parameter matches --params", "--params")
     out = []
     for name in names:
-        layer = LayerSpectrum(name, compute_spectrum(ckpt, replace(settings, params=(escape(name),)), on_hvps, cache,
-                                                     on_plan=on_plan))
+        numel = dict(ckpt.model.named_parameters())[name].numel()
+        layer_settings = replace(settings, params=(escape(name),), steps=min(settings.steps, numel))
+        layer = LayerSpectrum(name, compute_spectrum(ckpt, layer_settings, on_hvps, cache, on_plan=on_plan))
         out.append(layer)
         if on_layer is not None:
             on_layer(layer)
@@ -373,12 +374,16 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     key = spectrum_key(ckpt, settings)
     if settings.backend != "wdbound":
         return _foreign_spectrum(ckpt, settings, key)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return Spectrum.from_arrays(*hit)
+    if cache is not None and (hit := cache.load(key, Spectrum.from_arrays)) is not None:
+        return hit
     operator = build_operator(ckpt, settings)
     if settings.exact and operator.dim > EXACT_MAX_DIM:
-        raise WdboundError(f"--exact builds a dense {operator.dim}x{operator.dim} Hessian; the limit is "
+        raise WdboundError(f"--exact builds a dense {operator.dim}x{operator.dim} Hessian "
+                           f"({human_bytes(8 * operator.dim**2)} in float64, ~3x that with eigvalsh); the limit is "
                            f"{EXACT_MAX_DIM} parameters", "--exact")
+    if settings.steps > operator.dim:
+        raise WdboundError(f"--steps {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
+                           "has at most d dimensions)", "--steps")
     plan = memory_plan(operator, settings, refine_factor)
     if on_plan is not None:
         on_plan(plan)
