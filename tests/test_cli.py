@@ -342,3 +342,20 @@ def test_log_progress_throttles():
     for _ in range(10):
         progress.advance(task)
     assert progress.tasks[task]["completed"] == 10 and progress.tasks[task]["last"] == progress.tasks[task]["start"]
+
+
+def test_err_on_a_parameter_block(tiny_checkpoint, tmp_path, capsys):
+    """`err --params`: the bound of that Hessian block, with d and ||x||^2 of the block."""
+    import torch
+
+    from wdbound import load_checkpoint
+
+    out = tmp_path / "e.json"
+    code, _, err = run_cli(["err", tiny_checkpoint, "--params", "3.*", "--max-samples", "100", "--json", out], capsys)
+    assert code == 0, err
+    payload = json.loads(out.read_text())
+    model = load_checkpoint(tiny_checkpoint).model
+    head = torch.cat([model[3].weight.reshape(-1), model[3].bias]).double()
+    assert payload["inputs"]["d"] == head.numel() == 170
+    assert payload["inputs"]["x_norm_sq"] == pytest.approx(float(head.square().sum()), rel=1e-6)
+    assert payload["adamw"]["method"] == "exact" and np.isfinite(payload["adamw"]["err_mean"])

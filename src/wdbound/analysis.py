@@ -53,9 +53,18 @@ def default_rho(ckpt: Checkpoint) -> float:
     return 1.0 / math.sqrt(math.prod(input_shape(ckpt.meta["arch"], **(ckpt.meta.get("arch_kwargs") or {}))))
 
 
-def bound_inputs(ckpt: Checkpoint, *, rho: float | None, tau: float, sigma_floor: float) -> BoundInputs:
+def bound_inputs(ckpt: Checkpoint, *, rho: float | None, tau: float, sigma_floor: float,
+                 params: tuple[str, ...] = ()) -> BoundInputs:
+    """η, λ, b, n from the checkpoint, d and ||x||² from its trainable parameters (only those matching the
+    ``--params`` globs when given: the bound is then evaluated for that block of the Hessian)."""
+    from .spectrum import parameter_globs
+
     facts = ckpt.facts()
-    params = [p.detach().reshape(-1).double() for p in ckpt.model.parameters() if p.requires_grad]
+    select = parameter_globs(tuple(params)) or (lambda _n, _p: True)
+    params = [p.detach().reshape(-1).double() for n, p in ckpt.model.named_parameters()
+              if p.requires_grad and select(n, p)]
+    if not params:
+        raise WdboundError("no trainable parameter matches --params", "--params")
     x = torch.cat(params)
     inputs = BoundInputs(d=x.numel(), n=facts.n_train, b=facts.batch_size, eta=facts.eta, lam=facts.lam,
                          rho=default_rho(ckpt) if rho is None else rho, tau=tau, sigma_floor=sigma_floor,

@@ -536,7 +536,7 @@ def err(
         raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
-    inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
+    inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(params))
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
                                  hvp_batch_size, resolve_exact(exact, inputs.d), diagonal=diagonal, rtol=rtol,
                                  max_hvps=max_hvps, loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
