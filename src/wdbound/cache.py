@@ -50,18 +50,21 @@ class Cache:
 
     def check_writable(self) -> None:
         """Refuse up front (one line naming --cache-dir / --no-cache) a cache folder that cannot be written:
-        a regular file, a folder without write permission, a read-only file system."""
-        import tempfile
-
+        a regular file, or a folder (or its nearest existing ancestor) without write permission. Creates
+        nothing."""
         from .errors import WdboundError
 
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", suffix=".tmp"):
-                pass
-        except OSError as exc:
-            raise WdboundError(f"the cache folder {self.root} is not writable ({exc.strerror or exc}); pass "
-                               "another --cache-dir or --no-cache", "--cache-dir") from None
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        reason = None
+        if not folder.is_dir():
+            reason = f"{folder} is a file, not a folder"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            reason = f"no permission to write in {folder}"
+        if reason:
+            raise WdboundError(f"the cache folder {self.root} is not writable ({reason}); pass another --cache-dir "
+                               "or --no-cache", "--cache-dir")
 
     def load(self, key: str, build):
         """``build(meta, arrays)`` of the entry under ``key``, or None when it is missing or does not have the
