@@ -215,3 +215,18 @@ def test_no_logit_shift_without_a_linear_head(digits_test):
     op = HessianOperator(model, digits_test, max_samples=30)
     deflation = Deflation.find(op, torch.zeros(op.dim, dtype=torch.bool), 1.0, torch.Generator().manual_seed(0))
     assert deflation.shift_directions == 0
+
+
+def test_auto_hvp_mode_is_a_rule_per_model(digits_test):
+    """--hvp auto: double backward where measured faster (convolutions, attention), forward-over-reverse for
+    plain MLPs; the products agree with the explicit modes."""
+    for arch, kwargs, expected in (("digits-mlp", {"hidden": 8}, "forward-over-reverse"),
+                                   ("digits-cnn", {"channels": 2}, "double-backward"),
+                                   ("digits-vit", {"dim": 8, "depth": 1, "mlp": 8}, "double-backward")):
+        torch.manual_seed(0)
+        model = build_model(arch, **kwargs)
+        auto = HessianOperator(model, digits_test, max_samples=40, mode="auto")
+        assert auto.mode == expected, arch
+        explicit = HessianOperator(model, digits_test, max_samples=40, mode=expected)
+        v = torch.randn(2, auto.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        assert torch.equal(auto.matmat(v), explicit.matmat(v))

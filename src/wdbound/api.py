@@ -127,7 +127,7 @@ class Hessian:
     """
 
     def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, device: str = "auto",
-                 dtype: str = "float64", params=None, batch_size: int = 512, hvp: str = "forward-over-reverse",
+                 dtype: str = "float64", params=None, batch_size: int = 512, hvp: str = "auto",
                  seed: int = 0) -> None:
         if not isinstance(model, nn.Module):
             raise WdboundError(f"model must be a torch.nn.Module, not {type(model).__name__}")

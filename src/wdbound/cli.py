@@ -304,7 +304,7 @@ class Opt:
     seed = typer.Option(0, help="Seed of every random probe.")
     device = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N].")
     dtype = typer.Option("float64", help="float64 (default; accurate small eigenvalues) or float32 (faster on GPU).")
-    hvp = typer.Option("forward-over-reverse", help="HVP mode: forward-over-reverse or double-backward (fallback).")
+    hvp = typer.Option("auto", help="HVP mode: auto (double backward for models with convolutions or attention, forward-over-reverse otherwise: the faster one measured), forward-over-reverse or double-backward.")
     hvp_batch_size = typer.Option(512, help="Examples per streamed HVP chunk (memory knob; results do not depend on it).")
     exact = typer.Option("off", "--exact", help="Dense Hessian (models up to 20,000 parameters) for exact values: on, off, or auto (on up to 10,000 parameters).")
     exact_auto = typer.Option("auto", "--exact", help="Exact values from the dense Hessian: auto (up to 10,000 parameters, d HVPs), on (up to 20,000) or off (SLQ with intervals).")

@@ -36,7 +36,20 @@ from torch.utils.data import Dataset
 from .data import evaluation_subset, iterate_batches
 from .errors import WdboundError
 
-HVP_MODES = ("forward-over-reverse", "double-backward")
+HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
+
+
+def auto_hvp_mode(model: nn.Module) -> str:
+    """``--hvp auto``: double backward for models with convolutions or attention, forward-over-reverse
+    otherwise. A rule, not a timing, so the same command always takes the same path (same bytes). Measured
+    on 2 CPU cores per HVP, double backward vs forward-over-reverse: digits CNN 25 vs 61-67 ms, digits ViT
+    45 vs 102 ms, ResNet-50 57 vs 82 s, ResNet-18 18.1 vs 17.8 s; digits MLP 3.7 vs 2.7 ms."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__.lower()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)) or "attention" in kind \
+                or kind == "attn" or name.rsplit(".", 1)[-1] == "attn":
+            return "double-backward"
+    return "forward-over-reverse"
 CACHE_BYTES = 512 * 2**20  # evaluation sets smaller than this stay on the device between matvecs
 
 
@@ -135,9 +148,9 @@ class HessianOperator:
             raise WdboundError(f"unknown HVP mode {mode!r}; use {' or '.join(HVP_MODES)}", "--hvp")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.mode = mode
         self.probe_chunk = max(1, probe_chunk)
         self.model = _eval_copy(model, self.device, dtype)
+        self.mode = auto_hvp_mode(self.model) if mode == "auto" else mode
         if params is not None and not callable(params):
             unknown = set([params] if isinstance(params, str) else params) - {n for n, _ in
                                                                               self.model.named_parameters()}

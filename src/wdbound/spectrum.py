@@ -71,7 +71,7 @@ class SpectrumSettings:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float64"
-    hvp: str = "forward-over-reverse"
+    hvp: str = "auto"  # auto (double backward for convolutions / attention), forward-over-reverse, double-backward
     batch_size: int = 512
     exact: bool = False
     backend: str = "wdbound"  # or "pyhessian": PyHessian's estimators on the same model, data and loss
@@ -432,7 +432,7 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     provenance = {
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": f"mean {settings.loss}, model in eval mode",
-        "hvp_fallback": getattr(operator, "fallback", None),
+        "hvp_fallback": getattr(operator, "fallback", None), "hvp_mode": getattr(operator, "mode", None),
         "memory_plan": plan.to_json() if plan is not None else None, "peak_memory_bytes": peak_bytes(operator.device),
         "eval_subset": subset_record(operator) if isinstance(operator, HessianOperator) else None,
         "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
