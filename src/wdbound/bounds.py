@@ -330,7 +330,6 @@ def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, pro
 
     from .estimators.hutchinson import rademacher
     from .estimators.lanczos import run_lanczos, slq_from_run, spectral_support
-    from .memory import RESTART_ENDS
 
     lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
     q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
@@ -348,8 +347,8 @@ def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, pro
     trace = slq_from_run(run_lanczos(target, lambda count: draw(count) * q_half, probes, steps, memory),
                          operator.dim, null_weight=float((q_half**2 * ~keep).sum()))
     if form == "adamw" or support is None:
-        restart = RESTART_ENDS if memory is not None and memory.restart else None
-        support = spectral_support(target, generator, restart=restart).bounds()
+        support = spectral_support(target, generator,
+                                   restart=memory.ends_restart if memory is not None else None).bounds()
     return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace, tuple(support))
 
 

@@ -167,7 +167,8 @@ class MemoryPlan:
     @property
     def memory(self) -> LanczosMemory:
         """The policy the Lanczos runs follow."""
-        return LanczosMemory(math.inf if self.lanczos_mode == "full" else 0.0, self.probe_block, self.restart)
+        return LanczosMemory(math.inf if self.lanczos_mode == "full" else 0.0, self.probe_block, self.restart,
+                             RESTART_ENDS if self.restart else None)
 
     def to_json(self) -> dict:
         return {"budget": self.budget, "budget_source": self.budget_source, "baseline": self.baseline,

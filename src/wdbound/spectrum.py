@@ -34,7 +34,7 @@ from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
-from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, RESTART_ENDS, MemoryPlan, activation_floats, available_bytes, human_bytes,
+from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats, available_bytes, human_bytes,
                      parse_memory, peak_bytes, plan_memory)
 from .train import library_versions
 
@@ -222,8 +222,8 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     logit-shift check use their own streams (``seed + 1``, ``seed + 2``), so the SLQ probes do not depend on them.
     ``memory`` (from the memory plan) decides between the whole basis and the low-memory recurrence.
     """
-    restart = RESTART_ENDS if memory is not None and memory.restart else None
-    support = spectral_support(operator, torch.Generator().manual_seed(seed + 1), top, restart=restart)
+    support = spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
+                               restart=memory.ends_restart if memory is not None else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
 

@@ -327,19 +327,21 @@ class LanczosMemory:
     ``full_basis_bytes``: an SLQ run keeps its whole basis (full re-orthogonalisation) when k·m·d float64
     values fit in it, else it runs :func:`lanczos_blocks` with ``probe_block`` probes at a time.
     ``restart``: None keeps every Lanczos vector of the top-eigenvalue and spectrum-end runs (at most
-    ``max_steps``); an integer caps that basis by thick restarts (:func:`top_eigenvalues`).
+    ``max_steps``); an integer caps that basis by thick restarts (:func:`top_eigenvalues`); ``ends_restart``
+    is the same cap for the runs that find the spectrum's ends (:func:`spectral_support`).
     """
 
     full_basis_bytes: float = math.inf
     probe_block: int = 16
     restart: int | None = None
+    ends_restart: int | None = None
 
     def full(self, probes: int, steps: int, dim: int) -> bool:
         return probes * min(steps, dim) * dim * VECTOR_DTYPE.itemsize <= self.full_basis_bytes
 
     def to_json(self) -> dict:
         return {"full_basis_bytes": None if math.isinf(self.full_basis_bytes) else int(self.full_basis_bytes),
-                "probe_block": self.probe_block, "restart": self.restart}
+                "probe_block": self.probe_block, "restart": self.restart, "ends_restart": self.ends_restart}
 
 
 FULL_MEMORY = LanczosMemory()
