@@ -120,7 +120,8 @@ def test_phi_nan_when_negative():
 def test_theorem_slq_matches_exact_on_dense_operator(form):
     import torch
 
-    from wdbound.bounds import theorem_from_runs, theorem_runs
+    from wdbound.analysis import theorem_runs
+    from wdbound.bounds import theorem_from_runs
     from wdbound.curvature import DenseOperator
 
     rng = np.random.default_rng(1)
@@ -143,7 +144,8 @@ def test_theorem_interval_covers_exact_with_few_steps(form, seed):
     interval (CMS bracket + 3 stderr) still covers the exact term."""
     import torch
 
-    from wdbound.bounds import theorem_from_runs, theorem_runs
+    from wdbound.analysis import theorem_runs
+    from wdbound.bounds import theorem_from_runs
     from wdbound.curvature import DenseOperator
 
     rng = np.random.default_rng(seed)

@@ -5,15 +5,22 @@ import json
 import pytest
 
 from conftest import run_cli
-from wdbound.table import (DASH, CSV_FIELDS, family_variant, findings, grid, latex, layout, long_grid, markdown,
-                           model_label, resolve_layout, summary_counts, to_csv)
+from wdbound.analysis import BoundFigures
+from wdbound.estimators.quadrature_interval import Interval
+from wdbound.table import (DASH, CSV_FIELDS, TableRow, family_variant, findings, grid, latex, layout, long_grid,
+                           markdown, model_label, resolve_layout, summary_counts, to_csv)
 
 
-def _row(model, epochs, optimizer, err, acc, se=0.01):
+def _figures(err, interval, method="slq", se=0.01):
+    return BoundFigures("adamw", method, 100 * err, 100 * se, err, se, Interval(err, *interval), 0.02, 1.0, 0.0, 0)
+
+
+def _row(model, epochs, optimizer, err, acc, se=0.01, interval=None, method="slq"):
+    """A table row whose err/d interval is err +/- 4 se unless given."""
     family, variant = family_variant(optimizer)
-    return {"checkpoint": f"{model}-{optimizer}-e{epochs}.pt", "model": model, "epochs": epochs,
-            "optimizer": optimizer, "family": family, "variant": variant, "form": family, "err_mean": err,
-            "err_mean_stderr": se, "err_mean_quadrature_change": 0.02, "test_acc": acc}
+    interval = interval or (err - 4 * se, err + 4 * se)
+    return TableRow(f"{model}-{optimizer}-e{epochs}.pt", model, epochs, optimizer, family, variant, family,
+                    test_acc=acc, figures=_figures(err, interval, method, se))
 
 
 ROWS = [_row("net", 10, "adamw", 3.40, 0.70), _row("net", 10, "adamw-d", 3.38, 0.71),
@@ -33,7 +40,7 @@ def test_family_variant_and_label():
 def test_grid_cells_missing_partners_and_outside():
     lay = layout(ROWS)
     assert lay.groups == [("net", 10), ("net", 40)]
-    assert [r["optimizer"] for r in lay.outside] == ["adamprox"]
+    assert [r.optimizer for r in lay.outside] == ["adamprox"]
     header, (err_row, acc_row) = grid(lay)
     assert header[1] == "net, 10 ep: AdamW / AdamW-D" and header[2] == "net, 10 ep: l2-Adam / l2-Adam-D"
     assert err_row[1:] == ["3.400 / 3.380", "3.800 / 3.300", f"3.200 / {DASH}", f"{DASH} / {DASH}"]
@@ -42,37 +49,37 @@ def test_grid_cells_missing_partners_and_outside():
 
 def test_duplicate_cell_kept_out_of_table():
     lay = layout(ROWS[:4] + [_row("net", 10, "adamw", 9.9, 0.1)])
-    assert len(lay.duplicates) == 1 and lay.cells[("net", 10, "adamw", "constant")]["err_mean"] == 3.40
+    assert len(lay.duplicates) == 1 and lay.cells[("net", 10, "adamw", "constant")].err_mean == 3.40
 
 
 def test_findings():
     found = {(f["epochs"], f["variant"]): f for f in findings(layout(ROWS))}
     const, dec = found[(10, "constant")], found[(10, "decaying")]
     assert const["err_holds"] is True and const["acc_holds"] is True and const["err_resolved"] is True
-    # Rows without an interval get +/- 4 stderr: [3.36, 3.44] and [3.76, 3.84] are disjoint.
+    # The rows' intervals are +/- 4 stderr: [3.36, 3.44] and [3.76, 3.84] are disjoint.
     assert const["err_gap"] == pytest.approx(0.40) and const["err_adamw_interval"] == pytest.approx([3.36, 3.44])
     assert dec["err_holds"] is False and dec["acc_holds"] is False
     assert found[(40, "constant")]["err_holds"] is None
 
 
 def test_findings_resolved_only_when_intervals_disjoint():
-    a, l2 = _row("net", 10, "adamw", 3.40, 0.70), _row("net", 10, "l2-adam", 3.80, 0.69)
-    a["err_mean_interval"], l2["err_mean_interval"] = [3.1, 3.7], [3.6, 4.0]  # overlap: gap positive, not resolved
+    a = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.1, 3.7))  # overlap: gap positive, not resolved
+    l2 = _row("net", 10, "l2-adam", 3.80, 0.69, interval=(3.6, 4.0))
     (f,) = [x for x in findings(layout([a, l2])) if x["variant"] == "constant"]
     assert f["err_holds"] is True and f["err_resolved"] is False and f["exact"] is False
-    a["err_mean_interval"] = [3.1, 3.59]
+    a = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.1, 3.59))
     (f,) = [x for x in findings(layout([a, l2])) if x["variant"] == "constant"]
     assert f["err_resolved"] is True
-    a["method"] = l2["method"] = "exact"
-    a["err_mean_interval"], l2["err_mean_interval"] = [3.4, 3.4], [3.8, 3.8]
+    a = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.4, 3.4), method="exact")
+    l2 = _row("net", 10, "l2-adam", 3.80, 0.69, interval=(3.8, 3.8), method="exact")
     found = findings(layout([a, l2]))
     assert found[0]["exact"] is True and "1 of 1 are resolved (1 from exact spectra)" in summary_counts(found)
 
 
 def test_long_layout():
-    rows = [dict(r) for r in ROWS[:4]]
-    rows[0]["method"] = "exact"
-    rows[2]["err_mean_interval"] = [3.7, 3.9]
+    rows = list(ROWS[:4])
+    rows[0] = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.4, 3.4), method="exact")
+    rows[2] = _row("net", 10, "l2-adam", 3.80, 0.69, interval=(3.7, 3.9))
     lay = layout(rows)
     header, body = long_grid(lay)
     assert header == ["model, epochs", "AdamW", "AdamW-D", "l2-Adam", "l2-Adam-D"]
@@ -157,63 +164,3 @@ def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad"
     code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", bad, "--layout", "wide"], capsys)
     assert code == 2 and "--layout" in err and not bad.exists()
-
-
-# ---------------------------------------------------------------- wdbound check
-
-def _baseline(tmp_path, capsys, ckpt):
-    baseline = tmp_path / "baseline.json"
-    code, out, err = run_cli(["check", "--update", "--baseline", baseline, ckpt, "--probes", "3", "--steps", "10",
-                              "--max-samples", "80"], capsys)
-    assert code == 0, err
-    return baseline
-
-
-def test_check_passes_untouched_and_fails_edited_baseline(tiny_checkpoint, tmp_path, capsys):
-    baseline = _baseline(tmp_path, capsys, tiny_checkpoint)
-    data = json.loads(baseline.read_text())
-    assert data["format"] == "wdbound-baseline/1"
-    assert set(data["checkpoints"][0]["metrics"]) == {"err_mean", "phi", "top_eigenvalue", "trace"}
-    junit = tmp_path / "check.xml"
-    code, out, err = run_cli(["check", "--baseline", baseline, "--junit", junit], capsys)
-    assert code == 0, err
-    assert "0 failed" in out and "largest relative drift 0" in out  # same seeds, same software: bit-identical
-    assert 'failures="0"' in junit.read_text()
-    # Move err_mean by 10 tolerances: exit 1, the metric named, JUnit failure.
-    metric = data["checkpoints"][0]["metrics"]["err_mean"]
-    metric["value"] += 10 * 4 * 2**0.5 * metric["stderr"]
-    baseline.write_text(json.dumps(data))
-    code, out, err = run_cli(["check", "--baseline", baseline, "--junit", junit], capsys)
-    assert code == 1 and "err_mean" in err and "FAIL" in out
-    xml = junit.read_text()
-    assert 'failures="1"' in xml and "<failure" in xml and "err_mean" in xml
-    # An explicit per-metric tolerance wider than the edit makes it pass again.
-    data["tolerances"] = {"err_mean": {"abs": 100.0}}
-    baseline.write_text(json.dumps(data))
-    code, _, err = run_cli(["check", "--baseline", baseline], capsys)
-    assert code == 0, err
-    # --update rewrites it and reports the change.
-    code, out, _ = run_cli(["check", "--baseline", baseline, "--update"], capsys)
-    assert code == 0 and "1 metric values changed" in out
-    code, _, _ = run_cli(["check", "--baseline", baseline], capsys)
-    assert code == 0
-
-
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda d, p: p.write_text("{not json"), "not readable JSON"),
-    (lambda d, p: p.write_text(json.dumps({**d, "format": "wdbound-baseline/99"})), "unknown baseline format"),
-    (lambda d, p: p.write_text(json.dumps({**d, "checkpoints": [{**d["checkpoints"][0], "path": "nope.pt"}]})),
-     "missing"),
-    (lambda d, p: p.write_text(json.dumps({**d, "checkpoints": [{"path": 3}]})), "malformed"),
-    (lambda d, p: p.write_text("[]"), "not a wdbound baseline"),
-])
-def test_check_bad_baseline_exit_2(tiny_checkpoint, tmp_path, capsys, mutate, needle):
-    baseline = _baseline(tmp_path, capsys, tiny_checkpoint)
-    mutate(json.loads(baseline.read_text()), baseline)
-    code, _, err = run_cli(["check", "--baseline", baseline], capsys)
-    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
-
-
-def test_check_without_baseline_exit_2(tmp_path, capsys):
-    code, _, err = run_cli(["check", "--baseline", tmp_path / "none.json"], capsys)
-    assert code == 2 and "--update" in err

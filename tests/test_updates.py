@@ -134,9 +134,9 @@ def test_update_recorder_on_torch_adamw_equals_a_hand_computation(tmp_path):
         for m, v in zip(state["exp_avg"].reshape(-1).tolist(), state["exp_avg_sq"].reshape(-1).tolist()):
             u = abs((m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps))
             expected[0 if u <= 2.0**LOW_EXP else BINS - 1 if u >= 1 else math.ceil(math.log2(u)) - LOW_EXP] += 1
-        assert entry["layers"][name] == expected
-    assert [r["epoch"] for r in entry["over_training"]] == [1, 2]
-    assert sum(entry["total"]) == sum(p.numel() for p in model.parameters())
+        assert entry.layers[name] == expected
+    assert [r["epoch"] for r in entry.over_training] == [1, 2]
+    assert sum(entry.total) == sum(p.numel() for p in model.parameters())
     recorder.plot(tmp_path / "u.png", per_layer=True)
     assert (tmp_path / "u.png").stat().st_size > 1000
 

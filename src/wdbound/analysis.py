@@ -18,20 +18,66 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bounds import (FORMS, BoundInputs, ExactTheoremParts, TheoremRuns, corollary3_exact, corollary3_from_slq,
-                     corollary3_integrand, exact_theorem_parts, quadrature_change, theorem_from_exact_parts,
-                     theorem_from_runs, theorem_runs)
-from .estimators.quadrature_interval import quadrature_half_width
+from .bounds import (FORMS, BoundInputs, ExactTheoremParts, corollary3_exact, corollary3_from_slq,
+                     corollary3_integrand, exact_theorem_parts, log_q, quadrature_change, theorem_from_exact_parts,
+                     theorem_from_runs, TheoremTerm)
+from .estimators.quadrature_interval import Interval, quadrature_half_width
 from .cache import Cache, cache_key
 from .checkpoints import Checkpoint
-from .curvature import Deflation, dense_matrix
+from .curvature import Deflation, ScaledOperator, dense_matrix
 from .errors import WdboundError
-from .estimators.lanczos import SLQ
+from .estimators.hutchinson import rademacher
+from .estimators.lanczos import SLQ, run_lanczos, slq_from_run, spectral_support
 from .models import input_shape
-from .spectrum import (REFINE_BUDGET, Spectrum, SpectrumSettings, build_operator, compute_spectrum, memory_plan,
-                       spectrum_key)
+from .progress import Observer
+from .spectrum import (REFINE_BUDGET, Spectrum, SpectrumSettings, build_operator, compute_spectrum, expected_hvps,
+                       memory_plan, spectrum_key)
 
 SWEEPABLE = {"rho": "rho", "sigma-floor": "sigma_floor", "tau": "tau", "wd": "lam", "lr": "eta"}
+
+
+@dataclass(frozen=True)
+class TheoremRuns:
+    """The two SLQ runs a Theorem 6/7 term needs, for one form and one floor of H_ii:
+    ``logdet`` on A (AdamW) or H (l2-Adam) from Rademacher z, ``trace`` on the same matrix from Q^½ z'."""
+
+    form: str
+    floor: float
+    sum_log_q: float
+    diag_floored: int
+    logdet: object  # wdbound.estimators.SLQ
+    trace: object
+    support: tuple[float, float] | None = None  # ends of the spectrum of A (AdamW) or H (l2-Adam)
+
+
+def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
+                 zero_mask=None, density=None, support: tuple[float, float] | None = None,
+                 memory=None) -> TheoremRuns:
+    """Run the Lanczos quadratures of the Theorem term. ``zero_mask`` [d] marks exactly-zero Hessian rows: they
+    are deflated (A and H are block-diagonal with a zero block there) and counted exactly. ``density``, an SLQ
+    run of H, is reused as l2-Adam's ln det run, and ``support``, the ends of H's spectrum, as l2-Adam's
+    support (A's are found by Lanczos). The two runs use independent probes. ``memory`` (a
+    ``LanczosMemory`` of the memory plan) chooses the whole basis or the low-memory recurrence."""
+    lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
+    q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
+    keep = torch.ones(operator.dim, dtype=torch.bool, device=operator.device) if zero_mask is None else ~zero_mask
+    nulls = float((~keep).sum())
+    target = ScaledOperator(operator, q_half) if form == "adamw" else operator
+
+    def draw(count: int) -> torch.Tensor:
+        return rademacher(count, operator.dim, generator, operator.dtype, operator.device) * keep
+
+    if density is not None and form == "l2-adam":
+        logdet = density
+    else:
+        logdet = slq_from_run(run_lanczos(target, draw, probes, steps, memory), operator.dim, null_weight=nulls)
+    trace = slq_from_run(run_lanczos(target, lambda count: draw(count) * q_half, probes, steps, memory),
+                         operator.dim, null_weight=float((q_half**2 * ~keep).sum()))
+    if form == "adamw" or support is None:
+        support = spectral_support(target, generator,
+                                   restart=memory.ends_restart if memory is not None else None).bounds()
+    return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace, tuple(support))
+
 
 
 @dataclass
@@ -155,7 +201,6 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
     factor = REFINE_BUDGET if targets and settings.rtol > 0 and not settings.exact else 1
     spectrum = compute_spectrum(ckpt, settings, on_hvps, cache, on_plan=on_plan, refine_factor=factor)
     live = _Live(ckpt, settings, spectrum, on_hvps, factor, on_plan)
-    live = _Live(ckpt, settings, spectrum, on_hvps)
     fresh_hvps = 0 if spectrum.cached else spectrum.hvps
     base = spectrum_key(ckpt, settings)
     spectrum, refinement = refine(spectrum, live, settings, targets, cache, base)
@@ -218,9 +263,6 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
                                                 Refinement(**meta))) if cache is not None else None
     if hit is not None:
         return hit
-    from .estimators.hutchinson import rademacher
-    from .estimators.lanczos import run_lanczos, slq_from_run
-
     generator = torch.Generator().manual_seed(_derived_seed(settings.seed, "refine", settings.rtol))
     deflation = Deflation.from_json(spectrum.deflation, live.zero_mask())
     dim, nulls = spectrum.d, deflation.null_count
@@ -267,70 +309,278 @@ def _derived_seed(seed: int, form: str, floor: float) -> int:
     return int(cache_key("seed", seed, form, float(floor))[:12], 16)
 
 
-def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
-    """Every figure of one bound form for ``inputs`` (no HVPs). Keys are the JSON schema of ``wdbound err``.
+@dataclass(frozen=True)
+class NearZero:
+    """How the near-null spectrum was handled (counts out of d): exactly-zero rows and logit-shift directions
+    deflated (exact zeros), the rest of |λ| < floor raised to the floor."""
+
+    deflated_zero_rows: int
+    deflated_logit_shift: int
+    raised_to_floor: int
+    below_floor_total: int
+
+    @classmethod
+    def of(cls, eigenvalues: np.ndarray, floor: float, zero_rows: int, logit_shift: int = 0) -> "NearZero":
+        """The split of the exact ``eigenvalues`` below ``floor``."""
+        below = int((np.abs(eigenvalues) < floor).sum())
+        return cls(int(zero_rows), int(logit_shift), max(below - int(zero_rows) - int(logit_shift), 0), below)
+
+    def to_json(self) -> dict:
+        """The four counts by name."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class TheoremFigures:
+    """The Theorem 6/7 term of one form (Q = diag(H)^-1/2) and what went into it."""
+
+    term: float
+    term_stderr: float
+    interval: Interval | None  # covers the term for the Q used (SLQ); a point when exact
+    phi: float
+    logdet_m: float
+    trace_m: float
+    diag_floored: int  # H_ii raised to the floor
+    mass_below_floor: float
+    q_source: str  # "exact diagonal" or the Hutchinson diagonal it used
+
+    @classmethod
+    def of(cls, term: TheoremTerm, q_source: str) -> "TheoremFigures":
+        """From the assembled term of :mod:`wdbound.bounds`."""
+        return cls(term.term, term.term_stderr, term.interval, term.phi, term.logdet_m, term.trace_m,
+                   term.diag_floored, term.mass_below_floor, q_source)
+
+    def to_json(self) -> dict:
+        """The ``theorem_*`` keys of ``wdbound err --json``."""
+        return {"theorem_term": self.term, "theorem_term_stderr": self.term_stderr,
+                "theorem_term_interval": self.interval.to_json() if self.interval else None,
+                "theorem_phi": self.phi, "theorem_logdet_m": self.logdet_m, "theorem_trace_m": self.trace_m,
+                "theorem_diag_floored": self.diag_floored, "theorem_mass_below_floor": self.mass_below_floor,
+                "q_source": self.q_source}
+
+
+@dataclass(frozen=True)
+class BoundFigures:
+    """Every figure of one bound form for one set of inputs (the JSON of ``wdbound err`` per form).
 
     ``method`` says where the headline figures come from: ``exact`` (the dense spectrum; intervals are
-    points) or ``slq`` (estimate with an interval that covers the exact value). With the dense spectrum
-    the SLQ figures of the same run are kept under ``slq`` as a cross-check, and the exact ones also
-    under ``exact``."""
+    points, and the SLQ figures of the same run are kept in ``slq`` as a cross-check) or ``slq`` (estimate
+    with an interval that covers the exact value)."""
+
+    form: str
+    method: str  # "exact" or "slq"
+    err_sum: float
+    err_sum_stderr: float
+    err_mean: float  # err/d: the Table I column
+    err_mean_stderr: float
+    err_mean_interval: Interval | None
+    err_mean_quadrature_change: float  # |err/d(m steps) - err/d(m/2 steps)| on the same probes (0 when exact)
+    phi: float
+    mass_below_floor: float
+    zero_rows: int
+    logit_shift: int | None = None  # SLQ: logit-shift directions deflated from the probes
+    probes: int | None = None  # SLQ: probes and steps of the (possibly refined) run
+    steps: int | None = None
+    near_zero: NearZero | None = None  # exact: how the near-null spectrum was handled
+    theorem: TheoremFigures | None = None  # absent when only Corollary 3 was asked for (the table)
+    slq: "BoundFigures | None" = None  # exact: the SLQ figures of the same run
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """``(low, high)`` of err/d (a point for exact figures)."""
+        if self.err_mean_interval is None:
+            return self.err_mean, self.err_mean
+        return self.err_mean_interval.low, self.err_mean_interval.high
+
+    def to_json(self, method: bool = True) -> dict:
+        """The figures by name (the schema of ``wdbound err --json`` per form; ``method=False`` leaves the
+        ``method`` key out, as in the nested ``slq`` cross-check)."""
+        out = {"method": self.method} if method else {}
+        out.update({"err_sum": self.err_sum, "err_sum_stderr": self.err_sum_stderr, "err_mean": self.err_mean,
+                    "err_mean_stderr": self.err_mean_stderr,
+                    "err_mean_interval": self.err_mean_interval.to_json() if self.err_mean_interval else None,
+                    "err_mean_quadrature_change": self.err_mean_quadrature_change, "phi": self.phi,
+                    "mass_below_floor": self.mass_below_floor, "zero_rows": self.zero_rows})
+        if self.method == "slq":
+            out.update({"logit_shift": self.logit_shift, "probes": self.probes, "steps": self.steps})
+        if self.near_zero is not None:
+            out["near_zero"] = self.near_zero.to_json()
+        if self.theorem is not None:
+            out.update(self.theorem.to_json())
+        if self.method == "exact":
+            out["exact"] = {k: out[k] for k in ("err_sum", "err_mean", "phi", "mass_below_floor")}
+            if self.theorem is not None:
+                out["exact"].update(theorem_term=self.theorem.term, theorem_phi=self.theorem.phi,
+                                    theorem_diag_floored=self.theorem.diag_floored)
+            out["slq"] = self.slq.to_json(method=False) if self.slq is not None else None
+        return out
+
+
+def bound_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> BoundFigures:
+    """Every figure of one bound form for ``inputs`` (no HVPs): exact from the dense spectrum when the
+    analysis has it (with the SLQ figures as a cross-check), else SLQ with intervals."""
     spectrum = analysis.spectrum
     slq = _slq_figures(analysis, form, inputs)
     if spectrum.exact_eigenvalues is None:
-        return {"method": "slq", **slq}
+        return slq
     cor = corollary3_exact(spectrum.exact_eigenvalues, form, inputs)
-    entry = {"method": "exact", "err_sum": cor.err_sum, "err_sum_stderr": 0.0, "err_mean": cor.err_mean,
-             "err_mean_stderr": 0.0, "err_mean_interval": cor.err_mean_interval.to_json(),
-             "err_mean_quadrature_change": 0.0, "phi": cor.phi, "mass_below_floor": cor.mass_below_floor,
-             "zero_rows": int(len(spectrum.zero_rows)),
-             "near_zero": near_zero_split(spectrum.exact_eigenvalues, inputs.sigma_floor,
-                                          len(spectrum.zero_rows), spectrum.shift_directions)}
+    theorem = None
     if (form, inputs.sigma_floor) in analysis.exact_parts:
-        thm = theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs)
-        entry.update({"theorem_term": thm.term, "theorem_term_stderr": 0.0,
-                      "theorem_term_interval": thm.interval.to_json(), "theorem_phi": thm.phi,
-                      "theorem_logdet_m": thm.logdet_m, "theorem_trace_m": thm.trace_m,
-                      "theorem_diag_floored": thm.diag_floored, "theorem_mass_below_floor": thm.mass_below_floor,
-                      "q_source": "exact diagonal"})
-    entry["exact"] = {k: entry[k] for k in ("err_sum", "err_mean", "phi", "mass_below_floor") if k in entry}
-    if "theorem_term" in entry:
-        entry["exact"].update(theorem_term=entry["theorem_term"], theorem_phi=entry["theorem_phi"],
-                              theorem_diag_floored=entry["theorem_diag_floored"])
-    entry["slq"] = slq
-    return entry
+        theorem = TheoremFigures.of(theorem_from_exact_parts(analysis.exact_parts[(form, inputs.sigma_floor)], inputs),
+                                    "exact diagonal")
+    return BoundFigures(form, "exact", cor.err_sum, 0.0, cor.err_mean, 0.0, cor.err_mean_interval, 0.0, cor.phi,
+                        cor.mass_below_floor, int(len(spectrum.zero_rows)),
+                        near_zero=NearZero.of(spectrum.exact_eigenvalues, inputs.sigma_floor, len(spectrum.zero_rows),
+                                              spectrum.shift_directions),
+                        theorem=theorem, slq=slq)
 
 
-def near_zero_split(eigenvalues: np.ndarray, floor: float, zero_rows: int, logit_shift: int = 0) -> dict:
-    """How the near-null spectrum was handled (counts out of d): exactly-zero rows and logit-shift directions
-    deflated (exact zeros), the rest of |λ| < floor raised to the floor."""
-    below = int((np.abs(eigenvalues) < floor).sum())
-    return {"deflated_zero_rows": int(zero_rows), "deflated_logit_shift": int(logit_shift),
-            "raised_to_floor": max(below - int(zero_rows) - int(logit_shift), 0), "below_floor_total": below}
-
-
-def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> dict:
+def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> BoundFigures:
     spectrum = analysis.spectrum
     runs = analysis.runs.get((form, inputs.sigma_floor))
     support = spectrum.support.bounds() if spectrum.support is not None else None
     cor = corollary3_from_slq(spectrum.slq, form, inputs, support)
-    entry = {"err_sum": cor.err_sum, "err_sum_stderr": cor.err_sum_stderr, "err_mean": cor.err_mean,
-             "err_mean_stderr": cor.err_mean_stderr,
-             "err_mean_interval": cor.err_mean_interval.to_json() if cor.err_mean_interval else None,
-             "err_mean_quadrature_change": quadrature_change(spectrum.slq, form, inputs),
-             "phi": cor.phi, "mass_below_floor": cor.mass_below_floor, "zero_rows": int(len(spectrum.zero_rows)),
-             "logit_shift": spectrum.shift_directions,
-             "probes": int(len(spectrum.slq.nodes)), "steps": int(spectrum.slq.alphas.shape[1])}
+    theorem = None
     if runs is not None:  # the Theorem 6/7 term (absent when only Corollary 3 was asked for, e.g. the table)
-        theorem = theorem_from_runs(runs, inputs)
-        entry.update({"theorem_term": theorem.term, "theorem_term_stderr": theorem.term_stderr,
-                      "theorem_term_interval": theorem.interval.to_json() if theorem.interval else None,
-                      "theorem_phi": theorem.phi, "theorem_logdet_m": theorem.logdet_m,
-                      "theorem_trace_m": theorem.trace_m, "theorem_diag_floored": theorem.diag_floored,
-                      "theorem_mass_below_floor": theorem.mass_below_floor,
-                      "q_source": ("exact diagonal" if spectrum.exact_diagonal is not None else
-                                   f"Hutchinson diagonal ({spectrum.diagonal.probes} probes; the interval holds "
-                                   "for this Q)")})
-    return entry
+        q_source = ("exact diagonal" if spectrum.exact_diagonal is not None else
+                    f"Hutchinson diagonal ({spectrum.diagonal.probes} probes; the interval holds for this Q)")
+        theorem = TheoremFigures.of(theorem_from_runs(runs, inputs), q_source)
+    return BoundFigures(form, "slq", cor.err_sum, cor.err_sum_stderr, cor.err_mean, cor.err_mean_stderr,
+                        cor.err_mean_interval, quadrature_change(spectrum.slq, form, inputs), cor.phi,
+                        cor.mass_below_floor, int(len(spectrum.zero_rows)), logit_shift=spectrum.shift_directions,
+                        probes=int(len(spectrum.slq.nodes)), steps=int(spectrum.slq.alphas.shape[1]), theorem=theorem)
+
+
+def planned_hvps(settings: SpectrumSettings, dim: int, forms=(), floors=()) -> int:
+    """An upper estimate of the HVPs of :func:`analyse` for the progress bar: the spectrum's
+    (:func:`wdbound.spectrum.expected_hvps`) plus, per floor, the Theorem runs of ``forms`` (two SLQ runs for
+    AdamW; l2-Adam's ln det reuses the density run), or the d columns of the dense Hessian with ``exact``."""
+    runs_per_floor = sum(2 if form == "adamw" else 1 for form in forms)
+    return expected_hvps(settings, dim) + (dim if settings.exact else
+                                           runs_per_floor * len(floors) * settings.probes * min(settings.steps, dim))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One checkpoint analysed: the spectrum work (:class:`Analysis`) and the figures of each asked bound form
+    for ``inputs``. Shared by ``wdbound err``, ``table`` and ``check``."""
+
+    analysis: Analysis
+    inputs: BoundInputs
+    figures: dict[str, BoundFigures]
+
+    @property
+    def spectrum(self) -> Spectrum:
+        """The spectrum (refined by the adaptive SLQ when it ran)."""
+        return self.analysis.spectrum
+
+    def figures_for(self, inputs: BoundInputs) -> dict[str, BoundFigures]:
+        """The figures of the same forms for other inputs (a sweep; no HVPs)."""
+        return {form: bound_figures(self.analysis, form, inputs) for form in self.figures}
+
+
+def evaluate(ckpt: Checkpoint, settings: SpectrumSettings, inputs: BoundInputs, forms=(), *, theorem: bool = True,
+             floors=None, cache: Cache | None = None, observer: Observer | None = None,
+             label: str = "") -> Evaluation:
+    """Analyse ``ckpt`` and compute the figures of ``forms`` for ``inputs``.
+
+    Parameters
+    ----------
+    forms:
+        Bound forms (``adamw``, ``l2-adam``) whose figures are wanted; their err/d intervals are the targets of
+        the adaptive SLQ (``settings.rtol``).
+    theorem:
+        Also the Theorem 6/7 terms (Lanczos runs on A and H, or exact eigendecompositions).
+    floors:
+        σ-floors of Q to prepare Theorem runs for (a σ-floor sweep); default ``[inputs.sigma_floor]``.
+    observer:
+        Receives the memory plan, the planned and spent HVPs (task ``label``).
+    """
+    from .models import count_parameters
+
+    observer = observer or Observer()
+    floors = sorted(set(floors)) if floors else [inputs.sigma_floor]
+    theorem_forms = list(forms) if theorem else []
+    observer.start(label, planned_hvps(settings, count_parameters(ckpt.model), theorem_forms, floors))
+    analysis = analyse(ckpt, settings, forms=theorem_forms, floors=floors, cache=cache, on_hvps=observer.hvps,
+                       targets=tuple((form, inputs) for form in forms), on_plan=observer.plan)
+    observer.done(analysis.hvps)
+    return Evaluation(analysis, inputs, {form: bound_figures(analysis, form, inputs) for form in forms})
+
+
+ERR_NOTE = ("each form uses this checkpoint's own Hessian, eta and lambda; evaluating the form of an optimizer that "
+            "did not train it is a counterfactual comparison")
+INTERVAL_NOTE = "CMS bracket of each probe's Gauss rule + 3 stderr of the probe spread (docs/intervals.md)"
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """The figures of every form with one swept input changed (``err --sweep``)."""
+
+    value: float
+    figures: dict[str, BoundFigures]
+
+    def to_json(self) -> dict:
+        """``{"value", <form>: figures}``."""
+        return {"value": self.value, **{form: f.to_json() for form, f in self.figures.items()}}
+
+
+@dataclass(frozen=True)
+class ErrReport:
+    """``wdbound err``: the bound figures of each form on one checkpoint, with their inputs and sweeps."""
+
+    checkpoint: str
+    trained_with: str | None  # the optimizer recorded in the checkpoint
+    own_form: str | None  # the bound form of that optimizer (None outside the papers' forms)
+    lam_reading: str | None  # how the checkpoint's lambda was read (AdamS: the effective decay)
+    evaluation: Evaluation
+    sweeps: dict[str, list[SweepRow]] = field(default_factory=dict)
+
+    @property
+    def forms(self) -> list[str]:
+        """The bound forms evaluated."""
+        return list(self.evaluation.figures)
+
+    @property
+    def figures(self) -> dict[str, BoundFigures]:
+        """The figures per form for the run's inputs."""
+        return self.evaluation.figures
+
+    def to_json(self) -> dict:
+        """The JSON of ``wdbound err --json``."""
+        spectrum, refinement = self.evaluation.spectrum, self.evaluation.analysis.refinement
+        out = {"checkpoint": self.checkpoint, "trained_with": self.trained_with, "own_form": self.own_form,
+               "lam_reading": self.lam_reading, "note": ERR_NOTE}
+        out.update({form: figures.to_json() for form, figures in self.figures.items()})
+        out["inputs"] = {**self.evaluation.inputs.to_json(), "spectrum": spectrum.provenance,
+                         "spectrum_cached": spectrum.cached,
+                         "support": spectrum.support.to_json() if spectrum.support else None,
+                         "interval": INTERVAL_NOTE}
+        out["refinement"] = refinement.to_json() if refinement else None
+        if self.sweeps:
+            out["sweeps"] = {name: [row.to_json() for row in rows] for name, rows in self.sweeps.items()}
+        return out
+
+
+def evaluate_err(ckpt: Checkpoint, settings: SpectrumSettings, inputs: BoundInputs, forms=FORMS, *,
+                 sweeps: list[tuple[str, list[float]]] = (), cache: Cache | None = None,
+                 observer: Observer | None = None, label: str = "") -> ErrReport:
+    """Corollary 3 and the Theorem 6/7 terms of ``forms`` on ``ckpt`` (``wdbound err``), re-evaluated for every
+    value of each sweep (``(name, values)`` from :func:`parse_sweep`; only a σ-floor sweep needs new Lanczos
+    runs, prepared here in the same analysis)."""
+    from .optim import bound_form
+
+    for form in forms:
+        if form not in FORMS:
+            raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "--optimizer")
+    sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
+    floors = {inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)}
+    evaluation = evaluate(ckpt, settings, inputs, forms, floors=floors, cache=cache, observer=observer, label=label)
+    trained_with = ckpt.optimizer_name
+    return ErrReport(str(ckpt.path), trained_with, bound_form(str(trained_with)),
+                     (ckpt.meta.get("train") or {}).get("lam_reading"), evaluation,
+                     {name: [SweepRow(value, evaluation.figures_for(p)) for value, p in pairs]
+                      for name, pairs in sweep_sets.items()})
 
 
 def parse_sweep(text: str) -> tuple[str, list[float]]:

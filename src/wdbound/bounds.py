@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import WdboundError
 from .estimators.quadrature_interval import Interval, PiecewiseMonotone, trace_interval
+from .stats import mean_stderr
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,6 @@ class Corollary3:
     err_mean_interval: Interval | None = None  # covers the exact err/d (SLQ only; exact values are points)
 
 
-def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
-    k = len(samples)
-    return float(np.mean(samples)), (float(np.std(samples, ddof=1) / math.sqrt(k)) if k > 1 else math.nan)
-
-
 def _signed(values) -> tuple[float, ...]:
     """Breakpoints in σ of a function of |σ|: 0 and each positive value with both signs."""
     positive = sorted({float(v) for v in values if v > 0 and math.isfinite(v)})
@@ -151,7 +147,7 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread.
     With the spectrum's ends ``support`` = (L, R), also the interval of err/d."""
     f = corollary3_integrand(form, p)
-    total, stderr = _mean_stderr(density.quadrature(f))
+    total, stderr = mean_stderr(density.quadrature(f))
     nodes, weights = density.measure()
     below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
     interval = trace_interval(density, f, support).affine(1 / p.d) if support is not None else None
@@ -290,74 +286,13 @@ def _check_floor(floor: float, p: BoundInputs) -> None:
         raise ValueError(f"parts were computed with floor {floor:g}, inputs ask for {p.sigma_floor:g}")
 
 
-# ---------------------------------------------------------------- Theorems 6 and 7 from an operator
-
-class ScaledOperator:
-    """``D H D`` for a diagonal ``D`` [d] (here D = Q^{1/2}, giving A = Q^½ H Q^½): one HVP per matvec."""
-
-    def __init__(self, operator, scale) -> None:
-        self.op = operator
-        self.scale = scale.to(operator.device, operator.dtype)
-        self.dim, self.dtype, self.device = operator.dim, operator.dtype, operator.device
-
-    def matmat(self, vectors):
-        return self.scale * self.op.matmat(self.scale * vectors)
-
-
-@dataclass(frozen=True)
-class TheoremRuns:
-    """The two SLQ runs a Theorem 6/7 term needs, for one form and one floor of H_ii:
-    ``logdet`` on A (AdamW) or H (l2-Adam) from Rademacher z, ``trace`` on the same matrix from Q^½ z'."""
-
-    form: str
-    floor: float
-    sum_log_q: float
-    diag_floored: int
-    logdet: object  # wdbound.estimators.SLQ
-    trace: object
-    support: tuple[float, float] | None = None  # ends of the spectrum of A (AdamW) or H (l2-Adam)
-
-
-def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
-                 zero_mask=None, density=None, support: tuple[float, float] | None = None,
-                 memory=None) -> TheoremRuns:
-    """Run the Lanczos quadratures of the Theorem term. ``zero_mask`` [d] marks exactly-zero Hessian rows: they
-    are deflated (A and H are block-diagonal with a zero block there) and counted exactly. ``density``, an SLQ
-    run of H, is reused as l2-Adam's ln det run, and ``support``, the ends of H's spectrum, as l2-Adam's
-    support (A's are found by Lanczos). The two runs use independent probes. ``memory`` (a
-    ``LanczosMemory`` of the memory plan) chooses the whole basis or the low-memory recurrence."""
-    import torch
-
-    from .estimators.hutchinson import rademacher
-    from .estimators.lanczos import run_lanczos, slq_from_run, spectral_support
-
-    lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
-    q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
-    keep = torch.ones(operator.dim, dtype=torch.bool, device=operator.device) if zero_mask is None else ~zero_mask
-    nulls = float((~keep).sum())
-    target = ScaledOperator(operator, q_half) if form == "adamw" else operator
-
-    def draw(count: int) -> torch.Tensor:
-        return rademacher(count, operator.dim, generator, operator.dtype, operator.device) * keep
-
-    if density is not None and form == "l2-adam":
-        logdet = density
-    else:
-        logdet = slq_from_run(run_lanczos(target, draw, probes, steps, memory), operator.dim, null_weight=nulls)
-    trace = slq_from_run(run_lanczos(target, lambda count: draw(count) * q_half, probes, steps, memory),
-                         operator.dim, null_weight=float((q_half**2 * ~keep).sum()))
-    if form == "adamw" or support is None:
-        support = spectral_support(target, generator,
-                                   restart=memory.ends_restart if memory is not None else None).bounds()
-    return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace, tuple(support))
-
-
-def theorem_from_runs(runs: TheoremRuns, p: BoundInputs) -> TheoremTerm:
-    """Assemble the term; the stderr combines both runs' probe spreads (independent probes)."""
+def theorem_from_runs(runs, p: BoundInputs) -> TheoremTerm:
+    """Assemble the term from a ``wdbound.analysis.TheoremRuns`` (two SLQ runs, the spectrum ends, ΣlnQ_ii);
+    the stderr combines both runs' probe spreads (independent probes)."""
     _check_floor(runs.floor, p)
     f_logdet, f_trace = logdet_integrand(p.lam, p.sigma_floor), ratio_integrand(p.lam, p.sigma_floor)
-    logdet, logdet_se = _mean_stderr(runs.logdet.quadrature(f_logdet))
-    trace, trace_se = _mean_stderr(runs.trace.quadrature(f_trace))
+    logdet, logdet_se = mean_stderr(runs.logdet.quadrature(f_logdet))
+    trace, trace_se = mean_stderr(runs.trace.quadrature(f_trace))
     stderr = math.hypot(logdet_se, p.eta / (2 * p.rho * p.b) * p.eta / (2 * p.b) * trace_se)
     nodes, weights = runs.logdet.measure()
     intervals = {}

@@ -20,11 +20,17 @@ The top eigenvalue's "stderr" is its Lanczos residual bound (a guaranteed error)
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from . import defaults
+from .checkpoints import checkpoint_paths
 from .errors import WdboundError
+from .progress import Observer
 
 FORMAT = "wdbound-baseline/1"
 METRICS = ("err_mean", "phi", "top_eigenvalue", "trace")
@@ -33,6 +39,8 @@ DEFAULT_TOLERANCE = {"stderr_factor": 4.0, "rel": 1e-6}
 
 @dataclass(frozen=True)
 class Comparison:
+    """One metric of one checkpoint: the baseline value, the value now, and the tolerance that applies."""
+
     checkpoint: str
     metric: str
     baseline: float
@@ -42,10 +50,12 @@ class Comparison:
 
     @property
     def difference(self) -> float:
+        """now − baseline."""
         return self.now - self.baseline
 
     @property
     def passed(self) -> bool:
+        """|difference| within the tolerance (two NaNs agree)."""
         if math.isnan(self.baseline) and math.isnan(self.now):
             return True
         return abs(self.difference) <= self.tolerance
@@ -72,6 +82,8 @@ def validate_baseline(data, source: str) -> dict:
 
 
 def tolerance_for(metric: str, base: dict, now_stderr: float, rules: dict, explicit: dict) -> tuple[float, str]:
+    """The tolerance of one metric and the rule that set it: the largest of the stderr rule, the relative rule
+    and an explicit per-metric one (see the module docstring)."""
     value = float(base["value"])
     candidates = []
     base_se = base.get("stderr")
@@ -88,6 +100,7 @@ def tolerance_for(metric: str, base: dict, now_stderr: float, rules: dict, expli
 
 
 def compare(entry: dict, now: dict, rules: dict, explicit: dict) -> list[Comparison]:
+    """Compare every recorded metric of a baseline ``entry`` with the figures ``now`` (a missing one fails)."""
     out = []
     for metric, base in entry["metrics"].items():
         current = now.get(metric)
@@ -100,6 +113,7 @@ def compare(entry: dict, now: dict, rules: dict, explicit: dict) -> list[Compari
 
 
 def junit_xml(results: list[Comparison], seconds: float) -> str:
+    """The comparisons as JUnit XML: one testcase per checkpoint and metric."""
     failures = sum(not r.passed for r in results)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuite name="wdbound check" tests="{len(results)}" failures="{failures}" errors="0" '
@@ -117,19 +131,177 @@ def junit_xml(results: list[Comparison], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metrics_of(row: dict) -> dict:
-    """The checked figures of one table row (see ``wdbound.cli.table_row``), each with its stderr."""
-    out = {"top_eigenvalue": {"value": row["top_eigenvalue"], "stderr": row["top_residual"]},
-           "trace": {"value": row["trace"], "stderr": row["trace_stderr"]}}
-    if row.get("err_mean") is not None:  # optimizers outside Table I have no bound form
-        out["err_mean"] = {"value": row["err_mean"], "stderr": row["err_mean_stderr"]}
-        out["phi"] = {"value": row["phi"], "stderr": _phi_stderr(row)}
+def metrics_of(row) -> dict:
+    """The checked figures of one :class:`wdbound.table.TableRow`, each with its stderr."""
+    out = {"top_eigenvalue": {"value": row.top_eigenvalue, "stderr": row.top_residual},
+           "trace": {"value": row.trace, "stderr": row.trace_stderr}}
+    if row.figures is not None:  # optimizers outside Table I have no bound form
+        out["err_mean"] = {"value": row.figures.err_mean, "stderr": row.figures.err_mean_stderr}
+        out["phi"] = {"value": row.figures.phi, "stderr": _phi_stderr(row.figures.phi, row.inputs.n,
+                                                                      row.figures.err_sum_stderr)}
     return out
 
 
-def _phi_stderr(row: dict) -> float:
+def _phi_stderr(phi: float, n: int, err_sum_stderr: float) -> float:
     """Φ = sqrt(8/n)·sqrt(err + c0): dΦ/d err = 4/(n Φ)."""
-    phi = row.get("phi")
     if not isinstance(phi, (int, float)) or not math.isfinite(phi) or phi == 0:
         return math.nan
-    return 4.0 / (row["n"] * phi) * row["err_sum_stderr"]
+    return 4.0 / (n * phi) * err_sum_stderr
+
+
+@dataclass
+class Baseline:
+    """A baseline file: where it lives and its JSON (format ``wdbound-baseline/1``): settings, tolerance rules,
+    and per checkpoint its path, SHA-256 and recorded metrics."""
+
+    path: Path
+    data: dict
+    exists: bool = True  # False for a baseline created in memory by :meth:`new`, not yet written
+
+    @classmethod
+    def load(cls, path: Path) -> "Baseline":
+        """Read and validate a baseline; a missing, unreadable or malformed file is a one-line error."""
+        path = Path(path)
+        if not path.exists():
+            raise WdboundError(f"{path}: no such baseline (create one with --update CKPT...)", "--baseline")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise WdboundError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:120]})", "--baseline") from None
+        return cls(path, validate_baseline(data, str(path)))
+
+    @classmethod
+    def new(cls, path: Path, checkpoints: list[Path], *, probes: int = defaults.CHECK_PROBES,
+            steps: int = defaults.CHECK_STEPS, seed: int = 0, max_samples: int | None = None) -> "Baseline":
+        """A baseline to be recorded: ``checkpoints`` (files or folders) with these SLQ settings, no metrics yet."""
+        from .spectrum import SpectrumSettings
+
+        if not checkpoints:
+            raise WdboundError(f"{path} does not exist; name the checkpoints to record", "--update")
+        spectrum = asdict(SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=seed, max_samples=max_samples))
+        data = {"format": FORMAT, "settings": {"spectrum": spectrum, "rho": None, "tau": defaults.TAU,
+                                               "sigma_floor": defaults.SIGMA_FLOOR},
+                "tolerance": dict(DEFAULT_TOLERANCE), "tolerances": {},
+                "checkpoints": [{"path": str(p), "metrics": {}} for p in checkpoint_paths(list(checkpoints))]}
+        return cls(Path(path), data, exists=False)
+
+    @classmethod
+    def open(cls, path: Path, *, update: bool = False, checkpoints: list[Path] = (), **new_settings) -> "Baseline":
+        """:meth:`load` an existing baseline; with ``update`` and no file yet, :meth:`new` one."""
+        if Path(path).exists() or not update:
+            return cls.load(path)
+        return cls.new(path, list(checkpoints), **new_settings)
+
+    @property
+    def entries(self) -> list[dict]:
+        """The checkpoint entries: ``{"path", "sha256", "metrics"}``."""
+        return self.data["checkpoints"]
+
+    def select(self, checkpoints: list[Path] = ()) -> list[dict]:
+        """The entries to check: those of ``checkpoints`` (all when empty; every one must be in the
+        baseline), each of whose file must exist."""
+        entries = self.entries
+        if checkpoints and self.exists:
+            wanted = {str(p) for p in checkpoint_paths(list(checkpoints))}
+            unknown = wanted - {e["path"] for e in entries}
+            if unknown:
+                raise WdboundError(f"not in the baseline: {', '.join(sorted(unknown))}", "--baseline")
+            entries = [e for e in entries if e["path"] in wanted]
+        missing = [e["path"] for e in entries if not Path(e["path"]).is_file()]
+        if missing:
+            raise WdboundError(f"baseline checkpoint missing: {', '.join(missing)}", "--baseline")
+        return entries
+
+    def settings(self, *, device: str = "auto", memory: str = "auto"):
+        """The recorded SpectrumSettings (on ``device`` within ``memory``; never exact, no refinement) and the
+        recorded ρ, τ and σ-floor."""
+        from .spectrum import SpectrumSettings
+
+        try:
+            recorded = self.data["settings"]
+            settings = SpectrumSettings(**{**recorded["spectrum"], "device": device, "exact": False,
+                                           "diagonal": "hutchinson", "rtol": 0.0, "memory": memory})
+            settings.validate()
+            return settings, recorded.get("rho"), float(recorded["tau"]), float(recorded["sigma_floor"])
+        except WdboundError as exc:  # a recorded value out of range: the baseline is at fault, not a flag
+            raise WdboundError(f"{self.path}: unusable settings ({exc.reason})", "--baseline") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WdboundError(f"{self.path}: unusable settings ({exc})", "--baseline") from None
+
+    def tolerance_rules(self) -> tuple[dict, dict]:
+        """(the general tolerance rules, the explicit per-metric tolerances)."""
+        return {**DEFAULT_TOLERANCE, **(self.data.get("tolerance") or {})}, self.data.get("tolerances") or {}
+
+    def updated(self, report: "CheckReport") -> "Baseline":
+        """A copy whose checked entries carry the report's SHA-256 and metrics, stamped with the library
+        versions."""
+        from .provenance import library_versions
+
+        data = json.loads(json.dumps(self.data))
+        for entry in data["checkpoints"]:
+            if entry["path"] in report.recorded:
+                entry["sha256"], entry["metrics"] = report.recorded[entry["path"]]
+        data["updated_with"] = library_versions()
+        return replace(self, data=data)
+
+    def write(self) -> Path:
+        """Write the baseline atomically."""
+        from .io_utils import write_json_atomic
+
+        return write_json_atomic(self.path, self.data)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The outcome of :func:`run_check`: every comparison, and what was computed for each checkpoint."""
+
+    results: list[Comparison]
+    recorded: dict[str, tuple[str, dict]]  # path -> (sha256 now, metrics now)
+    changed_files: list[str]  # checkpoints whose SHA-256 differs from the baseline's
+    seconds: float
+    checkpoints: int = 0
+
+    @property
+    def failed(self) -> list[Comparison]:
+        """The comparisons beyond their tolerance."""
+        return [r for r in self.results if not r.passed]
+
+    @property
+    def worst_relative_drift(self) -> float:
+        """The largest |now − baseline| / |baseline| (0 with no comparison)."""
+        return max((abs(r.difference) / abs(r.baseline) for r in self.results if r.baseline), default=0.0)
+
+    @property
+    def changed(self) -> list[Comparison]:
+        """The comparisons whose value moved at all (what ``--update`` changes)."""
+        return [r for r in self.results if r.difference != 0]
+
+    def junit(self) -> str:
+        """The comparisons as JUnit XML."""
+        return junit_xml(self.results, self.seconds)
+
+
+def run_check(baseline: Baseline, *, checkpoints: list[Path] = (), device: str = "auto", memory: str = "auto",
+              observer: Observer | None = None) -> CheckReport:
+    """Recompute the figures of the baseline's checkpoints (all, or ``checkpoints``) with its settings and seeds,
+    never from the cache (a code change must show), and compare them with the recorded ones."""
+    from .cache import NoCache
+    from .table import evaluate_row
+
+    observer = observer or Observer()
+    entries = baseline.select(checkpoints)
+    settings, rho, tau, floor = baseline.settings(device=device, memory=memory)
+    rules, explicit = baseline.tolerance_rules()
+    observer.items(len(entries))
+    results, recorded = [], {}
+    start = time.perf_counter()
+    for entry in entries:
+        row, _ = evaluate_row(Path(entry["path"]), settings, rho=rho, tau=tau, sigma_floor=floor, cache=NoCache(),
+                              observer=observer)
+        now = metrics_of(row)
+        recorded[entry["path"]] = (row.sha256, now)
+        if entry["metrics"]:
+            results += compare(entry, now, rules, explicit)
+        observer.item(Path(entry["path"]).name)
+    changed = [e["path"] for e in entries if e.get("sha256") and e["sha256"] != recorded[e["path"]][0]]
+    return CheckReport(results, recorded, changed, time.perf_counter() - start, len(entries))

@@ -65,10 +65,37 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
+        """The file name without its suffix."""
         return self.path.stem
 
+    @property
+    def optimizer_name(self) -> str | None:
+        """The optimizer that trained the checkpoint (``adamw``, ``l2-adam-d``, ...), None when not recorded."""
+        return optimizer_name(self.meta)
+
     def facts(self) -> TrainingFacts:
+        """η, λ, b and n read from the metadata (see :func:`training_facts`)."""
         return training_facts(self.meta)
+
+
+def optimizer_name(meta: dict[str, Any]) -> str | None:
+    """The optimizer name recorded in checkpoint metadata (None for a plain state_dict)."""
+    name = (meta.get("optimizer") or {}).get("name")
+    return None if name is None else str(name)
+
+
+def checkpoint_paths(paths: list[Path]) -> list[Path]:
+    """Files as given and, for each folder, its ``.pt`` / ``.safetensors`` files in name order; none at all is a
+    one-line error."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".pt", ".safetensors"))
+        else:
+            found.append(path)
+    if not found:
+        raise WdboundError(f"no checkpoints (.pt, .safetensors) in {', '.join(map(str, paths))}")
+    return found
 
 
 def training_facts(meta: dict[str, Any]) -> TrainingFacts:

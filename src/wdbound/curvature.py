@@ -86,6 +86,25 @@ class DenseOperator:
         return vectors @ self.matrix  # symmetric: (M V^T)^T = V M
 
 
+class ScaledOperator:
+    """``D H D`` for a diagonal ``D`` [d] (the Theorem terms use D = Q^{1/2}, giving A = Q^½ H Q^½): one matvec
+    of the wrapped operator per matvec.
+
+    >>> op = ScaledOperator(DenseOperator(torch.eye(2, dtype=torch.float64)), torch.tensor([2.0, 3.0]))
+    >>> op.matmat(torch.eye(2, dtype=torch.float64)).tolist()
+    [[4.0, 0.0], [0.0, 9.0]]
+    """
+
+    def __init__(self, operator: Operator, scale: torch.Tensor) -> None:
+        self.op = operator
+        self.scale = scale.to(operator.device, operator.dtype)
+        self.dim, self.dtype, self.device = operator.dim, operator.dtype, operator.device
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``D H D V^T`` for rows ``vectors`` [k, d]."""
+        return self.scale * self.op.matmat(self.scale * vectors)
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
     if device == "auto":

@@ -20,6 +20,7 @@ class WdboundError(Exception):
 
     def __init__(self, message: str, flag: str | None = None) -> None:
         self.flag = flag
+        self.reason = message  # the message without the flag hint
         if flag and flag not in message:
             message = f"{message} (pass {flag})"
         super().__init__(message)

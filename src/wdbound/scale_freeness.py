@@ -38,6 +38,7 @@ class EpochDrift:
     relative: float  # ||x - x'|| / ||x||
 
     def to_json(self) -> dict:
+        """The fields by name."""
         return dict(self.__dict__)
 
 
@@ -53,9 +54,11 @@ class DriftReport:
 
     @property
     def scale_free(self) -> bool:
+        """The relative drift after the last epoch is within SCALE_FREE_TOL."""
         return self.epochs[-1].relative <= SCALE_FREE_TOL
 
     def to_json(self) -> dict:
+        """The pair of runs as JSON (with the verdict and its tolerance)."""
         return {"optimizer": self.optimizer, "eps": self.eps, "scale": self.scale, "layer": self.layer,
                 "scale_free": self.scale_free, "tolerance": SCALE_FREE_TOL,
                 "epochs": [e.to_json() for e in self.epochs]}
@@ -81,3 +84,48 @@ def drift(config: TrainConfig, scale: float, layer: str | None = None, on_step=N
     epochs = tuple(EpochDrift(i + 1, float((a - b).abs().max()), float((a - b).norm() / max(float(a.norm()), 1e-300)))
                    for i, (a, b) in enumerate(zip(plain, other)))
     return DriftReport(config.optimizer, config.eps, scale, layer, epochs)
+
+
+@dataclass(frozen=True)
+class ScaleFreenessStudy:
+    """``wdbound scale-freeness``: one :class:`DriftReport` per (optimizer, ε), all from one base config."""
+
+    base: TrainConfig
+    scale: float
+    layer: str | None
+    reports: tuple[DriftReport, ...]
+
+    def to_json(self) -> dict:
+        """The settings and every pair of runs."""
+        b = self.base
+        return {"model": b.model, "data": b.data, "epochs": b.epochs, "lr": b.lr, "wd": b.wd,
+                "batch_size": b.batch_size, "seed": b.seed, "dtype": b.dtype, "scale": self.scale,
+                "layer": self.layer, "runs": [r.to_json() for r in self.reports]}
+
+
+def parse_eps(text: str) -> list[float]:
+    """``"1e-8,1e-16"`` -> [1e-8, 1e-16]; every value must be a number > 0."""
+    try:
+        values = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise WdboundError(f"--eps {text!r}: use numbers separated by commas", "--eps") from None
+    if not values or any(not e > 0 for e in values):
+        raise WdboundError(f"--eps {text!r}: every epsilon must be > 0", "--eps")
+    return values
+
+
+def study(base: TrainConfig, optimizers: list[str], eps_values: list[float], scale: float, layer: str | None = None,
+          on_pair=None) -> ScaleFreenessStudy:
+    """:func:`drift` for every optimizer and ε (the -D variants with γ = 0.9999); ``on_pair()`` after each pair."""
+    from .optim import optimizer_spec
+
+    for name in optimizers:
+        optimizer_spec(name)
+    reports = []
+    for name in optimizers:
+        for eps in eps_values:
+            config = replace(base, optimizer=name, eps=eps, wd_gamma=0.9999 if name.endswith("-d") else None)
+            reports.append(drift(config, scale, layer))
+            if on_pair is not None:
+                on_pair()
+    return ScaleFreenessStudy(base, scale, layer, tuple(reports))

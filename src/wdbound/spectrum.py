@@ -25,7 +25,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import defaults
 from .checkpoints import Checkpoint
+from .defaults import DIAGONAL_EXACT_MAX_DIM, EXACT_AUTO_MAX_DIM, EXACT_MAX_DIM, REFINE_BUDGET
 from .cache import Cache, cache_key
 from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
                         set_tf32, zero_rows)
@@ -36,14 +38,11 @@ from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats, available_bytes, human_bytes,
                      parse_memory, peak_bytes, plan_memory)
-from .train import library_versions
+from .progress import Observer
+from .provenance import checkpoint_provenance, library_versions
 
-EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
-EXACT_AUTO_MAX_DIM = 10_000  # `--exact auto`: dense Hessian (d HVPs, 0.8 GB, eigvalsh in seconds) up to this d
-DIAGONAL_EXACT_MAX_DIM = 20_000  # `--diagonal auto`: exact diagonal (d HVPs, no dense matrix) up to this d
 BACKENDS = ("wdbound", "pyhessian")
 EXACT_MODES = ("auto", "on", "off")
-REFINE_BUDGET = 8  # default cap of the adaptive SLQ: 8 times the HVPs of the base run
 DIAGONAL_MODES = ("auto", "exact", "hutchinson")
 
 
@@ -64,9 +63,9 @@ class SpectrumSettings:
     split: str = "test"
     max_samples: int | None = None
     subset_seed: int = 0  # seed of the --max-samples subset (its own stream: --seed moves only the probes)
-    probes: int = 16
-    steps: int = 80
-    top_k: int = 5
+    probes: int = defaults.PROBES
+    steps: int = defaults.STEPS
+    top_k: int = defaults.TOP_K
     diag_probes: int = 0  # extra Hutchinson probes beyond the SLQ ones
     seed: int = 0
     device: str = "auto"
@@ -202,9 +201,7 @@ class Spectrum:
                                     arrays["slq_norms_sq"], meta["d"], meta["null_weight"],
                                     complete=arrays["slq_complete"])
         support = Support(**meta["support"]) if meta.get("support") else None
-        samples = arrays["trace_samples"]
-        trace = TraceEstimate(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(len(samples))), samples,
-                              meta["trace_method"])
+        trace = TraceEstimate.from_samples(arrays["trace_samples"], meta["trace_method"])
         return cls(meta["d"], meta["n_eval"],
                    TopEigen(np.asarray(top["values"]), np.asarray(top["residuals"]), top["steps"], top["converged"],
                             top["tol"]),
@@ -322,6 +319,7 @@ class LayerSpectrum:
     spectrum: Spectrum
 
     def to_json(self) -> dict:
+        """The block's headline figures and its SLQ measure."""
         s = self.spectrum
         return {"name": self.name, "d": s.d, "top_eigenvalue": float(s.top.values[0]),
                 "top_residual": float(s.top.residuals[0]), "trace": s.trace.estimate, "trace_stderr": s.trace.stderr,
@@ -330,27 +328,32 @@ class LayerSpectrum:
                 "slq": {"nodes": [n.tolist() for n in s.slq.nodes], "weights": [w.tolist() for w in s.slq.weights]}}
 
 
-def per_layer_spectra(ckpt: Checkpoint, settings: SpectrumSettings, on_hvps: Callable[[int], None] | None = None,
-                      cache: Cache | None = None, on_plan: Callable[[MemoryPlan], None] | None = None,
-                      on_layer: Callable[[LayerSpectrum], None] | None = None) -> list[LayerSpectrum]:
+def per_layer_spectra(ckpt: Checkpoint, settings: SpectrumSettings, cache: Cache | None = None,
+                      observer: Observer | None = None) -> list[LayerSpectrum]:
     """One spectrum per trainable parameter tensor (those matching ``settings.params`` when given): the
     diagonal Hessian block of that tensor, the other parameters held fixed. Each is cached on its own, so an
-    interrupted run keeps the finished layers; ``on_layer`` sees each as it finishes."""
+    interrupted run keeps the finished layers; ``observer.item`` sees each name as it finishes."""
     from glob import escape
 
+    observer = observer or Observer()
     select = parameter_globs(settings.params) or (lambda _n, _p: True)
     names = [n for n, p in ckpt.model.named_parameters() if p.requires_grad and select(n, p)]
     if not names:
         raise WdboundError("no trainable parameter matches --params", "--params")
+    observer.start(f"{ckpt.path.name} per layer", None)
     out = []
     for name in names:
         numel = dict(ckpt.model.named_parameters())[name].numel()
         layer_settings = replace(settings, params=(escape(name),), steps=min(settings.steps, numel))
-        layer = LayerSpectrum(name, compute_spectrum(ckpt, layer_settings, on_hvps, cache, on_plan=on_plan))
+        layer = LayerSpectrum(name, compute_spectrum(ckpt, layer_settings, observer.hvps, cache))
         out.append(layer)
-        if on_layer is not None:
-            on_layer(layer)
+        observer.item(name)
     return out
+
+
+def per_layer_json(ckpt: Checkpoint, settings: SpectrumSettings, layers: list[LayerSpectrum]) -> dict:
+    """``wdbound spectrum --per-layer --json``: the checkpoint, the settings and every block."""
+    return {"checkpoint": str(ckpt.path), "settings": asdict(settings), "layers": [layer.to_json() for layer in layers]}
 
 
 def spectrum_key(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -389,13 +392,40 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         on_plan(plan)
     operator.on_matvecs = on_hvps
     result = estimate_spectrum(operator, settings, plan)
-    result.provenance.update({"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
-                              "arch": ckpt.meta.get("arch"), "arch_kwargs": ckpt.meta.get("arch_kwargs"),
-                              "arch_kwargs_inferred": ckpt.meta.get("arch_kwargs_inferred"),
-                              "data": evaluation_data(ckpt, settings), "cache_key": key})
+    result.provenance.update(checkpoint_provenance(ckpt, evaluation_data(ckpt, settings), key))
     if cache is not None:
         cache.put(key, *result.to_arrays())
     return result
+
+
+def analyse_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, cache: Cache | None = None,
+                     observer: Observer | None = None) -> Spectrum:
+    """:func:`compute_spectrum` reporting to ``observer``: the planned HVPs, the memory plan, every HVP
+    spent, and the end (``wdbound spectrum``)."""
+    from .models import count_parameters
+
+    observer = observer or Observer()
+    observer.start(ckpt.path.name, expected_hvps(settings, count_parameters(ckpt.model)))
+    result = compute_spectrum(ckpt, settings, observer.hvps, cache, on_plan=observer.plan)
+    observer.done(0 if result.cached else result.hvps)
+    return result
+
+
+def write_spectrum_json(result: Spectrum, path: Path) -> tuple[Path, Path]:
+    """Write every figure of ``result`` with its provenance as JSON at ``path`` and the diagonal (estimate and
+    stderr, ``[2, d]``) beside it as ``<stem>.diagonal.npy``, each atomically. Returns both paths."""
+    from .io_utils import write_atomic, write_json_atomic
+
+    path = Path(path)
+    diag_path = path.with_name(path.stem + ".diagonal.npy")
+
+    def save(tmp) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.stack([result.diagonal.estimate, result.diagonal.stderr]))
+
+    write_atomic(diag_path, save)
+    write_json_atomic(path, result.to_json(str(diag_path)))
+    return path, diag_path
 
 
 def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | None = None) -> Spectrum:
@@ -482,60 +512,11 @@ def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) ->
     operator = build_operator(ckpt, settings)
     top, density, trace, diagonal, hvps, wall = run_pyhessian(operator, settings)
     provenance = {
-        "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "arch": ckpt.meta.get("arch"),
-        "data": evaluation_data(ckpt, settings), "settings": asdict(settings), "device": str(operator.device),
-        "hvp_count": hvps, "wall_seconds": wall, "versions": library_versions(),
-        "loss": "mean cross-entropy, model in eval mode", "backend": settings.backend, "cache_key": key,
+        **checkpoint_provenance(ckpt, evaluation_data(ckpt, settings), key), "settings": asdict(settings),
+        "device": str(operator.device), "hvp_count": hvps, "wall_seconds": wall, "versions": library_versions(),
+        "loss": "mean cross-entropy, model in eval mode", "backend": settings.backend,
         "note": "PyHessian 0.1: power iteration (rel. tol 1e-3) for the top eigenvalues, Hutchinson trace with "
                 "early stop at rel. change 1e-3, density with torch.eig replaced by eigh (wdbound.backends."
                 "pyhessian_compat); no diagonal estimate",
     }
     return Spectrum(operator.dim, operator.n_eval, top, density, trace, diagonal, hvps, wall, provenance)
-
-
-def density_grid(slq: SLQ, points: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
-    nodes, _ = slq.measure()
-    low, high = float(nodes.min()), float(nodes.max())
-    span = max(high - low, 1e-12)
-    width = 0.01 * span
-    grid = np.linspace(low - 0.05 * span, high + 0.05 * span, points)
-    return grid, slq.density(grid, width), width
-
-
-def density_figure(slq: SLQ, exact_eigenvalues: np.ndarray | None, title: str, path: Path | None = None):
-    """Gaussian-smoothed SLQ density on a log scale (Ghorbani et al. 2019 / PyHessian style), with the exact
-    eigenvalues under the same smoothing when given. Saved atomically to ``path``, else the figure is returned."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from .io_utils import atomic_path
-
-    grid, dens, width = density_grid(slq)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(grid, np.maximum(dens, 1e-12), label=f"SLQ ({len(slq.nodes)} probes, smoothing {width:.2g})")
-    if exact_eigenvalues is not None:
-        ev = exact_eigenvalues
-        diff = (grid[:, None] - ev[None, :]) / width
-        exact = np.exp(-0.5 * diff**2).sum(1) / (len(ev) * width * math.sqrt(2 * math.pi))
-        ax.semilogy(grid, np.maximum(exact, 1e-12), "--", label="exact (same smoothing)")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density (log scale)")
-    ax.set_ylim(bottom=1e-6 * max(dens.max(), 1e-12))
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is None:
-        return fig
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    return None
-
-
-def plot_density(spectrum: Spectrum, path: Path, title: str) -> None:
-    """The density plot of a spectrum (``wdbound spectrum --plot``, the table's per-checkpoint plots)."""
-    density_figure(spectrum.slq, spectrum.exact_eigenvalues, title, path)

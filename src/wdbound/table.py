@@ -7,7 +7,9 @@ grouped by (model, epochs); each group is a column pair "AdamW / AdamW-D"
 beside "l2-Adam / l2-Adam-D", each cell "constant / decaying", rows "err in
 bound" (err/d, the paper's scale) and "test acc. (%)". A missing partner is "—".
 
-Rows in, text (and the per-model comparison plot) out; the CLI computes the rows.
+:func:`run_table` evaluates the checkpoints (one :class:`TableRow` each) and
+:func:`build_report` turns rows into a :class:`TableReport`: layout, findings,
+every output format and the files (:meth:`TableReport.write`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import defaults
+from .analysis import BoundFigures, Refinement, bound_inputs, evaluate
+from .bounds import BoundInputs
+from .checkpoints import load_checkpoint
+from .curvature import resolve_dtype
+from .errors import Interrupted, WdboundError
+from .optim import bound_form
+from .progress import Observer
+from .spectrum import EXACT_MODES, Spectrum, SpectrumSettings, resolve_exact
 
 DASH = "—"
 FAMILY_TITLES = {"adamw": "AdamW / AdamW-D", "l2-adam": "l2-Adam / l2-Adam-D"}
@@ -46,7 +60,6 @@ def model_label(arch: str, arch_kwargs: dict | None) -> str:
 
 def update_spread(meta: dict, path) -> float | None:
     """Interquartile range (log2 units) of the update-magnitude histogram from the saved optimizer state."""
-    from .errors import WdboundError
     from .updates import checkpoint_histograms, stats, total_counts
 
     try:
@@ -55,22 +68,117 @@ def update_spread(meta: dict, path) -> float | None:
         return None
 
 
-def all_optimizers_grid(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+@dataclass(frozen=True)
+class TableRow:
+    """One checkpoint of the table: what it is, its spectrum's headline figures, and the bound figures of
+    the form of the optimizer that trained it (``figures`` is None for an optimizer without a bound form).
+    ``to_json`` is a cell of ``table1.json`` and a line of ``table1.csv``."""
+
+    checkpoint: str  # file name
+    model: str  # model_label(): architecture and its non-default arguments
+    epochs: int
+    optimizer: str
+    family: str | None = None  # "adamw" / "l2-adam" for Table I's optimizers (family_variant)
+    variant: str | None = None  # "constant" / "decaying"
+    form: str | None = None  # bound form of the optimizer (optim.bound_form)
+    test_acc: float | None = None
+    test_loss: float | None = None
+    update_iqr_log2: float | None = None
+    path: str = ""
+    sha256: str = ""
+    top_eigenvalue: float = math.nan
+    top_residual: float = math.nan  # Lanczos residual bound of the top eigenvalue
+    trace: float = math.nan
+    trace_stderr: float = math.nan
+    probes: int = 0
+    steps: int = 0
+    seed: int = 0
+    dtype: str = "float64"
+    split: str = "test"
+    hvps: int = 0  # spent in this process (0: from the cache)
+    cached: bool = False
+    inputs: BoundInputs | None = None
+    spectrum_provenance: dict = field(default_factory=dict)
+    figures: BoundFigures | None = None
+    refinement: Refinement | None = None
+
+    @property
+    def err_mean(self) -> float | None:
+        """err/d of the row's own form (None without a bound form)."""
+        return self.figures.err_mean if self.figures is not None else None
+
+    @property
+    def method(self) -> str | None:
+        """``exact`` or ``slq`` (None without a bound form)."""
+        return self.figures.method if self.figures is not None else None
+
+    @property
+    def err_interval(self) -> tuple[float, float]:
+        """The err/d interval (covers the exact value; a point when exact)."""
+        return self.figures.interval
+
+    def to_json(self) -> dict:
+        """The flat cell of ``table1.json``: the row's facts, the bound inputs and every bound figure."""
+        out = {"checkpoint": self.checkpoint, "path": self.path, "sha256": self.sha256, "model": self.model,
+               "epochs": self.epochs, "optimizer": self.optimizer, "family": self.family, "variant": self.variant,
+               "form": self.form, "test_acc": self.test_acc, "test_loss": self.test_loss,
+               "update_iqr_log2": self.update_iqr_log2, "top_eigenvalue": self.top_eigenvalue,
+               "top_residual": self.top_residual, "trace": self.trace, "trace_stderr": self.trace_stderr,
+               "probes": self.probes, "steps": self.steps, "seed": self.seed, "dtype": self.dtype,
+               "split": self.split, "hvps": self.hvps, "cached": self.cached,
+               **(self.inputs.to_json() if self.inputs is not None else {}),
+               "spectrum_provenance": self.spectrum_provenance}
+        if self.figures is not None:  # the refined run's probes / steps replace the settings' (SLQ)
+            low, high = self.err_interval
+            out.update(self.figures.to_json(), err_mean_low=low, err_mean_high=high,
+                       refinement=self.refinement.to_json() if self.refinement else None)
+        return out
+
+
+def evaluate_row(path: Path, settings: SpectrumSettings, *, rho: float | None, tau: float, sigma_floor: float,
+                 exact_mode: str | None = None, cache=None, observer: Observer | None = None) -> tuple[TableRow, Spectrum]:
+    """One checkpoint's Table I figures (Corollary 3 of its own form) and its spectrum. ``exact_mode``
+    (auto / on / off) decides per checkpoint whether the dense spectrum is used; None keeps ``settings.exact``."""
+    ckpt = load_checkpoint(path, dtype=resolve_dtype(settings.dtype))
+    name = ckpt.optimizer_name or "unknown"
+    family, variant = family_variant(name)
+    form = bound_form(name)
+    inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
+    if exact_mode is not None:
+        settings = replace(settings, exact=resolve_exact(exact_mode, inputs.d))
+    evaluation = evaluate(ckpt, settings, inputs, [form] if form is not None else [], theorem=False, cache=cache,
+                          observer=observer, label=Path(path).name)
+    spectrum = evaluation.spectrum
+    train_meta, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
+    row = TableRow(Path(path).name, model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
+                   train_meta.get("epochs", 0), name, family, variant, form, metrics.get("test_acc"),
+                   metrics.get("test_loss"), update_spread(ckpt.meta, path), str(path), ckpt.sha256,
+                   float(spectrum.top.values[0]), float(spectrum.top.residuals[0]), spectrum.trace.estimate,
+                   spectrum.trace.stderr, settings.probes, settings.steps, settings.seed, settings.dtype,
+                   settings.split, evaluation.analysis.hvps, spectrum.cached, inputs, spectrum.provenance,
+                   evaluation.figures.get(form), evaluation.analysis.refinement if form is not None else None)
+    return row, spectrum
+
+
+def all_optimizers_grid(rows: list[TableRow]) -> tuple[list[str], list[list[str]]]:
     """One line per checkpoint, grouped by (model, epochs): optimizer, bound form, err/d, accuracy, update spread."""
     header = ["model, epochs", "optimizer", "bound form", "err/d", "test acc. (%)", "update IQR (log2)"]
     body = []
-    for row in sorted(rows, key=lambda r: (r["model"], int(r["epochs"]), r["optimizer"])):
-        if row.get("err_mean") is None:
-            err = DASH
-        elif row.get("method") == "exact":
-            err = f"{row['err_mean']:.3f} (exact)"
-        else:
-            err = _with_interval(row["err_mean"], err_interval(row))
-        spread = row.get("update_iqr_log2")
-        body.append([f"{row['model']}, {row['epochs']} ep", row["optimizer"], row.get("form") or DASH, err,
-                     DASH if row.get("test_acc") is None else _acc(row["test_acc"]),
+    for row in sorted(rows, key=lambda r: (r.model, int(r.epochs), r.optimizer)):
+        spread = row.update_iqr_log2
+        body.append([f"{row.model}, {row.epochs} ep", row.optimizer, row.form or DASH, _err_cell(row),
+                     DASH if row.test_acc is None else _acc(row.test_acc),
                      DASH if spread is None or _nan(spread) else f"{spread:.2f}"])
     return header, body
+
+
+def _err_cell(row: TableRow) -> str:
+    """err/d of a row: '—', 'v (exact)' or 'v [low, high]'."""
+    if row.err_mean is None:
+        return DASH
+    if row.method == "exact":
+        return f"{row.err_mean:.3f} (exact)"
+    return _with_interval(row.err_mean, row.err_interval)
 
 
 def family_variant(optimizer: str) -> tuple[str | None, str | None]:
@@ -83,21 +191,24 @@ def family_variant(optimizer: str) -> tuple[str | None, str | None]:
 
 @dataclass
 class Layout:
+    """The rows placed in Table I's grid."""
+
     groups: list[tuple[str, int]]  # (model, epochs), sorted
-    cells: dict[tuple[str, int, str, str], dict]  # (model, epochs, family, variant) -> row
-    outside: list[dict]  # rows of optimizers Table I has no column for
-    duplicates: list[dict]  # second checkpoints for an occupied cell (kept in the CSV, not in the table)
+    cells: dict[tuple[str, int, str, str], TableRow]  # (model, epochs, family, variant) -> row
+    outside: list[TableRow]  # rows of optimizers Table I has no column for
+    duplicates: list[TableRow]  # second checkpoints for an occupied cell (kept in the CSV, not in the table)
 
 
-def layout(rows: list[dict]) -> Layout:
+def layout(rows: list[TableRow]) -> Layout:
+    """Place each row in its (model, epochs, family, variant) cell; the rest go to ``outside`` / ``duplicates``."""
     cells: dict = {}
     outside, duplicates = [], []
     for row in rows:
-        family, variant = family_variant(row["optimizer"])
+        family, variant = family_variant(row.optimizer)
         if family is None:
             outside.append(row)
             continue
-        key = (row["model"], int(row["epochs"]), family, variant)
+        key = (row.model, int(row.epochs), family, variant)
         if key in cells:
             duplicates.append(row)
         else:
@@ -110,7 +221,8 @@ def _pair(layout_: Layout, group, family: str, key: str, fmt) -> str:
     values = []
     for variant in VARIANTS:
         row = layout_.cells.get((*group, family, variant))
-        values.append(DASH if row is None or row.get(key) is None or _nan(row.get(key)) else fmt(row[key]))
+        value = None if row is None else getattr(row, key)
+        values.append(DASH if value is None or _nan(value) else fmt(value))
     return " / ".join(values)
 
 
@@ -127,7 +239,7 @@ def _acc(v: float) -> str:
 
 
 def grid(layout_: Layout) -> tuple[list[str], list[list[str]]]:
-    """Header and the two rows of Table I."""
+    """Header and the two rows of Table I (the paper layout)."""
     header = [""]
     for model, epochs in layout_.groups:
         for family in FAMILY_TITLES:
@@ -141,6 +253,7 @@ def grid(layout_: Layout) -> tuple[list[str], list[list[str]]]:
 
 
 def paper_grid() -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paper's own Table I (ImageNet), as printed."""
     header = [""]
     err_row, acc_row = ["err in bound"], ["test acc. (%)"]
     for entry in PAPER:
@@ -150,15 +263,6 @@ def paper_grid() -> tuple[list[str], list[list[str]]]:
             err_row.append(f"{e_c:.2f} / {e_d:.2f}")
             acc_row.append(f"{a_c:.1f} / {a_d:.1f}")
     return header, [err_row, acc_row]
-
-
-def err_interval(row: dict) -> tuple[float, float]:
-    """The row's err/d interval; rows without one (older JSON) get ± 4 standard errors."""
-    if row.get("err_mean_interval"):
-        low, high = row["err_mean_interval"]
-        return float(low), float(high)
-    se = row.get("err_mean_stderr") or 0.0
-    return row["err_mean"] - 4 * se, row["err_mean"] + 4 * se
 
 
 def findings(layout_: Layout) -> list[dict]:
@@ -174,19 +278,20 @@ def findings(layout_: Layout) -> list[dict]:
             if a is None or l2 is None:
                 entry.update(err_holds=None, acc_holds=None)
             else:
-                gap = l2["err_mean"] - a["err_mean"]
-                (a_lo, a_hi), (l_lo, l_hi) = err_interval(a), err_interval(l2)
-                entry.update(err_adamw=a["err_mean"], err_l2=l2["err_mean"], err_gap=gap,
+                gap = l2.err_mean - a.err_mean
+                (a_lo, a_hi), (l_lo, l_hi) = a.err_interval, l2.err_interval
+                entry.update(err_adamw=a.err_mean, err_l2=l2.err_mean, err_gap=gap,
                              err_adamw_interval=[a_lo, a_hi], err_l2_interval=[l_lo, l_hi],
-                             exact=bool(a.get("method") == "exact" and l2.get("method") == "exact"),
+                             exact=bool(a.method == "exact" and l2.method == "exact"),
                              err_holds=bool(gap > 0), err_resolved=bool(a_hi < l_lo or l_hi < a_lo),
-                             acc_adamw=a["test_acc"], acc_l2=l2["test_acc"],
-                             acc_holds=bool(a["test_acc"] >= l2["test_acc"]))
+                             acc_adamw=a.test_acc, acc_l2=l2.test_acc,
+                             acc_holds=bool(a.test_acc >= l2.test_acc))
             out.append(entry)
     return out
 
 
 def finding_lines(found: list[dict]) -> list[str]:
+    """One sentence per finding: does err_AdamW < err_l2-Adam hold, is it resolved, and the accuracies."""
     lines = []
     for f in found:
         head = f"{f['model']}, {f['epochs']} ep, {f['variant']}:"
@@ -212,10 +317,10 @@ def _with_interval(value: float, interval) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
-def exactness_line(rows: list[dict]) -> str:
+def exactness_line(rows: list[TableRow]) -> str:
     """Which cells are exact (dense Hessian) and which are SLQ with intervals."""
-    exact = [r["checkpoint"] for r in rows if r.get("method") == "exact"]
-    slq = [r["checkpoint"] for r in rows if r.get("method") == "slq"]
+    exact = [r.checkpoint for r in rows if r.method == "exact"]
+    slq = [r.checkpoint for r in rows if r.method == "slq"]
     if exact and not slq:
         return f"Every err/d above is exact (dense Hessian eigenvalues; {len(exact)} checkpoints)."
     if slq and not exact:
@@ -245,12 +350,10 @@ def long_grid(layout_: Layout) -> tuple[list[str], list[list[str]]]:
         row = [f"{group[0]}, {group[1]} ep"]
         for family, variant, _ in LONG_COLUMNS:
             cell = layout_.cells.get((*group, family, variant))
-            if cell is None or cell.get("err_mean") is None:
+            if cell is None or cell.err_mean is None:
                 row.append(DASH)
                 continue
-            err = (f"{cell['err_mean']:.3f} (exact)" if cell.get("method") == "exact"
-                   else _with_interval(cell["err_mean"], err_interval(cell)))
-            row.append(f"{err}; {_acc(cell['test_acc'])}%")
+            row.append(f"{_err_cell(cell)}; {_acc(cell.test_acc)}%")
         rows.append(row)
     return header, rows
 
@@ -279,6 +382,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: list[str], note: str = "",
              layout_name: str = "paper") -> str:
+    """``table1.md``: the table in ``layout_name``, the settings, the findings, every optimizer (when some are
+    outside Table I), failures and the paper's table for comparison."""
     header, rows = long_grid(layout_) if layout_name == "long" else grid(layout_)
     p_header, p_rows = paper_grid()
     intro = ("One row per (model, epochs); each cell is err/d [interval] (or exact) and the test accuracy."
@@ -311,12 +416,14 @@ def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: l
     return "\n".join(parts)
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[TableRow]) -> str:
+    """``table1.csv``: one line per row, the columns of CSV_FIELDS (empty where a row has no value)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+        cell = row.to_json()
+        writer.writerow({k: ("" if cell.get(k) is None else cell.get(k)) for k in CSV_FIELDS})
     return buffer.getvalue()
 
 
@@ -347,42 +454,142 @@ def latex(layout_: Layout) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- plots
+# ---------------------------------------------------------------- the whole table
 
-def plot_model_comparison(model: str, entries: list, path) -> None:
-    """One figure per model: the SLQ measure of log10|eigenvalue| per checkpoint (Gaussian-smoothed),
-    AdamW family solid, l2-Adam family dashed, one panel per epoch budget. The bounds live in the small
-    eigenvalues, which a linear axis hides; exactly-zero eigenvalues (deflated rows) are given in the legend."""
-    import matplotlib
+TABLE_FORMATS = ("md", "csv", "tex")
 
-    matplotlib.use("Agg")
-    import numpy as np
-    from matplotlib import pyplot as plt
 
-    from .io_utils import atomic_path
+@dataclass(frozen=True)
+class TableSettings:
+    """Every choice of ``wdbound table`` besides the checkpoints."""
 
-    budgets = sorted({int(row["epochs"]) for row, _ in entries})
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4), squeeze=False)
-    grid = np.linspace(-10, 3, 600)
-    width = 0.15
-    for ax, epochs in zip(axes[0], budgets):
-        for row, spectrum in sorted(entries, key=lambda e: e[0]["optimizer"]):
-            if int(row["epochs"]) != epochs:
-                continue
-            nodes, weights = spectrum.slq.measure()
-            keep = np.abs(nodes) > 0
-            logs = np.log10(np.abs(nodes[keep]))
-            dens = (np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / width) ** 2) * weights[keep]).sum(1)
-            dens /= width * np.sqrt(2 * np.pi)
-            style = "-" if (row.get("family") or "").startswith("adamw") else "--"
-            zero = 100 * float(weights[~keep].sum())
-            ax.plot(grid, dens, style, label=f"{row['optimizer']} (err/d {row.get('err_mean', float('nan')):.3f}; "
-                                             f"{zero:.1f}% exact 0)")
-        ax.set_title(f"{model}, {epochs} epochs")
-        ax.set_xlabel("log10 |eigenvalue|")
-        ax.set_ylabel("spectral density")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    spectrum: SpectrumSettings
+    rho: float | None = None  # None: 1/sqrt(input dimension)
+    tau: float = defaults.TAU
+    sigma_floor: float = defaults.SIGMA_FLOOR
+    exact: str = "auto"  # per checkpoint: auto (d <= EXACT_AUTO_MAX_DIM), on, off
+    layout: str = "auto"  # markdown layout: auto, long, paper
+    formats: tuple[str, ...] = TABLE_FORMATS  # text formats besides the JSON
+    plots: bool = True
+
+    def validate(self) -> None:
+        """Raise a one-line error for an unknown format, exactness mode or layout (before any work)."""
+        bad = [f for f in self.formats if f not in TABLE_FORMATS]
+        if bad:
+            raise WdboundError(f"unknown --format {', '.join(bad)}; use a comma-separated subset of md, csv, tex",
+                               "--format")
+        if self.exact not in EXACT_MODES:
+            raise WdboundError(f"unknown --exact {self.exact!r}; use auto, on or off", "--exact")
+        if self.layout not in LAYOUTS:
+            raise WdboundError(f"unknown --layout {self.layout!r}; use auto, long or paper", "--layout")
+        self.spectrum.validate()
+
+    def to_json(self) -> dict:
+        """The ``settings`` of ``table1.json`` (``layout`` is the one used, filled in by the report)."""
+        return {"spectrum": self.spectrum.__dict__, "rho": self.rho if self.rho is not None else "1/sqrt(input dim)",
+                "tau": self.tau, "sigma_floor": self.sigma_floor, "exact": self.exact}
+
+
+@dataclass(frozen=True)
+class TableReport:
+    """A finished (or interrupted) table: its rows and spectra, what failed, and everything derived."""
+
+    rows: list[TableRow]
+    spectra: list[tuple[TableRow, Spectrum]]
+    failures: list[str]  # "<file>: <one-line error>"
+    interrupted: int  # 0, or the exit code of the signal that stopped it (130 / 143)
+    checkpoints: int  # how many were asked for
+    wall_seconds: float
+    settings: TableSettings
+    layout: Layout
+    findings: list[dict]
+    layout_used: str
+
+    def grid(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the table in the layout used."""
+        return long_grid(self.layout) if self.layout_used == "long" else grid(self.layout)
+
+    def settings_line(self) -> str:
+        """The sentence under the table that says how every cell was computed."""
+        s = self.settings.spectrum
+        exact = [r for r in self.rows if r.method == "exact"]
+        slq = [r for r in self.rows if r.method == "slq"]
+        widest = (f"; widest SLQ err/d interval +/- "
+                  f"{max((r.err_interval[1] - r.err_interval[0]) / 2 for r in slq):.3g}" if slq else "")
+        rho = '1/sqrt(input dim)' if self.settings.rho is None else f'{self.settings.rho:g}'
+        return (f"Settings: {s.split} split, --exact {self.settings.exact} ({len(exact)} of {len(self.rows)} "
+                f"checkpoints exact: d <= {defaults.EXACT_AUTO_MAX_DIM:,} under auto), SLQ {s.probes} probes x "
+                f"{s.steps} Lanczos steps (rtol {s.rtol:g}, cap {s.refine_cap()} HVPs), seed {s.seed}, {s.dtype}, "
+                f"sigma floor {self.settings.sigma_floor:g}, tau {self.settings.tau:g}, rho {rho}{widest}.")
+
+    def note(self) -> str:
+        """Empty, or the line that says the table was interrupted."""
+        return (f"INTERRUPTED after {len(self.rows)} of {self.checkpoints} checkpoints." if self.interrupted
+                else "")
+
+    def to_json(self) -> dict:
+        """``table1.json``."""
+        return {"cells": [r.to_json() for r in self.rows], "findings": self.findings, "failures": self.failures,
+                "interrupted": bool(self.interrupted),
+                "settings": {**self.settings.to_json(), "layout": self.layout_used},
+                "exact_checkpoints": [r.checkpoint for r in self.rows if r.method == "exact"],
+                "wall_seconds": self.wall_seconds, "paper": PAPER}
+
+    def text(self, fmt: str) -> str:
+        """The table as ``md``, ``csv`` or ``tex``."""
+        if fmt == "md":
+            return markdown(self.layout, self.findings, self.settings_line(), self.failures, self.note(),
+                            self.layout_used)
+        if fmt == "csv":
+            return to_csv(self.rows)
+        if fmt == "tex":
+            return latex(self.layout)
+        raise ValueError(f"unknown table format {fmt!r}")
+
+    def write(self, out: Path) -> tuple[list[Path], list[Path]]:
+        """Write ``table1.json``, ``table1.<format>`` for each asked format and (``settings.plots``) the plots
+        under ``out``, each atomically. Returns (table files, plot files)."""
+        from .io_utils import write_json_atomic, write_text_atomic
+        from .plots import table_plots
+
+        tables = [write_json_atomic(Path(out) / "table1.json", self.to_json())]
+        tables += [write_text_atomic(Path(out) / f"table1.{fmt}", self.text(fmt)) for fmt in self.settings.formats]
+        plots = table_plots(self.spectra, out) if self.settings.plots and self.spectra else []
+        return tables, plots
+
+
+def build_report(rows: list[TableRow], settings: TableSettings, *, spectra=(), failures=(), interrupted: int = 0,
+                 checkpoints: int | None = None, wall_seconds: float = 0.0) -> TableReport:
+    """Lay ``rows`` out as Table I and draw the findings (no HVPs)."""
+    placed = layout(rows)
+    return TableReport(list(rows), list(spectra), list(failures), interrupted,
+                       len(rows) if checkpoints is None else checkpoints, wall_seconds, settings, placed,
+                       findings(placed), resolve_layout(settings.layout, placed))
+
+
+def run_table(paths: list[Path], settings: TableSettings, *, cache=None,
+              observer: Observer | None = None) -> TableReport:
+    """Evaluate every checkpoint (its own form, its own η and λ) and build the report. A checkpoint that fails
+    is reported (``observer.failed``) and skipped; SIGINT / SIGTERM stop the loop and the report keeps the
+    finished rows, marked interrupted."""
+    settings.validate()
+    observer = observer or Observer()
+    observer.items(len(paths))
+    rows, spectra, failures, interrupted = [], [], [], 0
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            row, spectrum = evaluate_row(path, settings.spectrum, rho=settings.rho, tau=settings.tau,
+                                         sigma_floor=settings.sigma_floor, exact_mode=settings.exact, cache=cache,
+                                         observer=observer)
+            rows.append(row)
+            spectra.append((row, spectrum))
+        except WdboundError as exc:
+            failures.append(f"{Path(path).name}: {exc}")
+            observer.failed(Path(path).name, str(exc))
+        except (KeyboardInterrupt, Interrupted) as exc:
+            interrupted = getattr(exc, "code", 130)
+            break
+        observer.item(Path(path).name)
+    return build_report(rows, settings, spectra=spectra, failures=failures, interrupted=interrupted,
+                        checkpoints=len(paths), wall_seconds=time.perf_counter() - start)

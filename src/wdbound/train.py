@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
 from .data import DataSpec, iterate_batches, load_dataset, num_classes
 from .errors import WdboundError
 from .models import build_model, count_parameters
 from .optim import lr_at, make_optimizer, optimizer_spec
+from .provenance import library_versions
 
 
 @dataclass(frozen=True)
@@ -62,14 +60,6 @@ LAM_READING = {
     "stable": "effective decoupled decay lambda / sqrt(mean v_hat) of the last step (AdamS); lam_nominal is lambda",
     "adal": "lambda added to the gradient before AdaL's l1 scaling (coupled, read as l2-Adam's lambda)",
 }
-
-
-def library_versions() -> dict[str, str]:
-    import sklearn
-
-    # str(): torch.__version__ is a str subclass that weights_only loading refuses.
-    return {"wdbound": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "scikit-learn": str(sklearn.__version__), "python": platform.python_version()}
 
 
 def _update_histograms(optimizer, names: dict) -> dict[str, list[int]]:

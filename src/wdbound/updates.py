@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checkpoints import optimizer_name
 from .errors import WdboundError
 from .optim import adam_direction
 
@@ -73,13 +74,14 @@ def total_counts(layers: dict[str, list[int]]) -> list[int]:
 class UpdateStats:
     """Summary a reader compares at a glance."""
 
-    count: int
+    count: int  # coordinates counted
     median_log2: float
     iqr_log2: float  # interquartile range in log2 units (bins are one log2 unit wide)
     frac_low: float  # fraction in the leftmost bin (<= 2^-27)
     frac_high: float  # fraction in the rightmost bin (>= 1)
 
     def to_json(self) -> dict:
+        """The fields as a dict."""
         return dict(self.__dict__)
 
 
@@ -94,6 +96,7 @@ def _quantile_bin(cumulative: np.ndarray, q: float) -> float:
 
 
 def stats(counts) -> UpdateStats:
+    """Median, interquartile range (log2 units) and the end-bin fractions of histogram ``counts`` [29]."""
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
     if total == 0:
@@ -117,24 +120,59 @@ def checkpoint_histograms(meta: dict, path: str) -> dict[str, list[int]]:
         raise WdboundError(f"{path}: unreadable optimizer state ({exc})") from None
 
 
+@dataclass(frozen=True)
+class UpdateEntry:
+    """The update-magnitude histograms of one checkpoint (or training run): totals over every coordinate,
+    counts per parameter tensor with their depths, and the histograms recorded over training
+    (``over_training``: ``{"epoch", "step", "total"}`` per record). ``to_json`` is one entry of
+    ``wdbound updates --json``."""
+
+    checkpoint: str
+    path: str | None
+    optimizer: str | None
+    arch: str | None
+    arch_kwargs: dict | None
+    total: list[int]
+    stats: UpdateStats
+    layers: dict[str, list[int]]
+    depths: dict[str, int]
+    layer_stats: dict[str, UpdateStats]
+    over_training: list[dict]
+
+    def to_json(self) -> dict:
+        """The JSON form (every field; statistics as dicts)."""
+        return {"checkpoint": self.checkpoint, "path": self.path, "optimizer": self.optimizer, "arch": self.arch,
+                "arch_kwargs": self.arch_kwargs, "total": self.total, "stats": self.stats.to_json(),
+                "layers": self.layers, "depths": self.depths,
+                "layer_stats": {name: st.to_json() for name, st in self.layer_stats.items()},
+                "over_training": self.over_training}
+
+
 def histogram_entry(label: str, layers: dict[str, list[int]], records: list[dict], *, path: str | None = None,
-                    optimizer: str | None = None, arch: str | None = None, arch_kwargs: dict | None = None) -> dict:
-    """One entry of ``wdbound updates --json``: totals, per-layer counts and statistics, depths, and the
-    histograms recorded over training (``records``: ``{"epoch", "step", "layers"}``)."""
+                    optimizer: str | None = None, arch: str | None = None,
+                    arch_kwargs: dict | None = None) -> UpdateEntry:
+    """One :class:`UpdateEntry`: totals, per-layer counts and statistics, depths, and the histograms recorded
+    over training (``records``: ``{"epoch", "step", "layers"}``)."""
     total = total_counts(layers)
-    return {"checkpoint": label, "path": path, "optimizer": optimizer, "arch": arch, "arch_kwargs": arch_kwargs,
-            "total": total, "stats": stats(total).to_json(), "layers": layers, "depths": layer_depths(list(layers)),
-            "layer_stats": {name: stats(c).to_json() for name, c in layers.items()},
-            "over_training": [{"epoch": r["epoch"], "step": r["step"], "total": total_counts(r["layers"])}
-                              for r in records]}
+    return UpdateEntry(label, path, optimizer, arch, arch_kwargs, total, stats(total), layers,
+                       layer_depths(list(layers)), {name: stats(c) for name, c in layers.items()},
+                       [{"epoch": r["epoch"], "step": r["step"], "total": total_counts(r["layers"])} for r in records])
 
 
-def checkpoint_entry(meta: dict, path) -> dict:
+QUANTITY = "|m_hat / (sqrt(v_hat) + eps)| per coordinate (for l2-Adam the moments include lambda*x)"
+
+
+def updates_json(entries: list[UpdateEntry]) -> dict:
+    """``wdbound updates --json``: the bin labels, the quantity histogrammed and every entry."""
+    return {"bins": bin_labels(), "quantity": QUANTITY, "checkpoints": [e.to_json() for e in entries]}
+
+
+def checkpoint_entry(meta: dict, path) -> UpdateEntry:
     """:func:`histogram_entry` of a checkpoint written by ``wdbound train`` (final state + recorded epochs)."""
     layers = checkpoint_histograms(meta, str(path))
     records = ((meta.get("train") or {}).get("update_histograms") or {}).get("records") or []
     return histogram_entry(getattr(path, "name", str(path)), layers, records, path=str(path),
-                           optimizer=(meta.get("optimizer") or {}).get("name"), arch=meta.get("arch"),
+                           optimizer=optimizer_name(meta), arch=meta.get("arch"),
                            arch_kwargs=meta.get("arch_kwargs"))
 
 
@@ -185,10 +223,14 @@ class UpdateRecorder:
         self.records.append({"epoch": int(epoch), "step": step, "layers": layers})
         return layers
 
-    def entry(self) -> dict:
+    def entry(self) -> UpdateEntry:
+        """The histograms so far as an :class:`UpdateEntry` (``.to_json()``: an entry of ``updates --json``)."""
         return histogram_entry(self.label, self.current(), self.records)
 
     def plot(self, path, per_layer: bool = False) -> None:
+        """Draw the histograms (final state, per layer, over training) to ``path``."""
+        from .plots import plot_updates
+
         plot_updates([self.entry()], path, per_layer=per_layer)
 
 
@@ -204,56 +246,3 @@ def layer_depths(names: list[str]) -> dict[str, int]:
     return depths
 
 
-def plot_updates(entries: list[dict], path, *, per_layer: bool = False) -> None:
-    """Panels: all checkpoints' final histograms overlaid (fraction of coordinates per bin); with ``per_layer``
-    one panel per checkpoint with a line per layer coloured by depth; and, for checkpoints that recorded
-    histograms during training, one panel each with up to six epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from .io_utils import atomic_path
-
-    x = np.arange(BINS) + LOW_EXP  # bin i is labelled by its upper log2 edge
-    panels = [("final", None)]
-    if per_layer:
-        panels += [("layers", e) for e in entries]
-    panels += [("training", e) for e in entries if e.get("over_training")]
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, (kind, entry) in zip(axes.flat, panels):
-        if kind == "final":
-            for e in entries:
-                counts = np.asarray(e["total"], dtype=float)
-                ax.step(x, counts / counts.sum(), where="mid",
-                        label=f"{e['checkpoint']} (IQR {e['stats']['iqr_log2']:.1f})")
-            ax.set_title("final optimizer state")
-        elif kind == "layers":
-            depths = entry["depths"]
-            top = max(depths.values()) or 1
-            for name, counts in entry["layers"].items():
-                counts = np.asarray(counts, dtype=float)
-                ax.step(x, counts / max(counts.sum(), 1), where="mid", color=plt.cm.viridis(depths[name] / top),
-                        label=name if len(entry["layers"]) <= 8 else None)
-            ax.set_title(f"{entry['checkpoint']}: per layer (dark = shallow)")
-        else:
-            records = entry["over_training"]
-            pick = sorted({round(i) for i in np.linspace(0, len(records) - 1, min(6, len(records)))})
-            for i in pick:
-                counts = np.asarray(records[i]["total"], dtype=float)
-                ax.step(x, counts / counts.sum(), where="mid", color=plt.cm.plasma(i / max(len(records) - 1, 1)),
-                        label=f"epoch {records[i]['epoch']}")
-            ax.set_title(f"{entry['checkpoint']}: during training")
-        ax.set_xlabel("log2 |update| / lr  (left: <= 2^-27, right: >= 1)")
-        ax.set_ylabel("fraction of coordinates")
-        ax.set_xlim(LOW_EXP - 0.5, 1.5)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png", dpi=110)
-    plt.close(fig)

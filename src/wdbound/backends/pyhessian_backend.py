@@ -79,9 +79,7 @@ def run_pyhessian(operator, settings, on_hvps=None):
             nodes, weights = engine.density(iter=settings.steps, n_v=settings.probes)
     wall = time.perf_counter() - start
     hvps = criterion.calls // max(chunks, 1)
-    k = len(samples)
-    trace = TraceEstimate(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan,
-                          samples, "pyhessian hutchinson")
+    trace = TraceEstimate.from_samples(samples, "pyhessian hutchinson")
     order = np.argsort(values)[::-1]
     top = TopEigen(np.asarray(values, dtype=np.float64)[order], np.full(len(values), math.nan), 0, False, 1e-3)
     node_arrays = [np.asarray(n, dtype=np.float64) for n in nodes]

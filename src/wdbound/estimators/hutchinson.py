@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..stats import mean_stderr
+
 
 def rademacher(count: int, dim: int, generator: torch.Generator, dtype: torch.dtype,
                device: torch.device | str = "cpu") -> torch.Tensor:
@@ -33,10 +35,18 @@ def rademacher(count: int, dim: int, generator: torch.Generator, dtype: torch.dt
 
 @dataclass(frozen=True)
 class TraceEstimate:
+    """A stochastic trace estimate: the mean of per-probe samples ``z^T H z`` and its standard error."""
+
     estimate: float
     stderr: float
     samples: np.ndarray  # [k] per-probe values z^T H z
     method: str = "hutchinson"
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray, method: str = "hutchinson") -> "TraceEstimate":
+        """The estimate of per-probe ``samples`` [k]: their mean ± standard error (NaN for one probe)."""
+        estimate, stderr = mean_stderr(samples)
+        return cls(estimate, stderr, samples, method)
 
     def to_json(self) -> dict:
         return {"estimate": self.estimate, "stderr": self.stderr, "probes": int(len(self.samples)),
@@ -107,7 +117,7 @@ class HutchinsonSums:
         """The trace and diagonal estimates of every probe folded in so far."""
         if self._acc.count == 0:
             raise ValueError("no probe was folded in")
-        return _trace(np.concatenate(self._samples)), DiagonalEstimate(*self._acc.result(), probes=self._acc.count)
+        return TraceEstimate.from_samples(np.concatenate(self._samples)), DiagonalEstimate(*self._acc.result(), probes=self._acc.count)
 
 
 def estimate_from_products(probes: torch.Tensor, products: torch.Tensor) -> tuple[TraceEstimate, DiagonalEstimate]:
@@ -115,12 +125,6 @@ def estimate_from_products(probes: torch.Tensor, products: torch.Tensor) -> tupl
     sums = HutchinsonSums()
     sums.add(probes, products)
     return sums.estimates()
-
-
-def _trace(samples: np.ndarray, method: str = "hutchinson") -> TraceEstimate:
-    k = len(samples)
-    stderr = float(samples.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan
-    return TraceEstimate(float(samples.mean()), stderr, samples, method)
 
 
 def hutchinson(operator, probes: int, generator: torch.Generator, batch: int = 16,

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..stats import gaussian_smooth, mean_stderr
 from .hutchinson import HutchinsonSums, rademacher
 
 VECTOR_DTYPE = torch.float64  # Lanczos vectors, recurrences and quadrature: float64 even when the HVPs are float32
@@ -286,9 +287,7 @@ class SLQ:
 
     def trace_of(self, f: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
         """``tr f(H)`` and its standard error over probes."""
-        samples = self.quadrature(f)
-        stderr = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
-        return float(samples.mean()), stderr
+        return mean_stderr(self.quadrature(f))
 
     def measure(self) -> tuple[np.ndarray, np.ndarray]:
         """The averaged spectral measure: all nodes and their weights (weights sum to 1; the deflated
@@ -303,8 +302,7 @@ class SLQ:
     def density(self, grid: np.ndarray, width: float) -> np.ndarray:
         """Gaussian-smoothed spectral density on ``grid`` (integrates to ~1)."""
         nodes, weights = self.measure()
-        diff = (grid[:, None] - nodes[None, :]) / width
-        return (np.exp(-0.5 * diff**2) * weights[None, :]).sum(1) / (width * math.sqrt(2 * math.pi))
+        return gaussian_smooth(grid, nodes, weights, width)
 
 
 def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQ:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .hutchinson import TraceEstimate, _trace, rademacher
+from .hutchinson import TraceEstimate, rademacher
 
 
 def hutchpp(operator, matvecs: int, generator: torch.Generator) -> TraceEstimate:
@@ -39,5 +39,5 @@ def hutchpp(operator, matvecs: int, generator: torch.Generator) -> TraceEstimate
     hg = operator.matmat(g)
     hg = hg - (hg @ q) @ q.T
     samples = (g * hg).sum(1).double().cpu().numpy()
-    tail = _trace(samples)
+    tail = TraceEstimate.from_samples(samples)
     return TraceEstimate(head + tail.estimate, tail.stderr, samples + head, "hutch++")

@@ -42,6 +42,7 @@ covers :math:`\mathrm{tr} f(H)` with the probability of a two-sided
 normal mean, 99 % for Student's t with 15 degrees of freedom).
 
 >>> import numpy as np
+
 >>> from wdbound.estimators.lanczos import SLQ
 >>> f = PiecewiseMonotone(lambda t: t**2, breakpoints=(0.0,))
 >>> run = SLQ.from_tridiagonals(np.array([[1.0, 2.0]]), np.array([[1.0]]), np.array([2]), np.array([1.0]), 4)
@@ -57,6 +58,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from ..stats import mean_stderr
 
 STDERR_MULTIPLIER = 3.0
 
@@ -140,11 +143,6 @@ def probe_brackets(run, f: PiecewiseMonotone, support: tuple[float, float]) -> t
     return np.array(lower), np.array(upper)
 
 
-def _mean_and_stderr(samples: np.ndarray) -> tuple[float, float]:
-    k = len(samples)
-    return float(np.mean(samples)), (float(np.std(samples, ddof=1) / math.sqrt(k)) if k > 1 else math.inf)
-
-
 def trace_interval(run, f: PiecewiseMonotone, support: tuple[float, float],
                    multiplier: float = STDERR_MULTIPLIER) -> Interval:
     """``tr f(H)``: the Gauss estimate and an interval from the probe brackets ± ``multiplier`` stderr each.
@@ -153,8 +151,8 @@ def trace_interval(run, f: PiecewiseMonotone, support: tuple[float, float],
     """
     estimate = float(np.mean(run.quadrature(f)))
     lower, upper = probe_brackets(run, f, support)
-    low_mean, low_se = _mean_and_stderr(lower)
-    high_mean, high_se = _mean_and_stderr(upper)
+    low_mean, low_se = mean_stderr(lower, math.inf)
+    high_mean, high_se = mean_stderr(upper, math.inf)
     low, high = low_mean - multiplier * low_se, high_mean + multiplier * high_se
     return Interval(estimate, min(low, estimate), max(high, estimate))
 

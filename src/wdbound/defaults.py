@@ -1,0 +1,31 @@
+"""Every default of the tool in one place: the CLI's options, the settings dataclasses and the Python API
+read them from here (shared/SPEC.md asks that each interpretation be a documented, overridable default).
+
+>>> TAU, SIGMA_FLOOR
+(0.05, 1e-06)
+"""
+
+from __future__ import annotations
+
+TAU = 0.05  # confidence: the bound holds with probability 1 - tau
+SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to it, and the mass is reported
+
+# Stochastic Lanczos quadrature / Hutchinson of `wdbound spectrum` and `wdbound err`.
+PROBES = 16
+STEPS = 80
+TOP_K = 5
+RTOL = 0.01  # `err` / `table`: adaptive SLQ until each err/d interval's half-width <= rtol * err/d
+REFINE_BUDGET = 8  # the adaptive SLQ may add this many times the HVPs of the base run (unless --max-hvps)
+
+# `wdbound table` runs the whole zoo: fewer probes and steps per checkpoint.
+TABLE_PROBES = 6
+TABLE_STEPS = 60
+
+# A new `wdbound check` baseline.
+CHECK_PROBES = 4
+CHECK_STEPS = 40
+
+# Dense / exact paths.
+EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
+EXACT_AUTO_MAX_DIM = 10_000  # `--exact auto`: dense Hessian (d HVPs, 0.8 GB, eigvalsh in seconds) up to this d
+DIAGONAL_EXACT_MAX_DIM = 20_000  # `--diagonal auto`: exact diagonal (d HVPs, no dense matrix) up to this d
