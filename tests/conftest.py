@@ -1,4 +1,5 @@
 import warnings
+from contextlib import contextmanager
 
 import pytest
 
@@ -43,3 +44,13 @@ def run_cli(args, capsys):
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@contextmanager
+def raises_param(param, match=None):
+    """Expect a WdboundError that names the library parameter ``param`` (the CLI turns it into the flag)."""
+    from wdbound.errors import WdboundError
+
+    with pytest.raises(WdboundError, match=match) as info:
+        yield info
+    assert info.value.param == param, (info.value.param, str(info.value))

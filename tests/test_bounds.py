@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from wdbound import WdboundError
+from conftest import raises_param
+
 from wdbound.bounds import (BoundInputs, c0, corollary3_exact, corollary3_from_slq, h, phi, theorem_exact,
                             x_of_sigma)
 
@@ -103,59 +104,13 @@ def test_zero_diagonal_and_eigenvalues_are_floored_and_reported():
     assert corollary3_exact(np.linalg.eigvalsh(hessian), "l2-adam", p).mass_below_floor == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("field, value, flag", [("eta", 0.0, "--lr"), ("lam", -1.0, "--wd"), ("b", 0, "--batch-size"),
-                                                ("n", 0, "--n-train"), ("rho", 0.0, "--rho"), ("tau", 1.0, "--tau"),
-                                                ("eta", float("nan"), "--lr")])
-def test_bad_inputs_name_their_flag(field, value, flag):
+@pytest.mark.parametrize("field, value", [("eta", 0.0), ("lam", -1.0), ("b", 0), ("n", 0), ("rho", 0.0), ("tau", 1.0),
+                                          ("sigma_floor", 0.0), ("eta", float("nan"))])
+def test_bad_inputs_name_their_parameter(field, value):
     bad = BoundInputs(**{**P.__dict__, field: value})
-    with pytest.raises(WdboundError, match=flag):
+    with raises_param(field):
         bad.validate()
 
 
 def test_phi_nan_when_negative():
     assert math.isnan(phi(-1e9, P))
-
-
-@pytest.mark.parametrize("form", ["adamw", "l2-adam"])
-def test_theorem_slq_matches_exact_on_dense_operator(form):
-    import torch
-
-    from wdbound.analysis import theorem_runs
-    from wdbound.bounds import theorem_from_runs
-    from wdbound.curvature import DenseOperator
-
-    rng = np.random.default_rng(1)
-    basis, _ = np.linalg.qr(rng.standard_normal((80, 80)))
-    hessian = basis @ np.diag(np.geomspace(1e-3, 10, 80)) @ basis.T
-    p = BoundInputs(d=80, n=500, b=16, eta=0.02, lam=0.05, rho=0.2, sigma_floor=1e-9)
-    exact = theorem_exact(hessian, form, p)
-    runs = theorem_runs(DenseOperator(torch.from_numpy(hessian)), np.diag(hessian), form, p.sigma_floor, probes=30,
-                        steps=80, generator=torch.Generator().manual_seed(0))
-    est = theorem_from_runs(runs, p)
-    # m = d steps: quadrature exact per probe, so only the Hutchinson sampling error remains.
-    assert abs(est.term - exact.term) < 4 * est.term_stderr + 1e-9 * abs(exact.term)
-    assert est.logdet_m == pytest.approx(exact.logdet_m, rel=0.02)
-
-
-@pytest.mark.parametrize("form", ["adamw", "l2-adam"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_theorem_interval_covers_exact_with_few_steps(form, seed):
-    """20 Lanczos steps on a 300-dim Hessian with a near-zero cluster: the Gauss estimate is biased, the
-    interval (CMS bracket + 3 stderr) still covers the exact term."""
-    import torch
-
-    from wdbound.analysis import theorem_runs
-    from wdbound.bounds import theorem_from_runs
-    from wdbound.curvature import DenseOperator
-
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((300, 300)))
-    ev = np.concatenate([10 ** rng.uniform(-7, -3, 150), 10 ** rng.uniform(-3, 1.5, 150)])
-    hessian = basis @ np.diag(ev) @ basis.T
-    p = BoundInputs(d=300, n=500, b=16, eta=0.02, lam=0.05, rho=0.2, sigma_floor=1e-6)
-    exact = theorem_exact(hessian, form, p)
-    runs = theorem_runs(DenseOperator(torch.from_numpy(hessian)), np.diag(hessian), form, p.sigma_floor, probes=12,
-                        steps=20, generator=torch.Generator().manual_seed(seed))
-    est = theorem_from_runs(runs, p)
-    assert est.interval.contains(exact.term), (est.interval, exact.term)
-    assert est.interval.low < est.term < est.interval.high

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import raises_param, run_cli
 from wdbound import WdboundError, load_checkpoint
 from wdbound.checkpoints import save_checkpoint, training_facts
 from wdbound.models import build_model
@@ -55,12 +55,12 @@ def test_plain_state_dict_needs_arch(tmp_path):
     model = build_model("digits-mlp", hidden=8)
     path = tmp_path / "plain.pt"
     torch.save(model.state_dict(), path)
-    with pytest.raises(WdboundError, match="--arch"):
+    with raises_param("arch"):
         load_checkpoint(path)
     ckpt = load_checkpoint(path, arch="digits-mlp", arch_kwargs={"hidden": 8}, lr=1e-3, wd=0.0, batch_size=32,
                            n_train=1437)
     assert ckpt.facts().batch_size == 32
-    with pytest.raises(WdboundError, match="--wd"):
+    with raises_param("lam"):
         load_checkpoint(path, arch="digits-mlp", arch_kwargs={"hidden": 8}, lr=1e-3).facts()
 
 

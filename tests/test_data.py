@@ -2,6 +2,8 @@ import pickle
 
 import numpy as np
 import pytest
+
+from conftest import raises_param
 import torch
 
 from wdbound import WdboundError, load_dataset
@@ -88,5 +90,5 @@ def test_imagefolder(tmp_path):
 
 @pytest.mark.parametrize("spec", ["mnist", "cifar10", "digits:/x", "imagefolder:"])
 def test_bad_specs(spec):
-    with pytest.raises(WdboundError, match="--data"):
+    with raises_param("data"):
         DataSpec.parse(spec)

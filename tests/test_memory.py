@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from wdbound import WdboundError
+from conftest import raises_param
+
 from wdbound.memory import (FULL_BASIS_MAX_BYTES, MemoryPlan, activation_floats, human_bytes, parse_memory,
                             plan_memory)
 
@@ -28,7 +29,7 @@ def test_parse_memory(text, expected):
 
 @pytest.mark.parametrize("text", ["", "lots", "8 XB", "-1GB", "10"])
 def test_parse_memory_refuses(text):
-    with pytest.raises(WdboundError, match="--memory"):
+    with raises_param("memory"):
         parse_memory(text)
 
 
@@ -62,12 +63,12 @@ def test_the_plan_shrinks_the_block_then_the_chunk():
 
 
 def test_nothing_fits_is_refused_up_front_naming_the_flag():
-    with pytest.raises(WdboundError, match="--memory") as info:
+    with raises_param("memory") as info:
         plan(dim=50_000_000, budget=GIB)
     assert "needs at least" in str(info.value)
-    with pytest.raises(WdboundError, match="--lanczos"):
+    with raises_param("lanczos"):
         plan(mode="sideways")
-    with pytest.raises(WdboundError, match="--memory"):
+    with raises_param("memory"):
         plan(dim=3_000_000, mode="full", budget=4 * GIB)
 
 

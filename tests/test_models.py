@@ -1,4 +1,6 @@
 import pytest
+
+from conftest import raises_param
 import torch
 
 from wdbound import WdboundError
@@ -27,7 +29,7 @@ def test_torchvision_models_construct_without_download(arch, kwargs):
 
 def test_unknown_arch_and_bad_kwargs():
     assert "digits-cnn" in available()
-    with pytest.raises(WdboundError, match="--arch"):
+    with raises_param("arch"):
         build_model("alexnet")
     with pytest.raises(WdboundError, match="bad arguments"):
         build_model("digits-mlp", width=3)
@@ -88,7 +90,7 @@ def test_a_misfit_names_the_arch_kwarg(tmp_path):
     from wdbound.checkpoints import load_checkpoint
 
     torch.save(build_model("digits-mlp", hidden=12).state_dict(), tmp_path / "mlp.pt")
-    with pytest.raises(WdboundError, match="--arch-kwarg") as info:
+    with raises_param("arch_kwarg") as info:
         load_checkpoint(tmp_path / "mlp.pt", arch="digits-mlp", arch_kwargs={"hidden": 10})
     assert "hidden" in str(info.value) and "digits-mlp takes hidden, depth, num_classes" in str(info.value)
     torch.save(build_model("resnet18").state_dict(), tmp_path / "r18.pt")

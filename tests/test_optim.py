@@ -1,6 +1,8 @@
 import math
 
 import pytest
+
+from conftest import raises_param
 import torch
 
 from wdbound.optim import AdamFamily, adam_direction, lr_at, make_optimizer
@@ -71,9 +73,8 @@ def test_first_adamw_step_closed_form():
 
 
 def test_decaying_variant_requires_gamma():
-    from wdbound import WdboundError
 
-    with pytest.raises(WdboundError, match="--wd-gamma"):
+    with raises_param("wd_gamma"):
         make_optimizer("adamw-d", [torch.nn.Parameter(torch.zeros(1))], lr=0.1, wd=0.1)
 
 

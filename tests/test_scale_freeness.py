@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
-from wdbound import WdboundError
+from conftest import raises_param, run_cli
 from wdbound.scale_freeness import drift
 from wdbound.train import TrainConfig
 
@@ -31,9 +30,9 @@ def test_l2_adam_is_not_scale_free():
 def test_per_coordinate_scaling_of_one_layer():
     report = drift(_config("adamw", 1e-16), 64.0, layer="1.weight")
     assert report.layer == "1.weight" and report.scale_free
-    with pytest.raises(WdboundError, match="--layer"):
+    with raises_param("layer"):
         drift(_config("adamw", 1e-16), 64.0, layer="nope.weight")
-    with pytest.raises(WdboundError, match="--scale"):
+    with raises_param("scale"):
         drift(_config("adamw", 1e-16), -1.0)
 
 

@@ -95,7 +95,7 @@ def default_rho(ckpt: Checkpoint) -> float:
     """The documented default prior variance: 1/sqrt(input dimension) (the paper: of order 1/sqrt(d_i))."""
     if str(ckpt.meta["arch"]).startswith("factory:"):
         raise WdboundError("the default rho is 1/sqrt(input dimension), which a model factory does not declare; "
-                           "pass --rho", "--rho")
+                           "give rho", "rho")
     return 1.0 / math.sqrt(math.prod(input_shape(ckpt.meta["arch"], **(ckpt.meta.get("arch_kwargs") or {}))))
 
 
@@ -110,7 +110,7 @@ def bound_inputs(ckpt: Checkpoint, *, rho: float | None, tau: float, sigma_floor
     params = [p.detach().reshape(-1).double() for n, p in ckpt.model.named_parameters()
               if p.requires_grad and select(n, p)]
     if not params:
-        raise WdboundError("no trainable parameter matches --params", "--params")
+        raise WdboundError("no trainable parameter matches the parameter globs", "params")
     x = torch.cat(params)
     inputs = BoundInputs(d=x.numel(), n=facts.n_train, b=facts.batch_size, eta=facts.eta, lam=facts.lam,
                          rho=default_rho(ckpt) if rho is None else rho, tau=tau, sigma_floor=sigma_floor,
@@ -145,6 +145,7 @@ class _Live:
 
     @property
     def operator(self):
+        """The Hessian operator (built, planned and hooked to the progress on first use)."""
         if self._operator is None:
             self._operator = build_operator(self.ckpt, self.settings)
             self._plan = memory_plan(self._operator, self.settings, self.refine_factor)
@@ -161,17 +162,20 @@ class _Live:
 
     @property
     def dense(self) -> np.ndarray:
+        """The dense Hessian [d, d] as float64 numpy (built on first use: d HVPs)."""
         if self._dense is None:
             self._dense = dense_matrix(self.operator).double().cpu().numpy()
         return self._dense
 
     def zero_mask(self) -> torch.Tensor:
+        """A bool mask [d] of the deflated exactly-zero rows, on the operator's device."""
         mask = torch.zeros(self.spectrum.d, dtype=torch.bool)
         mask[torch.from_numpy(self.spectrum.zero_rows)] = True
         return mask.to(self.operator.device)
 
     @property
     def hvps(self) -> int:
+        """HVPs spent through this object (0 when the operator was never built)."""
         return (self._operator.matvecs - self.hvps_before) if self._operator is not None else 0
 
 
@@ -187,6 +191,7 @@ class Refinement:
     worst_relative_half_width: float
 
     def to_json(self) -> dict:
+        """The fields by name."""
         return dict(self.__dict__)
 
 
@@ -207,7 +212,7 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
     analysis = Analysis(spectrum, refinement=refinement)
     for form in forms:
         if form not in FORMS:
-            raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "--optimizer")
+            raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "optimizer")
         for floor in floors:
             if settings.exact:
                 analysis.exact_parts[(form, floor)] = _exact_parts(live, cache, base, form, floor)
@@ -572,7 +577,7 @@ def evaluate_err(ckpt: Checkpoint, settings: SpectrumSettings, inputs: BoundInpu
 
     for form in forms:
         if form not in FORMS:
-            raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "--optimizer")
+            raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "optimizer")
     sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
     floors = {inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)}
     evaluation = evaluate(ckpt, settings, inputs, forms, floors=floors, cache=cache, observer=observer, label=label)
@@ -588,18 +593,19 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
     name, sep, raw = text.partition("=")
     name = name.strip()
     if not sep or name not in SWEEPABLE:
-        raise WdboundError(f"--sweep {text!r}: use NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}",
-                           "--sweep")
+        raise WdboundError(f"sweep {text!r}: use NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}",
+                           "sweep")
     try:
         values = [float(v) for v in raw.split(",") if v.strip()]
     except ValueError:
-        raise WdboundError(f"--sweep {text!r}: values must be numbers separated by commas", "--sweep") from None
+        raise WdboundError(f"sweep {text!r}: values must be numbers separated by commas", "sweep") from None
     if not values:
-        raise WdboundError(f"--sweep {text!r} lists no values", "--sweep")
+        raise WdboundError(f"sweep {text!r} lists no values", "sweep")
     return name, values
 
 
 def sweep_inputs(inputs: BoundInputs, name: str, values: list[float]) -> list[BoundInputs]:
+    """``inputs`` with the swept field (``rho``, ``sigma-floor``, ``tau``, ``wd``, ``lr``) set to each value in turn; each is validated."""
     out = []
     for value in values:
         changed = replace(inputs, **{SWEEPABLE[name]: value})

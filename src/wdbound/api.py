@@ -76,9 +76,11 @@ class ExactSpectrum(_NotebookRepr):
 
     @property
     def trace(self) -> float:
+        """The exact trace: the sum of the eigenvalues."""
         return float(self.eigenvalues.sum())
 
     def to_json(self) -> dict:
+        """Eigenvalues, diagonal, trace and d as JSON."""
         return {"eigenvalues": self.eigenvalues.tolist(), "trace": self.trace,
                 "diagonal_zero": int((self.diagonal == 0).sum())}
 
@@ -142,6 +144,7 @@ class Hessian:
 
     @property
     def dim(self) -> int:
+        """d: how many parameters span the Hessian."""
         return self.operator.dim
 
     def _generator(self, offset: int = 0) -> torch.Generator:
@@ -174,7 +177,7 @@ class Hessian:
     def exact(self, max_dim: int = 20_000) -> ExactSpectrum:
         """Eigenvalues and diagonal of the dense Hessian (d HVPs; refused above ``max_dim`` parameters)."""
         if self.dim > max_dim:
-            raise WdboundError(f"the dense Hessian of {self.dim} parameters is above the limit {max_dim}", "--exact")
+            raise WdboundError(f"the dense Hessian of {self.dim} parameters is above the limit {max_dim}", "exact")
         matrix = dense_matrix(self.operator).double()
         return ExactSpectrum(torch.linalg.eigvalsh(matrix).cpu().numpy(), torch.diagonal(matrix).cpu().numpy())
 
@@ -197,6 +200,7 @@ class ErrResult(_NotebookRepr):
     inputs: BoundInputs
 
     def to_json(self) -> dict:
+        """The figures, their interval and the inputs as JSON."""
         return {"form": self.form, "method": self.method, "err_mean": self.err_mean,
                 "err_mean_interval": self.err_mean_interval.to_json(), "err_sum": self.err_sum, "phi": self.phi,
                 "theorem_term": self.theorem_term, "inputs": self.inputs.to_json()}
@@ -214,7 +218,7 @@ def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "bot
     ``wdbound err``) or a :class:`Density` (SLQ). Returns one :class:`ErrResult` per form."""
     forms = list(FORMS) if optimizer == "both" else [optimizer]
     if any(f not in FORMS for f in forms):
-        raise WdboundError(f"unknown optimizer form {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
+        raise WdboundError(f"unknown optimizer form {optimizer!r}; use adamw, l2-adam or both", "optimizer")
     if isinstance(source, Hessian):
         d = source.dim
         norm = float(source.operator.params.double().square().sum()) if x_norm_sq is None else x_norm_sq

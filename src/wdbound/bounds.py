@@ -52,18 +52,20 @@ class BoundInputs:
     x_norm_sq: float = 0.0  # ||x*||^2
 
     def validate(self) -> None:
-        checks = [(self.eta > 0, f"eta = {self.eta:g} must be > 0", "--lr"),
-                  (self.lam >= 0, f"lambda = {self.lam:g} must be >= 0", "--wd"),
-                  (self.b >= 1, f"b = {self.b} must be >= 1", "--batch-size"),
-                  (self.n >= 1, f"n = {self.n} must be >= 1", "--n-train"),
-                  (self.rho > 0, f"rho = {self.rho:g} must be > 0", "--rho"),
-                  (0 < self.tau < 1, f"tau = {self.tau:g} must lie in (0, 1)", "--tau"),
-                  (self.sigma_floor > 0, f"sigma floor = {self.sigma_floor:g} must be > 0", "--sigma-floor")]
-        for ok, message, flag in checks:
+        """Raise a one-line :class:`WdboundError` naming the input when η, b, n, ρ or the σ-floor is not > 0, λ < 0, τ is outside (0, 1) or a value is not finite."""
+        checks = [(self.eta > 0, f"eta = {self.eta:g} must be > 0", "eta"),
+                  (self.lam >= 0, f"lambda = {self.lam:g} must be >= 0", "lam"),
+                  (self.b >= 1, f"b = {self.b} must be >= 1", "b"),
+                  (self.n >= 1, f"n = {self.n} must be >= 1", "n"),
+                  (self.rho > 0, f"rho = {self.rho:g} must be > 0", "rho"),
+                  (0 < self.tau < 1, f"tau = {self.tau:g} must lie in (0, 1)", "tau"),
+                  (self.sigma_floor > 0, f"sigma floor = {self.sigma_floor:g} must be > 0", "sigma_floor")]
+        for ok, message, param in checks:
             if not (ok and all(math.isfinite(v) for v in (self.eta, self.lam, self.rho, self.tau, self.sigma_floor))):
-                raise WdboundError(message if not ok else f"non-finite input ({message.split(' ')[0]})", flag)
+                raise WdboundError(message if not ok else f"non-finite input ({message.split(' ')[0]})", param)
 
     def to_json(self) -> dict:
+        """The inputs by name."""
         return {"d": self.d, "n": self.n, "b": self.b, "eta": self.eta, "lam": self.lam, "rho": self.rho,
                 "tau": self.tau, "sigma_floor": self.sigma_floor, "x_norm_sq": self.x_norm_sq}
 
@@ -83,14 +85,16 @@ def x_of_sigma(sigma: np.ndarray, form: str, p: BoundInputs) -> np.ndarray:
         return 2 * p.rho * p.b * (root + p.lam) / p.eta
     if form == "l2-adam":
         return 2 * p.rho * p.b * (root + p.lam / root) / p.eta
-    raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "--optimizer")
+    raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "optimizer")
 
 
 def floored(values: np.ndarray, floor: float) -> np.ndarray:
+    """max(|values|, floor): the singular values the formulas use."""
     return np.maximum(np.abs(values), floor)
 
 
 def c0(p: BoundInputs) -> float:
+    """c0 = ||x*||²/(2ρ) − d/2 + 2 ln(2n/τ), the constant under Φ's square root."""
     return p.x_norm_sq / (2 * p.rho) - p.d / 2 + 2 * math.log(2 * p.n / p.tau)
 
 
@@ -104,6 +108,8 @@ def phi(term: float, p: BoundInputs) -> float:
 
 @dataclass(frozen=True)
 class Corollary3:
+    """err of Corollary 3 for one form: the sum over d, the mean err/d (Table I), Φ, and the mass raised to the floor."""
+
     form: str
     err_sum: float
     err_sum_stderr: float
@@ -177,6 +183,8 @@ def corollary3_exact(eigenvalues: np.ndarray, form: str, p: BoundInputs) -> Coro
 
 @dataclass(frozen=True)
 class TheoremTerm:
+    """The Theorem 6/7 term of one form: −ln det M + η/(2ρb) Tr M + d ln(2bρ/η), its parts and Φ."""
+
     form: str
     term: float
     term_stderr: float
@@ -258,6 +266,7 @@ class ExactTheoremParts:
 
 
 def exact_theorem_parts(hessian: np.ndarray, form: str, floor: float) -> ExactTheoremParts:
+    """The eigendecompositions a Theorem term needs from a dense Hessian [d, d]: A = Q^½HQ^½ (AdamW) or H (l2-Adam), with Q from the floored diagonal."""
     lq, diag_floored = log_q(np.diag(hessian), floor)
     q_half = np.exp(0.5 * lq)  # Q^{1/2}
     matrix = q_half[:, None] * hessian * q_half[None, :] if form == "adamw" else hessian
@@ -267,6 +276,7 @@ def exact_theorem_parts(hessian: np.ndarray, form: str, floor: float) -> ExactTh
 
 
 def theorem_from_exact_parts(parts: ExactTheoremParts, p: BoundInputs) -> TheoremTerm:
+    """The exact Theorem 6/7 term for ``p`` (the parts' floor must be ``p.sigma_floor``)."""
     _check_floor(parts.floor, p)
     values = parts.values
     return theorem_term(parts.form, p, sum_log_q=parts.sum_log_q,

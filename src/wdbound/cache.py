@@ -27,6 +27,7 @@ CACHE_VERSION = "wdbound-cache/4"
 
 
 def default_cache_dir() -> Path:
+    """$WDBOUND_CACHE_DIR, else ~/.cache/wdbound."""
     if os.environ.get("WDBOUND_CACHE_DIR"):
         return Path(os.environ["WDBOUND_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -46,6 +47,7 @@ class Cache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     def path(self, key: str) -> Path:
+        """The ``.npz`` file of cache entry ``key``."""
         return self.root / key[:2] / f"{key}.npz"
 
     def check_writable(self) -> None:
@@ -63,8 +65,8 @@ class Cache:
         elif not os.access(folder, os.W_OK | os.X_OK):
             reason = f"no permission to write in {folder}"
         if reason:
-            raise WdboundError(f"the cache folder {self.root} is not writable ({reason}); pass another --cache-dir "
-                               "or --no-cache", "--cache-dir")
+            raise WdboundError(f"the cache folder {self.root} is not writable ({reason}); use another cache folder "
+                               "or none", "cache_dir")
 
     def load(self, key: str, build):
         """``build(meta, arrays)`` of the entry under ``key``, or None when it is missing or does not have the
@@ -78,6 +80,7 @@ class Cache:
             return None
 
     def get(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """(meta, arrays) of entry ``key``, or None when it is missing or unreadable."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -92,6 +95,7 @@ class Cache:
         return meta, arrays
 
     def put(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Store ``meta`` (JSON) and ``arrays`` (plain numpy arrays) under ``key``, atomically."""
         payload = {name: np.asarray(value) for name, value in arrays.items()}
         payload["__meta__"] = np.array(json.dumps({**meta, "key": key}))
 
@@ -109,12 +113,15 @@ class NoCache(Cache):
         super().__init__(Path(os.devnull))
 
     def check_writable(self) -> None:
+        """Nothing to check: nothing is written."""
         return None
 
     def get(self, key: str):
+        """Always a miss."""
         return None
 
     def put(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Store nothing."""
         return None
 
 
@@ -122,4 +129,5 @@ class WriteOnlyCache(Cache):
     """Writes entries, never reads them (rank 0 of a multi-process run: every rank must compute)."""
 
     def get(self, key: str):
+        """Always a miss (a multi-process run reads no cache)."""
         return None

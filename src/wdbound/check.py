@@ -64,20 +64,20 @@ class Comparison:
 def validate_baseline(data, source: str) -> dict:
     """Raise a one-line WdboundError unless ``data`` is a readable baseline of this format."""
     if not isinstance(data, dict):
-        raise WdboundError(f"{source}: not a wdbound baseline (expected a JSON object)", "--baseline")
+        raise WdboundError(f"{source}: not a wdbound baseline (expected a JSON object)", "baseline")
     if data.get("format") != FORMAT:
         raise WdboundError(f"{source}: unknown baseline format {data.get('format')!r} (this wdbound reads {FORMAT})",
-                           "--baseline")
+                           "baseline")
     entries = data.get("checkpoints")
     if not isinstance(entries, list) or not isinstance(data.get("settings"), dict):
-        raise WdboundError(f"{source}: baseline lacks 'checkpoints' or 'settings'", "--baseline")
+        raise WdboundError(f"{source}: baseline lacks 'checkpoints' or 'settings'", "baseline")
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(
                 entry.get("metrics"), dict):
-            raise WdboundError(f"{source}: malformed checkpoint entry {str(entry)[:80]}", "--baseline")
+            raise WdboundError(f"{source}: malformed checkpoint entry {str(entry)[:80]}", "baseline")
         for name, metric in entry["metrics"].items():
             if not isinstance(metric, dict) or not isinstance(metric.get("value"), (int, float)):
-                raise WdboundError(f"{source}: {entry['path']}: metric {name!r} has no numeric value", "--baseline")
+                raise WdboundError(f"{source}: {entry['path']}: metric {name!r} has no numeric value", "baseline")
     return data
 
 
@@ -163,11 +163,11 @@ class Baseline:
         """Read and validate a baseline; a missing, unreadable or malformed file is a one-line error."""
         path = Path(path)
         if not path.exists():
-            raise WdboundError(f"{path}: no such baseline (create one with --update CKPT...)", "--baseline")
+            raise WdboundError(f"{path}: no such baseline (record one from checkpoints first)", "update")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            raise WdboundError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:120]})", "--baseline") from None
+            raise WdboundError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:120]})", "baseline") from None
         return cls(path, validate_baseline(data, str(path)))
 
     @classmethod
@@ -177,7 +177,7 @@ class Baseline:
         from .spectrum import SpectrumSettings
 
         if not checkpoints:
-            raise WdboundError(f"{path} does not exist; name the checkpoints to record", "--update")
+            raise WdboundError(f"{path} does not exist; name the checkpoints to record", "update")
         spectrum = asdict(SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=seed, max_samples=max_samples))
         data = {"format": FORMAT, "settings": {"spectrum": spectrum, "rho": None, "tau": defaults.TAU,
                                                "sigma_floor": defaults.SIGMA_FLOOR},
@@ -205,11 +205,11 @@ class Baseline:
             wanted = {str(p) for p in checkpoint_paths(list(checkpoints))}
             unknown = wanted - {e["path"] for e in entries}
             if unknown:
-                raise WdboundError(f"not in the baseline: {', '.join(sorted(unknown))}", "--baseline")
+                raise WdboundError(f"not in the baseline: {', '.join(sorted(unknown))}", "baseline")
             entries = [e for e in entries if e["path"] in wanted]
         missing = [e["path"] for e in entries if not Path(e["path"]).is_file()]
         if missing:
-            raise WdboundError(f"baseline checkpoint missing: {', '.join(missing)}", "--baseline")
+            raise WdboundError(f"baseline checkpoint missing: {', '.join(missing)}", "baseline")
         return entries
 
     def settings(self, *, device: str = "auto", memory: str = "auto"):
@@ -224,9 +224,9 @@ class Baseline:
             settings.validate()
             return settings, recorded.get("rho"), float(recorded["tau"]), float(recorded["sigma_floor"])
         except WdboundError as exc:  # a recorded value out of range: the baseline is at fault, not a flag
-            raise WdboundError(f"{self.path}: unusable settings ({exc.reason})", "--baseline") from None
+            raise WdboundError(f"{self.path}: unusable settings ({exc.reason})", "baseline") from None
         except (KeyError, TypeError, ValueError) as exc:
-            raise WdboundError(f"{self.path}: unusable settings ({exc})", "--baseline") from None
+            raise WdboundError(f"{self.path}: unusable settings ({exc})", "baseline") from None
 
     def tolerance_rules(self) -> tuple[dict, dict]:
         """(the general tolerance rules, the explicit per-metric tolerances)."""

@@ -41,7 +41,7 @@ from .io_utils import atomic_path, sha256_file
 from .models import arch_arguments, build_model, infer_arch_kwargs
 
 FORMAT = "wdbound/1"
-_FACT_FLAGS = {"eta": "--lr", "lam": "--wd", "batch_size": "--batch-size", "n_train": "--n-train"}
+_FACTS = ("eta", "lam", "batch_size", "n_train")
 
 
 @dataclass(frozen=True)
@@ -99,27 +99,27 @@ def checkpoint_paths(paths: list[Path]) -> list[Path]:
 
 
 def training_facts(meta: dict[str, Any]) -> TrainingFacts:
-    """Read η, λ, b and n from metadata; a missing or invalid one names its flag."""
+    """Read η, λ, b and n from metadata; a missing or invalid one is an error naming that parameter."""
     train = meta.get("train") or {}
     values: dict[str, Any] = {}
-    for key, flag in _FACT_FLAGS.items():
+    for key in _FACTS:
         value = train.get(key)
         if value is None:
-            raise WdboundError(f"the checkpoint does not record {key}", flag)
+            raise WdboundError(f"the checkpoint does not record {key}", key)
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise WdboundError(f"{key} = {value!r} is not a number", flag) from None
+            raise WdboundError(f"{key} = {value!r} is not a number", key) from None
         if not math.isfinite(number):
-            raise WdboundError(f"{key} = {value} is not finite", flag)
+            raise WdboundError(f"{key} = {value} is not finite", key)
         values[key] = number
     if values["eta"] <= 0:
-        raise WdboundError(f"learning rate eta = {values['eta']:g} must be > 0 (the bounds divide by it)", "--lr")
+        raise WdboundError(f"learning rate eta = {values['eta']:g} must be > 0 (the bounds divide by it)", "eta")
     if values["lam"] < 0:
-        raise WdboundError(f"weight decay lambda = {values['lam']:g} must be >= 0", "--wd")
+        raise WdboundError(f"weight decay lambda = {values['lam']:g} must be >= 0", "lam")
     for key in ("batch_size", "n_train"):
         if values[key] <= 0 or values[key] != int(values[key]):
-            raise WdboundError(f"{key} = {values[key]:g} must be a positive integer", _FACT_FLAGS[key])
+            raise WdboundError(f"{key} = {values[key]:g} must be a positive integer", key)
     return TrainingFacts(values["eta"], values["lam"], int(values["batch_size"]), int(values["n_train"]))
 
 
@@ -146,9 +146,9 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     if arch is not None:
         meta["arch"] = arch
     if not meta.get("arch"):
-        raise WdboundError(f"{path} is a plain state_dict without an architecture", "--arch")
+        raise WdboundError(f"{path} is a plain state_dict without an architecture", "arch")
     if meta.get("format") == "state_dict" and not str(meta["arch"]).startswith("factory:"):
-        # a plain state_dict: what its shapes say (classes, stem, widths, image size), under any --arch-kwarg
+        # a plain state_dict: what its shapes say (classes, stem, widths, image size), under any given arguments
         inferred = infer_arch_kwargs(meta["arch"], state_dict)
         meta["arch_kwargs_inferred"] = inferred
         meta["arch_kwargs"] = {**inferred, **dict(arch_kwargs or {})}
@@ -243,8 +243,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def _fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path: Path) -> None:
     takes = arch_arguments(arch)
-    hint = (f"; {arch} takes {', '.join(takes)}: pass the one that differs as --arch-kwarg KEY=VALUE"
-            if takes else "; pass the architecture's arguments as --arch-kwarg KEY=VALUE")
+    hint = (f"; {arch} takes {', '.join(takes)}: pass the one that differs as an architecture argument KEY=VALUE"
+            if takes else "; pass the architecture's arguments KEY=VALUE")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -254,13 +254,13 @@ def _fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch:
             parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
-        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}{hint}", "--arch")
+        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}{hint}", "arch")
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise WdboundError(
                 f"{path}: state_dict does not fit arch {arch!r}: {key} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(expected[key].shape)}{hint}",
-                "--arch-kwarg",
+                "arch_kwarg",
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise WdboundError(f"{path}: weights contain NaN or infinity ({key})")

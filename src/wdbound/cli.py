@@ -39,14 +39,33 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """wdbound: weight-decay generalization bounds from Hessian spectra."""
 
 
-def print_error(exc: BaseException) -> None:
-    """One line on stderr, never wrapped, never interpreted as markup; control characters that came in with
-    the input (a key, a path) are shown escaped, so the error stays one line."""
-    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(exc))
+# The library's parameter names whose flag is not "--" + the name with dashes.
+FLAGS = {"eta": "--lr", "lam": "--wd", "b": "--batch-size", "n": "--n-train"}
+
+
+def flag_of(param: str) -> str:
+    """The flag that sets the library parameter ``param`` (``eta`` -> ``--lr``, ``top_k`` -> ``--top-k``).
+
+    >>> flag_of("eta"), flag_of("sigma_floor")
+    ('--lr', '--sigma-floor')
+    """
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def print_error(exc: BaseException | str) -> None:
+    """One line on stderr, never wrapped, never interpreted as markup, ending with the flag that fixes it when
+    the library named a parameter; control characters that came in with the input (a key, a path) are shown
+    escaped, so the error stays one line."""
+    text = str(exc)
+    param = getattr(exc, "param", None)
+    if param and flag_of(param) not in text:
+        text = f"{text} (pass {flag_of(param)})"
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
     err_console.print(f"error: {text}", highlight=False, soft_wrap=True, markup=False)
 
 
 def say(text: str) -> None:
+    """Print one plain line on stdout (no markup, no highlighting, never wrapped)."""
     console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
@@ -79,15 +98,18 @@ class LogProgress:
         return None
 
     def add_task(self, description: str, total=None, info: str = "", **_fields) -> int:
+        """Start a task; returns its id."""
         now = self.clock()
         self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "start": now,
                                        "last": now, "info": info}
         return len(self.tasks) - 1
 
     def advance(self, task: int, amount: float = 1) -> None:
+        """Add ``amount`` to a task's progress."""
         self.update(task, completed=self.tasks[task]["completed"] + amount)
 
     def update(self, task: int, *, total=None, completed=None, info: str | None = None, **_fields) -> None:
+        """Set a task's total / progress / info; logs a line when ``interval`` seconds have passed."""
         state = self.tasks[task]
         if total is not None:
             state["total"] = total
@@ -125,7 +147,7 @@ def parse_kwargs(items: List[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise WdboundError(f"--arch-kwarg {item!r} is not key=value", "--arch-kwarg")
+            raise WdboundError(f"--arch-kwarg {item!r} is not key=value", "arch_kwarg")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -212,8 +234,8 @@ class BarObserver(Observer):
         elif self.task is not None:
             self.bar.update(self.task, info=label)
 
-    def failed(self, label: str, message: str) -> None:
-        print_error(f"{label}: {message}")
+    def failed(self, label: str, error: WdboundError) -> None:
+        print_error(WdboundError(f"{label}: {error}", error.param))
 
 
 # ---------------------------------------------------------------- scale-freeness
@@ -354,7 +376,7 @@ def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str =
 
     if model_factory is not None:
         if arch is not None:
-            raise WdboundError("give either --arch or --model-factory, not both", "--model-factory")
+            raise WdboundError("give either --arch or --model-factory, not both", "model_factory")
         arch = f"factory:{model_factory}"
         arch_kwarg = arch_kwarg or []
     return load_checkpoint(path, arch=arch, arch_kwargs=parse_kwargs(arch_kwarg) if (arch_kwarg or model_factory)
@@ -504,7 +526,7 @@ def err(
     check_output(json_path)
     forms = FORM_CHOICES.get(optimizer)
     if forms is None:
-        raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "--optimizer")
+        raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "optimizer")
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(params))

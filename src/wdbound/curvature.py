@@ -61,6 +61,7 @@ class Operator(Protocol):
     device: torch.device
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:  # [k, d] -> [k, d]
+        """``H V^T`` for rows ``vectors`` [k, d], returned as rows [k, d]."""
         ...
 
 
@@ -82,6 +83,7 @@ class DenseOperator:
         self.matvecs = 0
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``vectors @ matrix`` (the matrix is symmetric), counting the matvecs."""
         self.matvecs += vectors.shape[0]
         return vectors @ self.matrix  # symmetric: (M V^T)^T = V M
 
@@ -110,17 +112,18 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WdboundError("--device cuda was asked for but torch sees no CUDA device", "--device")
+        raise WdboundError("device cuda was asked for but torch sees no CUDA device", "device")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise WdboundError(f"unknown device {device!r}; use auto, cpu or cuda", "--device") from None
+        raise WdboundError(f"unknown device {device!r}; use auto, cpu or cuda", "device") from None
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    """``float32`` / ``float64`` as a torch dtype; anything else is a one-line error naming --dtype."""
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if name not in dtypes:
-        raise WdboundError(f"unknown dtype {name!r}; use float32 or float64", "--dtype")
+        raise WdboundError(f"unknown dtype {name!r}; use float32 or float64", "dtype")
     return dtypes[name]
 
 
@@ -164,7 +167,7 @@ class HessianOperator:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, params=None,
                  sample_seed: int | None = None, workers: int = 0, shard: tuple[int, int] | None = None) -> None:
         if mode not in HVP_MODES:
-            raise WdboundError(f"unknown HVP mode {mode!r}; use {' or '.join(HVP_MODES)}", "--hvp")
+            raise WdboundError(f"unknown HVP mode {mode!r}; use {' or '.join(HVP_MODES)}", "hvp")
         self.device = torch.device(device)
         self.dtype = dtype
         self.probe_chunk = max(1, probe_chunk)
@@ -174,12 +177,12 @@ class HessianOperator:
             unknown = set([params] if isinstance(params, str) else params) - {n for n, _ in
                                                                               self.model.named_parameters()}
             if unknown:
-                raise WdboundError(f"no parameter named {', '.join(sorted(unknown))}", "--params")
+                raise WdboundError(f"no parameter named {', '.join(sorted(unknown))}", "params")
         chosen = _parameter_filter(params)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and chosen(n, p)]
         if not named:
             raise WdboundError("no trainable parameter is selected" if params is not None
-                               else "the model has no trainable parameters", "--params")
+                               else "the model has no trainable parameters", "params")
         self.fallback: str | None = None  # why forward-over-reverse was given up for double backward
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self.names = [n for n, _ in named]
@@ -198,7 +201,7 @@ class HessianOperator:
         self.subset = evaluation_subset(len(dataset), max_samples, sample_seed) if sample_seed is not None else None
         self.n_eval = min(len(dataset), max_samples) if max_samples else len(dataset)
         if self.n_eval == 0:
-            raise WdboundError("the evaluation set is empty", "--max-samples")
+            raise WdboundError("the evaluation set is empty", "max_samples")
         self.rank, self.world = shard if shard is not None else (0, 1)
         self.local = None  # the example indices of this rank (None: all, one process)
         if self.world > 1:
@@ -206,7 +209,7 @@ class HessianOperator:
             self.local = order[self.rank * self.n_eval // self.world:(self.rank + 1) * self.n_eval // self.world]
             if len(self.local) == 0:
                 raise WdboundError(f"{self.n_eval} evaluation examples cannot be shared by {self.world} processes",
-                                   "--nproc-per-node")
+                                   "nproc_per_node")
         self.matvecs = 0
         self.on_matvecs: Callable[[int], None] | None = None
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -234,12 +237,12 @@ class HessianOperator:
                 value = self.loss(self.params, inputs, labels)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise WdboundError(f"the loss failed on the first chunk: {str(exc).splitlines()[0][:160]}",
-                               "--loss") from None
+                               "loss") from None
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise WdboundError(f"the loss must return a scalar (the mean over the chunk), got {shape}", "--loss")
+            raise WdboundError(f"the loss must return a scalar (the mean over the chunk), got {shape}", "loss")
         if not torch.isfinite(value):
-            raise WdboundError(f"the loss is {float(value)} on the first chunk of the evaluation data", "--loss")
+            raise WdboundError(f"the loss is {float(value)} on the first chunk of the evaluation data", "loss")
 
     # ---- data
 
@@ -257,6 +260,7 @@ class HessianOperator:
     # ---- the loss as a function of the flat parameter vector
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector [d] as a {parameter name: tensor} dict of the parameters' shapes."""
         return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
 
     def loss(self, flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -283,7 +287,7 @@ class HessianOperator:
         if not bool(torch.isfinite(out).all()):
             raise WdboundError("a Hessian-vector product is not finite (NaN or Inf): the loss or its second "
                                "derivative overflows on some evaluation example; check the checkpoint and the data, "
-                               "or use --dtype float64", "--data")
+                               "or use --dtype float64", "data")
         self.matvecs += vectors.shape[0]
         if self.on_matvecs is not None:
             self.on_matvecs(vectors.shape[0])
@@ -392,6 +396,7 @@ class UnfoldConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution as unfold + matmul (fast float64 double backward on CPU)."""
         batch, _, height, width = x.shape
         kh, kw = self.kernel_size
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
@@ -507,10 +512,12 @@ class Deflation:
 
     @property
     def shift_directions(self) -> int:
+        """How many logit-shift directions are deflated."""
         return sum(len(columns) for *_, columns in self.blocks)
 
     @property
     def null_count(self) -> float:
+        """The dimension of the deflated null space (zero rows + logit-shift directions)."""
         return float(self.zero_mask.sum()) + self.shift_directions
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -523,11 +530,13 @@ class Deflation:
         return out
 
     def to_json(self) -> dict:
+        """The counts for the cache and the provenance."""
         return {"zero_rows": int(self.zero_mask.sum()), "logit_shift": self.shift_directions,
                 "shift_blocks": [[o, c, w, cols] for o, c, w, cols in self.blocks]}
 
     @classmethod
     def from_json(cls, data: dict | None, zero_mask: torch.Tensor) -> "Deflation":
+        """The deflation of a cached spectrum, rebuilt on ``zero_mask``'s device."""
         return cls(zero_mask, [(o, c, w, list(cols)) for o, c, w, cols in (data or {}).get("shift_blocks") or []])
 
     @classmethod

@@ -58,17 +58,18 @@ class DataSpec:
 
     @classmethod
     def parse(cls, spec: str) -> "DataSpec":
+        """``digits``, ``cifar10:PATH`` or ``imagefolder:PATH`` as a DataSpec; anything else is a one-line error."""
         kind, _, path = spec.partition(":")
         kind = kind.strip().lower()
         if kind == "digits":
             if path:
-                raise WdboundError(f"data spec {spec!r}: 'digits' takes no path", "--data")
+                raise WdboundError(f"data spec {spec!r}: 'digits' takes no path", "data")
             return cls("digits")
         if kind in ("cifar10", "imagefolder"):
             if not path:
-                raise WdboundError(f"data spec {spec!r} needs a local folder, e.g. {kind}:/data/{kind}", "--data")
+                raise WdboundError(f"data spec {spec!r} needs a local folder, e.g. {kind}:/data/{kind}", "data")
             return cls(kind, path)
-        raise WdboundError(f"unknown data spec {spec!r}; use digits, cifar10:PATH or imagefolder:PATH", "--data")
+        raise WdboundError(f"unknown data spec {spec!r}; use digits, cifar10:PATH or imagefolder:PATH", "data")
 
     def __str__(self) -> str:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
@@ -100,7 +101,7 @@ def evaluation_subset(size: int, count: int | None, seed: int) -> torch.Tensor |
     if count is None or count >= size:
         return None
     if count < 1:
-        raise WdboundError(f"max samples {count} must be >= 1", "--max-samples")
+        raise WdboundError(f"max samples {count} must be >= 1", "max_samples")
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
@@ -113,7 +114,7 @@ def load_dataset(spec: str | DataSpec, split: str = "test", image_size: int | No
     if not isinstance(spec, DataSpec):
         spec = DataSpec.parse(spec)
     if split not in SPLITS:
-        raise WdboundError(f"unknown split {split!r}; use train or test", "--split")
+        raise WdboundError(f"unknown split {split!r}; use train or test", "split")
     if spec.kind == "digits":
         return _digits(split)
     if spec.kind == "cifar10":
@@ -122,6 +123,7 @@ def load_dataset(spec: str | DataSpec, split: str = "test", image_size: int | No
 
 
 def num_classes(dataset: Dataset) -> int:
+    """The number of classes of a data spec."""
     if isinstance(dataset, ArrayDataset):
         return int(dataset.labels.max()) + 1
     return len(getattr(dataset, "classes", [])) or 10
@@ -178,13 +180,13 @@ def _read_cifar_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         return images, labels
     except Exception as exc:  # any malformed batch file is bad input
-        raise WdboundError(f"{path}: not a CIFAR-10 python batch ({exc})", "--data") from None
+        raise WdboundError(f"{path}: not a CIFAR-10 python batch ({exc})", "data") from None
 
 
 def _read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise WdboundError(f"{path}: not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)", "--data")
+        raise WdboundError(f"{path}: not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)", "data")
     records = raw.reshape(-1, 3073)
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
 
@@ -202,12 +204,12 @@ def _cifar10(root: Path, split: str) -> ArrayDataset:
         raise WdboundError(
             f"no CIFAR-10 {split} batches under {root} (expected cifar-10-batches-py/ or cifar-10-batches-bin/); "
             "wdbound never downloads data",
-            "--data",
+            "data",
         )
     images = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
     labels = np.concatenate([p[1] for p in parts])
     if labels.min() < 0 or labels.max() > 9:
-        raise WdboundError(f"CIFAR-10 labels under {root} fall outside 0..9", "--data")
+        raise WdboundError(f"CIFAR-10 labels under {root} fall outside 0..9", "data")
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     return ArrayDataset((torch.from_numpy(images) - mean) / std, torch.from_numpy(labels))
@@ -235,7 +237,7 @@ def _imagefolder(root: Path, split: str, image_size: int) -> Dataset:
     if split == "test" and not folder.is_dir():
         folder = root / "val"
     if not folder.is_dir():
-        raise WdboundError(f"no {split} folder under {root} (expected {root}/train and {root}/test or val)", "--data")
+        raise WdboundError(f"no {split} folder under {root} (expected {root}/train and {root}/test or val)", "data")
     transform = transforms.Compose([
         transforms.Resize(image_size),
         transforms.CenterCrop(image_size),
@@ -245,7 +247,7 @@ def _imagefolder(root: Path, split: str, image_size: int) -> Dataset:
     try:
         return _IntLabels(datasets.ImageFolder(str(folder), transform=transform))
     except (FileNotFoundError, OSError) as exc:
-        raise WdboundError(f"cannot read image folder {folder}: {exc}", "--data") from None
+        raise WdboundError(f"cannot read image folder {folder}: {exc}", "data") from None
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Generator | None = None,
@@ -259,11 +261,11 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Gener
     the batches are the same.
     """
     if batch_size < 1:
-        raise WdboundError(f"batch size {batch_size} must be >= 1", "--batch-size")
+        raise WdboundError(f"batch size {batch_size} must be >= 1", "batch_size")
     total = len(dataset)
     if max_samples is not None:
         if max_samples < 1:
-            raise WdboundError(f"max samples {max_samples} must be >= 1", "--max-samples")
+            raise WdboundError(f"max samples {max_samples} must be >= 1", "max_samples")
         total = min(total, max_samples)
     order = torch.randperm(len(dataset), generator=generator)[:total] if generator is not None else torch.arange(total)
     if subset is not None:

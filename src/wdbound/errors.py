@@ -10,19 +10,24 @@ from __future__ import annotations
 class WdboundError(Exception):
     """Bad input or an impossible request, explained in one line.
 
+    The library names the *parameter* at fault (``eta``, ``probes``, ``exact``); the CLI turns it into the
+    flag that sets it (``--lr``, ``--probes``, ``--exact``: :func:`wdbound.cli.flag_of`).
+
     Parameters
     ----------
     message:
         What is wrong, phrased for the user.
-    flag:
-        The command-line flag that fixes it, if there is one (e.g. ``--lr``).
+    param:
+        The library's name of the parameter that fixes it, if there is one (e.g. ``eta``).
+
+    >>> exc = WdboundError("eta = 0 must be > 0", "eta")
+    >>> str(exc), exc.param
+    ('eta = 0 must be > 0', 'eta')
     """
 
-    def __init__(self, message: str, flag: str | None = None) -> None:
-        self.flag = flag
-        self.reason = message  # the message without the flag hint
-        if flag and flag not in message:
-            message = f"{message} (pass {flag})"
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        self.reason = message
         super().__init__(message)
 
 

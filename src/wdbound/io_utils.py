@@ -87,20 +87,24 @@ def _umask() -> int:
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Write ``path`` by calling ``write(tmp)`` on a temporary file beside it, then renaming; returns ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically; returns ``path``."""
     return write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 
 def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

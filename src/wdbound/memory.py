@@ -56,10 +56,10 @@ def parse_memory(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
-        raise WdboundError(f"--memory {text!r}: use a size such as 8GB, 16GiB or 512MB", "--memory")
+        raise WdboundError(f"memory budget {text!r}: use a size such as 8GB, 16GiB or 512MB", "memory")
     value = float(match.group(1)) * _UNITS[unit]
     if not math.isfinite(value) or value < 2**20:
-        raise WdboundError(f"--memory {text!r} is below 1 MiB", "--memory")
+        raise WdboundError(f"memory budget {text!r} is below 1 MiB", "memory")
     return int(value)
 
 
@@ -171,6 +171,7 @@ class MemoryPlan:
                              RESTART_ENDS if self.restart else None)
 
     def to_json(self) -> dict:
+        """The plan's sizes and choices by name (the provenance's ``memory_plan``)."""
         return {"budget": self.budget, "budget_source": self.budget_source, "baseline": self.baseline,
                 "model": self.model, "data": self.data,
                 "activations_estimate": self.activations, "lanczos": self.lanczos, "top": self.top,
@@ -202,7 +203,7 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
     holds (the budget is for the whole process).
     """
     if mode not in LANCZOS_MODES:
-        raise WdboundError(f"unknown --lanczos {mode!r}; use auto, full or low-memory", "--lanczos")
+        raise WdboundError(f"unknown lanczos mode {mode!r}; use auto, full or low-memory", "lanczos")
     vec = VECTOR_DTYPE.itemsize
     model = dim * (4 + 2 * hvp_bytes)  # checkpoint copy (float32), operator copy, flat parameter vector
     steps = min(steps, dim)
@@ -224,9 +225,9 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
                           activations(min(probes, probe_chunk), hvp_chunk), full_basis, top, diagonal, "full",
                           min(probes, probe_chunk), hvp_chunk, None)
         if mode == "full" and plan.peak > budget:
-            raise WdboundError(f"--lanczos full keeps {human_bytes(full_basis)} of Lanczos vectors; with the rest "
+            raise WdboundError(f"lanczos full keeps {human_bytes(full_basis)} of Lanczos vectors; with the rest "
                                f"the plan needs ~{human_bytes(plan.peak)}, over the {human_bytes(budget)} budget; use "
-                               "--lanczos auto or low-memory, or raise --memory", "--memory")
+                               "lanczos auto or low-memory, or a larger memory budget", "memory")
         return plan
     restart = max(RESTART_TOP, top_k + 10)
     top = restart * dim * vec
@@ -249,5 +250,5 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
     raise WdboundError(f"the analysis needs at least ~{human_bytes(smallest.peak)} (in use "
                        f"{human_bytes(baseline)}, model {human_bytes(model)}, "
                        f"top-k basis {human_bytes(top)}, one HVP pass ~{human_bytes(smallest.activations)}) but the "
-                       f"memory budget is {human_bytes(budget)} ({budget_source}); raise --memory, or lower "
-                       "--max-samples / use --dtype float32", "--memory")
+                       f"memory budget is {human_bytes(budget)} ({budget_source}); raise the memory budget, or "
+                       "evaluate fewer examples (max_samples) / in float32 (dtype)", "memory")

@@ -50,11 +50,11 @@ def build_model(arch: str, **arch_kwargs) -> nn.Module:
         return _timm_model(arch[len(TIMM_PREFIX):], **arch_kwargs)
     if arch not in _REGISTRY:
         raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}, timm:<model>, "
-                           "or --model-factory", "--arch")
+                           "or a model factory", "arch")
     try:
         return _REGISTRY[arch](**arch_kwargs)
     except TypeError as exc:
-        raise WdboundError(f"bad arguments for architecture {arch!r}: {exc}", "--arch-kwarg") from None
+        raise WdboundError(f"bad arguments for architecture {arch!r}: {exc}", "arch_kwarg") from None
 
 
 def arch_arguments(arch: str) -> list[str]:
@@ -86,13 +86,13 @@ def _timm_model(name: str, **kwargs) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise WdboundError(f"architecture timm:{name} needs timm (pip install 'wdbound[timm]')", "--arch") from None
+        raise WdboundError(f"architecture timm:{name} needs timm (pip install 'wdbound[timm]')", "arch") from None
     if name not in timm.list_models():
-        raise WdboundError(f"timm has no model {name!r} (see timm.list_models())", "--arch")
+        raise WdboundError(f"timm has no model {name!r} (see timm.list_models())", "arch")
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
-        raise WdboundError(f"bad arguments for timm:{name}: {exc}", "--arch-kwarg") from None
+        raise WdboundError(f"bad arguments for timm:{name}: {exc}", "arch_kwarg") from None
 
 
 def _timm_infer(state_dict: StateDict) -> dict:
@@ -121,26 +121,26 @@ def build_from_factory(spec: str, **kwargs) -> nn.Module:
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise WdboundError(f"--model-factory {spec!r}: use module:function (e.g. mynets:build)", "--model-factory")
+        raise WdboundError(f"model factory {spec!r}: use module:function (e.g. mynets:build)", "model_factory")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code is the user's one-line error
-        raise WdboundError(f"--model-factory {spec!r}: cannot import {module_name!r} "
+        raise WdboundError(f"model factory {spec!r}: cannot import {module_name!r} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})",
-                           "--model-factory") from None
+                           "model_factory") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise WdboundError(f"--model-factory {spec!r}: {module_name} has no callable {attr!r}", "--model-factory")
+        raise WdboundError(f"model factory {spec!r}: {module_name} has no callable {attr!r}", "model_factory")
     try:
         model = factory(**kwargs)
     except Exception as exc:
-        raise WdboundError(f"--model-factory {spec!r} raised {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''}", "--model-factory") from None
+        raise WdboundError(f"model factory {spec!r} raised {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''}", "model_factory") from None
     if not isinstance(model, nn.Module):
-        raise WdboundError(f"--model-factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module",
-                           "--model-factory")
+        raise WdboundError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module",
+                           "model_factory")
     return model
 
 
@@ -152,11 +152,12 @@ def input_shape(arch: str, **arch_kwargs) -> tuple[int, ...]:
         size = arch_kwargs.get("img_size") or (config.get("input_size") or (3, 224, 224))[-1]
         return (int(arch_kwargs.get("in_chans", 3)), int(size), int(size))
     if arch not in _INPUT_SHAPE:
-        raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}", "--arch")
+        raise WdboundError(f"unknown architecture {arch!r}; known: {', '.join(available())}", "arch")
     return _INPUT_SHAPE[arch](**arch_kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
+    """How many trainable parameters ``model`` has (d)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -210,6 +211,7 @@ class DigitsCNN(nn.Module):
 @register("digits-cnn", _digits_shape, lambda sd: {"channels": _shape(sd, "features.0.weight")[0],
                                                    "num_classes": _shape(sd, "head.weight")[0]})
 def digits_cnn(channels: int = 8, num_classes: int = 10) -> nn.Module:
+    """The digits CNN (:class:`DigitsCNN`) for 8x8 images."""
     return DigitsCNN(channels, num_classes)
 
 
@@ -286,6 +288,7 @@ def _infer_digits_vit(sd: StateDict) -> dict:
 
 @register("digits-vit", _digits_shape, _infer_digits_vit)
 def digits_vit(dim: int = 16, depth: int = 2, heads: int = 2, mlp: int = 32, num_classes: int = 10) -> nn.Module:
+    """The tiny ViT for 8x8 digits (patch embedding, pre-norm blocks, a linear head)."""
     return TinyViT(dim=dim, depth=depth, heads=heads, mlp=mlp, num_classes=num_classes)
 
 
@@ -312,6 +315,7 @@ def _infer_resnet(sd: StateDict) -> dict:
 
 @register("resnet18", _image_shape, _infer_resnet)
 def resnet18(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 32) -> nn.Module:
+    """torchvision's ResNet-18; ``cifar_stem`` replaces the ImageNet stem by a 3x3 convolution without max-pool."""
     from torchvision.models import resnet18 as factory
 
     return _resnet(factory, num_classes, cifar_stem)
@@ -319,6 +323,7 @@ def resnet18(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 3
 
 @register("resnet34", _image_shape, _infer_resnet)
 def resnet34(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 32) -> nn.Module:
+    """torchvision's ResNet-34 (``cifar_stem`` as for :func:`resnet18`)."""
     from torchvision.models import resnet34 as factory
 
     return _resnet(factory, num_classes, cifar_stem)
@@ -326,6 +331,7 @@ def resnet34(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 3
 
 @register("resnet50", _image_shape, _infer_resnet)
 def resnet50(num_classes: int = 10, cifar_stem: bool = True, image_size: int = 32) -> nn.Module:
+    """torchvision's ResNet-50 (``cifar_stem`` as for :func:`resnet18`)."""
     from torchvision.models import resnet50 as factory
 
     return _resnet(factory, num_classes, cifar_stem)
@@ -346,6 +352,7 @@ def _infer_vit_b_16(sd: StateDict) -> dict:
 
 @register("vit_b_16", _vit_shape, _infer_vit_b_16)
 def vit_b_16(num_classes: int = 1000, image_size: int = 224) -> nn.Module:
+    """torchvision's ViT-B/16 for ``image_size`` images and ``num_classes`` classes."""
     from torchvision.models import vit_b_16 as factory
 
     return factory(weights=None, num_classes=num_classes, image_size=image_size)

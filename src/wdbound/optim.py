@@ -37,6 +37,8 @@ RULES = ("decoupled", "l2", "proximal", "stable", "adal")
 
 @dataclass(frozen=True)
 class OptimizerSpec:
+    """An optimizer of the papers: its update rule and the options it takes."""
+
     name: str
     coupling: str  # one of RULES: how λ enters the step
     decaying: bool  # λ_k = c1 γ^k
@@ -68,10 +70,11 @@ def bound_form(optimizer: str) -> str | None:
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:
+    """The spec of an optimizer name; an unknown name is a one-line error listing the known ones."""
     try:
         return OPTIMIZERS[name]
     except KeyError:
-        raise WdboundError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}", "--optimizer") from None
+        raise WdboundError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}", "optimizer") from None
 
 
 def adam_direction(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
@@ -107,15 +110,15 @@ class AdamFamily(torch.optim.Optimizer):
                  weight_decay: float = 0.0, decay_gamma: float = 1.0, coupling: str = "decoupled",
                  adal_norm: str = "global") -> None:
         if not lr > 0:
-            raise WdboundError(f"learning rate {lr} must be > 0", "--lr")
+            raise WdboundError(f"learning rate {lr} must be > 0", "lr")
         if not weight_decay >= 0:
-            raise WdboundError(f"weight decay {weight_decay} must be >= 0", "--wd")
+            raise WdboundError(f"weight decay {weight_decay} must be >= 0", "wd")
         if not 0 < decay_gamma <= 1:
-            raise WdboundError(f"decay gamma {decay_gamma} must lie in (0, 1]", "--wd-gamma")
+            raise WdboundError(f"decay gamma {decay_gamma} must lie in (0, 1]", "wd_gamma")
         if coupling not in RULES:
             raise ValueError(f"coupling must be one of {RULES}, got {coupling!r}")
         if adal_norm not in ("global", "tensor"):
-            raise WdboundError(f"AdaL norm {adal_norm!r}: use global or tensor", "--adal-norm")
+            raise WdboundError(f"AdaL norm {adal_norm!r}: use global or tensor", "adal_norm")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or not eps > 0:
             raise WdboundError(f"bad Adam constants betas={betas}, eps={eps}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay_gamma=decay_gamma)
@@ -128,6 +131,7 @@ class AdamFamily(torch.optim.Optimizer):
         self.last_lr = lr
 
     def current_lam(self, group: dict) -> float:
+        """λ at the present step (λ_k = c1 γ^k for the -D variants)."""
         return group["weight_decay"] * group["decay_gamma"] ** self.steps_taken
 
     def _gradients(self) -> dict:
@@ -152,6 +156,7 @@ class AdamFamily(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step of the group's update rule (AdamW, l2-Adam, AdamProx, AdamS or AdaL)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -203,7 +208,7 @@ def make_optimizer(name: str, params, *, lr: float, wd: float, gamma: float | No
     """Build a named optimizer. For -D variants ``wd`` is c1 and ``gamma`` is required."""
     spec = optimizer_spec(name)
     if spec.decaying and gamma is None:
-        raise WdboundError(f"{name} needs the decay factor gamma of lambda_k = c1 * gamma^k", "--wd-gamma")
+        raise WdboundError(f"{name} needs the decay factor gamma of lambda_k = c1 * gamma^k", "wd_gamma")
     return AdamFamily(params, lr=lr, betas=betas, eps=eps, weight_decay=wd,
                       decay_gamma=gamma if spec.decaying else 1.0, coupling=spec.coupling, adal_norm=adal_norm)
 
@@ -230,4 +235,4 @@ def lr_at(step: int, total_steps: int, *, schedule: str, lr: float, lr_min: floa
     if schedule == "step":
         passed = sum(step >= m * total_steps for m in milestones)
         return lr * factor ** passed
-    raise WdboundError(f"unknown learning-rate schedule {schedule!r}; use {', '.join(SCHEDULES)}", "--schedule")
+    raise WdboundError(f"unknown learning-rate schedule {schedule!r}; use {', '.join(SCHEDULES)}", "schedule")

@@ -31,5 +31,5 @@ class Observer:
     def item(self, label: str) -> None:
         """One item of a batch (a checkpoint of a table or check, a layer) finished."""
 
-    def failed(self, label: str, message: str) -> None:
-        """An item of a batch failed with a one-line ``message``; the batch goes on."""
+    def failed(self, label: str, error) -> None:
+        """An item of a batch failed with a one-line :class:`~wdbound.errors.WdboundError`; the batch goes on."""

@@ -78,7 +78,7 @@ def drift(config: TrainConfig, scale: float, layer: str | None = None, on_step=N
     """Train ``config`` and the same config on ``scale`` × loss (or with ``layer``'s gradient × ``scale``);
     return the per-epoch parameter drift between the two."""
     if not (scale > 0 and math.isfinite(scale)):
-        raise WdboundError(f"scale {scale:g} must be a positive number", "--scale")
+        raise WdboundError(f"scale {scale:g} must be a positive number", "scale")
     rescaled = replace(config, loss_scale=scale) if layer is None else replace(config, grad_scale={layer: scale})
     plain, other = _snapshots(config, on_step), _snapshots(rescaled, on_step)
     epochs = tuple(EpochDrift(i + 1, float((a - b).abs().max()), float((a - b).norm() / max(float(a.norm()), 1e-300)))
@@ -108,9 +108,9 @@ def parse_eps(text: str) -> list[float]:
     try:
         values = [float(e) for e in text.split(",") if e.strip()]
     except ValueError:
-        raise WdboundError(f"--eps {text!r}: use numbers separated by commas", "--eps") from None
+        raise WdboundError(f"eps {text!r}: use numbers separated by commas", "eps") from None
     if not values or any(not e > 0 for e in values):
-        raise WdboundError(f"--eps {text!r}: every epsilon must be > 0", "--eps")
+        raise WdboundError(f"eps {text!r}: every epsilon must be > 0", "eps")
     return values
 
 

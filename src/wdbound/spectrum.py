@@ -51,7 +51,7 @@ def resolve_exact(mode: str | bool, dim: int) -> bool:
     if isinstance(mode, bool):
         return mode
     if mode not in EXACT_MODES:
-        raise WdboundError(f"unknown --exact {mode!r}; use auto, on or off", "--exact")
+        raise WdboundError(f"unknown exact mode {mode!r}; use auto, on or off", "exact")
     return mode == "on" or (mode == "auto" and dim <= EXACT_AUTO_MAX_DIM)
 
 
@@ -89,38 +89,42 @@ class SpectrumSettings:
         return self.max_hvps if self.max_hvps is not None else REFINE_BUDGET * self.probes * self.steps
 
     def exact_diagonal_for(self, dim: int) -> bool:
+        """Whether Q's diagonal is computed exactly (d unit-vector HVPs) for a model of ``dim`` parameters."""
         return self.exact or self.diagonal == "exact" or (self.diagonal == "auto" and dim <= DIAGONAL_EXACT_MAX_DIM)
 
     def validate(self) -> None:
+        """Raise a one-line :class:`WdboundError` naming the first setting out of range."""
         if self.backend not in BACKENDS:
-            raise WdboundError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}", "--backend")
-        for name, value, flag in (("probes", self.probes, "--probes"), ("steps", self.steps, "--steps"),
-                                  ("top-k", self.top_k, "--top-k"), ("batch size", self.batch_size, "--batch-size")):
+            raise WdboundError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}", "backend")
+        for name, value, param in (("probes", self.probes, "probes"), ("steps", self.steps, "steps"),
+                                   ("top-k", self.top_k, "top_k"), ("batch size", self.batch_size, "hvp_batch_size")):
             if value < 1:
-                raise WdboundError(f"{name} = {value} must be >= 1", flag)
+                raise WdboundError(f"{name} = {value} must be >= 1", param)
         if self.probes < 2:
-            raise WdboundError("probes = 1 gives no standard error; use at least 2", "--probes")
+            raise WdboundError("probes = 1 gives no standard error; use at least 2", "probes")
         if self.workers < 0:
-            raise WdboundError(f"workers = {self.workers} must be >= 0", "--workers")
+            raise WdboundError(f"workers = {self.workers} must be >= 0", "workers")
         if self.max_samples is not None and self.max_samples < 1:
-            raise WdboundError(f"max samples {self.max_samples} must be >= 1", "--max-samples")
+            raise WdboundError(f"max samples {self.max_samples} must be >= 1", "max_samples")
         if self.diag_probes < 0:
-            raise WdboundError(f"diag probes = {self.diag_probes} must be >= 0", "--diag-probes")
+            raise WdboundError(f"diag probes = {self.diag_probes} must be >= 0", "diag_probes")
         if self.diagonal not in DIAGONAL_MODES:
-            raise WdboundError(f"unknown --diagonal {self.diagonal!r}; use auto, exact or hutchinson", "--diagonal")
+            raise WdboundError(f"unknown diagonal mode {self.diagonal!r}; use auto, exact or hutchinson", "diagonal")
         if not (0 <= self.rtol < 1) or not math.isfinite(self.rtol):
-            raise WdboundError(f"rtol = {self.rtol:g} must lie in [0, 1) (0 turns the refinement off)", "--rtol")
+            raise WdboundError(f"rtol = {self.rtol:g} must lie in [0, 1) (0 turns the refinement off)", "rtol")
         if self.max_hvps is not None and self.max_hvps < 1:
-            raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "--max-hvps")
+            raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "max_hvps")
         loss_function(self.loss)
         if self.memory != "auto":
             parse_memory(self.memory)
         if self.lanczos not in LANCZOS_MODES:
-            raise WdboundError(f"unknown --lanczos {self.lanczos!r}; use auto, full or low-memory", "--lanczos")
+            raise WdboundError(f"unknown lanczos mode {self.lanczos!r}; use auto, full or low-memory", "lanczos")
 
 
 @dataclass(frozen=True)
 class Spectrum:
+    """Every estimate of one Hessian: top-k, the SLQ density with its support, trace and diagonal, the exact spectrum when asked, what was deflated, and the provenance."""
+
     d: int
     n_eval: int
     top: TopEigen
@@ -140,14 +144,17 @@ class Spectrum:
 
     @property
     def shift_directions(self) -> int:
+        """How many logit-shift directions were deflated."""
         return int((self.deflation or {}).get("logit_shift", 0))
 
     @property
     def negative_mass(self) -> float:
+        """The SLQ measure's mass on negative eigenvalues."""
         nodes, weights = self.slq.measure()
         return float(weights[nodes < 0].sum())
 
     def to_json(self, diagonal_path: str | None = None) -> dict:
+        """Every figure with its provenance (``wdbound spectrum --json``); ``diagonal_path`` names the .npy of the diagonal."""
         out = {
             "d": self.d,
             "n_eval": self.n_eval,
@@ -196,6 +203,7 @@ class Spectrum:
 
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "Spectrum":
+        """A spectrum from a cache entry (``cached=True``, no live objects)."""
         top = meta["top"]
         slq = SLQ.from_tridiagonals(arrays["slq_alphas"], arrays["slq_betas"], arrays["slq_lengths"],
                                     arrays["slq_norms_sq"], meta["d"], meta["null_weight"],
@@ -255,8 +263,8 @@ def loss_function(spec: str):
             eps = math.nan
         if 0 <= eps < 1:
             return lambda outputs, labels: F.cross_entropy(outputs, labels, label_smoothing=eps)
-    raise WdboundError(f"unknown --loss {spec!r}; use cross-entropy, label-smoothing:EPS (0 <= EPS < 1) or mse",
-                       "--loss")
+    raise WdboundError(f"unknown loss {spec!r}; use cross-entropy, label-smoothing:EPS (0 <= EPS < 1) or mse",
+                       "loss")
 
 
 def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_factor: int = 1) -> MemoryPlan:
@@ -280,8 +288,8 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     if settings.exact:
         need = baseline + operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
         if need > budget:
-            raise WdboundError(f"--exact needs ~{human_bytes(need)} for the dense Hessian, over the "
-                               f"{human_bytes(budget)} budget", "--exact")
+            raise WdboundError(f"the exact spectrum needs ~{human_bytes(need)} for the dense Hessian, over the "
+                               f"{human_bytes(budget)} budget", "exact")
     operator.probe_chunk = plan.probe_block
     if plan.hvp_chunk != operator.batch_size:
         operator.rechunk(plan.hvp_chunk)
@@ -339,7 +347,7 @@ def per_layer_spectra(ckpt: Checkpoint, settings: SpectrumSettings, cache: Cache
     select = parameter_globs(settings.params) or (lambda _n, _p: True)
     names = [n for n, p in ckpt.model.named_parameters() if p.requires_grad and select(n, p)]
     if not names:
-        raise WdboundError("no trainable parameter matches --params", "--params")
+        raise WdboundError("no trainable parameter matches the parameter globs", "params")
     observer.start(f"{ckpt.path.name} per layer", None)
     out = []
     for name in names:
@@ -381,12 +389,12 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         return hit
     operator = build_operator(ckpt, settings)
     if settings.exact and operator.dim > EXACT_MAX_DIM:
-        raise WdboundError(f"--exact builds a dense {operator.dim}x{operator.dim} Hessian "
+        raise WdboundError(f"the exact spectrum needs a dense {operator.dim}x{operator.dim} Hessian "
                            f"({human_bytes(8 * operator.dim**2)} in float64, ~3x that with eigvalsh); the limit is "
-                           f"{EXACT_MAX_DIM} parameters", "--exact")
+                           f"{EXACT_MAX_DIM} parameters", "exact")
     if settings.steps > operator.dim:
-        raise WdboundError(f"--steps {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
-                           "has at most d dimensions)", "--steps")
+        raise WdboundError(f"steps = {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
+                           "has at most d dimensions)", "steps")
     plan = memory_plan(operator, settings, refine_factor)
     if on_plan is not None:
         on_plan(plan)
@@ -506,9 +514,9 @@ def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) ->
     from .backends.pyhessian_backend import run_pyhessian
 
     if settings.exact:
-        raise WdboundError("--exact is computed by wdbound itself; drop it with --backend pyhessian", "--exact")
+        raise WdboundError("the exact spectrum is computed by wdbound itself: turn it off with the pyhessian backend", "exact")
     if settings.loss != "cross-entropy":
-        raise WdboundError("--backend pyhessian runs with the cross-entropy loss only", "--loss")
+        raise WdboundError("the pyhessian backend runs with the cross-entropy loss only", "loss")
     operator = build_operator(ckpt, settings)
     top, density, trace, diagonal, hvps, wall = run_pyhessian(operator, settings)
     provenance = {

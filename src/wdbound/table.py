@@ -366,7 +366,7 @@ def resolve_layout(name: str, layout_: Layout) -> str:
     if name not in LAYOUTS:
         from .errors import WdboundError
 
-        raise WdboundError(f"unknown --layout {name!r}; use auto, long or paper", "--layout")
+        raise WdboundError(f"unknown layout {name!r}; use auto, long or paper", "layout")
     if name == "auto":
         return "long" if len(layout_.groups) > 3 else "paper"
     return name
@@ -476,12 +476,12 @@ class TableSettings:
         """Raise a one-line error for an unknown format, exactness mode or layout (before any work)."""
         bad = [f for f in self.formats if f not in TABLE_FORMATS]
         if bad:
-            raise WdboundError(f"unknown --format {', '.join(bad)}; use a comma-separated subset of md, csv, tex",
-                               "--format")
+            raise WdboundError(f"unknown table format {', '.join(bad)}; use a comma-separated subset of md, csv, tex",
+                               "format")
         if self.exact not in EXACT_MODES:
-            raise WdboundError(f"unknown --exact {self.exact!r}; use auto, on or off", "--exact")
+            raise WdboundError(f"unknown exact mode {self.exact!r}; use auto, on or off", "exact")
         if self.layout not in LAYOUTS:
-            raise WdboundError(f"unknown --layout {self.layout!r}; use auto, long or paper", "--layout")
+            raise WdboundError(f"unknown layout {self.layout!r}; use auto, long or paper", "layout")
         self.spectrum.validate()
 
     def to_json(self) -> dict:
@@ -586,7 +586,7 @@ def run_table(paths: list[Path], settings: TableSettings, *, cache=None,
             spectra.append((row, spectrum))
         except WdboundError as exc:
             failures.append(f"{Path(path).name}: {exc}")
-            observer.failed(Path(path).name, str(exc))
+            observer.failed(Path(path).name, exc)
         except (KeyboardInterrupt, Interrupted) as exc:
             interrupted = getattr(exc, "code", 130)
             break

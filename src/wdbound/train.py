@@ -19,6 +19,8 @@ from .provenance import library_versions
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every choice of one training run (``wdbound train``, the zoo, scale-freeness runs)."""
+
     model: str = "digits-mlp"
     optimizer: str = "adamw"
     data: str = "digits"
@@ -46,7 +48,7 @@ class TrainConfig:
         if self.wd_base_batch is None:
             return self.wd
         if self.wd_base_batch < 1:
-            raise WdboundError(f"base batch {self.wd_base_batch} must be >= 1", "--scale-wd-with-batch")
+            raise WdboundError(f"base batch {self.wd_base_batch} must be >= 1", "scale_wd_with_batch")
         return self.wd * self.batch_size / self.wd_base_batch
 
 
@@ -94,9 +96,9 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
     """
     spec = optimizer_spec(config.optimizer)
     if config.epochs < 1:
-        raise WdboundError(f"epochs = {config.epochs} must be >= 1", "--epochs")
+        raise WdboundError(f"epochs = {config.epochs} must be >= 1", "epochs")
     if config.batch_size < 1:
-        raise WdboundError(f"batch size = {config.batch_size} must be >= 1", "--batch-size")
+        raise WdboundError(f"batch size = {config.batch_size} must be >= 1", "batch_size")
     train_set = load_dataset(config.data, "train", config.image_size)
     test_set = load_dataset(config.data, "test", config.image_size)
     arch_kwargs = dict(config.arch_kwargs)
@@ -104,13 +106,13 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
     torch.manual_seed(config.seed)
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if config.dtype not in dtypes:
-        raise WdboundError(f"unknown dtype {config.dtype!r}; use float32 or float64", "--dtype")
+        raise WdboundError(f"unknown dtype {config.dtype!r}; use float32 or float64", "dtype")
     model = build_model(config.model, **arch_kwargs).to(dtypes[config.dtype])
     names = {param: name for name, param in model.named_parameters()}
     unknown = set(config.grad_scale) - set(names.values())
     if unknown:
         raise WdboundError(f"no parameter named {', '.join(sorted(unknown))}; the model has "
-                           f"{', '.join(names.values())}", "--layer")
+                           f"{', '.join(names.values())}", "layer")
     wd = config.weight_decay()
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, wd=wd, gamma=config.wd_gamma,
                                eps=config.eps, adal_norm=config.adal_norm)
@@ -143,7 +145,7 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
         if on_epoch is not None:
             on_epoch(epoch + 1, model)
     if optimizer.last_lr <= 0:
-        raise WdboundError("the last learning rate used was 0; the bounds need eta > 0 (raise --lr-min)", "--lr-min")
+        raise WdboundError("the last learning rate used was 0; the bounds need eta > 0 (raise lr_min)", "lr_min")
     train_loss, _ = evaluate(model, train_set)
     test_loss, test_acc = evaluate(model, test_set)
     state = {

@@ -22,6 +22,7 @@ from ..errors import WdboundError
 
 
 def available() -> bool:
+    """Whether PyHessian can be imported here."""
     try:
         import pyhessian  # noqa: F401
     except ImportError:
@@ -37,6 +38,7 @@ class CountingCriterion(torch.nn.Module):
         self.calls = 0
 
     def forward(self, logits, targets):
+        """The wrapped loss, counting its calls (PyHessian's HVP count)."""
         self.calls += 1
         return torch.nn.functional.cross_entropy(logits, targets)
 
@@ -44,7 +46,7 @@ class CountingCriterion(torch.nn.Module):
 def run_pyhessian(operator, settings, on_hvps=None):
     """PyHessian top-k, trace and density on ``operator``'s model and data; returns wdbound result types."""
     if not available():
-        raise WdboundError("the pyhessian backend needs PyHessian: pip install 'wdbound[pyhessian]'", "--backend")
+        raise WdboundError("the pyhessian backend needs PyHessian: pip install 'wdbound[pyhessian]'", "backend")
     from pyhessian import hessian
 
     from ..estimators.hutchinson import DiagonalEstimate, TraceEstimate
@@ -57,7 +59,7 @@ def run_pyhessian(operator, settings, on_hvps=None):
     criterion = CountingCriterion()
     cuda = operator.device.type == "cuda"
     if cuda and operator.device.index not in (None, 0):
-        raise WdboundError("PyHessian 0.1 only runs on the default CUDA device ('cuda' or 'cuda:0')", "--device")
+        raise WdboundError("PyHessian 0.1 only runs on the default CUDA device ('cuda' or 'cuda:0')", "device")
     torch.manual_seed(settings.seed)  # PyHessian draws its probes from torch's global generator
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -27,6 +27,7 @@ def symmetric_eig(matrix: torch.Tensor, eigenvectors: bool = False):
 
 @contextlib.contextmanager
 def torch_eig_shim() -> Iterator[None]:
+    """Within the block, ``torch.eig`` (removed from torch) answers as PyHessian 0.1 expects, via ``eigh``."""
     missing = object()
     previous = getattr(torch, "eig", missing)
     torch.eig = symmetric_eig

@@ -49,6 +49,7 @@ class TraceEstimate:
         return cls(estimate, stderr, samples, method)
 
     def to_json(self) -> dict:
+        """Estimate, stderr, probe count and method."""
         return {"estimate": self.estimate, "stderr": self.stderr, "probes": int(len(self.samples)),
                 "method": self.method}
 
@@ -58,6 +59,8 @@ class TraceEstimate:
 
 @dataclass(frozen=True)
 class DiagonalEstimate:
+    """A diagonal estimate [d] with per-entry standard errors (``probes`` 0: exact)."""
+
     estimate: np.ndarray  # [d]
     stderr: np.ndarray  # [d]
     probes: int
@@ -68,6 +71,7 @@ class DiagonalEstimate:
                 f"{int((self.estimate == 0).sum())} exact zeros, {how})")
 
     def summary(self) -> dict:
+        """Mean, count of entries <= 0 and of exact zeros (for the output)."""
         est = self.estimate
         return {"min": float(est.min()), "max": float(est.max()), "mean": float(est.mean()),
                 "median": float(np.median(est)), "nonpositive": int((est <= 0).sum()),
@@ -111,6 +115,7 @@ class HutchinsonSums:
 
     @property
     def count(self) -> int:
+        """Probes folded in so far."""
         return self._acc.count
 
     def estimates(self) -> tuple[TraceEstimate, DiagonalEstimate]:

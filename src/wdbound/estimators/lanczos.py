@@ -58,6 +58,7 @@ class LanczosRun:
     reorth: str = "full"  # "full" (against the whole basis) or "local" (three-term recurrence, see lanczos_blocks)
 
     def tridiagonal(self, probe: int) -> np.ndarray:
+        """The tridiagonal [n, n] of probe ``probe`` (n its length)."""
         n = int(self.lengths[probe])
         t = np.diag(self.alphas[probe, :n])
         off = self.betas[probe, :n - 1]
@@ -335,9 +336,11 @@ class LanczosMemory:
     ends_restart: int | None = None
 
     def full(self, probes: int, steps: int, dim: int) -> bool:
+        """The default policy: whole bases, no restarts."""
         return probes * min(steps, dim) * dim * VECTOR_DTYPE.itemsize <= self.full_basis_bytes
 
     def to_json(self) -> dict:
+        """The policy's fields by name."""
         return {"full_basis_bytes": None if math.isinf(self.full_basis_bytes) else int(self.full_basis_bytes),
                 "probe_block": self.probe_block, "restart": self.restart, "ends_restart": self.ends_restart}
 
@@ -366,6 +369,7 @@ class TopEigen:
     tol: float
 
     def to_json(self) -> dict:
+        """Values, residual bounds, steps, convergence and tolerance."""
         return {"values": self.values.tolist(), "residuals": self.residuals.tolist(), "steps": self.steps,
                 "converged": self.converged, "tol": self.tol}
 
@@ -524,9 +528,11 @@ class Support:
     steps: int  # Lanczos steps spent on the two ends
 
     def to_json(self) -> dict:
+        """The ends and how they were found."""
         return {"low": self.low, "high": self.high, "steps": self.steps}
 
     def bounds(self) -> tuple[float, float]:
+        """(L, R): an interval containing every eigenvalue."""
         return self.low, self.high
 
 

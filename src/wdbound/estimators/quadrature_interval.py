@@ -96,6 +96,7 @@ class Interval:
 
     @property
     def half_width(self) -> float:
+        """(high − low) / 2."""
         return 0.5 * (self.high - self.low)
 
     def relative_half_width(self) -> float:
@@ -110,13 +111,16 @@ class Interval:
         return Interval(scale * self.estimate + shift, min(a, b), max(a, b))
 
     def contains(self, value: float, slack: float = 0.0) -> bool:
+        """low − slack <= value <= high + slack."""
         return self.low - slack <= value <= self.high + slack
 
     def to_json(self) -> list[float]:
+        """[low, high]."""
         return [self.low, self.high]
 
     @classmethod
     def point(cls, value: float) -> "Interval":
+        """An exact value: an interval of width zero."""
         return cls(value, value, value)
 
 

@@ -1,0 +1,103 @@
+"""spectrum.py: the estimator pipeline against a dense matrix, the caching wrapper, settings and outputs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import raises_param
+import torch
+
+from wdbound.cache import Cache
+from wdbound.checkpoints import load_checkpoint
+from wdbound.curvature import DenseOperator
+from wdbound.spectrum import (SpectrumSettings, compute_spectrum, estimate_spectrum, expected_hvps, loss_function,
+                              per_layer_json, per_layer_spectra, resolve_exact, write_spectrum_json)
+
+
+def _matrix(dim=60, zeros=(3, 17, 40), seed=0):
+    """A symmetric matrix with a spread spectrum, a few negative eigenvalues and exactly-zero rows."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    values = np.concatenate([-np.geomspace(1e-2, 0.5, 4), np.geomspace(1e-4, 50.0, dim - 4)])
+    matrix = basis @ np.diag(values) @ basis.T
+    keep = np.setdiff1d(np.arange(dim), zeros)
+    out = np.zeros_like(matrix)
+    out[np.ix_(keep, keep)] = matrix[np.ix_(keep, keep)]
+    return torch.from_numpy(out)
+
+
+def test_estimate_spectrum_against_the_dense_matrix():
+    matrix = _matrix()
+    exact = torch.linalg.eigvalsh(matrix).numpy()
+    operator = DenseOperator(matrix)
+    settings = SpectrumSettings(probes=8, steps=40, top_k=3, exact=True)
+    result = estimate_spectrum(operator, settings)
+    # Top-k by Lanczos: converged Ritz values agree with eigvalsh to rounding.
+    np.testing.assert_allclose(result.top.values, exact[::-1][:3], rtol=1e-8)
+    assert result.top.converged
+    # The three zero rows are found and deflated as exact zero eigenvalues.
+    assert result.zero_rows.tolist() == [3, 17, 40] and result.slq.null_weight == 3
+    # Hutchinson from the SLQ probes: within 4 standard errors of the exact trace.
+    assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr
+    np.testing.assert_allclose(result.exact_eigenvalues, exact, atol=1e-12)
+    np.testing.assert_allclose(result.exact_diagonal, np.diag(matrix.numpy()), atol=0)
+    # The support brackets the whole spectrum (the top end is a converged Ritz value: equal to rounding).
+    low, high = result.support.bounds()
+    assert low <= exact.min() and high >= exact.max() * (1 - 1e-12) and result.negative_mass > 0
+    assert operator.matvecs == result.hvps <= expected_hvps(settings, 60)
+
+
+def test_estimate_spectrum_exact_diagonal_without_dense_matrix():
+    matrix = _matrix(seed=1)
+    result = estimate_spectrum(DenseOperator(matrix), SpectrumSettings(probes=4, steps=20, top_k=1,
+                                                                       diagonal="exact"))
+    assert result.exact_eigenvalues is None
+    np.testing.assert_allclose(result.exact_diagonal, np.diag(matrix.numpy()), atol=1e-14)
+    # The Hutchinson diagonal is unbiased: every entry within 5 stderr (exactly 0 on the zero rows).
+    diag = result.diagonal
+    assert np.all(np.abs(diag.estimate - np.diag(matrix.numpy())) <= 5 * diag.stderr + 1e-12)
+    assert np.all(diag.estimate[[3, 17, 40]] == 0)
+
+
+def test_compute_spectrum_caches_and_writes_json(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_checkpoint, dtype=torch.float64)
+    settings = SpectrumSettings(max_samples=80, probes=3, steps=12, top_k=2, device="cpu", diagonal="hutchinson")
+    cache = Cache(tmp_path / "cache")
+    first = compute_spectrum(ckpt, settings, cache=cache)
+    again = compute_spectrum(ckpt, settings, cache=cache)
+    assert not first.cached and again.cached and first.hvps > 0
+    np.testing.assert_array_equal(first.slq.alphas, again.slq.alphas)
+    assert again.trace.estimate == first.trace.estimate
+    assert json.dumps(again.provenance, sort_keys=True) == json.dumps(first.provenance, sort_keys=True)
+    assert first.provenance["checkpoint_sha256"] == ckpt.sha256 and first.provenance["data"] == "digits"
+    json_path, diag_path = write_spectrum_json(first, tmp_path / "out" / "s.json")
+    data = json.loads(json_path.read_text())
+    assert data["d"] == first.d and data["diagonal"]["path"] == str(diag_path)
+    stacked = np.load(diag_path)
+    assert stacked.shape == (2, first.d) and np.array_equal(stacked[0], first.diagonal.estimate)
+    layers = per_layer_spectra(ckpt, SpectrumSettings(max_samples=80, probes=2, steps=8, top_k=1, device="cpu", diagonal="hutchinson",
+                                                      params=("1.*",)))
+    assert [layer.name for layer in layers] == ["1.weight", "1.bias"] or all(l.name.startswith("1") for l in layers)
+    out = per_layer_json(ckpt, settings, layers)
+    assert [entry["name"] for entry in out["layers"]] == [layer.name for layer in layers]
+    assert sum(entry["d"] for entry in out["layers"]) == sum(layer.spectrum.d for layer in layers)
+
+
+def test_settings_and_modes():
+    assert resolve_exact("auto", 10_000) and not resolve_exact("auto", 10_001)
+    assert resolve_exact("on", 10**6) and not resolve_exact("off", 5) and resolve_exact(True, 5)
+    with raises_param("exact"):
+        resolve_exact("maybe", 5)
+    for bad in (dict(probes=1), dict(steps=0), dict(rtol=1.0), dict(diagonal="x"), dict(lanczos="x"),
+                dict(loss="hinge"), dict(backend="x")):
+        with raises_param(next(iter(bad))):
+            SpectrumSettings(**bad).validate()
+    assert SpectrumSettings(max_hvps=7).refine_cap() == 7 and SpectrumSettings(probes=2, steps=3).refine_cap() == 48
+    assert loss_function("cross-entropy") is None
+    logits, labels = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    smoothed = loss_function("label-smoothing:0.1")(logits, labels)
+    expected = -(0.95 * math.log(math.exp(2) / (math.exp(2) + 1)) + 0.05 * math.log(1 / (math.exp(2) + 1)))
+    assert float(smoothed) == pytest.approx(expected)
+    assert float(loss_function("mse")(logits, labels)) == pytest.approx(((2 - 1) ** 2 + 0) / 2)
