@@ -38,16 +38,16 @@ def test_training_facts_from_metadata_and_overrides(tiny_checkpoint):
     assert (over.eta, over.lam, over.batch_size, over.n_train) == (1e-4, 0.0, 8, 100)
 
 
-@pytest.mark.parametrize("train, flag", [
-    ({"lam": 0.1, "batch_size": 4, "n_train": 10}, "--lr"),
-    ({"eta": 0.0, "lam": 0.1, "batch_size": 4, "n_train": 10}, "--lr"),
-    ({"eta": 0.1, "lam": -1.0, "batch_size": 4, "n_train": 10}, "--wd"),
-    ({"eta": 0.1, "lam": 0.1, "batch_size": 0, "n_train": 10}, "--batch-size"),
-    ({"eta": 0.1, "lam": 0.1, "batch_size": 4}, "--n-train"),
-    ({"eta": float("nan"), "lam": 0.1, "batch_size": 4, "n_train": 10}, "--lr"),
+@pytest.mark.parametrize("train, param", [
+    ({"lam": 0.1, "batch_size": 4, "n_train": 10}, "eta"),
+    ({"eta": 0.0, "lam": 0.1, "batch_size": 4, "n_train": 10}, "eta"),
+    ({"eta": 0.1, "lam": -1.0, "batch_size": 4, "n_train": 10}, "lam"),
+    ({"eta": 0.1, "lam": 0.1, "batch_size": 0, "n_train": 10}, "batch_size"),
+    ({"eta": 0.1, "lam": 0.1, "batch_size": 4}, "n_train"),
+    ({"eta": float("nan"), "lam": 0.1, "batch_size": 4, "n_train": 10}, "eta"),
 ])
-def test_missing_or_bad_fact_names_its_flag(train, flag):
-    with pytest.raises(WdboundError, match=flag):
+def test_missing_or_bad_fact_names_its_parameter(train, param):
+    with raises_param(param):
         training_facts({"train": train})
 
 

@@ -96,4 +96,4 @@ def test_a_misfit_names_the_arch_kwarg(tmp_path):
     torch.save(build_model("resnet18").state_dict(), tmp_path / "r18.pt")
     with pytest.raises(WdboundError, match="does not fit arch 'resnet50'") as info:
         load_checkpoint(tmp_path / "r18.pt", arch="resnet50")
-    assert "--arch-kwarg" in str(info.value)
+    assert "architecture argument" in str(info.value) and info.value.param == "arch"

@@ -145,7 +145,8 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
         if on_epoch is not None:
             on_epoch(epoch + 1, model)
     if optimizer.last_lr <= 0:
-        raise WdboundError("the last learning rate used was 0; the bounds need eta > 0 (raise lr_min)", "lr_min")
+        raise WdboundError("the last learning rate used was 0; the bounds need eta > 0",
+                           "lr" if config.lr <= 0 else "lr_min")
     train_loss, _ = evaluate(model, train_set)
     test_loss, test_acc = evaluate(model, test_set)
     state = {

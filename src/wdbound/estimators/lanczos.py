@@ -60,9 +60,34 @@ class LanczosRun:
     def tridiagonal(self, probe: int) -> np.ndarray:
         """The tridiagonal [n, n] of probe ``probe`` (n its length)."""
         n = int(self.lengths[probe])
-        t = np.diag(self.alphas[probe, :n])
-        off = self.betas[probe, :n - 1]
-        return t + np.diag(off, 1) + np.diag(off, -1)
+        return tridiagonal(self.alphas[probe, :n], self.betas[probe, :n - 1])
+
+
+def tridiagonal(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """The symmetric tridiagonal matrix [n, n] with diagonal ``alphas`` [n] and off-diagonal ``betas`` [n-1].
+
+    >>> tridiagonal(np.array([1.0, 2.0]), np.array([0.5])).tolist()
+    [[1.0, 0.5], [0.5, 2.0]]
+    """
+    return np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+
+
+def pad_columns(a: np.ndarray, cols: int) -> np.ndarray:
+    """``a`` [k, c] padded with zero columns to [k, cols] (tridiagonals of different lengths, stacked)."""
+    return np.pad(a, ((0, 0), (0, cols - a.shape[1])))
+
+
+def _starts(operator, starts: torch.Tensor, steps: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(steps capped at d, the start vectors as float64 on the operator's device, their norms [k]); a run
+    of no step or a zero start vector is a ValueError."""
+    steps = int(min(steps, starts.shape[1]))
+    if steps < 1:
+        raise ValueError(f"Lanczos needs at least one step, got {steps}")
+    starts = starts.to(operator.device, VECTOR_DTYPE)
+    norms = starts.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError("a Lanczos start vector is zero")
+    return steps, starts, norms
 
 
 def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = False,
@@ -72,15 +97,9 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
     low-memory recurrence). Vectors and recurrences are float64 (``VECTOR_DTYPE``) whatever the
     operator's precision: a float32 HVP sees its input cast down and its output cast up."""
     k, d = starts.shape
-    steps = int(min(steps, d))
-    if steps < 1:
-        raise ValueError(f"Lanczos needs at least one step, got {steps}")
     dtype, device = VECTOR_DTYPE, operator.device
     breakdown_tol = _breakdown_tol(operator, breakdown_tol)
-    starts = starts.to(device, dtype)
-    norms = starts.norm(dim=1)
-    if bool((norms == 0).any()):
-        raise ValueError("a Lanczos start vector is zero")
+    steps, starts, norms = _starts(operator, starts, steps)
     basis = torch.zeros(k, steps, d, dtype=dtype, device=device)
     alphas = torch.zeros(k, steps, dtype=torch.float64)
     betas = torch.zeros(k, max(steps - 1, 0), dtype=torch.float64)
@@ -157,22 +176,16 @@ def lanczos_blocks(operator, draw: Callable[[int], torch.Tensor], probes: int, s
         runs.append(_three_term(operator, draw(count), steps, _breakdown_tol(operator, breakdown_tol), sums))
         done += count
     width = max(r[0].shape[1] for r in runs)
-    alphas = np.concatenate([np.pad(r[0], ((0, 0), (0, width - r[0].shape[1]))) for r in runs])
-    betas = np.concatenate([np.pad(r[1], ((0, 0), (0, max(width - 1, 0) - r[1].shape[1]))) for r in runs])
+    alphas = np.concatenate([pad_columns(r[0], width) for r in runs])
+    betas = np.concatenate([pad_columns(r[1], max(width - 1, 0)) for r in runs])
     return LanczosRun(alphas, betas, np.concatenate([r[2] for r in runs]), np.concatenate([r[3] for r in runs]),
                       None, None, None, sums, "local")
 
 
 def _three_term(operator, starts: torch.Tensor, steps: int, breakdown_tol: float, sums: HutchinsonSums):
     k, d = starts.shape
-    steps = int(min(steps, d))
-    if steps < 1:
-        raise ValueError(f"Lanczos needs at least one step, got {steps}")
     dtype, device = VECTOR_DTYPE, operator.device
-    starts = starts.to(device, dtype)
-    norms = starts.norm(dim=1)
-    if bool((norms == 0).any()):
-        raise ValueError("a Lanczos start vector is zero")
+    steps, starts, norms = _starts(operator, starts, steps)
     alphas = np.zeros((k, steps))
     betas = np.zeros((k, max(steps - 1, 0)))
     lengths = np.full(k, steps, dtype=np.int64)
@@ -249,9 +262,7 @@ class SLQ:
             complete = (lengths < np.asarray(alphas).shape[1]) | (lengths >= dim)
         nodes, weights = [], []
         for p, n in enumerate(np.asarray(lengths, dtype=np.int64)):
-            off = betas[p, : n - 1]
-            t = np.diag(alphas[p, :n]) + np.diag(off, 1) + np.diag(off, -1)
-            theta, vectors = np.linalg.eigh(t)
+            theta, vectors = np.linalg.eigh(tridiagonal(alphas[p, :n], betas[p, : n - 1]))
             nodes.append(theta)
             weights.append(vectors[0] ** 2)
         return cls(nodes, weights, dim, np.asarray(norms_sq, dtype=np.float64), lengths, alphas, betas,
@@ -269,13 +280,9 @@ class SLQ:
     def concatenate(cls, runs: list["SLQ"]) -> "SLQ":
         """One SLQ of all probes of several runs on the same operator (more probes, possibly longer ones)."""
         width = max(r.alphas.shape[1] for r in runs)
-
-        def pad(a: np.ndarray, cols: int) -> np.ndarray:
-            return np.pad(a, ((0, 0), (0, cols - a.shape[1])))
-
         first = runs[0]
-        return cls.from_tridiagonals(np.concatenate([pad(r.alphas, width) for r in runs]),
-                                     np.concatenate([pad(r.betas, max(width - 1, 0)) for r in runs]),
+        return cls.from_tridiagonals(np.concatenate([pad_columns(r.alphas, width) for r in runs]),
+                                     np.concatenate([pad_columns(r.betas, max(width - 1, 0)) for r in runs]),
                                      np.concatenate([r.lengths for r in runs]),
                                      np.concatenate([r.norms_sq for r in runs]), first.dim, first.null_weight,
                                      complete=np.concatenate([r.complete for r in runs]))
@@ -503,8 +510,7 @@ class _Incremental:
 
     def ritz(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.m
-        t = np.diag(self.alphas) + np.diag(self.betas[: m - 1], 1) + np.diag(self.betas[: m - 1], -1)
-        theta, vectors = np.linalg.eigh(t)
+        theta, vectors = np.linalg.eigh(tridiagonal(np.asarray(self.alphas), np.asarray(self.betas[: m - 1])))
         order = np.argsort(theta)[::-1][:top]
         return theta[order], np.abs(self.last_beta * vectors[-1, order])
 
