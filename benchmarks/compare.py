@@ -3,6 +3,7 @@
     python benchmarks/compare.py                     # digits-mlp, digits-cnn, cifar-cnn; ResNet-18 HVP costs
     python benchmarks/compare.py --full-resnet       # ResNet-18 full analysis too (slow on a CPU)
     python benchmarks/compare.py --device cuda --dtype float32
+    python benchmarks/compare.py --section defaults  # each tool as it comes: `wdbound spectrum` vs PyHessian
 
 For each model: wall time and HVP count of density (k probes x m steps), top-5 eigenvalues, trace,
 diagonal, and the full analysis (all four); accuracy against the exact Hessian where it fits
@@ -284,8 +285,104 @@ def accuracy(found, exact_ev, exact_trace):
     return out
 
 
+def defaults_vs_defaults(args, device) -> dict:
+    """Each tool at its defaults, as a user who tries both meets them, in one process, against the exact
+    spectrum: `wdbound spectrum --no-cache` (estimate_spectrum with the command's default settings: the CLI's
+    pipeline without the file and cache steps) vs PyHessian 0.1's eigenvalues(top_n=5) + trace() + density()
+    (float32, its double-backward HVP). Loading the model and data is outside both timings."""
+    from wdbound.curvature import auto_hvp_mode
+    from wdbound.spectrum import estimate_spectrum, spectrum_command_settings
+
+    out = {}
+    for name, model, dataset, exact_ok, _ in cases(args):
+        if not exact_ok:
+            continue
+        settings = spectrum_command_settings(device=device.type)  # `wdbound spectrum`'s defaults
+        mode = auto_hvp_mode(model)
+        op = HessianOperator(model, dataset, device=device, dtype=torch.float64, mode=mode, batch_size=512)
+        exact_ev = exact_eigenvalues(name, op, args.exact_cache)
+        op = HessianOperator(model, dataset, device=device, dtype=getattr(torch, settings.dtype), mode=mode,
+                             batch_size=512)
+        ours, seconds, _ = timed(device, lambda: estimate_spectrum(op, settings))
+        nodes, weights = ours.slq.measure()
+        found = {"top": ours.top.values.tolist(), "trace": ours.trace.estimate, "nodes": nodes, "weights": weights}
+        rows = {"wdbound": {"seconds": seconds, "hvps": ours.hvps, "trace_stderr": ours.trace.stderr,
+                            "trace_method": ours.trace.method, "top_steps": ours.top.steps,
+                            **accuracy(found, exact_ev, exact_ev.sum()), "top5_max_rel_error": top5_error(found, exact_ev)}}
+        theirs = pyhessian_defaults(model, dataset, device)
+        if theirs is not None:
+            found, seconds, hvps = theirs
+            rows["pyhessian"] = {"seconds": seconds, "hvps": hvps, "trace_stderr": None,
+                                 **accuracy(found, exact_ev, exact_ev.sum()),
+                                 "top5_max_rel_error": top5_error(found, exact_ev)}
+            rows["speed_up"] = rows["pyhessian"]["seconds"] / rows["wdbound"]["seconds"]
+        out[name] = rows
+        print(f"\n== defaults vs defaults, {name} (d = {op.dim}): exact top-1 {exact_ev[-1]:.6g}, "
+              f"trace {exact_ev.sum():.6g}", flush=True)
+        for tool in ("wdbound", "pyhessian"):
+            if tool in rows:
+                r = rows[tool]
+                print(f"   {tool:9s} {r['seconds']:7.2f} s {r['hvps']:5d} HVPs | top-5 max rel. err "
+                      f"{r['top5_max_rel_error']:.1e} | trace rel. err {r['trace_rel_error']:.1e}"
+                      + (f" (+/- {r['trace_stderr'] / abs(exact_ev.sum()):.1e})" if r["trace_stderr"] else " (no error bar)")
+                      + f" | W1/lambda_max {r['density_w1_over_lambda_max']:.1e}", flush=True)
+        if "speed_up" in rows:
+            print(f"   PyHessian time / wdbound time: x{rows['speed_up']:.2f}", flush=True)
+    return out
+
+
+def exact_eigenvalues(name: str, op, cache: Path | None) -> np.ndarray:
+    """The exact spectrum (dense Hessian, eigvalsh), kept as ``<cache>/<name>-eigenvalues.npy`` between runs."""
+    path = cache / f"{name}-eigenvalues.npy" if cache is not None else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    values = np.linalg.eigvalsh(dense_matrix(op).double().cpu().numpy())
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, values)
+    return values
+
+
+def top5_error(found, exact_ev) -> float:
+    """The largest relative error of the five largest eigenvalues."""
+    top = np.asarray(sorted(found["top"], reverse=True)[:5])
+    exact = exact_ev[::-1][: len(top)]
+    return float(np.max(np.abs(top - exact) / np.abs(exact)))
+
+
+def pyhessian_defaults(model, dataset, device):
+    """PyHessian 0.1 at its defaults: (found, seconds, HVPs), or None without PyHessian."""
+    try:
+        from pyhessian import hessian
+    except ImportError:
+        return None
+    from wdbound.backends.pyhessian_backend import CountingCriterion
+    from wdbound.backends.pyhessian_compat import torch_eig_shim
+
+    op = HessianOperator(model, dataset, device=device, dtype=torch.float32, mode="double-backward", batch_size=512)
+    batches = list(op.chunks())
+    criterion = CountingCriterion()
+    torch.manual_seed(0)
+    engine = hessian(op.model, criterion, dataloader=batches, cuda=device.type == "cuda")
+
+    def run():
+        values, _ = engine.eigenvalues(top_n=5)
+        samples = engine.trace()
+        with torch_eig_shim():
+            nodes, weights = engine.density()
+        return values, samples, nodes, weights
+
+    (values, samples, nodes, weights), seconds, _ = timed(device, run)
+    found = {"top": sorted(values, reverse=True), "trace": float(np.mean(samples)),
+             "nodes": np.concatenate([np.asarray(n, dtype=float) for n in nodes]),
+             "weights": np.concatenate([np.asarray(w, dtype=float) for w in weights])}
+    return found, seconds, criterion.calls // max(len(batches), 1)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--section", default="all", choices=["all", "defaults", "equal-settings"],
+                        help="defaults: each tool at its defaults; equal-settings: the same k and m for both")
     parser.add_argument("--models", default="digits-mlp,digits-cnn,cifar-cnn,resnet18")
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
@@ -296,13 +393,17 @@ def main(argv=None) -> int:
     parser.add_argument("--full-resnet", action="store_true", help="also run the full analysis on ResNet-18")
     parser.add_argument("--reps", type=int, default=5, help="repetitions for the HVP/gradient timing")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--exact-cache", type=Path, default=None,
+                        help="folder keeping the exact eigenvalues between runs (the dense Hessian is slow to build)")
     args = parser.parse_args(argv)
     args.models = args.models.split(",")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     report = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "torch": torch.__version__, "threads": torch.get_num_threads(), "models": {}}
-    for name, model, dataset, exact_ok, full in cases(args):
+    if args.section in ("all", "defaults"):
+        report["defaults_vs_defaults"] = defaults_vs_defaults(args, device)
+    for name, model, dataset, exact_ok, full in (cases(args) if args.section != "defaults" else []):
         def factory(mode, model=model, dataset=dataset):
             return HessianOperator(model, dataset, device=device, dtype=dtype, mode=mode, batch_size=512)
 
@@ -362,6 +463,17 @@ def summary(report) -> str:
         c = e["costs"]
         lines.append(f"| {name} | {c['gradient_seconds']:.3g} | {c['hvp_forward-over-reverse_over_grad']:.2f} | "
                      f"{c['hvp_double-backward_over_grad']:.2f} | {c.get('hvp_pyhessian_over_grad', float('nan')):.2f} |")
+    if report.get("defaults_vs_defaults"):
+        lines += ["", "## Defaults vs defaults (`wdbound spectrum` vs PyHessian 0.1 as they come)", "",
+                  "| model | tool | s | HVPs | top-5 max rel. err | trace rel. err | trace stderr | "
+                  "W1/lambda_max |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for name, rows in report["defaults_vs_defaults"].items():
+            for tool in ("wdbound", "pyhessian"):
+                if tool in rows:
+                    r = rows[tool]
+                    se = "none" if not r["trace_stderr"] else f"{r['trace_stderr']:.3g}"
+                    lines.append(f"| {name} | {tool} | {r['seconds']:.2f} | {r['hvps']} | {r['top5_max_rel_error']:.1e} | "
+                                 f"{r['trace_rel_error']:.1e} | {se} | {r['density_w1_over_lambda_max']:.1e} |")
     lines += ["", "| model | tool | top-1 rel. error | density W1/lambda_max | trace rel. error |", "|---|---|---:|---:|---:|"]
     for name, e in report["models"].items():
         for tool, acc in (e.get("accuracy") or {}).items():

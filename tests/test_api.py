@@ -160,7 +160,7 @@ def test_model_factory_from_the_cli_matches_python(tmp_path, capsys, monkeypatch
     model = usernets.build(hidden=6)
     torch.save(model.state_dict(), tmp_path / "mine.pt")
     out = tmp_path / "spec.json"
-    code, stdout, err = run_cli(["spectrum", tmp_path / "mine.pt", "--model-factory", "usernets:build", "--arch-kwarg",
+    code, stdout, err = run_cli(["spectrum", tmp_path / "mine.pt", "--dtype", "float64", "--model-factory", "usernets:build", "--arch-kwarg",
                                  "hidden=6", "--data", "digits", "--max-samples", "60", "--exact", "on",
                                  "--probes", "2", "--steps", "5", "--json", out, "--no-cache"], capsys)
     assert code == 0, err
@@ -175,7 +175,7 @@ def test_model_factory_from_the_cli_matches_python(tmp_path, capsys, monkeypatch
     ev = wdbound.Hessian(model, (x, y)).exact().eigenvalues
     assert np.allclose(payload["exact"]["eigenvalues"], ev, atol=1e-10 * abs(ev).max())
     # Label smoothing changes the Hessian; the loss is recorded.
-    code, _, err = run_cli(["spectrum", tmp_path / "mine.pt", "--model-factory", "usernets:build", "--arch-kwarg",
+    code, _, err = run_cli(["spectrum", tmp_path / "mine.pt", "--dtype", "float64", "--model-factory", "usernets:build", "--arch-kwarg",
                             "hidden=6", "--data", "digits", "--max-samples", "60", "--exact", "on", "--probes", "2",
                             "--steps", "5", "--loss", "label-smoothing:0.1", "--json", out, "--no-cache"], capsys)
     assert code == 0, err

@@ -39,7 +39,7 @@ def test_train_is_deterministic_and_summary_lists_it(tmp_path, capsys):
 @pytest.mark.slow
 def test_spectrum_exact_json_plot(tiny_checkpoint, tmp_path, capsys):
     out_json, plot = tmp_path / "spec.json", tmp_path / "spec.png"
-    code, out, err = run_cli(["spectrum", tiny_checkpoint, "--probes", "4", "--steps", "30", "--exact", "on",
+    code, out, err = run_cli(["spectrum", tiny_checkpoint, "--dtype", "float64", "--probes", "4", "--steps", "30", "--exact", "on",
                               "--max-samples", "100", "--json", out_json, "--plot", plot], capsys)
     assert code == 0, err
     payload = json.loads(out_json.read_text())
@@ -255,7 +255,7 @@ def test_params_and_per_layer_match_the_exact_blocks(tiny_checkpoint, tmp_path, 
     offsets = np.cumsum([0, *op.numels])
     blocks = {name: (int(offsets[i]), int(offsets[i + 1])) for i, name in enumerate(op.names)}
     out = tmp_path / "head.json"
-    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--params", "3.*", "--exact", "on", "--max-samples", "100",
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--dtype", "float64", "--params", "3.*", "--exact", "on", "--max-samples", "100",
                             "--probes", "2", "--steps", "10", "--json", out], capsys)
     assert code == 0, err
     lo, hi = blocks["3.weight"][0], blocks["3.bias"][1]
@@ -264,7 +264,7 @@ def test_params_and_per_layer_match_the_exact_blocks(tiny_checkpoint, tmp_path, 
     assert got["d"] == hi - lo
     assert np.allclose(got["exact"]["eigenvalues"], exact, atol=1e-10 * abs(exact).max())
     out = tmp_path / "layers.json"
-    code, stdout, err = run_cli(["spectrum", tiny_checkpoint, "--per-layer", "--max-samples", "100", "--probes", "16",
+    code, stdout, err = run_cli(["spectrum", tiny_checkpoint, "--dtype", "float64", "--per-layer", "--max-samples", "100", "--probes", "16",
                                  "--steps", "20", "--top-k", "1", "--json", out], capsys)
     assert code == 0, err
     layers = json.loads(out.read_text())["layers"]

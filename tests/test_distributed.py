@@ -34,7 +34,7 @@ def test_two_processes_equal_one_for_spectrum(tmp_path):
     results = {}
     for n in (1, 2):
         out = tmp_path / f"spec{n}.json"
-        proc = run(["spectrum", CKPT, *SMALL, "--top-k", "3", "--json", out], tmp_path, n)
+        proc = run(["spectrum", CKPT, "--dtype", "float64", *SMALL, "--top-k", "3", "--json", out], tmp_path, n)
         assert proc.returncode == 0, proc.stderr[-2000:]
         results[n] = json.loads(out.read_text())
         # rank 0 alone prints: one "wrote" line, one result block

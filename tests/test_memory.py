@@ -115,4 +115,5 @@ def test_cli_records_the_plan_and_the_measured_peak(tiny_checkpoint, tmp_path, c
     prov = json.loads(out.read_text())["provenance"]
     assert prov["memory_plan"]["lanczos_mode"] == "low-memory" and prov["lanczos"] == "local"
     assert prov["memory_plan"]["budget"] == 4 * GIB and prov["peak_memory_bytes"] > 0
-    assert prov["precision"]["lanczos_vectors"] == "float64" and prov["precision"]["hvp"] == "float64"
+    # spectrum's default: float32 HVPs, float64 Lanczos vectors and recurrences
+    assert prov["precision"]["lanczos_vectors"] == "float64" and prov["precision"]["hvp"] == "float32"

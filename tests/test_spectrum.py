@@ -101,3 +101,25 @@ def test_settings_and_modes():
     expected = -(0.95 * math.log(math.exp(2) / (math.exp(2) + 1)) + 0.05 * math.log(1 / (math.exp(2) + 1)))
     assert float(smoothed) == pytest.approx(expected)
     assert float(loss_function("mse")(logits, labels)) == pytest.approx(((2 - 1) ** 2 + 0) / 2)
+
+
+def test_spectrum_command_defaults_deflated_trace_without_ends():
+    from wdbound.spectrum import spectrum_command_settings
+
+    settings = spectrum_command_settings(top_k=3)
+    assert (settings.probes, settings.steps, settings.dtype, settings.trace, settings.ends, settings.top_k) == (
+        4, 40, "float32", "deflated", False, 3)
+    matrix = _matrix(seed=2)
+    exact = torch.linalg.eigvalsh(matrix).numpy()
+    operator = DenseOperator(matrix)
+    result = estimate_spectrum(operator, SpectrumSettings(probes=4, steps=30, top_k=3, trace="deflated",
+                                                          ends=False))
+    assert result.support is None and result.trace.method == "krylov-deflated hutchinson"
+    assert result.top.steps >= 40 and len(result.top.span.basis) == result.top.steps  # the span's minimum
+    assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr
+    assert operator.matvecs == result.hvps <= expected_hvps(
+        SpectrumSettings(probes=4, steps=30, top_k=3, trace="deflated", ends=False), 60)
+    with raises_param("trace"):
+        SpectrumSettings(trace="exact").validate()
+    with raises_param("trace_probes"):
+        SpectrumSettings(trace_probes=1).validate()

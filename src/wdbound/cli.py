@@ -354,6 +354,9 @@ class Opt:
     tf32 = typer.Option(False, "--tf32", help="Allow TF32 matmuls / convolutions on CUDA for float32 HVPs (faster, 10-bit mantissa). Off by default.")
     params = typer.Option([], "--params", help="Restrict the Hessian to parameters whose name matches this glob (e.g. 'layer4.*'), repeatable; the others are held fixed.")
     tau = typer.Option(defaults.TAU, help="Confidence: the bound holds with probability 1 - tau.")
+    trace = typer.Option(defaults.SPECTRUM_TRACE, help="Trace estimator: deflated (tr over the top-k run's Krylov space, at least 40 steps, exact + Hutchinson on its complement; Chen & Hallman 2023) or hutchinson (the SLQ probes' z^T H z, no extra HVP).")
+    trace_probes = typer.Option(defaults.TRACE_PROBES, help="Deflated trace: Hutchinson probes per block.")
+    trace_rtol = typer.Option(defaults.TRACE_RTOL, help="Accuracy target of the deflated trace: blocks of --trace-probes are added (at most 8) until its standard error is <= trace-rtol x |trace| (0: one block).")
     workers = typer.Option(0, help="DataLoader worker processes for imagefolder / cifar10 data (results do not depend on it).")
 
 
@@ -401,14 +404,18 @@ def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probe
 def spectrum(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = Opt.probes, steps: int = Opt.steps, top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes,
-    seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
-    hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
+    probes: int = typer.Option(defaults.SPECTRUM_PROBES, help="SLQ / Hutchinson Rademacher probes k (also the block size of the deflated trace's probes). Default: density W1 below PyHessian's default density on the zoo (docs/decisions.md)."),
+    steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe."),
+    top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
+    dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to 1e-4) or float64 (small eigenvalues to full precision; what err uses)."),
+    hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
+    ends: bool = typer.Option(defaults.SPECTRUM_ENDS, "--ends/--no-ends", help="Also find the lower end of the spectrum (up to 150 HVPs; err's quadrature intervals need it; recorded as 'support')."),
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
-    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
+    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed, trace: str = Opt.trace,
+    trace_probes: int = Opt.trace_probes, trace_rtol: float = Opt.trace_rtol,
     per_layer: bool = typer.Option(False, "--per-layer", help="One spectrum per parameter tensor (its diagonal Hessian block; with --params, the matching ones): top-1, trace, density."),
     backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
@@ -426,7 +433,8 @@ def spectrum(
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
                                  diagonal="hutchinson", loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
-                                 params=tuple(params), workers=workers, subset_seed=subset_seed)
+                                 params=tuple(params), workers=workers, subset_seed=subset_seed, trace=trace,
+                                 trace_probes=trace_probes, trace_rtol=trace_rtol, ends=ends)
     cache = make_cache(cache_dir, no_cache)
     with progress_bar() as bar:
         if per_layer:
@@ -470,7 +478,7 @@ def render_spectrum(result) -> None:
     else:
         say(f"backend {backend}: {result.provenance.get('note', '')}")
         say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
-    say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (Hutchinson, {len(result.trace.samples)} probes)")
+    say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} ({result.trace.method}, {len(result.trace.samples)} probes)")
     say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}%")
     if backend == "wdbound":
         say(f"zero rows: {len(result.zero_rows)} coordinates have an exactly zero Hessian row (inputs the data never "

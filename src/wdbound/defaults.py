@@ -14,8 +14,21 @@ SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to i
 PROBES = 16
 STEPS = 80
 TOP_K = 5
+TRACE_RTOL = 0.01  # `spectrum`: deflated Hutchinson probes are added until the trace's stderr <= this * trace
+TRACE_PROBES = 16  # ... in blocks of this many (at most 8 blocks)
+TRACE_SPAN_STEPS = 40  # ... deflating a Krylov space of at least this many top-k Lanczos steps
 RTOL = 0.01  # `err` / `table`: adaptive SLQ until each err/d interval's half-width <= rtol * err/d
 REFINE_BUDGET = 8  # the adaptive SLQ may add this many times the HVPs of the base run (unless --max-hvps)
+
+# `wdbound spectrum` (no bound is computed from it): float32 HVPs (Lanczos vectors, recurrences and quadrature
+# stay float64), 4 probes x 40 steps, no run for the spectrum's lower end. Chosen from accuracy targets measured
+# against exact spectra (docs/decisions.md, "Trace and spectrum defaults"): density W1 / lambda_max below
+# PyHessian's default density, top-5 to 1e-4 (certified residuals), trace to 1 % (deflated Hutchinson).
+SPECTRUM_PROBES = 4
+SPECTRUM_STEPS = 40
+SPECTRUM_DTYPE = "float32"
+SPECTRUM_TRACE = "deflated"
+SPECTRUM_ENDS = False
 
 # `wdbound table` runs the whole zoo: fewer probes and steps per checkpoint.
 TABLE_PROBES = 6

@@ -35,6 +35,7 @@ from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
+from .estimators.krylov_trace import krylov_deflated_trace
 from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats, available_bytes, human_bytes,
                      parse_memory, peak_bytes, plan_memory)
@@ -44,6 +45,7 @@ from .provenance import checkpoint_provenance, library_versions
 BACKENDS = ("wdbound", "pyhessian")
 EXACT_MODES = ("auto", "on", "off")
 DIAGONAL_MODES = ("auto", "exact", "hutchinson")
+TRACE_MODES = ("deflated", "hutchinson")
 
 
 def resolve_exact(mode: str | bool, dim: int) -> bool:
@@ -83,6 +85,10 @@ class SpectrumSettings:
     tf32: bool = False  # CUDA TF32 matmuls / convolutions in the HVPs (float32 only; off: full float32)
     params: tuple[str, ...] = ()  # globs of parameter names spanning the Hessian (empty: every trainable one)
     workers: int = 0  # DataLoader workers for file-backed data (results do not depend on it)
+    ends: bool = True  # find the ends of the spectrum (the quadrature intervals of `err` need them)
+    trace: str = "hutchinson"  # hutchinson (the SLQ probes, no HVP) or deflated (top-k Krylov space + Hutchinson)
+    trace_probes: int = defaults.TRACE_PROBES  # deflated trace: probes per block
+    trace_rtol: float = defaults.TRACE_RTOL  # deflated trace: add blocks until stderr <= trace_rtol * |trace|
 
     def refine_cap(self) -> int:
         """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
@@ -117,8 +123,23 @@ class SpectrumSettings:
         loss_function(self.loss)
         if self.memory != "auto":
             parse_memory(self.memory)
+        if self.trace_probes < 2:
+            raise WdboundError(f"trace probes = {self.trace_probes} must be >= 2", "trace_probes")
+        if self.trace not in TRACE_MODES:
+            raise WdboundError(f"unknown trace estimator {self.trace!r}; use deflated or hutchinson", "trace")
+        if not (0 <= self.trace_rtol < 1) or not math.isfinite(self.trace_rtol):
+            raise WdboundError(f"trace rtol = {self.trace_rtol:g} must lie in [0, 1) (0: one block of probes)",
+                               "trace_rtol")
         if self.lanczos not in LANCZOS_MODES:
             raise WdboundError(f"unknown lanczos mode {self.lanczos!r}; use auto, full or low-memory", "lanczos")
+
+
+def spectrum_command_settings(**overrides) -> SpectrumSettings:
+    """The settings of ``wdbound spectrum`` at its defaults (which differ from the library's: float32 HVPs,
+    4 probes x 40 steps, the deflated trace, no lower-end run, Hutchinson diagonal), with ``overrides``."""
+    chosen = dict(probes=defaults.SPECTRUM_PROBES, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
+                  trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson")
+    return SpectrumSettings(**{**chosen, **overrides})
 
 
 @dataclass(frozen=True)
@@ -219,16 +240,19 @@ class Spectrum:
 
 
 def deflated_density(operator, probes: int, steps: int, seed: int, generator: torch.Generator,
-                     top: TopEigen, memory: LanczosMemory | None = None) -> tuple[LanczosRun, SLQ, Support, Deflation]:
+                     top: TopEigen, memory: LanczosMemory | None = None,
+                     ends: bool = True) -> tuple[LanczosRun, SLQ, Support | None, Deflation]:
     """The SLQ run every spectrum starts from: the ends of the spectrum, the exact null directions (zero rows,
     logit shift) found and removed from ``probes`` Rademacher probes, ``steps`` Lanczos steps each.
 
     ``generator`` (which drew ``top``) draws the zero-row probes and the SLQ probes; the ends and the
     logit-shift check use their own streams (``seed + 1``, ``seed + 2``), so the SLQ probes do not depend on them.
     ``memory`` (from the memory plan) decides between the whole basis and the low-memory recurrence.
+    ``ends=False`` skips the ends (at most 150 HVPs; only the quadrature intervals of ``err`` need them):
+    the support is then None.
     """
-    support = spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
-                               restart=memory.ends_restart if memory is not None else None)
+    support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
+                                restart=memory.ends_restart if memory is not None else None) if ends else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
 
@@ -445,9 +469,12 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     memory = plan.memory if plan is not None else None
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
-    top = top_eigenvalues(operator, settings.top_k, generator, restart=plan.restart if plan is not None else None)
+    # The deflated trace's Krylov space is the top-k run's: at least TRACE_SPAN_STEPS steps make it a good one.
+    span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0
+    top = top_eigenvalues(operator, settings.top_k, generator, restart=plan.restart if plan is not None else None,
+                          min_steps=span_steps)
     run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
-                                                        generator, top, memory)
+                                                        generator, top, memory, ends=settings.ends)
     null = deflation.zero_mask
     products = run.products if run.products is not None else (run.starts, run.first_products)
     if settings.diag_probes:
@@ -456,6 +483,11 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
         trace, diagonal = run.products.estimates()
     else:
         trace, diagonal = estimate_from_products(run.starts, run.first_products)
+    if settings.trace == "deflated" and top.span is not None:
+        # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
+        # (the Krylov start vector is not orthogonal to them).
+        trace = krylov_deflated_trace(operator, top.span, settings.trace_probes, generator,
+                                      rtol=settings.trace_rtol)
     exact_ev = exact_diag = dense = None
     if settings.exact:
         matrix = dense_matrix(operator)
@@ -485,8 +517,11 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs :func:`estimate_spectrum` spends (for the progress bar): top-k (at most
     300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes, the extra
-    diagonal probes, and d unit vectors for an exact diagonal or dense Hessian."""
-    return (min(300, dim) + 150 + 4 + settings.probes * min(settings.steps, dim) + settings.diag_probes
+    diagonal probes, the deflated trace's (at most 8 blocks of probes, and a top-k run of at least
+    TRACE_SPAN_STEPS), and d unit vectors for an exact
+    diagonal or dense Hessian."""
+    return (min(300, dim) + (150 if settings.ends else 0) + 4 + settings.probes * min(settings.steps, dim) + settings.diag_probes
+            + (8 * settings.trace_probes + defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0)
             + (dim if settings.exact_diagonal_for(dim) else 0))
 
 

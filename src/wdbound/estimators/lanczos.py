@@ -31,7 +31,7 @@ subspace: its recursion stops there and its quadrature is exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -39,6 +39,7 @@ import torch
 
 from ..stats import gaussian_smooth, mean_stderr
 from .hutchinson import HutchinsonSums, rademacher
+from .krylov_trace import KrylovSpan
 
 VECTOR_DTYPE = torch.float64  # Lanczos vectors, recurrences and quadrature: float64 even when the HVPs are float32
 
@@ -374,6 +375,7 @@ class TopEigen:
     steps: int
     converged: bool
     tol: float
+    span: KrylovSpan | None = field(default=None, repr=False, compare=False)  # the run's basis (never cached)
 
     def to_json(self) -> dict:
         """Values, residual bounds, steps, convergence and tolerance."""
@@ -388,7 +390,7 @@ class TopEigen:
 
 def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: float | None = None,
                     max_steps: int = 300, check_every: int = 5, atol: float = 0.0,
-                    restart: int | None = None) -> TopEigen:
+                    restart: int | None = None, min_steps: int = 0) -> TopEigen:
     """The ``top`` largest eigenvalues (algebraic), by Lanczos from one Gaussian start vector.
 
     Stops once every wanted Ritz value has residual ``|β_m u_{m,i}| <= tol |θ_i|``;
@@ -397,7 +399,8 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
     Default ``tol``: 1e-9 in float64, 1e-4 in float32; ``atol`` accepts a
     residual below it whatever the relative one. A single start vector
     finds each distinct eigenvalue once: an exactly repeated top eigenvalue is
-    reported once. ``max_steps`` caps the HVPs.
+    reported once. ``max_steps`` caps the HVPs; ``min_steps`` goes on past convergence to that many steps
+    (a larger Krylov space for :mod:`~wdbound.estimators.krylov_trace`; the values only get more accurate).
 
     ``restart`` (an integer >= top + 2) keeps at most that many Lanczos vectors: when the basis is full,
     the ``top`` wanted Ritz vectors and as many more of the largest are kept and the run goes on from the
@@ -410,8 +413,10 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
         tol = 1e-9 if operator.dtype == torch.float64 else 1e-4
     max_steps = min(max_steps, dim)
     z = torch.randn(1, dim, generator=generator, dtype=torch.float64).to(operator.device, VECTOR_DTYPE)
+    min_steps = min(min_steps, max_steps)
     if restart is not None and restart < max_steps:
-        return _thick_restart(operator, top, z[0], tol, atol, max_steps, max(int(restart), top + 2), check_every)
+        return _thick_restart(operator, top, z[0], tol, atol, max_steps, max(int(restart), top + 2), check_every,
+                              min_steps)
     state = _Incremental(operator, z[0])
     while True:
         state.step()
@@ -419,12 +424,13 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
         if state.broke or m >= max_steps or (m >= top + 2 and m % check_every == 0):
             values, residuals = state.ritz(top)
             ok = bool(np.all(residuals <= np.maximum(tol * np.maximum(np.abs(values), 1e-300), atol)))
-            if ok or state.broke or m >= max_steps:
-                return TopEigen(values, residuals, m, ok or state.broke, tol)
+            if (ok and m >= min_steps) or state.broke or m >= max_steps:
+                span = KrylovSpan(torch.stack(state.basis[:m]), float(np.sum(state.alphas)))
+                return TopEigen(values, residuals, m, ok or state.broke, tol, span)
 
 
 def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: float, max_steps: int, size: int,
-                   check_every: int) -> TopEigen:
+                   check_every: int, min_steps: int = 0) -> TopEigen:
     """Thick-restart Lanczos (Wu & Simon 2000) with at most ``size`` vectors of d; see :func:`top_eigenvalues`.
 
     The projected matrix ``T = Vᵀ H V`` is kept dense (it is an arrowhead plus a tridiagonal after a
@@ -461,8 +467,9 @@ def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: fl
             residuals = np.abs((0.0 if broke else beta) * vectors[n - 1, order])
             values = theta[order[:top]]
             ok = bool(np.all(residuals[:top] <= np.maximum(tol * np.maximum(np.abs(values), 1e-300), atol)))
-            if ok or broke or matvecs >= max_steps:
-                return TopEigen(values, residuals[:top], matvecs, ok or broke, tol)
+            if (ok and matvecs >= min_steps) or broke or matvecs >= max_steps:
+                span = KrylovSpan(basis[:n], float(np.trace(projected[:n, :n])))
+                return TopEigen(values, residuals[:top], matvecs, ok or broke, tol, span)
             if n == size:
                 kept = order[:keep_count]
                 ritz = torch.from_numpy(vectors[:, kept].T.copy()).to(basis.device, basis.dtype)
