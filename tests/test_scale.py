@@ -31,6 +31,7 @@ def test_resnet18_plain_state_dict_end_to_end_within_budget(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wdbound", "spectrum", tmp_path / "r18.pt", "--arch", "resnet18",
                            "--data", f"imagefolder:{tmp_path / 'data'}", "--dtype", "float32", "--memory", "4GiB",
                            "--probes", "2", "--steps", "3", "--top-k", "1", "--workers", "1", "--device", "cpu",
+                           "--trace-probes", "2", "--trace-rtol", "0",
                            "--json", out], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.startswith("memory plan (4.00 GiB budget, --memory)")

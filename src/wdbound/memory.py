@@ -192,7 +192,7 @@ class MemoryPlan:
 def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int, example_floats: int,
                 activation_per_example: int, n_eval: int, data_resident: bool, hvp_chunk: int, probe_chunk: int,
                 budget: int, budget_source: str, mode: str = "auto", exact_diagonal_chunk: int = 0,
-                refine_factor: int = 1, baseline: int = 0) -> MemoryPlan:
+                refine_factor: int = 1, baseline: int = 0, trace_vectors: int = 0) -> MemoryPlan:
     """Choose the Lanczos mode, the probe block and the HVP chunk that fit ``budget`` (see the module doc).
 
     ``hvp_bytes``: bytes per float of the HVP (4 or 8); ``example_floats``: floats of one input;
@@ -200,7 +200,8 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
     on the device; ``probe_chunk``: the operator's cap on vectors per pass; ``exact_diagonal_chunk``: unit
     vectors per pass of an exact diagonal (0: none); ``refine_factor``: the longest SLQ run is this many
     times ``probes x steps`` (the adaptive refinement of ``err``); ``baseline``: bytes the process already
-    holds (the budget is for the whole process).
+    holds (the budget is for the whole process); ``trace_vectors``: float64 vectors of d per probe of the
+    block that the deflated trace holds beside the top-k basis (0: no deflated trace).
     """
     if mode not in LANCZOS_MODES:
         raise WdboundError(f"unknown lanczos mode {mode!r}; use auto, full or low-memory", "lanczos")
@@ -218,7 +219,7 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
     full_basis = probes * refine_factor * steps * dim * vec + 4 * probes * dim * vec
     diagonal = 2 * dim * 8 + (exact_diagonal_chunk * dim * hvp_bytes if exact_diagonal_chunk else 0)
     fixed = baseline + model + data_bytes(hvp_chunk) + activations(min(probes, probe_chunk), hvp_chunk)
-    top = min(TOP_MAX_STEPS, dim) * dim * vec
+    top = min(TOP_MAX_STEPS, dim) * dim * vec + trace_vectors * min(probes, probe_chunk) * dim * vec
     if mode == "full" or (mode == "auto" and max(full_basis, top) <= FULL_BASIS_MAX_BYTES
                           and max(full_basis + diagonal, top) <= LANCZOS_SHARE * max(budget - fixed, 0)):
         plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(hvp_chunk),
@@ -230,11 +231,11 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
                                "lanczos auto or low-memory, or a larger memory budget", "memory")
         return plan
     restart = max(RESTART_TOP, top_k + 10)
-    top = restart * dim * vec
     chunk = hvp_chunk
     while True:
         block = min(probes, probe_chunk)
         while block >= 1:
+            top = (restart + trace_vectors * block) * dim * vec
             lanczos = 4 * block * dim * vec
             plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk), activations(block, chunk),
                               lanczos,

@@ -46,6 +46,7 @@ BACKENDS = ("wdbound", "pyhessian")
 EXACT_MODES = ("auto", "on", "off")
 DIAGONAL_MODES = ("auto", "exact", "hutchinson")
 TRACE_MODES = ("deflated", "hutchinson")
+TRACE_WORK_VECTORS = 6  # float64 vectors of d per probe the deflated trace holds (probe, product, projections)
 
 
 def resolve_exact(mode: str | bool, dim: int) -> bool:
@@ -308,7 +309,8 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
                        activation_per_example=activation_floats(operator.model, example), n_eval=operator.n_eval,
                        data_resident=operator.resident, hvp_chunk=operator.batch_size,
                        probe_chunk=operator.probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
-                       exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline)
+                       exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline,
+                       trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0)
     if settings.exact:
         need = baseline + operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
         if need > budget:
@@ -487,7 +489,7 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
         # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
         # (the Krylov start vector is not orthogonal to them).
         trace = krylov_deflated_trace(operator, top.span, settings.trace_probes, generator,
-                                      rtol=settings.trace_rtol)
+                                      rtol=settings.trace_rtol, chunk=memory.probe_block if memory else None)
     exact_ev = exact_diag = dense = None
     if settings.exact:
         matrix = dense_matrix(operator)

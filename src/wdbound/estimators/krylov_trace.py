@@ -53,7 +53,8 @@ class KrylovSpan:
 
 def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: torch.Generator, *,
                           rtol: float = 0.0, max_probes: int | None = None,
-                          project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TraceEstimate:
+                          project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          chunk: int | None = None) -> TraceEstimate:
     """``tr H`` = ``span.trace`` + Hutchinson on the complement of the span (see the module docstring).
 
     Parameters
@@ -67,6 +68,9 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
         Cap on the probes (default: 8 × ``probes``).
     project:
         Applied to each probe first (e.g. the deflation of exactly-zero rows: exact null directions).
+    chunk:
+        At most this many probes of d floats are held at once (the memory plan's probe block; default: a
+        whole block).
 
     Returns
     -------
@@ -77,15 +81,19 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     cap = max(probes, max_probes if max_probes is not None else 8 * probes)
     samples: list[np.ndarray] = []
     drawn = 0
+    step = max(1, chunk or probes)
     while True:
-        count = min(probes, cap - drawn)
-        g = rademacher(count, operator.dim, generator, operator.dtype, operator.device).to(span.basis.dtype)
-        if project is not None:
-            g = project(g)
-        g = span.project_out(g)
-        hg = span.project_out(operator.matmat(g.to(operator.dtype)).to(g.dtype))
-        samples.append((g * hg).sum(1).double().cpu().numpy())
-        drawn += count
+        block = min(probes, cap - drawn)
+        for start in range(0, block, step):
+            count = min(step, block - start)
+            g = rademacher(count, operator.dim, generator, operator.dtype, operator.device).to(span.basis.dtype)
+            if project is not None:
+                g = project(g)
+            g = span.project_out(g)
+            hg = span.project_out(operator.matmat(g.to(operator.dtype)).to(g.dtype))
+            samples.append((g * hg).sum(1).double().cpu().numpy())
+            del g, hg
+        drawn += block
         estimate = TraceEstimate.from_samples(span.trace + np.concatenate(samples), "krylov-deflated hutchinson")
         if drawn >= cap or rtol <= 0 or estimate.stderr <= rtol * abs(estimate.estimate):
             return estimate
