@@ -1,6 +1,5 @@
 import warnings
 from contextlib import contextmanager
-
 import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
@@ -20,17 +19,22 @@ def digits_test():
     return load_dataset("digits", "test")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """A briefly trained digits-mlp (hidden 16) checkpoint, written by the real training code."""
+def train_checkpoint(folder, name: str, **config):
+    """Train a digits model with the real training code and write it as ``folder/name``; returns the path."""
     from wdbound.checkpoints import save_checkpoint
     from wdbound.train import TrainConfig, train
 
-    model, contents = train(TrainConfig(model="digits-mlp", optimizer="adamw", epochs=3, lr=3e-3, wd=1e-2,
-                                        arch_kwargs={"hidden": 16}, seed=0))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-mlp-adamw.pt"
+    model, contents = train(TrainConfig(**config))
+    path = folder / name
     save_checkpoint(path, model, **contents)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A briefly trained digits-mlp (hidden 16) checkpoint, written by the real training code."""
+    return train_checkpoint(tmp_path_factory.mktemp("ckpt"), "tiny-mlp-adamw.pt", model="digits-mlp",
+                            optimizer="adamw", epochs=3, lr=3e-3, wd=1e-2, arch_kwargs={"hidden": 16}, seed=0)
 
 
 def run_cli(args, capsys):

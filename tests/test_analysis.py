@@ -3,10 +3,9 @@ against exact values computed here from the dense Hessian."""
 
 import numpy as np
 import pytest
-
-from conftest import raises_param
 import torch
 
+from conftest import raises_param, train_checkpoint
 from wdbound.analysis import (BoundFigures, NearZero, bound_inputs, evaluate, evaluate_err, parse_sweep,
                               planned_hvps, sweep_inputs)
 from wdbound.bounds import BoundInputs, theorem_exact
@@ -43,13 +42,9 @@ def _corollary3(eigenvalues, form, p):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from wdbound.checkpoints import save_checkpoint
-    from wdbound.train import TrainConfig, train
-
-    model, contents = train(TrainConfig(model="digits-mlp", optimizer="adamw", epochs=2, lr=3e-3, wd=1e-2,
-                                        arch_kwargs={"hidden": 6}, seed=1))
-    path = tmp_path_factory.mktemp("analysis") / "tiny.pt"
-    save_checkpoint(path, model, **contents)
+    """A digits-mlp with 6 hidden units (d = 460): dense Hessians in seconds."""
+    path = train_checkpoint(tmp_path_factory.mktemp("analysis"), "tiny.pt", model="digits-mlp", optimizer="adamw",
+                            epochs=2, lr=3e-3, wd=1e-2, arch_kwargs={"hidden": 6}, seed=1)
     return load_checkpoint(path, dtype=torch.float64)
 
 

@@ -4,12 +4,11 @@ import math
 
 import numpy as np
 import pytest
-
-from conftest import raises_param
 import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
+from conftest import raises_param
 import wdbound
 from wdbound import WdboundError
 

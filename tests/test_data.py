@@ -2,10 +2,9 @@ import pickle
 
 import numpy as np
 import pytest
-
-from conftest import raises_param
 import torch
 
+from conftest import raises_param
 from wdbound import WdboundError, load_dataset
 from wdbound.data import DataSpec
 

@@ -1,8 +1,7 @@
 import pytest
-
-from conftest import raises_param
 import torch
 
+from conftest import raises_param
 from wdbound import WdboundError
 from wdbound.models import available, build_model, count_parameters, input_shape
 

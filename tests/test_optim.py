@@ -1,10 +1,9 @@
 import math
 
 import pytest
-
-from conftest import raises_param
 import torch
 
+from conftest import raises_param
 from wdbound.optim import AdamFamily, adam_direction, lr_at, make_optimizer
 
 

@@ -5,10 +5,9 @@ import math
 
 import numpy as np
 import pytest
-
-from conftest import raises_param
 import torch
 
+from conftest import raises_param
 from wdbound.cache import Cache
 from wdbound.checkpoints import load_checkpoint
 from wdbound.curvature import DenseOperator
