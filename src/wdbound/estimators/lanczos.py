@@ -400,7 +400,8 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
     residual below it whatever the relative one. A single start vector
     finds each distinct eigenvalue once: an exactly repeated top eigenvalue is
     reported once. ``max_steps`` caps the HVPs; ``min_steps`` goes on past convergence to that many steps
-    (a larger Krylov space for :mod:`~wdbound.estimators.krylov_trace`; the values only get more accurate).
+    (a larger Krylov space for :mod:`~wdbound.estimators.krylov_trace`; the values only get more accurate;
+    with ``restart``, at most ``restart`` steps: the span cannot grow beyond the kept vectors).
 
     ``restart`` (an integer >= top + 2) keeps at most that many Lanczos vectors: when the basis is full,
     the ``top`` wanted Ritz vectors and as many more of the largest are kept and the run goes on from the
@@ -415,8 +416,10 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
     z = torch.randn(1, dim, generator=generator, dtype=torch.float64).to(operator.device, VECTOR_DTYPE)
     min_steps = min(min_steps, max_steps)
     if restart is not None and restart < max_steps:
-        return _thick_restart(operator, top, z[0], tol, atol, max_steps, max(int(restart), top + 2), check_every,
-                              min_steps)
+        size = max(int(restart), top + 2)
+        # A restarted basis holds at most `size` vectors: going past them for min_steps would only add restarts
+        # (and their [size/2, d] temporaries) without a larger span.
+        return _thick_restart(operator, top, z[0], tol, atol, max_steps, size, check_every, min(min_steps, size))
     state = _Incremental(operator, z[0])
     while True:
         state.step()
