@@ -347,11 +347,6 @@ class LanczosMemory:
         """The default policy: whole bases, no restarts."""
         return probes * min(steps, dim) * dim * VECTOR_DTYPE.itemsize <= self.full_basis_bytes
 
-    def to_json(self) -> dict:
-        """The policy's fields by name."""
-        return {"full_basis_bytes": None if math.isinf(self.full_basis_bytes) else int(self.full_basis_bytes),
-                "probe_block": self.probe_block, "restart": self.restart, "ends_restart": self.ends_restart}
-
 
 FULL_MEMORY = LanczosMemory()
 
