@@ -219,8 +219,11 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
     full_basis = probes * refine_factor * steps * dim * vec + 4 * probes * dim * vec
     diagonal = 2 * dim * 8 + (exact_diagonal_chunk * dim * hvp_bytes if exact_diagonal_chunk else 0)
     fixed = baseline + model + data_bytes(hvp_chunk) + activations(min(probes, probe_chunk), hvp_chunk)
-    # The deflated trace runs after the SLQ, beside the top-k basis and the diagonal's running sums.
-    trace = (lambda block: trace_vectors * block * dim * vec + diagonal) if trace_vectors else (lambda block: 0)
+    def trace(block: int) -> int:
+        """The deflated trace's working set: it runs after the SLQ, beside the top-k basis and the diagonal's
+        running sums (0 without a deflated trace)."""
+        return trace_vectors * block * dim * vec + diagonal if trace_vectors else 0
+
     top = min(TOP_MAX_STEPS, dim) * dim * vec + trace(min(probes, probe_chunk))
     if mode == "full" or (mode == "auto" and max(full_basis, top) <= FULL_BASIS_MAX_BYTES
                           and max(full_basis + diagonal, top) <= LANCZOS_SHARE * max(budget - fixed, 0)):
