@@ -43,6 +43,7 @@ from wdbound.data import ArrayDataset  # noqa: E402
 from wdbound.estimators import hutchinson, lanczos, rademacher, top_eigenvalues  # noqa: E402
 from wdbound.estimators.lanczos import slq_from_run  # noqa: E402
 from wdbound.models import build_model  # noqa: E402
+from wdbound.stats import wasserstein1  # noqa: E402
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -99,16 +100,6 @@ def timed(device: torch.device, fn):
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     return result, seconds, mem.peak
-
-
-def wasserstein1(nodes_a, weights_a, nodes_b, weights_b) -> float:
-    """W1 between two discrete measures on the line: the integral of |F_a - F_b|."""
-    points = np.concatenate([nodes_a, nodes_b])
-    order = np.argsort(points)
-    points = points[order]
-    signed = np.concatenate([weights_a / weights_a.sum(), -weights_b / weights_b.sum()])[order]
-    cdf_gap = np.cumsum(signed)[:-1]
-    return float(np.sum(np.abs(cdf_gap) * np.diff(points)))
 
 
 # ---------------------------------------------------------------- models
@@ -291,7 +282,7 @@ def defaults_vs_defaults(args, device) -> dict:
     pipeline without the file and cache steps) vs PyHessian 0.1's eigenvalues(top_n=5) + trace() + density()
     (float32, its double-backward HVP). Loading the model and data is outside both timings."""
     from wdbound.curvature import auto_hvp_mode
-    from wdbound.spectrum import estimate_spectrum, spectrum_command_settings
+    from wdbound.spectrum import estimate_spectrum, memory_plan, spectrum_command_settings
 
     out = {}
     for name, model, dataset, exact_ok, _ in cases(args):
@@ -303,7 +294,7 @@ def defaults_vs_defaults(args, device) -> dict:
         exact_ev = exact_eigenvalues(name, op, args.exact_cache)
         op = HessianOperator(model, dataset, device=device, dtype=getattr(torch, settings.dtype), mode=mode,
                              batch_size=512)
-        ours, seconds, _ = timed(device, lambda: estimate_spectrum(op, settings))
+        ours, seconds, _ = timed(device, lambda: estimate_spectrum(op, settings, memory_plan(op, settings)))
         nodes, weights = ours.slq.measure()
         found = {"top": ours.top.values.tolist(), "trace": ours.trace.estimate, "nodes": nodes, "weights": weights}
         rows = {"wdbound": {"seconds": seconds, "hvps": ours.hvps, "trace_stderr": ours.trace.stderr,

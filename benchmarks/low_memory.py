@@ -31,8 +31,7 @@ from wdbound import load_checkpoint
 from wdbound.analysis import bound_inputs
 from wdbound.bounds import FORMS, corollary3_exact, corollary3_from_slq
 from wdbound.spectrum import SpectrumSettings, compute_spectrum
-
-from compare import wasserstein1  # benchmarks/compare.py (this folder is on sys.path when run as a script)
+from wdbound.stats import wasserstein1
 
 DEFAULT = ["digits-mlp-adamw-e40", "digits-mlp-depth8-adamw-e40", "digits-cnn-adamw-e40", "digits-vit-adamw-e40"]
 

@@ -122,11 +122,15 @@ def test_mse_loss_keeps_the_logit_shift_directions():
     """MSE is not invariant to a common shift of the outputs: nothing beyond zero rows is deflated."""
     model, x, y = _setup(3)
     onehot = nn.functional.one_hot(y, 5).float()
-    H = wdbound.Hessian(model, (x, onehot), loss=nn.functional.mse_loss)
+    H = wdbound.Hessian(model, (x, onehot), loss=nn.functional.mse_loss, keep_graph=False)
     density = H.density(probes=2, steps=5)
     assert density.provenance["deflation"]["logit_shift"] == 0
     # torch has no forward-mode derivative here: the operator fell back to double backward and says so.
     assert density.provenance["hvp_fallback"] and H.operator.mode == "double-backward"
+    # With the gradient graph kept (the default when it fits), double backward is the mode from the start.
+    kept = wdbound.Hessian(model, (x, onehot), loss=nn.functional.mse_loss)
+    assert kept.operator.keep_graph and kept.operator.mode == "double-backward"
+    np.testing.assert_allclose(kept.density(probes=2, steps=5).slq.alphas, density.slq.alphas, rtol=1e-10)
     dense = _dense(model, x, onehot, nn.functional.mse_loss)
     assert np.allclose(H.exact().eigenvalues, torch.linalg.eigvalsh(dense).numpy(), atol=1e-10)
     assert wdbound.Hessian(model, (x, y)).density(probes=2, steps=5).provenance["deflation"]["logit_shift"] == 13

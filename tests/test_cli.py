@@ -46,7 +46,10 @@ def test_spectrum_exact_json_plot(tiny_checkpoint, tmp_path, capsys):
     exact = np.array(payload["exact"]["eigenvalues"])
     assert payload["d"] == len(exact) == 1210 and payload["n_eval"] == 100
     assert np.allclose(payload["top_eigenvalues"], exact[::-1][:5], rtol=1e-6)
-    assert len(payload["slq"]["nodes"]) == 4 and all(len(n) == 30 for n in payload["slq"]["nodes"])
+    # The single pass: 4 probes sharing the union's nodes, stopped by its targets within --steps 30.
+    nodes = payload["slq"]["nodes"]
+    assert len(nodes) == 4 and all(n == nodes[0] for n in nodes)
+    assert payload["provenance"]["single_pass"]["steps"] <= 30 and payload["provenance"]["top_from"] == "slq union"
     diag = np.load(payload["diagonal"]["path"])
     assert diag.shape == (2, 1210)
     assert payload["diagonal"]["estimate"]["exact_zero"] == payload["exact"]["diagonal_zero"] > 0

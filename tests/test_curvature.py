@@ -230,3 +230,31 @@ def test_auto_hvp_mode_is_a_rule_per_model(digits_test):
         explicit = HessianOperator(model, digits_test, max_samples=40, mode=expected)
         v = torch.randn(2, auto.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         assert torch.equal(auto.matmat(v), explicit.matmat(v))
+
+
+@pytest.mark.parametrize("arch", ["digits-cnn", "digits-vit", "digits-mlp"])
+def test_kept_gradient_graph_gives_the_same_products(arch, digits_test):
+    streamed = _operator(arch, digits_test, mode="double-backward")
+    kept = _operator(arch, digits_test, mode="double-backward")
+    kept.use_kept_graph(True)
+    vectors = torch.randn(3, streamed.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # the second product reuses the graph the first one built
+        torch.testing.assert_close(kept.matmat(vectors), streamed.matmat(vectors), rtol=1e-12, atol=1e-14)
+    assert kept._graphs is not None and len(kept._graphs) == 2  # one graph per chunk (80 samples, chunks of 40)
+    kept.use_kept_graph(False)
+    assert kept._graphs is None
+
+
+def test_kept_graph_with_auto_mode_switches_to_double_backward(digits_test):
+    op = HessianOperator(build_model("digits-mlp", hidden=8), digits_test, max_samples=30, dtype=torch.float64)
+    assert op.mode == "forward-over-reverse" and not op.auto_mode
+    auto = HessianOperator(build_model("digits-mlp", hidden=8), digits_test, max_samples=30, dtype=torch.float64,
+                           mode="auto")
+    auto.use_kept_graph(True)
+    assert auto.mode == "double-backward" and auto.keep_graph
+    pinned = HessianOperator(build_model("digits-mlp", hidden=8), digits_test, max_samples=30, dtype=torch.float64,
+                             mode="forward-over-reverse")
+    pinned.use_kept_graph(True)  # an explicit mode is respected: products stay forward-over-reverse
+    v = torch.randn(1, pinned.dim, dtype=torch.float64)
+    pinned.matmat(v)
+    assert pinned.mode == "forward-over-reverse" and pinned._graphs is None

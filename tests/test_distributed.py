@@ -43,8 +43,11 @@ def test_two_processes_equal_one_for_spectrum(tmp_path):
     assert two["provenance"]["processes"] == 2 and one["provenance"]["processes"] == 1
     assert close(one["top_eigenvalues"], two["top_eigenvalues"])
     assert close(one["trace"]["estimate"], two["trace"]["estimate"])
+    # The single pass's union quadrature: nodes from nearly dependent directions of the probes' union amplify
+    # the last-bit differences of the all-reduced sums (by up to 1 / QUADRATURE_RANK_TOL): 1e-6 x lambda_max.
+    scale = abs(one["top_eigenvalues"][0])
     for a, b in zip(one["slq"]["nodes"], two["slq"]["nodes"]):
-        assert close(a, b, 1e-10) or np.max(np.abs(np.subtract(a, b))) <= 1e-10 * abs(one["top_eigenvalues"][0])
+        assert len(a) == len(b) and np.max(np.abs(np.subtract(a, b))) <= 1e-6 * scale
     assert one["zero_rows"] == two["zero_rows"] and one["logit_shift"] == two["logit_shift"]
     d1 = np.load(tmp_path / "spec1.diagonal.npy")
     d2 = np.load(tmp_path / "spec2.diagonal.npy")

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import raises_param
 
-from wdbound.memory import (FULL_BASIS_MAX_BYTES, MemoryPlan, activation_floats, human_bytes, parse_memory,
-                            plan_memory)
+from wdbound.memory import (ACTIVATION_SAFETY, FULL_BASIS_MAX_BYTES, KEPT_GRAPH_FACTOR, MemoryPlan, activation_floats,
+                            human_bytes, kept_graph_bytes, parse_memory, plan_memory)
 
 GIB = 2**30
 
@@ -117,3 +117,18 @@ def test_cli_records_the_plan_and_the_measured_peak(tiny_checkpoint, tmp_path, c
     assert prov["memory_plan"]["budget"] == 4 * GIB and prov["peak_memory_bytes"] > 0
     # spectrum's default: float32 HVPs, float64 Lanczos vectors and recurrences
     assert prov["precision"]["lanczos_vectors"] == "float64" and prov["precision"]["hvp"] == "float32"
+
+
+def test_the_gradient_graph_is_kept_only_when_the_plan_has_room():
+    roomy = plan(budget=64 * GIB, graph=2 * GIB)
+    assert roomy.keep_graph and roomy.graph == 2 * GIB and roomy.peak == plan(budget=64 * GIB).peak + 2 * GIB
+    assert "kept gradient graph" in roomy.summary() and roomy.to_json()["kept_graph"] == 2 * GIB
+    tight = plan(budget=64 * GIB, graph=200 * GIB)
+    assert not tight.keep_graph and tight.peak <= 64 * GIB
+    assert not plan(budget=64 * GIB).keep_graph  # no graph offered: products streamed
+
+
+def test_kept_graph_estimate_scales_with_examples_and_precision():
+    one = kept_graph_bytes(1000, 10, 4)
+    assert kept_graph_bytes(1000, 20, 4) == 2 * one and kept_graph_bytes(1000, 10, 8) == 2 * one
+    assert one == int(KEPT_GRAPH_FACTOR * ACTIVATION_SAFETY * 1000 * 10 * 4)

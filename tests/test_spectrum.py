@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,3 +123,66 @@ def test_spectrum_command_defaults_deflated_trace_without_ends():
         SpectrumSettings(trace="exact").validate()
     with raises_param("trace_probes"):
         SpectrumSettings(trace_probes=1).validate()
+
+
+def test_single_pass_against_the_dense_matrix():
+    """Top-k, trace and density from the SLQ probes alone: top-k within the certified residuals of the exact
+    eigenvalues, the deflated trace within 4 stderr, no separate Lanczos run, and fewer HVPs than the
+    two-run pipeline at the same probes and steps."""
+    matrix = _matrix(dim=120, seed=3)
+    exact = torch.linalg.eigvalsh(matrix).numpy()
+    settings = SpectrumSettings(probes=4, steps=30, top_k=3, single_pass=True, density_tol=1e-3, trace="deflated",
+                                ends=False, diagonal="hutchinson")
+    operator = DenseOperator(matrix)
+    result = estimate_spectrum(operator, settings)
+    assert result.provenance["top_from"] == "slq union" and result.top.converged
+    for value, residual, truth in zip(result.top.values, result.top.residuals, exact[::-1]):
+        assert abs(value - truth) <= residual + 1e-12 and residual <= 1e-4 * abs(value)
+    assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr
+    assert result.slq.rule == "union" and result.zero_rows.tolist() == [3, 17, 40]
+    record = result.provenance["single_pass"]
+    assert record["steps"] == result.slq.alphas.shape[1] <= 30 and record["checks"][-1]["steps"] == record["steps"]
+    two_runs = estimate_spectrum(DenseOperator(matrix), replace(settings, single_pass=False))
+    assert result.hvps < two_runs.hvps and operator.matvecs == result.hvps <= expected_hvps(settings, 120)
+
+
+def test_single_pass_falls_back_to_a_lanczos_run_when_the_union_cannot_certify():
+    matrix = _matrix(dim=120, seed=4)
+    exact = torch.linalg.eigvalsh(matrix).numpy()
+    settings = SpectrumSettings(probes=2, steps=3, top_k=3, single_pass=True, top_rtol=1e-9, trace="deflated")
+    result = estimate_spectrum(DenseOperator(matrix), settings)
+    assert result.provenance["top_from"] == "lanczos" and not result.provenance["single_pass"]["top_certified"]
+    np.testing.assert_allclose(result.top.values, exact[::-1][:3], rtol=1e-8)
+
+
+def test_single_pass_on_a_network_against_its_exact_hessian(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    settings = SpectrumSettings(probes=4, steps=40, top_k=5, single_pass=True, density_tol=5e-4, trace="deflated",
+                                ends=False, diagonal="hutchinson", dtype="float32", max_samples=200)
+    result = compute_spectrum(ckpt, settings)
+    exact = compute_spectrum(ckpt, replace(settings, exact=True, dtype="float64")).exact_eigenvalues
+    assert result.top.converged and result.provenance["kept_graph"]
+    np.testing.assert_allclose(result.top.values, exact[::-1][:5], rtol=2e-4)  # float32 HVPs, 1e-4 certificates
+    assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr + 1e-5 * abs(exact.sum())
+    from wdbound.stats import wasserstein1
+
+    nodes, weights = result.slq.measure()
+    assert wasserstein1(nodes, weights, exact, np.ones_like(exact)) <= 5e-3 * exact.max()
+
+
+def test_the_union_rule_survives_the_cache(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    settings = SpectrumSettings(probes=3, steps=10, top_k=2, single_pass=True, trace="deflated", max_samples=100)
+    cache = Cache()
+    fresh = compute_spectrum(ckpt, settings, cache=cache)
+    again = compute_spectrum(ckpt, settings, cache=cache)
+    assert again.cached and again.slq.rule == "union"
+    for a, b in zip(fresh.slq.measure(), again.slq.measure()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("field, value, param", [("top_rtol", 0.0, "top_rtol"), ("density_tol", 1.0, "density_tol"),
+                                                 ("density_tol", math.nan, "density_tol")])
+def test_single_pass_settings_are_checked(field, value, param):
+    with raises_param(param):
+        SpectrumSettings(**{field: value}).validate()

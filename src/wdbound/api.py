@@ -37,7 +37,7 @@ from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
-from .spectrum import deflated_density, resolve_exact
+from .spectrum import auto_kept_graph, deflated_density, resolve_exact
 
 
 def _as_dataset(data) -> Dataset:
@@ -126,16 +126,21 @@ class Hessian:
         paper's setting; label smoothing: ``torch.nn.CrossEntropyLoss(label_smoothing=0.1)``).
     params:
         Parameters spanning the Hessian: None (all trainable), names, or ``filter(name, parameter)``.
+    keep_graph:
+        Keep the gradient graph between products (double backward, about half the cost of a product on
+        small models; memory of the whole evaluation set's graph). None: when it takes at most a quarter of
+        the free memory.
     """
 
     def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, device: str = "auto",
                  dtype: str = "float64", params=None, batch_size: int = 512, hvp: str = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, keep_graph: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise WdboundError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.operator = HessianOperator(model, _as_dataset(data), batch_size=batch_size,
                                         device=resolve_device(device), dtype=resolve_dtype(dtype), mode=hvp,
                                         loss_fn=loss, params=params)
+        self.operator.use_kept_graph(auto_kept_graph(self.operator) if keep_graph is None else keep_graph)
         self.seed = seed
         self.provenance = {"loss": getattr(loss, "__name__", None) or type(loss).__name__ if loss else
                            "mean cross-entropy", "dtype": dtype, "device": str(self.operator.device), "hvp": hvp,

@@ -332,7 +332,7 @@ class Opt:
     seed = typer.Option(0, help="Seed of every random probe.")
     device = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N].")
     dtype = typer.Option("float64", help="float64 (default; accurate small eigenvalues) or float32 (faster on GPU).")
-    hvp = typer.Option("auto", help="HVP mode: auto (double backward for models with convolutions or attention, forward-over-reverse otherwise: the faster one measured), forward-over-reverse or double-backward.")
+    hvp = typer.Option("auto", help="HVP mode: auto (double backward through a gradient graph kept for the whole run when the memory plan has room for it; else double backward for models with convolutions or attention, forward-over-reverse otherwise: the faster one measured), forward-over-reverse or double-backward.")
     hvp_batch_size = typer.Option(512, help="Examples per streamed HVP chunk (memory knob; results do not depend on it).")
     exact = typer.Option("off", "--exact", help="Dense Hessian (models up to 20,000 parameters) for exact values: on, off, or auto (on up to 10,000 parameters).")
     exact_auto = typer.Option("auto", "--exact", help="Exact values from the dense Hessian: auto (up to 10,000 parameters, d HVPs), on (up to 20,000) or off (SLQ with intervals).")
@@ -405,7 +405,10 @@ def spectrum(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
     probes: int = typer.Option(defaults.SPECTRUM_PROBES, help="SLQ / Hutchinson Rademacher probes k (also the block size of the deflated trace's probes). Default: density W1 below PyHessian's default density on the zoo (docs/decisions.md)."),
-    steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe."),
+    steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe (at most, with --single-pass: the run stops when the targets below are met)."),
+    single_pass: bool = typer.Option(defaults.SINGLE_PASS, "--single-pass/--separate-top", help="Single pass (default): top-k, the trace's deflation space and the density all from the SLQ probes' Krylov spaces (Rayleigh-Ritz on their union, residual-certified; a separate top-k Lanczos run only if the union cannot certify top-k). --separate-top: a top-k Lanczos run of its own first."),
+    top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k residual bounds, |theta - lambda| <= top-rtol x |theta|."),
+    density_tol: float = typer.Option(defaults.SPECTRUM_DENSITY_TOL, help="Single pass: every 5 steps, stop once top-k is certified and the density moved by W1 <= density-tol x lambda_max since the last check (0: all --steps)."),
     top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
     dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to 1e-4) or float64 (small eigenvalues to full precision; what err uses)."),
     hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
@@ -434,7 +437,8 @@ def spectrum(
                                  hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
                                  diagonal="hutchinson", loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
                                  params=tuple(params), workers=workers, subset_seed=subset_seed, trace=trace,
-                                 trace_probes=trace_probes, trace_rtol=trace_rtol, ends=ends)
+                                 trace_probes=trace_probes, trace_rtol=trace_rtol, ends=ends,
+                                 single_pass=single_pass, top_rtol=top_rtol, density_tol=density_tol)
     cache = make_cache(cache_dir, no_cache)
     with progress_bar() as bar:
         if per_layer:
@@ -473,7 +477,9 @@ def render_spectrum(result) -> None:
     say(f"d = {result.d} parameters, n_eval = {result.n_eval} examples ({result.provenance['settings']['split']} split)")
     backend = result.provenance.get("backend", "wdbound")
     if backend == "wdbound":
-        say(f"top {len(result.top.values)} eigenvalues: {top}  (Lanczos, {result.top.steps} steps, "
+        source = ("Rayleigh-Ritz on the union of the SLQ probes' Krylov spaces, "
+                  if result.provenance.get("top_from") == "slq union" else "Lanczos, ")
+        say(f"top {len(result.top.values)} eigenvalues: {top}  ({source}{result.top.steps} steps, "
             f"residual <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'})")
     else:
         say(f"backend {backend}: {result.provenance.get('note', '')}")

@@ -21,6 +21,14 @@ HVP modes:
     ``grad(<grad(L), v>)``: PyHessian's way; the fallback for layers whose
     forward-mode derivative torch does not implement. The first backward
     graph is built once per chunk and reused for all k vectors.
+
+Kept gradient graph (``keep_graph``, decided by the memory plan)
+    With double backward, the graph of ``grad(L)`` depends only on the parameters and the data, not
+    on the vector: it is built once per chunk on the first product and every later product is one
+    backward pass through it (``retain_graph``), the way PyHessian handles a single batch. Same
+    operations, same values; measured on the digits CNN (float32, 2 CPU cores) a product costs about
+    half as much (see docs/decisions.md, "Speed (issue 16)"). Memory: the saved tensors of the forward
+    and first backward pass of the whole evaluation set, held until :meth:`HessianOperator.release_graph`.
 """
 
 from __future__ import annotations
@@ -172,6 +180,7 @@ class HessianOperator:
         self.dtype = dtype
         self.probe_chunk = max(1, probe_chunk)
         self.model = _eval_copy(model, self.device, dtype)
+        self.auto_mode = mode == "auto"  # the memory plan may then choose double backward through a kept graph
         self.mode = auto_hvp_mode(self.model) if mode == "auto" else mode
         if params is not None and not callable(params):
             unknown = set([params] if isinstance(params, str) else params) - {n for n, _ in
@@ -211,6 +220,8 @@ class HessianOperator:
                 raise WdboundError(f"{self.n_eval} evaluation examples cannot be shared by {self.world} processes",
                                    "nproc_per_node")
         self.matvecs = 0
+        self.keep_graph = False  # double backward through a kept gradient graph (set by the memory plan)
+        self._graphs: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
         self.on_matvecs: Callable[[int], None] | None = None
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         first_inputs, _ = next(iterate_batches(dataset, 1))
@@ -226,8 +237,34 @@ class HessianOperator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self._graphs = None
         if self._cache is not None:
             self._cache = list(self._stream())
+
+    def use_kept_graph(self, keep: bool) -> None:
+        """Route products through a kept gradient graph (``keep``; with ``--hvp auto`` this also switches
+        the mode to double backward, the one that can reuse a graph) or stream them (frees a kept graph)."""
+        self.keep_graph = bool(keep)
+        if self.keep_graph and self.auto_mode and self.fallback is None:
+            self.mode = "double-backward"
+        if not self.keep_graph:
+            self.release_graph()
+
+    def release_graph(self) -> None:
+        """Free the kept gradient graphs (rebuilt on the next product while ``keep_graph`` is set)."""
+        self._graphs = None
+
+    def _kept_gradients(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """``(flat parameters, grad L(flat), chunk weight)`` per chunk, the gradient with its graph (built once)."""
+        if self._graphs is None:
+            graphs = []
+            for inputs, labels in self.chunks():
+                flat = self.params.detach().clone().requires_grad_(True)
+                with torch.enable_grad(), _math_attention():
+                    (gradient,) = torch.autograd.grad(self.loss(flat, inputs, labels), flat, create_graph=True)
+                graphs.append((flat, gradient, labels.shape[0] / self.n_eval))
+            self._graphs = graphs
+        return self._graphs
 
     def _check_loss(self) -> None:
         """The loss of the first chunk must be a finite scalar (a custom ``loss_fn`` is checked here, once)."""
@@ -276,13 +313,10 @@ class HessianOperator:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape [k, {self.dim}], got {tuple(vectors.shape)}")
         vectors = vectors.to(self.device, self.dtype)
-        out = torch.zeros_like(vectors)
-        for inputs, labels in self.chunks():
-            weight = labels.shape[0] / self.n_eval
-            for start in range(0, vectors.shape[0], self.probe_chunk):
-                block = vectors[start:start + self.probe_chunk]
-                out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels,
-                                                                                   mode or self.mode)
+        if self.keep_graph and (mode or self.mode) == "double-backward":
+            out = self._kept_products(vectors)
+        else:
+            out = self._streamed_products(vectors, mode or self.mode)
         self._reduce(out)
         if not bool(torch.isfinite(out).all()):
             raise WdboundError("a Hessian-vector product is not finite (NaN or Inf): the loss or its second "
@@ -291,6 +325,26 @@ class HessianOperator:
         self.matvecs += vectors.shape[0]
         if self.on_matvecs is not None:
             self.on_matvecs(vectors.shape[0])
+        return out
+
+    def _kept_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Products by one backward pass each through the kept gradient graphs (chunk weights inside)."""
+        out = torch.zeros_like(vectors)
+        for flat, gradient, weight in self._kept_gradients():
+            with _math_attention():
+                rows = [torch.autograd.grad(gradient, flat, grad_outputs=vector, retain_graph=True)[0]
+                        for vector in vectors]
+            out += weight * torch.stack(rows)
+        return out
+
+    def _streamed_products(self, vectors: torch.Tensor, mode: str) -> torch.Tensor:
+        """Products streamed over the chunks: each chunk's forward and backward passes built anew."""
+        out = torch.zeros_like(vectors)
+        for inputs, labels in self.chunks():
+            weight = labels.shape[0] / self.n_eval
+            for start in range(0, vectors.shape[0], self.probe_chunk):
+                block = vectors[start:start + self.probe_chunk]
+                out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels, mode)
         return out
 
     def _safe_chunk_hvp(self, block, inputs, labels, mode: str) -> torch.Tensor:
@@ -540,10 +594,12 @@ class Deflation:
         return cls(zero_mask, [(o, c, w, list(cols)) for o, c, w, cols in (data or {}).get("shift_blocks") or []])
 
     @classmethod
-    def find(cls, operator: "HessianOperator", zero_mask: torch.Tensor, scale: float,
+    def find(cls, operator: "HessianOperator", zero_mask: torch.Tensor, scale: float | None,
              generator: torch.Generator) -> "Deflation":
         """Zero rows plus the logit-shift directions of ``operator``'s head, if one HVP confirms them
-        (``|H v| <= tol * scale * |v|``, tol 1e-8 in float64, 1e-3 in float32; ``scale`` ~ lambda_max)."""
+        (``|H v| <= tol * scale * |v|``, tol 1e-8 in float64, 1e-3 in float32; ``scale`` ~ lambda_max; None:
+        ``|H g| / |g|`` of the same Gaussian probe, taken in the same pass, a lower bound of lambda_max that
+        only makes the test stricter)."""
         plain = cls(zero_mask)
         found = _head_linear(operator) if isinstance(operator, HessianOperator) else None
         if found is None or found[1].out_features < 2:
@@ -569,6 +625,11 @@ class Deflation:
         probe = probe * ~zero_mask
         shift = probe - candidate.project(probe)  # the component along the shift directions
         tol = 1e-8 if operator.dtype == torch.float64 else 1e-3
-        if float(operator.matmat(shift).norm()) > tol * max(scale, 1e-300) * float(shift.norm()):
+        if scale is None:
+            products = operator.matmat(torch.cat([shift, probe]))
+            shifted, scale = products[:1], float(products[1].norm() / probe.norm())
+        else:
+            shifted = operator.matmat(shift)
+        if float(shifted.norm()) > tol * max(scale, 1e-300) * float(shift.norm()):
             return plain
         return candidate

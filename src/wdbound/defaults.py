@@ -25,10 +25,17 @@ REFINE_BUDGET = 8  # the adaptive SLQ may add this many times the HVPs of the ba
 # against exact spectra (docs/decisions.md, "Trace and spectrum defaults"): density W1 / lambda_max below
 # PyHessian's default density, top-5 to 1e-4 (certified residuals), trace to 1 % (deflated Hutchinson).
 SPECTRUM_PROBES = 4
-SPECTRUM_STEPS = 40
+SPECTRUM_STEPS = 40  # at most; the single pass stops earlier once its targets are met
 SPECTRUM_DTYPE = "float32"
 SPECTRUM_TRACE = "deflated"
 SPECTRUM_ENDS = False
+# The single pass (issue 16): top-k, the deflation space of the trace and the density all from the SLQ probes'
+# Krylov spaces. Every SPECTRUM_CHECK_EVERY steps: stop when every top-k residual bound <= SPECTRUM_TOP_RTOL x
+# |value| and the density moved by W1 <= SPECTRUM_DENSITY_TOL x lambda_max since the previous check.
+SINGLE_PASS = True
+SPECTRUM_TOP_RTOL = 1e-4
+SPECTRUM_DENSITY_TOL = 5e-4
+SPECTRUM_CHECK_EVERY = 5
 
 # `wdbound table` runs the whole zoo: fewer probes and steps per checkpoint.
 TABLE_PROBES = 6

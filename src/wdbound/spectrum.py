@@ -36,9 +36,12 @@ from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
-from .estimators.lanczos import LanczosMemory, LanczosRun, Support, run_lanczos, slq_from_run, spectral_support
-from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats, available_bytes, human_bytes,
-                     parse_memory, peak_bytes, plan_memory)
+from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, run_lanczos, slq_from_run,
+                                 spectral_support)
+from .estimators.union_ritz import UnionRitz, union_ritz
+from .stats import wasserstein1
+from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats,
+                     available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory)
 from .progress import Observer
 from .provenance import checkpoint_provenance, library_versions
 
@@ -90,6 +93,9 @@ class SpectrumSettings:
     trace: str = "hutchinson"  # hutchinson (the SLQ probes, no HVP) or deflated (top-k Krylov space + Hutchinson)
     trace_probes: int = defaults.TRACE_PROBES  # deflated trace: probes per block
     trace_rtol: float = defaults.TRACE_RTOL  # deflated trace: add blocks until stderr <= trace_rtol * |trace|
+    single_pass: bool = False  # top-k and the trace's deflation space from the SLQ probes' union (no top-k run)
+    top_rtol: float = defaults.SPECTRUM_TOP_RTOL  # single pass: top-k residual bound target (relative)
+    density_tol: float = 0.0  # single pass: stop once the density moves by W1 <= this x lambda_max (0: all steps)
 
     def refine_cap(self) -> int:
         """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
@@ -131,15 +137,21 @@ class SpectrumSettings:
         if not (0 <= self.trace_rtol < 1) or not math.isfinite(self.trace_rtol):
             raise WdboundError(f"trace rtol = {self.trace_rtol:g} must lie in [0, 1) (0: one block of probes)",
                                "trace_rtol")
+        if not (0 < self.top_rtol < 1) or not math.isfinite(self.top_rtol):
+            raise WdboundError(f"top rtol = {self.top_rtol:g} must lie in (0, 1)", "top_rtol")
+        if not (0 <= self.density_tol < 1) or not math.isfinite(self.density_tol):
+            raise WdboundError(f"density tol = {self.density_tol:g} must lie in [0, 1) (0: every step)", "density_tol")
         if self.lanczos not in LANCZOS_MODES:
             raise WdboundError(f"unknown lanczos mode {self.lanczos!r}; use auto, full or low-memory", "lanczos")
 
 
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
     """The settings of ``wdbound spectrum`` at its defaults (which differ from the library's: float32 HVPs,
-    4 probes x 40 steps, the deflated trace, no lower-end run, Hutchinson diagonal), with ``overrides``."""
+    4 probes x at most 40 steps in a single pass stopped by its accuracy targets, the deflated trace, no
+    lower-end run, Hutchinson diagonal), with ``overrides``."""
     chosen = dict(probes=defaults.SPECTRUM_PROBES, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
-                  trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson")
+                  trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson",
+                  single_pass=defaults.SINGLE_PASS, density_tol=defaults.SPECTRUM_DENSITY_TOL)
     return SpectrumSettings(**{**chosen, **overrides})
 
 
@@ -217,6 +229,9 @@ class Spectrum:
                   "trace_samples": self.trace.samples,
                   "diag_estimate": self.diagonal.estimate, "diag_stderr": self.diagonal.stderr,
                   "zero_rows": self.zero_rows}
+        if self.slq.rule == "union":
+            arrays["slq_union_nodes"] = self.slq.nodes[0]
+            arrays["slq_union_weights"] = np.stack(self.slq.weights)
         if self.exact_eigenvalues is not None:
             arrays["exact_eigenvalues"] = self.exact_eigenvalues
         if self.exact_diagonal is not None:
@@ -230,6 +245,8 @@ class Spectrum:
         slq = SLQ.from_tridiagonals(arrays["slq_alphas"], arrays["slq_betas"], arrays["slq_lengths"],
                                     arrays["slq_norms_sq"], meta["d"], meta["null_weight"],
                                     complete=arrays["slq_complete"])
+        if "slq_union_nodes" in arrays:
+            slq = slq.with_union_rule(arrays["slq_union_nodes"], arrays["slq_union_weights"])
         support = Support(**meta["support"]) if meta.get("support") else None
         trace = TraceEstimate.from_samples(arrays["trace_samples"], meta["trace_method"])
         return cls(meta["d"], meta["n_eval"],
@@ -262,6 +279,69 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
 
     run = run_lanczos(operator, draw, probes, steps, memory)
     return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count), support, deflation
+
+
+@dataclass(frozen=True)
+class SinglePass:
+    """The SLQ run of the single pass and what its union gives (:func:`single_pass`)."""
+
+    run: LanczosRun
+    slq: SLQ  # with the union quadrature
+    union: UnionRitz
+    deflation: Deflation
+    checks: list[dict]  # each check: steps, top-k certified, how far the density moved (W1 / lambda_max)
+
+    def to_json(self) -> dict:
+        """Steps taken and the checks that decided them (the provenance's ``single_pass``)."""
+        return {"steps": int(self.run.alphas.shape[1]), "checks": self.checks, "span": self.union.span.rank,
+                "top_certified": self.union.top.converged}
+
+
+class _Targets:
+    """The stopping rule of the single pass: top-k certified and the density settled (see SpectrumSettings)."""
+
+    def __init__(self, top_k: int, top_rtol: float, density_tol: float, dim: int, null_weight: float) -> None:
+        self.top_k, self.top_rtol, self.density_tol = top_k, top_rtol, density_tol
+        self.dim, self.null_weight = dim, null_weight
+        self.checks: list[dict] = []
+        self.last: tuple[int, UnionRitz] | None = None
+        self.measure: tuple[np.ndarray, np.ndarray] | None = None
+
+    def union(self, run: LanczosRun) -> UnionRitz:
+        """The union of ``run`` (reused when the last check saw the same steps)."""
+        steps = int(run.alphas.shape[1])
+        if self.last is None or self.last[0] != steps:
+            self.last = (steps, union_ritz(run, self.top_k, tol=self.top_rtol))
+        return self.last[1]
+
+    def __call__(self, run: LanczosRun) -> bool:
+        union = self.union(run)
+        measure = slq_from_run(run, self.dim, self.null_weight).with_union_rule(union.nodes, union.weights).measure()
+        scale = float(np.abs(measure[0]).max()) or 1.0
+        moved = wasserstein1(*self.measure, *measure) / scale if self.measure is not None else math.inf
+        self.measure = measure
+        self.checks.append({"steps": int(run.alphas.shape[1]), "top_certified": union.top.converged,
+                            "max_top_residual": float(np.max(union.top.residuals)),
+                            "density_moved_w1_over_lambda_max": moved})
+        return union.top.converged and moved <= self.density_tol
+
+
+def single_pass(operator, settings: SpectrumSettings, generator: torch.Generator) -> SinglePass:
+    """Zero rows and logit shift deflated, then the SLQ probes with their whole bases, stopped every
+    SPECTRUM_CHECK_EVERY steps once the top-k Ritz values of the union of their Krylov spaces are certified
+    to ``top_rtol`` and the union-quadrature density moved by at most ``density_tol`` x lambda_max since the
+    previous check (``density_tol`` 0: all ``steps``). No other Lanczos run: top-k, the trace's deflation
+    space and the density all come from these probes (:mod:`wdbound.estimators.union_ritz`)."""
+    deflation = Deflation.find(operator, zero_rows(operator, generator), None,
+                               torch.Generator().manual_seed(settings.seed + 2))
+    starts = deflation.project(rademacher(settings.probes, operator.dim, generator, operator.dtype, operator.device))
+    targets = _Targets(settings.top_k, settings.top_rtol, settings.density_tol, operator.dim, deflation.null_count)
+    run = lanczos(operator, starts, settings.steps, keep_basis=True,
+                  stop=targets if settings.density_tol > 0 else None, check_every=defaults.SPECTRUM_CHECK_EVERY)
+    union = targets.union(run)
+    slq = slq_from_run(run, operator.dim, null_weight=deflation.null_count).with_union_rule(union.nodes,
+                                                                                           union.weights)
+    return SinglePass(run, slq, union, deflation, targets.checks)
 
 
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
@@ -310,7 +390,8 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
                        data_resident=operator.resident, hvp_chunk=operator.batch_size,
                        probe_chunk=operator.probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
                        exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline,
-                       trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0)
+                       trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0,
+                       graph=kept_graph_size(operator))
     if settings.exact:
         need = baseline + operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
         if need > budget:
@@ -319,7 +400,25 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     operator.probe_chunk = plan.probe_block
     if plan.hvp_chunk != operator.batch_size:
         operator.rechunk(plan.hvp_chunk)
+    operator.use_kept_graph(plan.keep_graph)
     return plan
+
+
+def auto_kept_graph(operator: HessianOperator, share: float = 0.25) -> bool:
+    """Whether to keep the operator's gradient graph outside a memory plan (the Python API): when it is
+    allowed (:func:`kept_graph_size`) and takes at most ``share`` of the free memory of the device."""
+    size = kept_graph_size(operator)
+    return 0 < size <= share * available_bytes(operator.device)[0]
+
+
+def kept_graph_size(operator: HessianOperator) -> int:
+    """Bytes of the operator's gradient graph if it may be kept (resident data, double backward or
+    ``--hvp auto``), else 0."""
+    if not (operator.resident and (operator.auto_mode or operator.mode == "double-backward")):
+        return 0
+    example = next(operator.chunks())[0][:1]
+    local = operator.n_eval if operator.local is None else len(operator.local)
+    return kept_graph_bytes(activation_floats(operator.model, example), local, torch.finfo(operator.dtype).bits // 8)
 
 
 def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:
@@ -471,12 +570,24 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     memory = plan.memory if plan is not None else None
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
-    # The deflated trace's Krylov space is the top-k run's: at least TRACE_SPAN_STEPS steps make it a good one.
-    span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0
-    top = top_eigenvalues(operator, settings.top_k, generator, restart=plan.restart if plan is not None else None,
-                          min_steps=span_steps)
-    run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
-                                                        generator, top, memory, ends=settings.ends)
+    restart = plan.restart if plan is not None else None
+    shared = None
+    if settings.single_pass and (memory is None or memory.full(settings.probes, settings.steps, operator.dim)):
+        shared = single_pass(operator, settings, generator)
+        run, density, deflation, top, span = shared.run, shared.slq, shared.deflation, shared.union.top, \
+            shared.union.span
+        if not top.converged:  # the union did not certify top-k within the steps: a Lanczos run of its own
+            top = top_eigenvalues(operator, settings.top_k, generator, restart=restart)
+        support = (spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top,
+                                    restart=memory.ends_restart if memory is not None else None)
+                   if settings.ends else None)
+    else:
+        # The deflated trace's Krylov space is the top-k run's: at least TRACE_SPAN_STEPS steps make it a good one.
+        span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0
+        top = top_eigenvalues(operator, settings.top_k, generator, restart=restart, min_steps=span_steps)
+        run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps,
+                                                            settings.seed, generator, top, memory, ends=settings.ends)
+        span = top.span
     null = deflation.zero_mask
     products = run.products if run.products is not None else (run.starts, run.first_products)
     if settings.diag_probes:
@@ -485,10 +596,10 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
         trace, diagonal = run.products.estimates()
     else:
         trace, diagonal = estimate_from_products(run.starts, run.first_products)
-    if settings.trace == "deflated" and top.span is not None:
+    if settings.trace == "deflated" and span is not None:
         # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
         # (the Krylov start vector is not orthogonal to them).
-        trace = krylov_deflated_trace(operator, top.span, settings.trace_probes, generator,
+        trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator,
                                       rtol=settings.trace_rtol, chunk=memory.probe_block if memory else None)
     exact_ev = exact_diag = dense = None
     if settings.exact:
@@ -505,9 +616,12 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
         "settings": asdict(settings), "device": str(operator.device), "hvp_count": matvecs,
         "wall_seconds": wall, "versions": library_versions(), "loss": f"mean {settings.loss}, model in eval mode",
         "hvp_fallback": getattr(operator, "fallback", None), "hvp_mode": getattr(operator, "mode", None),
+        "kept_graph": getattr(operator, "keep_graph", None),
         "memory_plan": plan.to_json() if plan is not None else None, "peak_memory_bytes": peak_bytes(operator.device),
         "eval_subset": subset_record(operator) if isinstance(operator, HessianOperator) else None,
         "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
+        "single_pass": shared.to_json() if shared is not None else None,
+        "top_from": ("slq union" if shared is not None and shared.union.top.converged else "lanczos"),
     }
     return Spectrum(operator.dim, getattr(operator, "n_eval", 0), top, density, trace, diagonal, matvecs, wall,
                     provenance, exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),
@@ -522,8 +636,11 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     diagonal probes, the deflated trace's (at most 8 blocks of probes, and a top-k run of at least
     TRACE_SPAN_STEPS), and d unit vectors for an exact
     diagonal or dense Hessian."""
-    return (min(300, dim) + (150 if settings.ends else 0) + 4 + settings.probes * min(settings.steps, dim) + settings.diag_probes
-            + (8 * settings.trace_probes + defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0)
+    single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
+    return ((0 if single else min(300, dim)) + (150 if settings.ends else 0) + 5
+            + settings.probes * min(settings.steps, dim) + settings.diag_probes
+            + (8 * settings.trace_probes + (0 if single else defaults.TRACE_SPAN_STEPS)
+               if settings.trace == "deflated" else 0)
             + (dim if settings.exact_diagonal_for(dim) else 0))
 
 

@@ -5,6 +5,8 @@
 (2.0, 0.57735)
 >>> mean_stderr(np.array([5.0]))
 (5.0, nan)
+>>> wasserstein1(np.array([0.0]), np.array([1.0]), np.array([1.0, 3.0]), np.array([1.0, 1.0]))
+2.0
 >>> grid = np.linspace(-10, 10, 2001)
 >>> round(float(gaussian_smooth(grid, np.array([0.0]), np.array([1.0]), 1.0).sum() * 0.01), 6)
 1.0
@@ -44,3 +46,13 @@ def gaussian_smooth(grid: np.ndarray, centers: np.ndarray, weights: np.ndarray, 
     ``weights.sum()``."""
     diff = (np.asarray(grid)[:, None] - np.asarray(centers)[None, :]) / width
     return (np.exp(-0.5 * diff**2) * np.asarray(weights)[None, :]).sum(1) / (width * math.sqrt(2 * math.pi))
+
+
+def wasserstein1(nodes_a, weights_a, nodes_b, weights_b) -> float:
+    """W1 between two discrete measures on the line (weights normalised): the integral of |F_a - F_b|."""
+    points = np.concatenate([np.asarray(nodes_a, dtype=np.float64), np.asarray(nodes_b, dtype=np.float64)])
+    order = np.argsort(points, kind="stable")
+    weights_a, weights_b = np.asarray(weights_a, dtype=np.float64), np.asarray(weights_b, dtype=np.float64)
+    signed = np.concatenate([weights_a / weights_a.sum(), -weights_b / weights_b.sum()])[order]
+    cdf_gap = np.cumsum(signed)[:-1]
+    return float(np.sum(np.abs(cdf_gap) * np.diff(points[order])))

@@ -40,15 +40,29 @@ from .hutchinson import TraceEstimate, rademacher
 
 @dataclass(frozen=True)
 class KrylovSpan:
-    """An orthonormal basis ``V`` [n, d] (rows; float64, on the operator's device) and ``tr(VᵀHV)``."""
+    """An orthonormal basis ``U`` [n, d] (rows; float64, on the operator's device) and ``tr(UHUᵀ)``.
+
+    With ``mix`` [N, n] the rows of ``basis`` [N, d] need not be orthonormal: ``U = mixᵀ basis`` is (the
+    union of several Lanczos bases, :mod:`~wdbound.estimators.union_ritz`), and it is never formed.
+    """
 
     basis: torch.Tensor
     trace: float
+    mix: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        """The span's dimension n."""
+        return int(self.mix.shape[1] if self.mix is not None else self.basis.shape[0])
 
     def project_out(self, vectors: torch.Tensor) -> torch.Tensor:
         """``P`` applied to rows ``vectors`` [k, d]: the components along the span removed."""
         basis = self.basis.to(vectors.dtype)
-        return vectors - (vectors @ basis.T) @ basis
+        coefficients = vectors @ basis.T
+        if self.mix is not None:
+            mix = self.mix.to(vectors.dtype)
+            coefficients = (coefficients @ mix) @ mix.T
+        return vectors - coefficients @ basis
 
 
 def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: torch.Generator, *,

@@ -31,7 +31,7 @@ subspace: its recursion stops there and its quadrature is exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -57,6 +57,7 @@ class LanczosRun:
     basis: torch.Tensor | None = None  # [k, m, d] when kept
     products: "HutchinsonSums | None" = None  # running z ⊙ Hz sums of a low-memory run (starts not kept)
     reorth: str = "full"  # "full" (against the whole basis) or "local" (three-term recurrence, see lanczos_blocks)
+    residuals: torch.Tensor | None = None  # [k, d] each probe's last residual β_m q_{m+1} (kept with the basis)
 
     def tridiagonal(self, probe: int) -> np.ndarray:
         """The tridiagonal [n, n] of probe ``probe`` (n its length)."""
@@ -92,11 +93,17 @@ def _starts(operator, starts: torch.Tensor, steps: int) -> tuple[int, torch.Tens
 
 
 def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = False,
-            breakdown_tol: float | None = None) -> LanczosRun:
+            breakdown_tol: float | None = None, stop: Callable[[LanczosRun], bool] | None = None,
+            check_every: int = 10) -> LanczosRun:
     """Run ``steps`` Lanczos steps from each row of ``starts`` [k, d], together, with full
     re-orthogonalisation (memory: the whole basis, k·m·d floats; see :func:`lanczos_blocks` for the
     low-memory recurrence). Vectors and recurrences are float64 (``VECTOR_DTYPE``) whatever the
-    operator's precision: a float32 HVP sees its input cast down and its output cast up."""
+    operator's precision: a float32 HVP sees its input cast down and its output cast up.
+
+    ``keep_basis`` also keeps each probe's last residual (``residuals``: what
+    :func:`~wdbound.estimators.union_ritz.union_ritz` needs). ``stop``: every ``check_every`` steps the run so far
+    (basis kept) is passed to it, and the run ends there when it returns True (an accuracy target instead of
+    a fixed step count)."""
     k, d = starts.shape
     dtype, device = VECTOR_DTYPE, operator.device
     breakdown_tol = _breakdown_tol(operator, breakdown_tol)
@@ -111,6 +118,7 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
     q_prev = torch.zeros_like(q)
     beta_prev = torch.zeros(k, dtype=dtype, device=device)
     first_products = None
+    residuals = torch.zeros(k, d, dtype=dtype, device=device) if keep_basis or stop is not None else None
     for j in range(steps):
         idx = active.nonzero().squeeze(1)
         basis[idx, j] = q[idx]
@@ -119,14 +127,21 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
             first_products = w * norms[:, None]
         alpha = (w * q[idx]).sum(1)
         w = w - alpha[:, None] * q[idx] - beta_prev[idx, None] * q_prev[idx]
-        span = basis[idx, : j + 1]  # [a, j+1, d]
+        span = basis[:, : j + 1] if len(idx) == k else basis[idx, : j + 1]  # [a, j+1, d] (a view while all run)
         for _ in range(2):
             w = w - torch.einsum("ajd,aj->ad", span, torch.einsum("ajd,ad->aj", span, w))
         beta = w.norm(dim=1)
         alphas[idx, j] = alpha.double().cpu()
         scale[idx] = torch.maximum(scale[idx], (alpha.abs() + beta).double().cpu())
+        if residuals is not None:
+            residuals[idx] = w
         if j == steps - 1:
             break
+        if stop is not None and (j + 1) % check_every == 0:
+            partial = _partial_run(alphas, betas, torch.where(active, j + 1, lengths), norms, first_products,
+                                   starts, basis, residuals, j + 1)
+            if stop(partial):
+                return partial
         betas[idx, j] = beta.double().cpu()
         broke = beta.double().cpu() <= breakdown_tol * scale[idx]
         lengths[idx[broke]] = j + 1
@@ -138,7 +153,15 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
         q[idx[keep.cpu()]] = w[keep] / beta[keep, None]
         beta_prev[idx] = beta
     return LanczosRun(alphas.numpy(), betas.numpy(), lengths.numpy(), norms.double().cpu().numpy(),
-                      first_products, starts, basis if keep_basis else None)
+                      first_products, starts, basis if keep_basis else None, residuals=residuals)
+
+
+def _partial_run(alphas, betas, lengths, norms, first_products, starts, basis, residuals, steps: int) -> LanczosRun:
+    """The run after its first ``steps`` steps (views of the running arrays; the basis and residuals kept).
+    Residuals of probes still running are their current ``β q_{next}``: the Lanczos relation holds at ``steps``."""
+    return LanczosRun(alphas[:, :steps].numpy().copy(), betas[:, :max(steps - 1, 0)].numpy().copy(),
+                      torch.minimum(lengths, torch.tensor(steps)).numpy().copy(), norms.double().cpu().numpy(),
+                      first_products, starts, basis[:, :steps], residuals=residuals.clone())
 
 
 def _apply(operator, vectors: torch.Tensor) -> torch.Tensor:
@@ -247,6 +270,15 @@ class SLQ:
     null_weight: float = 0.0
     run: LanczosRun | None = None  # the live run (absent when loaded from a cache)
     complete: np.ndarray | None = None  # [k] bool: the probe's Krylov space is invariant (its Gauss rule is exact)
+    rule: str = "probe"  # "probe": each probe's own Gauss rule; "union": shared nodes of the union of the spaces
+
+    def with_union_rule(self, nodes: np.ndarray, weights: np.ndarray) -> "SLQ":
+        """The same probes with the union quadrature (:mod:`~wdbound.estimators.union_ritz`): every probe
+        on the shared ``nodes`` [n] with its row of ``weights`` [k, n]. The tridiagonals stay (err's
+        quadrature intervals and :meth:`truncated` use each probe's own rule)."""
+        nodes = np.asarray(nodes, dtype=np.float64)
+        return replace(self, nodes=[nodes] * len(self.lengths), weights=[np.asarray(w, dtype=np.float64)
+                                                                          for w in weights], rule="union")
 
     def exact_probe(self, probe: int) -> bool:
         """Whether probe ``probe``'s recursion broke down (or spanned the space): its quadrature is then exact."""
