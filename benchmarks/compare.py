@@ -380,8 +380,8 @@ def equal_accuracy(args, device) -> dict:
                                args.exact_cache)
         lam, trace = float(ev[-1]), float(ev.sum())
         ours = []
-        for probes in (2, 3, 4):
-            for density_tol in (2e-3, 1e-3, 5e-4):
+        for probes in (2, 3, 4, 6, 8):
+            for density_tol in (2e-3, 1e-3, 5e-4, 2.5e-4):
                 for trace_rtol in (0.04, 0.02, 0.01):
                     settings = spectrum_command_settings(device=device.type, probes=probes, density_tol=density_tol,
                                                          trace_rtol=trace_rtol, top_k=1)
