@@ -61,3 +61,13 @@ def test_thick_restart_span_is_usable():
     assert top.span.trace == pytest.approx(float(torch.trace(basis @ matrix @ basis.T)), rel=1e-8)
     est = krylov_deflated_trace(operator, top.span, 32, torch.Generator().manual_seed(5))
     assert abs(est.estimate - exact) < 4 * est.stderr
+
+
+def test_a_span_of_the_whole_space_is_exact_without_probes():
+    matrix, exact = _matrix(1, dim=12)
+    operator = DenseOperator(matrix)
+    basis = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0].T
+    span = KrylovSpan(basis, float(torch.trace(basis @ matrix @ basis.T)))
+    est = krylov_deflated_trace(operator, span, 4, torch.Generator().manual_seed(0))
+    assert operator.matvecs == 0 and est.stderr == 0.0
+    assert est.estimate == pytest.approx(exact, rel=1e-12)

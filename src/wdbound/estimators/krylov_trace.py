@@ -92,6 +92,8 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     """
     if probes < 2:
         raise ValueError(f"the deflated trace needs at least 2 probes, got {probes}")
+    if span.rank >= operator.dim:  # the span is the whole space: tr T is the trace, no probe needed
+        return TraceEstimate(span.trace, 0.0, np.array([span.trace]), "krylov (the span is the whole space: exact)")
     cap = max(probes, max_probes if max_probes is not None else 8 * probes)
     samples: list[np.ndarray] = []
     drawn = 0
