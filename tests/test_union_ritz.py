@@ -113,3 +113,18 @@ def test_stopping_early_keeps_the_lanczos_relation():
         rhs[:, -1] += run.residuals[p]
         np.testing.assert_allclose(lhs.numpy(), rhs.numpy(), atol=1e-9)
     assert isinstance(slq_from_run(run, 150), SLQ)
+
+
+def test_probes_that_break_down_early_give_exact_values():
+    """Three distinct eigenvalues, each 10 times: every probe's Krylov space is invariant after 3 steps
+    (breakdown); the union of 3 probes holds 3 directions of each eigenspace, so its Ritz values are the
+    eigenvalues with multiplicity (a single Lanczos run finds each only once), with zero residuals, whether
+    the run stops by itself or is stopped."""
+    matrix = torch.diag(torch.tensor([5.0] * 10 + [2.0] * 10 + [-1.0] * 10, dtype=torch.float64))
+    z = torch.randn(3, 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for stop in (None, lambda run: True):
+        run = lanczos(DenseOperator(matrix), z, 12, keep_basis=True, stop=stop, check_every=3)
+        assert list(run.lengths) == [3, 3, 3]
+        union = union_ritz(run, 5)
+        np.testing.assert_allclose(union.top.values, [5.0, 5.0, 5.0, 2.0, 2.0], atol=1e-12)
+        assert union.top.residuals.max() < 1e-10 and union.top.converged and union.span.rank == 9

@@ -21,7 +21,8 @@ costs no HVP: with :math:`C = E\,\mathrm{diag}(g)^{-1/2}` from :math:`G = E\,\ma
 whose norm needs only :math:`G`, :math:`VR^\top` and :math:`RR^\top`. For a symmetric matrix that norm
 bounds the distance from :math:`\theta` to an eigenvalue (Parlett 1998, Thm 4.5.1): the same certificate
 as a single Lanczos run's :math:`|\beta_m u_{m,i}|`. The union holds k independent Krylov spaces of degree
-m; its top Ritz values converge at least as fast as each probe's alone (the union contains each space).
+m; its top Ritz values converge at least as fast as each probe's alone (the union contains each space), and
+an eigenvalue of multiplicity up to k appears that many times (one start vector finds it once).
 
 The same :math:`U` is the deflation space of :func:`wdbound.estimators.krylov_trace.krylov_deflated_trace`:
 :math:`\mathrm{tr}(UHU^\top) = \mathrm{tr}\,B`, for free.
