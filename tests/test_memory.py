@@ -132,3 +132,18 @@ def test_kept_graph_estimate_scales_with_examples_and_precision():
     one = kept_graph_bytes(1000, 10, 4)
     assert kept_graph_bytes(1000, 20, 4) == 2 * one and kept_graph_bytes(1000, 10, 8) == 2 * one
     assert one == int(KEPT_GRAPH_FACTOR * ACTIVATION_SAFETY * 1000 * 10 * 4)
+
+
+def test_single_pass_steps_fit_the_budget():
+    from wdbound.memory import with_single_pass
+
+    base = plan(dim=1_000_000, probes=4, steps=40, budget=8 * GIB)
+    fitted = with_single_pass(base, dim=1_000_000, probes=4, steps=40, trace_vectors=6)
+    assert fitted.single_pass_steps == 40 and fitted.peak <= 8 * GIB  # 4 x 41 x 8 MB: 1.3 GB
+    tight = plan(dim=1_000_000, probes=4, steps=40, budget=int(1.2 * GIB))
+    capped = with_single_pass(tight, dim=1_000_000, probes=4, steps=40, trace_vectors=6)
+    assert 10 <= capped.single_pass_steps < 40 and capped.peak <= tight.budget
+    assert "single pass" in capped.summary() and capped.to_json()["single_pass_steps"] == capped.single_pass_steps
+    none = with_single_pass(plan(dim=1_000_000, probes=4, steps=40, budget=int(0.5 * GIB)), dim=1_000_000,
+                            probes=4, steps=40, trace_vectors=6)
+    assert none.single_pass_steps is None and none.single_pass == 0

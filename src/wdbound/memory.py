@@ -159,12 +159,14 @@ class MemoryPlan:
     hvp_chunk: int  # examples per streamed HVP chunk
     restart: int | None  # thick-restart basis of the top-eigenvalue run (None: unrestarted)
     graph: int = 0  # the kept gradient graph of the whole evaluation set (0: not kept, products streamed)
+    single_pass_steps: int | None = None  # the single pass's step cap that fits (None: no single pass)
+    single_pass: int = 0  # bytes of the single pass at that cap: the probes' bases, residuals, trace and top-k
 
     @property
     def peak(self) -> int:
         """Planned peak: the fixed parts plus the larger of the SLQ phase and the top-eigenvalue phase."""
         return (self.baseline + self.model + self.data + self.activations + self.graph
-                + max(self.lanczos + self.diagonal, self.top))
+                + max(self.lanczos + self.diagonal, self.top, self.single_pass))
 
     @property
     def keep_graph(self) -> bool:
@@ -184,7 +186,8 @@ class MemoryPlan:
                 "activations_estimate": self.activations, "lanczos": self.lanczos, "top": self.top,
                 "diagonal": self.diagonal, "planned_peak": self.peak, "lanczos_mode": self.lanczos_mode,
                 "probe_block": self.probe_block, "hvp_chunk": self.hvp_chunk, "restart": self.restart,
-                "kept_graph": self.graph}
+                "kept_graph": self.graph, "single_pass_steps": self.single_pass_steps,
+                "single_pass": self.single_pass}
 
     def summary(self) -> str:
         """One line for the terminal / log."""
@@ -195,7 +198,8 @@ class MemoryPlan:
                 f"{human_bytes(self.lanczos)} ({self.lanczos_mode}), top-k {human_bytes(self.top)}"
                 f"{f' (thick restart, {self.restart} vectors)' if self.restart else ''}, diagonal "
                 f"{human_bytes(self.diagonal)}"
-                f"{f', kept gradient graph ~{human_bytes(self.graph)}' if self.graph else ''}; "
+                f"{f', kept gradient graph ~{human_bytes(self.graph)}' if self.graph else ''}"
+                f"{f', single pass {human_bytes(self.single_pass)} (at most {self.single_pass_steps} steps)' if self.single_pass_steps else ''}; "
                 f"peak ~{human_bytes(self.peak)}")
 
 
@@ -204,6 +208,27 @@ def kept_graph_bytes(activation_per_example: int, examples: int, hvp_bytes: int)
     tensors of the forward pass and of the first backward pass (``KEPT_GRAPH_FACTOR`` x the activation
     estimate)."""
     return int(KEPT_GRAPH_FACTOR * ACTIVATION_SAFETY * activation_per_example * examples * hvp_bytes)
+
+
+SINGLE_PASS_MIN_STEPS = 10  # below this many steps the single pass is not planned (two runs instead)
+
+
+def with_single_pass(plan: MemoryPlan, *, dim: int, probes: int, steps: int, trace_vectors: int) -> MemoryPlan:
+    """``plan`` with the single pass (:func:`wdbound.spectrum.single_pass`) at the largest step cap <= ``steps``
+    whose memory fits the budget beside the fixed parts and the kept graph: every probe's basis and last
+    residual (float64), the deflated trace's probe block and, should the union not certify top-k, the top-k
+    run. No single pass (``single_pass_steps`` None) when fewer than SINGLE_PASS_MIN_STEPS steps fit."""
+    from dataclasses import replace
+
+    vec = VECTOR_DTYPE.itemsize
+    steps = min(steps, dim)
+    beside = trace_vectors * min(probes, plan.probe_block) * dim * vec + plan.diagonal + plan.top
+    room = plan.budget - (plan.peak - max(plan.lanczos + plan.diagonal, plan.top, plan.single_pass))
+    fit = int((room - beside) // (probes * dim * vec)) - 1
+    cap = min(steps, fit)
+    if cap < min(SINGLE_PASS_MIN_STEPS, steps):
+        return replace(plan, single_pass_steps=None, single_pass=0)
+    return replace(plan, single_pass_steps=cap, single_pass=probes * (cap + 1) * dim * vec + beside)
 
 
 def with_kept_graph(plan: MemoryPlan, graph: int) -> MemoryPlan:

@@ -41,7 +41,8 @@ from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, ru
 from .estimators.union_ritz import UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats,
-                     available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory)
+                     available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
+                     with_single_pass)
 from .progress import Observer
 from .provenance import checkpoint_provenance, library_versions
 
@@ -392,6 +393,14 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
                        exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline,
                        trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0,
                        graph=kept_graph_size(operator))
+    if settings.single_pass and settings.lanczos != "low-memory":  # an explicit low-memory run keeps no basis
+        # The single pass saves more HVPs than a kept graph saves per HVP: it gets the room first.
+        single = dict(dim=operator.dim, probes=settings.probes, steps=settings.steps,
+                      trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0)
+        chosen = with_single_pass(plan, **single)
+        if plan.keep_graph and chosen.single_pass_steps is None:
+            chosen = with_single_pass(replace(plan, graph=0), **single)
+        plan = chosen
     if settings.exact:
         need = baseline + operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
         if need > budget:
@@ -572,8 +581,9 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     start = time.perf_counter()
     restart = plan.restart if plan is not None else None
     shared = None
-    if settings.single_pass and (memory is None or memory.full(settings.probes, settings.steps, operator.dim)):
-        shared = single_pass(operator, settings, generator)
+    cap = settings.steps if plan is None else plan.single_pass_steps
+    if settings.single_pass and cap:
+        shared = single_pass(operator, replace(settings, steps=cap), generator)
         run, density, deflation, top, span = shared.run, shared.slq, shared.deflation, shared.union.top, \
             shared.union.span
         if not top.converged:  # the union did not certify top-k within the steps: a Lanczos run of its own
