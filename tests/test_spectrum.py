@@ -162,6 +162,8 @@ def test_single_pass_on_a_network_against_its_exact_hessian(tiny_checkpoint):
     result = compute_spectrum(ckpt, settings)
     exact = compute_spectrum(ckpt, replace(settings, exact=True, dtype="float64")).exact_eigenvalues
     assert result.top.converged and result.provenance["kept_graph"]
+    # The logit-shift check without a lambda_max estimate yet (|Hg|/|g| as the scale): found all the same.
+    assert result.shift_directions == 17 and not result.provenance["hvp_fallback"]
     np.testing.assert_allclose(result.top.values, exact[::-1][:5], rtol=2e-4)  # float32 HVPs, 1e-4 certificates
     assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr + 1e-5 * abs(exact.sum())
     from wdbound.stats import wasserstein1
