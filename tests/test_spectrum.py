@@ -188,3 +188,18 @@ def test_the_union_rule_survives_the_cache(tiny_checkpoint):
 def test_single_pass_settings_are_checked(field, value, param):
     with raises_param(param):
         SpectrumSettings(**{field: value}).validate()
+
+
+def test_resolved_negative_mass_against_the_exact_spectrum():
+    """A dense matrix whose negative eigenvalues are well separated from 0 (-0.5 .. -0.05, lambda_max 50):
+    the resolved negative mass (below -1e-3 x lambda_max) is within SLQ's sampling error of the exact share."""
+    rng = np.random.default_rng(5)
+    dim = 200
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    values = np.concatenate([-np.linspace(0.05, 0.5, 40), np.geomspace(1e-2, 50.0, dim - 40)])
+    matrix = torch.from_numpy(basis @ np.diag(values) @ basis.T)
+    settings = SpectrumSettings(probes=16, steps=40, top_k=1, single_pass=True, trace="deflated")
+    result = estimate_spectrum(DenseOperator(matrix), settings)
+    assert result.resolved_negative_mass == pytest.approx(40 / dim, abs=0.05)
+    payload = result.to_json()["resolved_negative_mass"]
+    assert payload["mass"] == result.resolved_negative_mass and payload["below"] == pytest.approx(-0.05, rel=1e-6)

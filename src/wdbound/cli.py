@@ -485,7 +485,9 @@ def render_spectrum(result) -> None:
         say(f"backend {backend}: {result.provenance.get('note', '')}")
         say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
     say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} ({result.trace.method}, {len(result.trace.samples)} probes)")
-    say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}%")
+    say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}% "
+        f"({100 * result.resolved_negative_mass:.2f}% below -1e-3 x lambda_max; nearer 0 the side is within the "
+        "quadrature's resolution)")
     if backend == "wdbound":
         say(f"zero rows: {len(result.zero_rows)} coordinates have an exactly zero Hessian row (inputs the data never "
             "activates); they are deflated and counted as exact zero eigenvalues")
