@@ -404,7 +404,7 @@ def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probe
 def spectrum(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = typer.Option(defaults.SPECTRUM_PROBES, help="SLQ / Hutchinson Rademacher probes k (also the block size of the deflated trace's probes). Default: density W1 below PyHessian's default density on the zoo (docs/decisions.md)."),
+    probes: int = typer.Option(defaults.SPECTRUM_PROBES, help="SLQ Rademacher probes k (density, the single pass, the Hutchinson diagonal). Default: density W1 below PyHessian's default density on the zoo on 9 of 10 seeds (docs/decisions.md)."),
     steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe (at most, with --single-pass: the run stops when the targets below are met)."),
     single_pass: bool = typer.Option(defaults.SINGLE_PASS, "--single-pass/--separate-top", help="Single pass (default): top-k, the trace's deflation space and the density all from the SLQ probes' Krylov spaces (Rayleigh-Ritz on their union, residual-certified; a separate top-k Lanczos run only if the union cannot certify top-k). It keeps the probes' bases: the memory plan caps its steps to what fits, and it is off with --lanczos low-memory. --separate-top: a top-k Lanczos run of its own first."),
     top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k residual bounds, |theta - lambda| <= top-rtol x |theta|."),

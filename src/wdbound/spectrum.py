@@ -149,7 +149,7 @@ class SpectrumSettings:
 
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
     """The settings of ``wdbound spectrum`` at its defaults (which differ from the library's: float32 HVPs,
-    4 probes x at most 40 steps in a single pass stopped by its accuracy targets, the deflated trace, no
+    5 probes x at most 40 steps in a single pass stopped by its accuracy targets, the deflated trace, no
     lower-end run, Hutchinson diagonal), with ``overrides``."""
     chosen = dict(probes=defaults.SPECTRUM_PROBES, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
                   trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson",
