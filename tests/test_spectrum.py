@@ -106,9 +106,13 @@ def test_settings_and_modes():
 def test_spectrum_command_defaults_deflated_trace_without_ends():
     from wdbound.spectrum import spectrum_command_settings
 
+    from wdbound import defaults
+
     settings = spectrum_command_settings(top_k=3)
     assert (settings.probes, settings.steps, settings.dtype, settings.trace, settings.ends, settings.top_k) == (
-        4, 40, "float32", "deflated", False, 3)
+        defaults.SPECTRUM_PROBES, 40, "float32", "deflated", False, 3)
+    assert settings.single_pass and settings.density_tol == defaults.SPECTRUM_DENSITY_TOL > 0
+    assert SpectrumSettings().probes == defaults.PROBES and not SpectrumSettings().single_pass  # err's own
     matrix = _matrix(seed=2)
     exact = torch.linalg.eigvalsh(matrix).numpy()
     operator = DenseOperator(matrix)
