@@ -354,7 +354,7 @@ class Opt:
     tf32 = typer.Option(False, "--tf32", help="Allow TF32 matmuls / convolutions on CUDA for float32 HVPs (faster, 10-bit mantissa). Off by default.")
     params = typer.Option([], "--params", help="Restrict the Hessian to parameters whose name matches this glob (e.g. 'layer4.*'), repeatable; the others are held fixed.")
     tau = typer.Option(defaults.TAU, help="Confidence: the bound holds with probability 1 - tau.")
-    trace = typer.Option(defaults.SPECTRUM_TRACE, help="Trace estimator: deflated (tr over the top-k run's Krylov space, at least 40 steps, exact + Hutchinson on its complement; Chen & Hallman 2023) or hutchinson (the SLQ probes' z^T H z, no extra HVP).")
+    trace = typer.Option(defaults.SPECTRUM_TRACE, help="Trace estimator: deflated (tr over the Krylov space of the run, exact: the single pass's union or a top-k run of at least 40 steps; + Hutchinson on its complement; Chen & Hallman 2023) or hutchinson (the SLQ probes' z^T H z, no extra HVP).")
     trace_probes = typer.Option(defaults.TRACE_PROBES, help="Deflated trace: Hutchinson probes per block.")
     trace_rtol = typer.Option(defaults.TRACE_RTOL, help="Accuracy target of the deflated trace: blocks of --trace-probes are added (at most 8) until its standard error is <= trace-rtol x |trace| (0: one block).")
     workers = typer.Option(0, help="DataLoader worker processes for imagefolder / cifar10 data (results do not depend on it).")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -163,10 +163,14 @@ class MemoryPlan:
     single_pass: int = 0  # bytes of the single pass at that cap: the probes' bases, residuals, trace and top-k
 
     @property
+    def fixed(self) -> int:
+        """What the whole analysis holds: the process, model, data, one HVP pass and a kept graph."""
+        return self.baseline + self.model + self.data + self.activations + self.graph
+
+    @property
     def peak(self) -> int:
-        """Planned peak: the fixed parts plus the larger of the SLQ phase and the top-eigenvalue phase."""
-        return (self.baseline + self.model + self.data + self.activations + self.graph
-                + max(self.lanczos + self.diagonal, self.top, self.single_pass))
+        """Planned peak: the fixed parts plus the largest phase (SLQ, top-eigenvalue run, single pass)."""
+        return self.fixed + max(self.lanczos + self.diagonal, self.top, self.single_pass)
 
     @property
     def keep_graph(self) -> bool:
@@ -218,13 +222,10 @@ def with_single_pass(plan: MemoryPlan, *, dim: int, probes: int, steps: int, tra
     whose memory fits the budget beside the fixed parts and the kept graph: every probe's basis and last
     residual (float64), the deflated trace's probe block and, should the union not certify top-k, the top-k
     run. No single pass (``single_pass_steps`` None) when fewer than SINGLE_PASS_MIN_STEPS steps fit."""
-    from dataclasses import replace
-
     vec = VECTOR_DTYPE.itemsize
     steps = min(steps, dim)
     beside = trace_vectors * min(probes, plan.probe_block) * dim * vec + plan.diagonal + plan.top
-    room = plan.budget - (plan.peak - max(plan.lanczos + plan.diagonal, plan.top, plan.single_pass))
-    fit = int((room - beside) // (probes * dim * vec)) - 1
+    fit = int((plan.budget - plan.fixed - beside) // (probes * dim * vec)) - 1
     cap = min(steps, fit)
     if cap < min(SINGLE_PASS_MIN_STEPS, steps):
         return replace(plan, single_pass_steps=None, single_pass=0)
@@ -233,8 +234,6 @@ def with_single_pass(plan: MemoryPlan, *, dim: int, probes: int, steps: int, tra
 
 def with_kept_graph(plan: MemoryPlan, graph: int) -> MemoryPlan:
     """``plan`` holding a kept gradient graph of ``graph`` bytes when it still fits the budget, else ``plan``."""
-    from dataclasses import replace
-
     kept = replace(plan, graph=graph)
     return kept if graph > 0 and kept.peak <= plan.budget else plan
 

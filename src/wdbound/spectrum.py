@@ -197,8 +197,14 @@ class Spectrum:
         below 0 ranges 0.11-0.50 over seeds against the exact 0.31, the mass below -1e-3 lambda_max
         0.09-0.11 against the exact 0.11)."""
         nodes, weights = self.slq.measure()
-        scale = float(np.max(np.abs(self.top.values))) if len(self.top.values) else float(np.abs(nodes).max())
-        return float(weights[nodes < -NEGATIVE_MASS_RESOLUTION * scale].sum())
+        return float(weights[nodes < self.resolved_negative_threshold].sum())
+
+    @property
+    def resolved_negative_threshold(self) -> float:
+        """``-NEGATIVE_MASS_RESOLUTION x |lambda_max|`` (lambda_max: the top eigenvalue, else the widest node)."""
+        scale = (float(np.max(np.abs(self.top.values))) if len(self.top.values)
+                 else float(np.abs(self.slq.measure()[0]).max()))
+        return -NEGATIVE_MASS_RESOLUTION * scale
 
     def to_json(self, diagonal_path: str | None = None) -> dict:
         """Every figure with its provenance (``wdbound spectrum --json``); ``diagonal_path`` names the .npy of the diagonal."""
@@ -210,7 +216,7 @@ class Spectrum:
             "trace": self.trace.to_json(),
             "negative_mass": self.negative_mass,
             "resolved_negative_mass": {"mass": self.resolved_negative_mass,
-                                       "below": -NEGATIVE_MASS_RESOLUTION * float(np.max(np.abs(self.top.values))),
+                                       "below": self.resolved_negative_threshold,
                                        "note": "mass below -1e-3 x |lambda_max|: the part of the negative mass the "
                                                "quadrature resolves (nodes in the cluster around 0 fall on either "
                                                "side by chance)"},
@@ -401,15 +407,16 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     else:
         budget, source = parse_memory(settings.memory), "--memory"
     example = next(operator.chunks())[0][:1]
+    activation = activation_floats(operator.model, example)
     exact_chunk = 256 if settings.exact else (64 if settings.exact_diagonal_for(operator.dim) else 0)
     plan = plan_memory(dim=operator.dim, probes=settings.probes, steps=settings.steps, top_k=settings.top_k,
                        hvp_bytes=torch.finfo(operator.dtype).bits // 8, example_floats=example.numel(),
-                       activation_per_example=activation_floats(operator.model, example), n_eval=operator.n_eval,
+                       activation_per_example=activation, n_eval=operator.n_eval,
                        data_resident=operator.resident, hvp_chunk=operator.batch_size,
                        probe_chunk=operator.probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
                        exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline,
                        trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0,
-                       graph=kept_graph_size(operator))
+                       graph=kept_graph_size(operator, activation))
     if settings.single_pass and settings.lanczos != "low-memory":  # an explicit low-memory run keeps no basis
         # The single pass saves more HVPs than a kept graph saves per HVP: it gets the room first.
         single = dict(dim=operator.dim, probes=settings.probes, steps=settings.steps,
@@ -437,14 +444,16 @@ def auto_kept_graph(operator: HessianOperator, share: float = 0.25) -> bool:
     return 0 < size <= share * available_bytes(operator.device)[0]
 
 
-def kept_graph_size(operator: HessianOperator) -> int:
+def kept_graph_size(operator: HessianOperator, activation_per_example: int | None = None) -> int:
     """Bytes of the operator's gradient graph if it may be kept (resident data, double backward or
-    ``--hvp auto``), else 0."""
+    ``--hvp auto``), else 0. ``activation_per_example``: :func:`wdbound.memory.activation_floats` of the
+    operator's model when the caller has it (else one forward pass of one example measures it)."""
     if not (operator.resident and (operator.auto_mode or operator.mode == "double-backward")):
         return 0
-    example = next(operator.chunks())[0][:1]
+    if activation_per_example is None:
+        activation_per_example = activation_floats(operator.model, next(operator.chunks())[0][:1])
     local = operator.n_eval if operator.local is None else len(operator.local)
-    return kept_graph_bytes(activation_floats(operator.model, example), local, torch.finfo(operator.dtype).bits // 8)
+    return kept_graph_bytes(activation_per_example, local, torch.finfo(operator.dtype).bits // 8)
 
 
 def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:

@@ -139,7 +139,7 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
             break
         if stop is not None and (j + 1) % check_every == 0:
             partial = _partial_run(alphas, betas, torch.where(active, j + 1, lengths), norms, first_products,
-                                   starts, basis, residuals, j + 1)
+                                   starts, basis, residuals, j + 1)  # lengths: j + 1, or where a probe broke
             if stop(partial):
                 return partial
         betas[idx, j] = beta.double().cpu()
@@ -160,7 +160,7 @@ def _partial_run(alphas, betas, lengths, norms, first_products, starts, basis, r
     """The run after its first ``steps`` steps (views of the running arrays; the basis and residuals kept).
     Residuals of probes still running are their current ``β q_{next}``: the Lanczos relation holds at ``steps``."""
     return LanczosRun(alphas[:, :steps].numpy().copy(), betas[:, :max(steps - 1, 0)].numpy().copy(),
-                      torch.minimum(lengths, torch.tensor(steps)).numpy().copy(), norms.double().cpu().numpy(),
+                      lengths.numpy().copy(), norms.double().cpu().numpy(),
                       first_products, starts, basis[:, :steps], residuals=residuals.clone())
 
 
