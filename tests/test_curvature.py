@@ -258,3 +258,50 @@ def test_kept_graph_with_auto_mode_switches_to_double_backward(digits_test):
     v = torch.randn(1, pinned.dim, dtype=torch.float64)
     pinned.matmat(v)
     assert pinned.mode == "forward-over-reverse" and pinned._graphs is None
+
+
+def test_affine_batch_norm_is_the_same_function_and_hessian():
+    """Eval-mode BatchNorm written as x*s + t (the operator's copy): same outputs, state dict and Hessian as the
+    stock layer, for 1d (N, C) and (N, C, L), 2d and 3d inputs, with and without affine parameters."""
+    from torch import nn
+
+    from wdbound.curvature import _AffineEvalBatchNorm, _use_affine_batch_norm
+
+    torch.manual_seed(0)
+    cases = [(nn.BatchNorm1d(4), (6, 4)), (nn.BatchNorm1d(4), (6, 4, 5)), (nn.BatchNorm2d(4), (6, 4, 3, 3)),
+             (nn.BatchNorm3d(4), (6, 4, 2, 2, 2)), (nn.BatchNorm2d(4, affine=False), (6, 4, 3, 3))]
+    for norm, shape in cases:
+        norm = norm.double().eval()
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.3, 2.0)
+        if norm.affine:
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.3, 0.3)
+        x = torch.randn(*shape, dtype=torch.float64)
+        model = nn.Sequential(norm)
+        reference, keys, stock = model(x), list(model.state_dict()), type(norm)
+        _use_affine_batch_norm(model)
+        assert isinstance(model[0], _AffineEvalBatchNorm) and isinstance(model[0], stock)
+        assert torch.allclose(model(x), reference, rtol=1e-13, atol=1e-13) and list(model.state_dict()) == keys
+        model.train()  # training mode keeps the stock forward (batch statistics)
+        assert torch.allclose(model(x), nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, True),
+                              atol=1e-12)
+    # The Hessian of a small CNN's loss with the swapped layers equals plain autograd on the stock module.
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(3 * 8 * 8, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 10)).double()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    inputs = torch.randn(12, 1, 8, 8, dtype=torch.float64)
+    labels = torch.randint(0, 10, (12,))
+    reference = _autograd_hessian(model, inputs, labels)
+    from wdbound.data import ArrayDataset
+
+    op = HessianOperator(model, ArrayDataset(inputs, labels), dtype=torch.float64, mode="double-backward")
+    assert sum(isinstance(m, _AffineEvalBatchNorm) for m in op.model.modules()) == 2
+    assert not any(isinstance(m, _AffineEvalBatchNorm) for m in model.modules())  # the caller's model is untouched
+    assert torch.allclose(dense_matrix(op), reference, rtol=0, atol=1e-11 * reference.abs().max())

@@ -44,7 +44,7 @@ def test_two_processes_equal_one_for_spectrum(tmp_path):
     assert close(one["top_eigenvalues"], two["top_eigenvalues"])
     assert close(one["trace"]["estimate"], two["trace"]["estimate"])
     # The single pass's union quadrature: nodes from nearly dependent directions of the probes' union amplify
-    # the last-bit differences of the all-reduced sums (by up to 1 / QUADRATURE_RANK_TOL): 1e-6 x lambda_max.
+    # the last-bit differences of the all-reduced sums (by up to 1 / RANK_TOL): 1e-6 x lambda_max.
     scale = abs(one["top_eigenvalues"][0])
     for a, b in zip(one["slq"]["nodes"], two["slq"]["nodes"]):
         assert len(a) == len(b) and np.max(np.abs(np.subtract(a, b))) <= 1e-6 * scale

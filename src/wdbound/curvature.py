@@ -437,7 +437,56 @@ def _eval_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn
     clone = copy.deepcopy(model).to(device=device, dtype=dtype)
     if device.type == "cpu" and dtype == torch.float64:
         _use_unfold_convolutions(clone)
+    _use_affine_batch_norm(clone)
     return clone.eval()
+
+
+class _AffineEvalBatchNorm:
+    """A BatchNorm whose eval-mode forward is written as the affine map it is, ``x * s + t`` with
+    ``s = weight / sqrt(running_var + eps)`` and ``t = bias - running_mean * s``: the same function of the
+    input and of ``weight`` and ``bias`` (so the same gradient and Hessian), the same parameters, buffers and
+    state-dict keys. ``F.batch_norm`` differentiates twice through ``native_batch_norm_backward``, a formula
+    written for training mode (batch statistics); on the digits CNN (float32, 2 CPU cores) that double
+    backward was a quarter of an HVP (docs/decisions.md, "Speed (issue 16)"). Training mode (never used by
+    the operator) keeps the original forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode: the affine map; training mode or no running statistics: ``nn.BatchNorm``'s forward."""
+        if self.training or self.running_mean is None or self.running_var is None:
+            return super().forward(x)
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.reshape(shape) + shift.reshape(shape)
+
+
+class AffineBatchNorm1d(_AffineEvalBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` with the eval-mode forward of :class:`_AffineEvalBatchNorm`."""
+
+
+class AffineBatchNorm2d(_AffineEvalBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with the eval-mode forward of :class:`_AffineEvalBatchNorm`."""
+
+
+class AffineBatchNorm3d(_AffineEvalBatchNorm, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` with the eval-mode forward of :class:`_AffineEvalBatchNorm`."""
+
+
+_AFFINE_BATCH_NORMS = {nn.BatchNorm1d: AffineBatchNorm1d, nn.BatchNorm2d: AffineBatchNorm2d,
+                       nn.BatchNorm3d: AffineBatchNorm3d}
+
+
+def _use_affine_batch_norm(model: nn.Module) -> None:
+    """Swap plain BatchNorm layers (exactly nn.BatchNorm1d/2d/3d, not subclasses) for their affine eval form
+    in place (:class:`_AffineEvalBatchNorm`)."""
+    for module in model.modules():
+        swapped = _AFFINE_BATCH_NORMS.get(type(module))
+        if swapped is not None:
+            module.__class__ = swapped
 
 
 class UnfoldConv2d(nn.Conv2d):

@@ -38,7 +38,7 @@ from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
 from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, run_lanczos, slq_from_run,
                                  spectral_support)
-from .estimators.union_ritz import UnionRitz, union_ritz
+from .estimators.union_ritz import ATOM_RTOL, UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats,
                      available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
@@ -310,15 +310,25 @@ class SinglePass:
     """The SLQ run of the single pass and what its union gives (:func:`single_pass`)."""
 
     run: LanczosRun
-    slq: SLQ  # with the union quadrature
+    slq: SLQ  # with the union quadrature, converged Ritz pairs as exact atoms
     union: UnionRitz
     deflation: Deflation
     checks: list[dict]  # each check: steps, top-k certified, how far the density moved (W1 / lambda_max)
+    atoms: int = 0  # converged Ritz pairs given their exact mass 1/d in the density
 
     def to_json(self) -> dict:
         """Steps taken and the checks that decided them (the provenance's ``single_pass``)."""
         return {"steps": int(self.run.alphas.shape[1]), "checks": self.checks, "span": self.union.span.rank,
-                "top_certified": self.union.top.converged}
+                "top_certified": self.union.top.converged, "exact_atoms": self.atoms,
+                "atom_rtol": ATOM_RTOL}
+
+
+def union_slq(run: LanczosRun, union: UnionRitz, dim: int, null_weight: float) -> tuple[SLQ, int]:
+    """The SLQ of a single pass's run on the union quadrature, its converged Ritz pairs as exact atoms
+    (:meth:`~wdbound.estimators.union_ritz.UnionRitz.deflated_weights`), and how many atoms."""
+    slq = slq_from_run(run, dim, null_weight)
+    weights, atoms = union.deflated_weights(slq.norms_sq)
+    return slq.with_union_rule(union.nodes, weights), atoms
 
 
 class _Targets:
@@ -340,7 +350,7 @@ class _Targets:
 
     def __call__(self, run: LanczosRun) -> bool:
         union = self.union(run)
-        measure = slq_from_run(run, self.dim, self.null_weight).with_union_rule(union.nodes, union.weights).measure()
+        measure = union_slq(run, union, self.dim, self.null_weight)[0].measure()
         scale = float(np.abs(measure[0]).max()) or 1.0
         moved = wasserstein1(*self.measure, *measure) / scale if self.measure is not None else math.inf
         self.measure = measure
@@ -363,9 +373,8 @@ def single_pass(operator, settings: SpectrumSettings, generator: torch.Generator
     run = lanczos(operator, starts, settings.steps, keep_basis=True,
                   stop=targets if settings.density_tol > 0 else None, check_every=defaults.SPECTRUM_CHECK_EVERY)
     union = targets.union(run)
-    slq = slq_from_run(run, operator.dim, null_weight=deflation.null_count).with_union_rule(union.nodes,
-                                                                                           union.weights)
-    return SinglePass(run, slq, union, deflation, targets.checks)
+    slq, atoms = union_slq(run, union, operator.dim, deflation.null_count)
+    return SinglePass(run, slq, union, deflation, targets.checks, atoms)
 
 
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:

@@ -15,8 +15,10 @@ HVP; each probe costs one. This is the Krylov-aware trace estimation of Chen & H
 Anal. Appl. 44, 2023) with the Krylov space of the top-eigenvalue run as the deflation space, a
 relative of Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021), whose sketch is a random block instead.
 
-Probes are added (in blocks of the first count) until the standard error is at most ``rtol`` times the
-estimate, or ``max_probes`` are spent: the accuracy target decides the cost.
+After a first block, probes are added until the standard error is at most ``rtol`` times the estimate, or
+``max_probes`` are spent: the accuracy target decides the cost. Each further block is the count the
+standard error so far says is missing (a two-stage sequential design, Stein 1945: n' = n (s/target)^2,
+10 % more, at least 2), so the cost is not rounded up to a whole block.
 
 >>> import torch
 >>> from wdbound.curvature import DenseOperator
@@ -29,6 +31,7 @@ estimate, or ``max_probes`` are spent: the accuracy target decides the cost.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,8 +79,8 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     probes:
         Rademacher probes of the first block (at least 2: the standard error needs two).
     rtol:
-        Accuracy target: add blocks of ``probes`` until the standard error is at most ``rtol`` × |estimate|
-        (0: one block).
+        Accuracy target: add probes until the standard error is at most ``rtol`` × |estimate|, each block
+        sized by the standard error so far (0: one block).
     max_probes:
         Cap on the probes (default: 8 × ``probes``).
     project:
@@ -98,8 +101,8 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     samples: list[np.ndarray] = []
     drawn = 0
     step = max(1, chunk or probes)
+    block = min(probes, cap)
     while True:
-        block = min(probes, cap - drawn)
         for start in range(0, block, step):
             count = min(step, block - start)
             g = rademacher(count, operator.dim, generator, operator.dtype, operator.device).to(span.basis.dtype)
@@ -111,5 +114,21 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
             del g, hg
         drawn += block
         estimate = TraceEstimate.from_samples(span.trace + np.concatenate(samples), "krylov-deflated hutchinson")
-        if drawn >= cap or rtol <= 0 or estimate.stderr <= rtol * abs(estimate.estimate):
+        target = rtol * abs(estimate.estimate)
+        if drawn >= cap or rtol <= 0 or estimate.stderr <= target:
             return estimate
+        block = min(cap - drawn, missing_probes(drawn, estimate.stderr, target))
+
+
+def missing_probes(drawn: int, stderr: float, target: float) -> int:
+    """How many more probes bring a standard error ``stderr`` of ``drawn`` samples down to ``target``
+    (stderr shrinks as 1/sqrt(n)): ``n (stderr/target)^2 - n``, 10 % more for the noise of the estimated
+    stderr, at least 2.
+
+    >>> missing_probes(8, 2.0, 1.0)  # four times the samples (24 more) and a 10 % margin
+    28
+    >>> missing_probes(8, 1.01, 1.0)
+    2
+    """
+    ratio = (stderr / target) ** 2 if target > 0 else math.inf
+    return max(2, math.ceil(1.1 * drawn * ratio) - drawn) if math.isfinite(ratio) else 2 ** 31

@@ -49,26 +49,66 @@ import torch
 from .krylov_trace import KrylovSpan
 from .lanczos import LanczosRun, TopEigen, tridiagonal
 
-RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped from the Ritz pairs and the span
-QUADRATURE_RANK_TOL = 1e-8  # ... from the quadrature (no residual is computed there; W1 unchanged from 1e-10 to 1e-6)
+RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped (Ritz pairs, span and quadrature)
+ATOM_RTOL = 1e-3  # a Ritz pair whose residual bound is <= this x max|theta| is an exact atom of the density
+ATOM_REST_FLOOR = 0.5  # ... unless a probe's start has less than this share of its expected mass off the atoms
 
 
 @dataclass(frozen=True)
 class UnionRitz:
     """What the union of the probes' Krylov spaces gives: the top Ritz pairs' values with residual bounds,
-    the orthonormal span (deflation space of the trace) and the union quadrature rule (shared nodes, one
-    row of weights per probe)."""
+    the orthonormal span (deflation space of the trace), and the union quadrature: every Ritz value (shared
+    nodes) with its residual bound and one row of Gauss-type weights per probe."""
 
     top: TopEigen
     span: KrylovSpan
     nodes: np.ndarray  # [n] Ritz values of H on the union, ascending
     weights: np.ndarray  # [k, n] probe p's Gauss-type weights (each row sums to 1)
+    residuals: np.ndarray | None = None  # [n] the residual bound of each node's Ritz pair
+
+    def atoms(self, rtol: float = ATOM_RTOL) -> np.ndarray:
+        """[n] bool: the nodes whose Ritz pair is converged, residual bound <= ``rtol`` × max|node|. Each is
+        within that bound of an eigenvalue of H, and c such orthonormal pairs certify c eigenvalues (counted
+        with multiplicity) near them."""
+        if self.residuals is None or not len(self.nodes):
+            return np.zeros(len(self.nodes), dtype=bool)
+        return self.residuals <= rtol * float(np.abs(self.nodes).max())
+
+    def deflated_weights(self, norms_sq: np.ndarray, rtol: float = ATOM_RTOL) -> tuple[np.ndarray, int]:
+        r"""The quadrature weights with the converged Ritz pairs as exact atoms, and how many atoms.
+
+        Probe p's estimate of :math:`\mathrm{tr} f(H)` becomes :math:`\sum_{j\in A} f(\theta_j) + (\|z_p\|^2 -
+        |A|) \sum_{j\notin A} \tilde w_{pj} f(\theta_j)`, with :math:`\tilde w_{pj}` its weights off the atoms
+        renormalised: each converged eigenvalue gets exactly its mass 1/d instead of a random weight
+        :math:`(z_p^\top y_j)^2/d` (relative spread :math:`\sqrt{2/k}`), and only the unresolved rest is
+        estimated by the probes. The outlying eigenvalues are the ones that converge first, and a random
+        weight on an eigenvalue far from the bulk is what moves the density most (in W1), so this removes the
+        largest part of SLQ's error at no HVP (a deflated SLQ; Lin, Saad & Yang, SIAM Rev. 58, 2016, sec. 5).
+        ``norms_sq`` [k]: the probes' :math:`\|z_p\|^2`; each row of the result sums to 1.
+
+        Left undeflated (the Gauss-type weights, 0 atoms) when a probe's start has less than
+        ATOM_REST_FLOOR of its expected share :math:`1 - |A|/\|z_p\|^2` off the atoms: its start then lies
+        mostly in the converged space, which happens when H has few distinct eigenvalues of a multiplicity
+        the union has not found in full (the atoms would undercount them).
+        """
+        atoms = self.atoms(rtol)
+        count = int(atoms.sum())
+        norms_sq = np.asarray(norms_sq, dtype=np.float64)[:, None]
+        rest = self.weights[:, ~atoms]
+        rest_mass = rest.sum(1, keepdims=True)
+        share = np.clip(1.0 - count / norms_sq, 0.0, 1.0)
+        if count == 0 or np.any(rest_mass < ATOM_REST_FLOOR * share):
+            return self.weights, 0
+        out = np.empty_like(self.weights)
+        out[:, atoms] = 1.0 / norms_sq
+        out[:, ~atoms] = rest / rest_mass * share
+        return out / out.sum(1, keepdims=True), count
 
 
-def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float = RANK_TOL,
-               quadrature_rank_tol: float = QUADRATURE_RANK_TOL) -> UnionRitz:
+def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float = RANK_TOL) -> UnionRitz:
     r"""The ``top`` largest Ritz values of ``H`` on the union of ``run``'s Krylov spaces, each with its residual
-    bound, the union's orthonormal span with ``tr(UHUᵀ)``, and the union quadrature (see the module docstring).
+    bound, the union's orthonormal span with ``tr(UHUᵀ)``, and the union quadrature with every Ritz pair's
+    residual bound (see the module docstring).
 
     ``run`` must keep its basis and last residuals (``lanczos(..., keep_basis=True)``). ``top.converged`` says
     whether every residual is at most ``tol`` × |value|.
@@ -76,7 +116,8 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     The quadrature: probe p's start vector :math:`z_p` lies in the union, so
     :math:`z_p^\top f(H) z_p \approx \|z_p\|^2 \sum_j (s_j^\top U z_p/\|z_p\|)^2 f(\theta_j)` over the union's Ritz
     pairs; exact for polynomials of degree < 2m like the probe's own Gauss rule (the union contains its
-    Krylov space), with k·m nodes instead of m.
+    Krylov space), with k·m nodes instead of m. :meth:`UnionRitz.deflated_weights` turns the converged
+    pairs into exact atoms.
     """
     if run.basis is None or run.residuals is None:
         raise ValueError("union_ritz needs a Lanczos run that kept its basis and last residuals")
@@ -100,26 +141,20 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     projected = gram @ blocks + cross @ last.T
     projected = (projected + projected.T) / 2
     g, vectors = np.linalg.eigh(gram)
-
-    def rayleigh_ritz(threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keep = g > threshold * g.max()
-        mix = vectors[:, keep] / np.sqrt(g[keep])  # C [N, r]: U = Cᵀ V is orthonormal
-        theta, s = np.linalg.eigh(mix.T @ projected @ mix)
-        return mix, theta, s
-
-    mix, theta, s = rayleigh_ritz(rank_tol)
-    order = np.argsort(theta)[::-1][:min(top, len(theta))]
-    a = mix @ s[:, order]  # coefficients of the Ritz vectors in V [N, t]
-    b = blocks @ a - a * theta[order]
+    keep = g > rank_tol * g.max()
+    mix = vectors[:, keep] / np.sqrt(g[keep])  # C [N, r]: U = Cᵀ V is orthonormal
+    theta, s = np.linalg.eigh(mix.T @ projected @ mix)  # ascending
+    a = mix @ s  # coefficients of the Ritz vectors in V [N, r]
+    b = blocks @ a - a * theta
     c = last.T @ a
     squared = (np.einsum("nt,nm,mt->t", b, gram, b) + 2 * np.einsum("nt,nk,kt->t", b, cross, c)
                + np.einsum("kt,kl,lt->t", c, outer, c))
-    values = theta[order]
     residual_norms = np.sqrt(np.maximum(squared, 0.0))
-    converged = bool(np.all(residual_norms <= tol * np.maximum(np.abs(values), 1e-300)))
+    order = np.argsort(theta)[::-1][:min(top, len(theta))]
+    values = theta[order]
+    converged = bool(np.all(residual_norms[order] <= tol * np.maximum(np.abs(values), 1e-300)))
     span = KrylovSpan(rows, float(theta.sum()), torch.from_numpy(mix).to(rows.device, rows.dtype))
-    fine_mix, nodes, fine_s = rayleigh_ritz(quadrature_rank_tol)
-    weights = ((fine_s.T @ fine_mix.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)²
+    weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
-    return UnionRitz(TopEigen(values, residual_norms, int(max(lengths)), converged, tol, span), span, nodes,
-                     weights)
+    return UnionRitz(TopEigen(values, residual_norms[order], int(max(lengths)), converged, tol, span), span, theta,
+                     weights, residual_norms)
