@@ -24,7 +24,7 @@ from .bounds import (FORMS, BoundInputs, ExactTheoremParts, corollary3_exact, co
 from .estimators.quadrature_interval import Interval, quadrature_half_width
 from .cache import Cache, cache_key
 from .checkpoints import Checkpoint
-from .curvature import Deflation, ScaledOperator, dense_matrix
+from .curvature import Deflation, ScaledOperator, dense_matrix, sequential_numpy_blas
 from .errors import WdboundError
 from .estimators.hutchinson import rademacher
 from .estimators.lanczos import SLQ, run_lanczos, slq_from_run, spectral_support
@@ -58,6 +58,15 @@ def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, pro
     run of H, is reused as l2-Adam's ln det run, and ``support``, the ends of H's spectrum, as l2-Adam's
     support (A's are found by Lanczos). The two runs use independent probes. ``memory`` (a
     ``LanczosMemory`` of the memory plan) chooses the whole basis or the low-memory recurrence."""
+    with sequential_numpy_blas():
+        return _theorem_runs(operator, diagonal, form, floor, probes=probes, steps=steps, generator=generator,
+                             zero_mask=zero_mask, density=density, support=support, memory=memory)
+
+
+def _theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
+                  zero_mask=None, density=None, support: tuple[float, float] | None = None,
+                  memory=None) -> TheoremRuns:
+    """The body of :func:`theorem_runs` (NumPy's BLAS already sequential)."""
     lq, diag_floored = log_q(np.asarray(diagonal, dtype=np.float64), floor)
     q_half = torch.from_numpy(np.exp(0.5 * lq)).to(operator.device, operator.dtype)
     keep = torch.ones(operator.dim, dtype=torch.bool, device=operator.device) if zero_mask is None else ~zero_mask
@@ -255,6 +264,13 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
     the Lanczos steps when the quadrature bracket dominates the width, else double the probes; stop at
     ``settings.refine_cap()`` HVPs for the refinement and say so. Fresh probes each round (seeded); the result is cached
     under the targets' inputs."""
+    with sequential_numpy_blas():
+        return _refine(spectrum, live, settings, targets, cache, base)
+
+
+def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets, cache: Cache | None,
+            base: str) -> tuple[Spectrum, Refinement]:
+    """The body of :func:`refine` (NumPy's BLAS already sequential)."""
     if settings.exact or not targets or spectrum.support is None:
         return spectrum, Refinement("exact" if settings.exact else "off", settings.probes, settings.steps, 0,
                                     settings.rtol, 0.0)

@@ -355,8 +355,8 @@ class Opt:
     params = typer.Option([], "--params", help="Restrict the Hessian to parameters whose name matches this glob (e.g. 'layer4.*'), repeatable; the others are held fixed.")
     tau = typer.Option(defaults.TAU, help="Confidence: the bound holds with probability 1 - tau.")
     trace = typer.Option(defaults.SPECTRUM_TRACE, help="Trace estimator: deflated (tr over the Krylov space of the run, exact: the single pass's union or a top-k run of at least 40 steps; + Hutchinson on its complement; Chen & Hallman 2023) or hutchinson (the SLQ probes' z^T H z, no extra HVP).")
-    trace_probes = typer.Option(defaults.TRACE_PROBES, help="Deflated trace: Hutchinson probes per block.")
-    trace_rtol = typer.Option(defaults.TRACE_RTOL, help="Accuracy target of the deflated trace: blocks of --trace-probes are added (at most 8) until its standard error is <= trace-rtol x |trace| (0: one block).")
+    trace_probes = typer.Option(defaults.TRACE_PROBES, help="Deflated trace: Hutchinson probes of the first block.")
+    trace_rtol = typer.Option(defaults.TRACE_RTOL, help=f"Accuracy target of the deflated trace: after the first --trace-probes, the probes its standard error says are missing are added (at most {defaults.TRACE_MAX_PROBES} in all) until it is <= trace-rtol x |trace| (0: one block).")
     workers = typer.Option(0, help="DataLoader worker processes for imagefolder / cifar10 data (results do not depend on it).")
 
 
@@ -408,7 +408,7 @@ def spectrum(
     steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe (at most, with --single-pass: the run stops when the targets below are met)."),
     single_pass: bool = typer.Option(defaults.SINGLE_PASS, "--single-pass/--separate-top", help="Single pass (default): top-k, the trace's deflation space and the density all from the SLQ probes' Krylov spaces (Rayleigh-Ritz on their union, residual-certified; a separate top-k Lanczos run only if the union cannot certify top-k). It keeps the probes' bases: the memory plan caps its steps to what fits, and it is off with --lanczos low-memory. --separate-top: a top-k Lanczos run of its own first."),
     top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k residual bounds, |theta - lambda| <= top-rtol x |theta|."),
-    density_tol: float = typer.Option(defaults.SPECTRUM_DENSITY_TOL, help="Single pass: every 5 steps, stop once top-k is certified and the density moved by W1 <= density-tol x lambda_max since the last check (0: all --steps)."),
+    density_tol: float = typer.Option(defaults.SPECTRUM_DENSITY_TOL, help=f"Single pass: every {defaults.SPECTRUM_CHECK_EVERY} steps, stop once top-k is certified and the density (converged Ritz pairs as exact atoms) moved by W1 <= density-tol x lambda_max since the last check (0: all --steps)."),
     top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
     dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to 1e-4) or float64 (small eigenvalues to full precision; what err uses)."),
     hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,

@@ -431,6 +431,21 @@ def _parameter_filter(params) -> Callable[[str, torch.Tensor], bool]:
     return lambda name, _param: name in names
 
 
+def sequential_numpy_blas():
+    """A context (and decorator) in which NumPy's own OpenBLAS / BLIS runs on one thread, for code that
+    interleaves HVPs with small NumPy linear algebra (the Lanczos loops).
+
+    After each call OpenBLAS keeps its threads spinning for a while; torch's OpenMP threads, which compute
+    the next HVP, then share the cores with them. On 2 CPU cores this made each digits-cnn HVP inside
+    ``wdbound spectrum`` cost 10 ms against 6.4 ms alone (docs/decisions.md, "Speed (issue 16)"). The NumPy
+    work there is eigendecompositions of matrices of at most a few hundred rows, which one thread does as
+    fast. An MKL or OpenMP shared with torch is left alone (no spinning pool of its own).
+    """
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(internal_api=["openblas", "blis"]).limit(limits=1)
+
+
 def _eval_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     import copy
 

@@ -30,7 +30,7 @@ from .checkpoints import Checkpoint
 from .defaults import DIAGONAL_EXACT_MAX_DIM, EXACT_AUTO_MAX_DIM, EXACT_MAX_DIM, REFINE_BUDGET
 from .cache import Cache, cache_key
 from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
-                        set_tf32, zero_rows)
+                        sequential_numpy_blas, set_tf32, zero_rows)
 from .data import load_dataset
 from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
@@ -38,7 +38,7 @@ from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
 from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, run_lanczos, slq_from_run,
                                  spectral_support)
-from .estimators.union_ritz import ATOM_RTOL, UnionRitz, union_ritz
+from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats,
                      available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
@@ -93,7 +93,7 @@ class SpectrumSettings:
     workers: int = 0  # DataLoader workers for file-backed data (results do not depend on it)
     ends: bool = True  # find the ends of the spectrum (the quadrature intervals of `err` need them)
     trace: str = "hutchinson"  # hutchinson (the SLQ probes, no HVP) or deflated (top-k Krylov space + Hutchinson)
-    trace_probes: int = defaults.TRACE_PROBES  # deflated trace: probes per block
+    trace_probes: int = defaults.TRACE_PROBES  # deflated trace: probes of the first block
     trace_rtol: float = defaults.TRACE_RTOL  # deflated trace: add blocks until stderr <= trace_rtol * |trace|
     single_pass: bool = False  # top-k and the trace's deflation space from the SLQ probes' union (no top-k run)
     top_rtol: float = defaults.SPECTRUM_TOP_RTOL  # single pass: top-k residual bound target (relative)
@@ -339,13 +339,14 @@ class _Targets:
         self.dim, self.null_weight = dim, null_weight
         self.checks: list[dict] = []
         self.last: tuple[int, UnionRitz] | None = None
+        self.gram = GramCache()  # one run's Gram matrix, grown check by check
         self.measure: tuple[np.ndarray, np.ndarray] | None = None
 
     def union(self, run: LanczosRun) -> UnionRitz:
         """The union of ``run`` (reused when the last check saw the same steps)."""
         steps = int(run.alphas.shape[1])
         if self.last is None or self.last[0] != steps:
-            self.last = (steps, union_ritz(run, self.top_k, tol=self.top_rtol))
+            self.last = (steps, union_ritz(run, self.top_k, tol=self.top_rtol, cache=self.gram))
         return self.last[1]
 
     def __call__(self, run: LanczosRun) -> bool:
@@ -611,6 +612,12 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     dense spectrum or the exact diagonal. Pure: no file, no cache; the probes come from ``settings.seed``.
     ``plan`` (default: full re-orthogonalisation, unrestarted top-k) is how the Lanczos runs use memory.
     The one owner of how a spectrum spends its HVPs (:func:`expected_hvps` counts them beside it)."""
+    with sequential_numpy_blas():
+        return _estimate_spectrum(operator, settings, plan)
+
+
+def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | None = None) -> Spectrum:
+    """The body of :func:`estimate_spectrum` (NumPy's BLAS already sequential)."""
     memory = plan.memory if plan is not None else None
     generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
@@ -644,8 +651,9 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     if settings.trace == "deflated" and span is not None:
         # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
         # (the Krylov start vector is not orthogonal to them).
-        trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator,
-                                      rtol=settings.trace_rtol, chunk=memory.probe_block if memory else None)
+        trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator, rtol=settings.trace_rtol,
+                                      max_probes=max(settings.trace_probes, defaults.TRACE_MAX_PROBES),
+                                      chunk=memory.probe_block if memory else None)
     exact_ev = exact_diag = dense = None
     if settings.exact:
         matrix = dense_matrix(operator)
@@ -678,13 +686,13 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs :func:`estimate_spectrum` spends (for the progress bar): top-k (at most
     300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes, the extra
-    diagonal probes, the deflated trace's (at most 8 blocks of probes, and a top-k run of at least
+    diagonal probes, the deflated trace's (at most TRACE_MAX_PROBES probes, and a top-k run of at least
     TRACE_SPAN_STEPS), and d unit vectors for an exact
     diagonal or dense Hessian."""
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
     return ((0 if single else min(300, dim)) + (150 if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes
-            + (8 * settings.trace_probes + (0 if single else defaults.TRACE_SPAN_STEPS)
+            + (max(settings.trace_probes, defaults.TRACE_MAX_PROBES) + (0 if single else defaults.TRACE_SPAN_STEPS)
                if settings.trace == "deflated" else 0)
             + (dim if settings.exact_diagonal_for(dim) else 0))
 

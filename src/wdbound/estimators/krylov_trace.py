@@ -46,7 +46,9 @@ class KrylovSpan:
     """An orthonormal basis ``U`` [n, d] (rows; float64, on the operator's device) and ``tr(UHUᵀ)``.
 
     With ``mix`` [N, n] the rows of ``basis`` [N, d] need not be orthonormal: ``U = mixᵀ basis`` is (the
-    union of several Lanczos bases, :mod:`~wdbound.estimators.union_ritz`), and it is never formed.
+    union of several Lanczos bases, :mod:`~wdbound.estimators.union_ritz`), and it is never formed. Such a
+    ``basis`` may also be [k, m, d], k blocks of m rows read in place (the Lanczos run's own storage: no
+    copy of the k·m·d floats); its rows are then the blocks' rows in order.
     """
 
     basis: torch.Tensor
@@ -58,14 +60,28 @@ class KrylovSpan:
         """The span's dimension n."""
         return int(self.mix.shape[1] if self.mix is not None else self.basis.shape[0])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The basis's precision."""
+        return self.basis.dtype
+
+    def blocks(self) -> list[torch.Tensor]:
+        """The basis rows as 2-D blocks (views)."""
+        return list(self.basis) if self.basis.ndim == 3 else [self.basis]
+
     def project_out(self, vectors: torch.Tensor) -> torch.Tensor:
         """``P`` applied to rows ``vectors`` [k, d]: the components along the span removed."""
-        basis = self.basis.to(vectors.dtype)
-        coefficients = vectors @ basis.T
+        blocks = [block.to(vectors.dtype) for block in self.blocks()]
+        coefficients = torch.cat([vectors @ block.T for block in blocks], dim=1)
         if self.mix is not None:
             mix = self.mix.to(vectors.dtype)
             coefficients = (coefficients @ mix) @ mix.T
-        return vectors - coefficients @ basis
+        out = vectors.clone()
+        offset = 0
+        for block in blocks:
+            out -= coefficients[:, offset:offset + block.shape[0]] @ block
+            offset += block.shape[0]
+        return out
 
 
 def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: torch.Generator, *,
@@ -105,7 +121,7 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     while True:
         for start in range(0, block, step):
             count = min(step, block - start)
-            g = rademacher(count, operator.dim, generator, operator.dtype, operator.device).to(span.basis.dtype)
+            g = rademacher(count, operator.dim, generator, operator.dtype, operator.device).to(span.dtype)
             if project is not None:
                 g = project(g)
             g = span.project_out(g)

@@ -105,7 +105,8 @@ class UnionRitz:
         return out / out.sum(1, keepdims=True), count
 
 
-def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float = RANK_TOL) -> UnionRitz:
+def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float = RANK_TOL,
+               cache: "GramCache | None" = None) -> UnionRitz:
     r"""The ``top`` largest Ritz values of ``H`` on the union of ``run``'s Krylov spaces, each with its residual
     bound, the union's orthonormal span with ``tr(UHUᵀ)``, and the union quadrature with every Ritz pair's
     residual bound (see the module docstring).
@@ -118,25 +119,26 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     pairs; exact for polynomials of degree < 2m like the probe's own Gauss rule (the union contains its
     Krylov space), with k·m nodes instead of m. :meth:`UnionRitz.deflated_weights` turns the converged
     pairs into exact atoms.
+
+    The basis is read in place, a block per probe (no copy of its k·m·d floats). ``cache``: the Gram matrix of
+    an earlier call on the same growing run, so a check after more steps only multiplies the new rows
+    (:class:`GramCache`).
     """
     if run.basis is None or run.residuals is None:
         raise ValueError("union_ritz needs a Lanczos run that kept its basis and last residuals")
     lengths = [int(n) for n in run.lengths]
-    rows = torch.cat([run.basis[p, :n] for p, n in enumerate(lengths)])  # V [N, d]
-    residuals = run.residuals.to(rows.dtype)  # R [k, d]
-    size = rows.shape[0]
+    k, width = len(lengths), max(lengths)
+    basis = run.basis[:, :width]  # V: k blocks of `width` rows, read in place (rows past a probe's length are 0)
+    residuals = run.residuals.to(basis.dtype)  # R [k, d]
+    size = k * width
     blocks = np.zeros((size, size))
-    last = np.zeros((size, len(lengths)))  # S
-    firsts = []
-    offset = 0
+    last = np.zeros((size, k))  # S
+    firsts = [p * width for p in range(k)]
     for p, n in enumerate(lengths):
-        blocks[offset:offset + n, offset:offset + n] = run.tridiagonal(p)
-        last[offset + n - 1, p] = 1.0
-        firsts.append(offset)
-        offset += n
-    gram = (rows @ rows.T).double().cpu().numpy()
-    gram = (gram + gram.T) / 2
-    cross = (rows @ residuals.T).double().cpu().numpy()  # V Rᵀ [N, k]
+        blocks[firsts[p]:firsts[p] + n, firsts[p]:firsts[p] + n] = run.tridiagonal(p)
+        last[firsts[p] + n - 1, p] = 1.0
+    gram = (cache or GramCache()).gram(basis)
+    cross = torch.cat([basis[p] @ residuals.T for p in range(k)]).double().cpu().numpy()  # V Rᵀ [N, k]
     outer = (residuals @ residuals.T).double().cpu().numpy()  # R Rᵀ [k, k]
     projected = gram @ blocks + cross @ last.T
     projected = (projected + projected.T) / 2
@@ -153,8 +155,36 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     order = np.argsort(theta)[::-1][:min(top, len(theta))]
     values = theta[order]
     converged = bool(np.all(residual_norms[order] <= tol * np.maximum(np.abs(values), 1e-300)))
-    span = KrylovSpan(rows, float(theta.sum()), torch.from_numpy(mix).to(rows.device, rows.dtype))
+    span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype))
     weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
     return UnionRitz(TopEigen(values, residual_norms[order], int(max(lengths)), converged, tol, span), span, theta,
                      weights, residual_norms)
+
+
+class GramCache:
+    """The Gram matrix ``V Vᵀ`` of a Lanczos run's basis [k, m, d], kept between the checks of a run that is
+    still growing: rows already written never change, so after more steps only the new rows are multiplied
+    (k²·Δm·m·d flops instead of k²·m²·d). A different basis tensor, or fewer rows, recomputes it."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._width = 0
+        self._gram: np.ndarray | None = None  # [k, width, k, width]
+
+    def gram(self, basis: torch.Tensor) -> np.ndarray:
+        """``V Vᵀ`` [k·m, k·m] (float64, symmetrised) of ``basis`` [k, m, d], the rows of block p at p·m."""
+        k, width, _ = basis.shape
+        key = (basis.data_ptr(), k)
+        start = self._width if self._key == key and self._width <= width else 0
+        gram = np.zeros((k, width, k, width))
+        if start:
+            gram[:, :start, :, :start] = self._gram
+        for p in range(k):
+            for q in range(k):
+                new = (basis[p, start:width] @ basis[q, :width].T).double().cpu().numpy()  # [width - start, width]
+                gram[p, start:, q, :] = new
+                gram[q, :, p, start:] = new.T
+        self._key, self._width, self._gram = key, width, gram
+        flat = gram.reshape(k * width, k * width)
+        return (flat + flat.T) / 2
