@@ -432,8 +432,8 @@ def _parameter_filter(params) -> Callable[[str, torch.Tensor], bool]:
 
 
 def sequential_numpy_blas():
-    """A context (and decorator) in which NumPy's own OpenBLAS / BLIS runs on one thread, for code that
-    interleaves HVPs with small NumPy linear algebra (the Lanczos loops).
+    """A context (the limit starts when this is called: not a decorator) in which NumPy's own OpenBLAS / BLIS
+    runs on one thread, for code that interleaves HVPs with small NumPy linear algebra (the Lanczos loops).
 
     After each call OpenBLAS keeps its threads spinning for a while; torch's OpenMP threads, which compute
     the next HVP, then share the cores with them. On 2 CPU cores this made each digits-cnn HVP inside

@@ -64,14 +64,14 @@ class UnionRitz:
     span: KrylovSpan
     nodes: np.ndarray  # [n] Ritz values of H on the union, ascending
     weights: np.ndarray  # [k, n] probe p's Gauss-type weights (each row sums to 1)
-    residuals: np.ndarray | None = None  # [n] the residual bound of each node's Ritz pair
+    residuals: np.ndarray  # [n] the residual bound of each node's Ritz pair
 
     def atoms(self, rtol: float = ATOM_RTOL) -> np.ndarray:
         """[n] bool: the nodes whose Ritz pair is converged, residual bound <= ``rtol`` × max|node|. Each is
         within that bound of an eigenvalue of H, and c such orthonormal pairs certify c eigenvalues (counted
         with multiplicity) near them."""
-        if self.residuals is None or not len(self.nodes):
-            return np.zeros(len(self.nodes), dtype=bool)
+        if not len(self.nodes):
+            return np.zeros(0, dtype=bool)
         return self.residuals <= rtol * float(np.abs(self.nodes).max())
 
     def deflated_weights(self, norms_sq: np.ndarray, rtol: float = ATOM_RTOL) -> tuple[np.ndarray, int]:
