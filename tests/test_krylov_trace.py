@@ -71,3 +71,23 @@ def test_a_span_of_the_whole_space_is_exact_without_probes():
     est = krylov_deflated_trace(operator, span, 4, torch.Generator().manual_seed(0))
     assert operator.matvecs == 0 and est.stderr == 0.0
     assert est.estimate == pytest.approx(exact, rel=1e-12)
+
+
+def test_prior_samples_are_pooled_and_count_toward_the_first_block():
+    """Samples in hand (the SLQ probes' leave-one-out ones) join the fresh ones: the estimate is the mean of
+    all, the first block draws only what the prior leaves missing (at least 2 fresh), and the cap counts both."""
+    matrix, exact = _matrix(3)
+    operator = DenseOperator(matrix)
+    top = top_eigenvalues(operator, 5, torch.Generator().manual_seed(3))
+    prior = np.full(5, exact)
+    before = operator.matvecs
+    est = krylov_deflated_trace(operator, top.span, 8, torch.Generator().manual_seed(0), prior=prior)
+    assert operator.matvecs - before == 3 and est.samples.shape == (8,)
+    np.testing.assert_allclose(est.samples[:5], prior)
+    assert est.estimate == pytest.approx(float(np.mean(est.samples)))
+    fresh = krylov_deflated_trace(operator, top.span, 3, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(est.samples[5:], fresh.samples)  # the same fresh probes, after the prior
+    before = operator.matvecs
+    many = krylov_deflated_trace(operator, top.span, 4, torch.Generator().manual_seed(0), prior=np.full(9, exact),
+                                 rtol=1e-12, max_probes=12)
+    assert operator.matvecs - before == 3 and many.samples.shape == (12,)  # 2 fresh at least, then up to the cap

@@ -207,3 +207,45 @@ def test_resolved_negative_mass_against_the_exact_spectrum():
     assert result.resolved_negative_mass == pytest.approx(40 / dim, abs=0.05)
     payload = result.to_json()["resolved_negative_mass"]
     assert payload["mass"] == result.resolved_negative_mass and payload["below"] == pytest.approx(-0.05, rel=1e-6)
+
+
+def test_the_single_pass_takes_room_from_the_probe_block(monkeypatch):
+    """When the single pass's basis does not fit all its steps beside a block of 5 vmapped probes (whose HVP
+    pass holds 5 sets of activations), the plan narrows the block to 1 probe if that fits more steps; it never
+    narrows it for nothing. Activations are made to dominate (as on ResNet-18) by a large per-example count."""
+    import wdbound.spectrum as spectrum
+    from wdbound.curvature import HessianOperator
+    from wdbound.data import load_dataset
+    from wdbound.memory import plan_memory, with_single_pass
+    from wdbound.spectrum import memory_plan, spectrum_command_settings
+
+    monkeypatch.setattr(spectrum, "current_bytes", lambda device: 0)
+    monkeypatch.setattr(spectrum, "activation_floats", lambda model, example: 20_000)
+    monkeypatch.setattr(spectrum, "kept_graph_size", lambda operator, activation=None: 0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+    data = load_dataset("digits", "test")
+    settings = spectrum_command_settings(probes=5, steps=40)
+    narrowed = 0
+    for megabytes in range(20, 400, 5):
+        op = HessianOperator(model, data, dtype=torch.float32)
+        try:
+            chosen = memory_plan(op, replace(settings, memory=f"{megabytes}MB"))
+        except Exception:  # too tight for anything
+            continue
+
+        def steps_with(block: int) -> int:
+            base = plan_memory(dim=op.dim, probes=5, steps=40, top_k=5, hvp_bytes=4, example_floats=64,
+                               activation_per_example=20_000, n_eval=op.n_eval, data_resident=op.resident,
+                               hvp_chunk=op.batch_size, probe_chunk=block, budget=megabytes * 10**6,
+                               budget_source="test", mode="auto", trace_vectors=spectrum.TRACE_WORK_VECTORS)
+            return with_single_pass(base, dim=op.dim, probes=5, steps=40,
+                                    trace_vectors=spectrum.TRACE_WORK_VECTORS).single_pass_steps or 0
+
+        wide, got = steps_with(5), chosen.single_pass_steps or 0
+        if got != wide:  # narrowed: only for more steps, only when the wide block did not fit them all
+            assert got > wide and wide < 40 and chosen.probe_block == op.probe_chunk == 1 and got == steps_with(1)
+            narrowed += got == 40
+        else:
+            assert wide == 40 or steps_with(1) <= wide
+    assert narrowed  # some budget fits all 40 steps only with a block of 1

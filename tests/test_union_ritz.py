@@ -7,7 +7,7 @@ import torch
 from wdbound.curvature import DenseOperator
 from wdbound.estimators.krylov_trace import KrylovSpan
 from wdbound.estimators.lanczos import SLQ, lanczos, slq_from_run
-from wdbound.estimators.union_ritz import union_ritz
+from wdbound.estimators.union_ritz import RANK_TOL, union_ritz
 
 
 def _matrix(seed: int, dim: int = 150) -> torch.Tensor:
@@ -202,3 +202,48 @@ def test_atoms_are_dropped_when_the_starts_lie_in_the_converged_space():
     assert union.atoms().sum() == 9
     weights, atoms = union.deflated_weights(run.norms**2)
     assert atoms == 0 and np.array_equal(weights, union.weights)
+
+
+def _brute_leave_one_out(matrix: torch.Tensor, run, probe: int) -> float:
+    """tr(Q H Qᵀ) + zᵀ(I - QᵀQ) H (I - QᵀQ) z with Q an explicit orthonormal basis of the other probes' spaces."""
+    z = run.starts[probe]
+    if len(run.lengths) == 1:
+        return float(z @ matrix @ z)
+    others = torch.cat([run.basis[q, :int(run.lengths[q])] for q in range(len(run.lengths)) if q != probe])
+    u, sv, _ = torch.linalg.svd(others.T, full_matrices=False)
+    q = u[:, sv**2 > RANK_TOL * sv.max() ** 2].T  # [r, d]: the directions union_ritz keeps (Gram eigenvalues)
+    pz = z - q.T @ (q @ z)
+    return float(torch.trace(q @ matrix @ q.T) + pz @ matrix @ pz)
+
+
+@pytest.mark.parametrize("probes", [1, 2, 4])
+def test_leave_one_out_trace_samples_match_brute_force(probes):
+    """Each probe's trace sample, computed from the Gram and projected matrices only, equals the explicit
+    formula with the other probes' union orthonormalised by an SVD (one probe: plain Hutchinson zᵀHz)."""
+    matrix = _matrix(5)
+    z = torch.randint(0, 2, (probes, 150), generator=torch.Generator().manual_seed(5)).double() * 2 - 1
+    run = lanczos(DenseOperator(matrix), z, 7, keep_basis=True)
+    union = union_ritz(run, 3)
+    brute = [_brute_leave_one_out(matrix, run, p) for p in range(probes)]
+    np.testing.assert_allclose(union.trace_samples, brute, rtol=1e-9, atol=1e-9)
+    if probes == 1:
+        assert union.trace_samples[0] == pytest.approx(float(z[0] @ matrix @ z[0]), rel=1e-10)
+
+
+def test_leave_one_out_trace_samples_are_unbiased_and_deflated():
+    """Over 300 seeds of 4 Rademacher probes x 5 steps the mean sample is tr H within 4 standard errors, and
+    the samples spread far less than plain Hutchinson's (the outliers are deflated): the variance drops by
+    over 10x on this spectrum of five outliers over a bulk."""
+    matrix = _matrix(6)
+    exact = float(torch.trace(matrix))
+    loo, plain = [], []
+    for seed in range(300):
+        z = torch.randint(0, 2, (4, 150), generator=torch.Generator().manual_seed(seed)).double() * 2 - 1
+        union = union_ritz(lanczos(DenseOperator(matrix), z, 5, keep_basis=True), 3)
+        loo.extend(union.trace_samples)
+        plain.extend((z @ matrix * z).sum(1).tolist())
+    loo, plain = np.asarray(loo), np.asarray(plain)
+    means = loo.reshape(300, 4).mean(1)  # one seed's samples share their probes: independent across seeds only
+    stderr = means.std(ddof=1) / np.sqrt(len(means))
+    assert abs(loo.mean() - exact) <= 4 * stderr
+    assert loo.var() * 10 < plain.var()

@@ -355,8 +355,7 @@ class Opt:
     params = typer.Option([], "--params", help="Restrict the Hessian to parameters whose name matches this glob (e.g. 'layer4.*'), repeatable; the others are held fixed.")
     tau = typer.Option(defaults.TAU, help="Confidence: the bound holds with probability 1 - tau.")
     trace = typer.Option(defaults.SPECTRUM_TRACE, help="Trace estimator: deflated (tr over the Krylov space of the run, exact: the single pass's union or a top-k run of at least 40 steps; + Hutchinson on its complement; Chen & Hallman 2023) or hutchinson (the SLQ probes' z^T H z, no extra HVP).")
-    trace_probes = typer.Option(defaults.TRACE_PROBES, help="Deflated trace: Hutchinson probes of the first block.")
-    trace_rtol = typer.Option(defaults.TRACE_RTOL, help=f"Accuracy target of the deflated trace: after the first --trace-probes, the probes its standard error says are missing are added (at most {defaults.TRACE_MAX_PROBES} in all) until it is <= trace-rtol x |trace| (0: one block).")
+    trace_probes = typer.Option(defaults.TRACE_PROBES, help="Deflated trace: samples of the first block (the single pass's leave-one-out samples count; at least 2 fresh probes).")
     workers = typer.Option(0, help="DataLoader worker processes for imagefolder / cifar10 data (results do not depend on it).")
 
 
@@ -410,7 +409,7 @@ def spectrum(
     top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k residual bounds, |theta - lambda| <= top-rtol x |theta|."),
     density_tol: float = typer.Option(defaults.SPECTRUM_DENSITY_TOL, help=f"Single pass: every {defaults.SPECTRUM_CHECK_EVERY} steps, stop once top-k is certified and the density (converged Ritz pairs as exact atoms) moved by W1 <= density-tol x lambda_max since the last check (0: all --steps)."),
     top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
-    dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to 1e-4) or float64 (small eigenvalues to full precision; what err uses)."),
+    dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to --top-rtol) or float64 (small eigenvalues to full precision; what err uses)."),
     hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
     ends: bool = typer.Option(defaults.SPECTRUM_ENDS, "--ends/--no-ends", help="Also find the lower end of the spectrum (up to 150 HVPs; err's quadrature intervals need it; recorded as 'support')."),
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
@@ -418,7 +417,8 @@ def spectrum(
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
     workers: int = Opt.workers, subset_seed: int = Opt.subset_seed, trace: str = Opt.trace,
-    trace_probes: int = Opt.trace_probes, trace_rtol: float = Opt.trace_rtol,
+    trace_probes: int = Opt.trace_probes,
+    trace_rtol: float = typer.Option(defaults.SPECTRUM_TRACE_RTOL, help=f"Accuracy target of the deflated trace: the SLQ probes' own leave-one-out samples and a first block up to --trace-probes, then the probes its standard error says are missing (at most {defaults.TRACE_MAX_PROBES} in all), until it is <= trace-rtol x |trace| (0: one block)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="One spectrum per parameter tensor (its diagonal Hessian block; with --params, the matching ones): top-1, trace, density."),
     backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),

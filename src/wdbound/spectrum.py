@@ -149,11 +149,12 @@ class SpectrumSettings:
 
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
     """The settings of ``wdbound spectrum`` at its defaults (which differ from the library's: float32 HVPs,
-    5 probes x at most 40 steps in a single pass stopped by its accuracy targets, the deflated trace, no
+    5 probes x at most 40 steps in a single pass stopped by its accuracy targets, the deflated trace to 5 %, no
     lower-end run, Hutchinson diagonal), with ``overrides``."""
     chosen = dict(probes=defaults.SPECTRUM_PROBES, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
                   trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson",
-                  single_pass=defaults.SINGLE_PASS, density_tol=defaults.SPECTRUM_DENSITY_TOL)
+                  single_pass=defaults.SINGLE_PASS, density_tol=defaults.SPECTRUM_DENSITY_TOL,
+                  trace_rtol=defaults.SPECTRUM_TRACE_RTOL)
     return SpectrumSettings(**{**chosen, **overrides})
 
 
@@ -419,21 +420,32 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     example = next(operator.chunks())[0][:1]
     activation = activation_floats(operator.model, example)
     exact_chunk = 256 if settings.exact else (64 if settings.exact_diagonal_for(operator.dim) else 0)
-    plan = plan_memory(dim=operator.dim, probes=settings.probes, steps=settings.steps, top_k=settings.top_k,
-                       hvp_bytes=torch.finfo(operator.dtype).bits // 8, example_floats=example.numel(),
-                       activation_per_example=activation, n_eval=operator.n_eval,
-                       data_resident=operator.resident, hvp_chunk=operator.batch_size,
-                       probe_chunk=operator.probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
-                       exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline,
-                       trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0,
-                       graph=kept_graph_size(operator, activation))
+    graph = kept_graph_size(operator, activation)
+
+    def planned(probe_chunk: int) -> MemoryPlan:
+        return plan_memory(dim=operator.dim, probes=settings.probes, steps=settings.steps, top_k=settings.top_k,
+                           hvp_bytes=torch.finfo(operator.dtype).bits // 8, example_floats=example.numel(),
+                           activation_per_example=activation, n_eval=operator.n_eval,
+                           data_resident=operator.resident, hvp_chunk=operator.batch_size,
+                           probe_chunk=probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
+                           exact_diagonal_chunk=exact_chunk, refine_factor=refine_factor, baseline=baseline,
+                           trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0, graph=graph)
+
+    plan = planned(operator.probe_chunk)
     if settings.single_pass and settings.lanczos != "low-memory":  # an explicit low-memory run keeps no basis
-        # The single pass saves more HVPs than a kept graph saves per HVP: it gets the room first.
         single = dict(dim=operator.dim, probes=settings.probes, steps=settings.steps,
                       trace_vectors=TRACE_WORK_VECTORS if settings.trace == "deflated" else 0)
+
+        # The single pass saves more HVPs than a kept graph saves per HVP: it gets the room first. Then, while
+        # its basis does not fit all the steps, a probe block of 1 (vmapped probes share an HVP pass but
+        # multiply its activations; on a CPU the block buys little, measured) when that fits more steps.
         chosen = with_single_pass(plan, **single)
         if plan.keep_graph and chosen.single_pass_steps is None:
             chosen = with_single_pass(replace(plan, graph=0), **single)
+        if (chosen.single_pass_steps or 0) < settings.steps and plan.probe_block > 1:
+            narrow = with_single_pass(planned(1), **single)
+            if (narrow.single_pass_steps or 0) > (chosen.single_pass_steps or 0):
+                chosen = narrow
         plan = chosen
     if settings.exact:
         need = baseline + operator.dim**2 * 8 * 3  # the matrix, its float64 copy and eigvalsh's workspace
@@ -651,9 +663,11 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
     if settings.trace == "deflated" and span is not None:
         # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
         # (the Krylov start vector is not orthogonal to them).
+        # The single pass's own probes are its first samples (leave-one-out: no HVP).
+        prior = shared.union.trace_samples if shared is not None else None
         trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator, rtol=settings.trace_rtol,
                                       max_probes=max(settings.trace_probes, defaults.TRACE_MAX_PROBES),
-                                      chunk=memory.probe_block if memory else None)
+                                      chunk=memory.probe_block if memory else None, prior=prior)
     exact_ev = exact_diag = dense = None
     if settings.exact:
         matrix = dense_matrix(operator)
@@ -675,6 +689,8 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
         "single_pass": shared.to_json() if shared is not None else None,
         "top_from": ("slq union" if shared is not None and shared.union.top.converged else "lanczos"),
+        "trace_leave_one_out": (len(shared.union.trace_samples) if shared is not None and settings.trace == "deflated"
+                                and span is not None else 0),
     }
     return Spectrum(operator.dim, getattr(operator, "n_eval", 0), top, density, trace, diagonal, matvecs, wall,
                     provenance, exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),

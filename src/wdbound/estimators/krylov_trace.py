@@ -87,7 +87,7 @@ class KrylovSpan:
 def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: torch.Generator, *,
                           rtol: float = 0.0, max_probes: int | None = None,
                           project: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                          chunk: int | None = None) -> TraceEstimate:
+                          chunk: int | None = None, prior: np.ndarray | None = None) -> TraceEstimate:
     """``tr H`` = ``span.trace`` + Hutchinson on the complement of the span (see the module docstring).
 
     Parameters
@@ -104,6 +104,11 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     chunk:
         At most this many probes of d floats are held at once (the memory plan's probe block; default: a
         whole block).
+    prior:
+        Unbiased samples of ``tr H`` already in hand at no HVP (the SLQ probes' leave-one-out samples,
+        :func:`~wdbound.estimators.union_ritz.leave_one_out_traces`): pooled with the fresh ones, they count
+        toward the first block and the cap (at least 2 fresh probes are still drawn: the pooled spread then
+        sees both deflation spaces).
 
     Returns
     -------
@@ -116,8 +121,11 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     cap = max(probes, max_probes if max_probes is not None else 8 * probes)
     samples: list[np.ndarray] = []
     drawn = 0
+    if prior is not None and len(prior):
+        samples.append(np.asarray(prior, dtype=np.float64) - span.trace)  # tr T is added back below
+        drawn = len(prior)
     step = max(1, chunk or probes)
-    block = min(probes, cap)
+    block = min(max(2, probes - drawn), max(2, cap - drawn))
     while True:
         for start in range(0, block, step):
             count = min(step, block - start)

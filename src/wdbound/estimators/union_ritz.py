@@ -27,6 +27,16 @@ an eigenvalue of multiplicity up to k appears that many times (one start vector 
 The same :math:`U` is the deflation space of :func:`wdbound.estimators.krylov_trace.krylov_deflated_trace`:
 :math:`\mathrm{tr}(UHU^\top) = \mathrm{tr}\,B`, for free.
 
+The probes themselves are trace samples too, at no HVP (leave-one-out, as in XTrace: Epperly, Tropp & Webber,
+SIAM J. Matrix Anal. Appl. 45, 2024). Probe p's start :math:`z_p` is independent of the union
+:math:`U_{-p}` of the other probes' spaces, so with :math:`P_{-p} = I - U_{-p}^\top U_{-p}`
+
+.. math::
+    t_p = \mathrm{tr}(U_{-p} H U_{-p}^\top) + z_p^\top P_{-p} H P_{-p} z_p
+
+is an unbiased sample of :math:`\mathrm{tr}\,H` with the deflated-Hutchinson variance of a space of
+(k-1)·m dimensions; every term is in :math:`G` and :math:`VHV^\top` (:math:`Hz_p` is in the union).
+
 >>> import torch
 >>> from wdbound.curvature import DenseOperator
 >>> from wdbound.estimators.lanczos import lanczos
@@ -65,6 +75,7 @@ class UnionRitz:
     nodes: np.ndarray  # [n] Ritz values of H on the union, ascending
     weights: np.ndarray  # [k, n] probe p's Gauss-type weights (each row sums to 1)
     residuals: np.ndarray  # [n] the residual bound of each node's Ritz pair
+    trace_samples: np.ndarray  # [k] leave-one-out samples of tr H, one per probe (module docstring)
 
     def atoms(self, rtol: float = ATOM_RTOL) -> np.ndarray:
         """[n] bool: the nodes whose Ritz pair is converged, residual bound <= ``rtol`` × max|node|. Each is
@@ -158,8 +169,45 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype))
     weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
+    samples = leave_one_out_traces(gram, projected, firsts, width, np.asarray(run.norms, dtype=np.float64) ** 2,
+                                   rank_tol)
     return UnionRitz(TopEigen(values, residual_norms[order], int(max(lengths)), converged, tol, span), span, theta,
-                     weights, residual_norms)
+                     weights, residual_norms, samples)
+
+
+def leave_one_out_traces(gram: np.ndarray, projected: np.ndarray, firsts: list[int], width: int,
+                         norms_sq: np.ndarray, rank_tol: float = RANK_TOL) -> np.ndarray:
+    r"""[k] samples of :math:`\mathrm{tr}\,H`, probe p's deflated by the union of the others' Krylov spaces.
+
+    ``gram`` = :math:`VV^\top` and ``projected`` = :math:`VHV^\top` [N, N] of the union basis, probe p's rows
+    from ``firsts[p]`` (``width`` rows each, its start direction :math:`q_{p1}` first); ``norms_sq`` [k]:
+    :math:`\|z_p\|^2`. With :math:`C` orthonormalising the other rows (:math:`U = C^\top V_{-p}`),
+    :math:`c = U q_{p1}`, :math:`h = U H q_{p1}` and :math:`B = UHU^\top`:
+    :math:`t_p = \mathrm{tr}\,B + \|z_p\|^2 (q_{p1}^\top H q_{p1} - 2 c^\top h + c^\top B c)`.
+    One probe alone gives plain Hutchinson, :math:`z^\top H z`.
+
+    >>> H = np.diag([3.0, 1.0]); V = np.eye(2)  # two probes along e1 and e2, one step each
+    >>> leave_one_out_traces(V @ V.T, V @ H @ V.T, [0, 1], 1, np.array([1.0, 1.0])).tolist()  # exact: tr H = 4
+    [4.0, 4.0]
+    """
+    size = gram.shape[0]
+    samples = np.empty(len(firsts))
+    for p, first in enumerate(firsts):
+        others = np.ones(size, dtype=bool)
+        others[first:first + width] = False
+        inner = projected[first, first]  # q_p1ᵀ H q_p1
+        tr = 0.0
+        g, vectors = np.linalg.eigh(gram[np.ix_(others, others)]) if others.any() else (np.zeros(0), None)
+        keep = g > rank_tol * g.max() if len(g) and g.max() > 0 else np.zeros(len(g), dtype=bool)
+        if keep.any():
+            mix = vectors[:, keep] / np.sqrt(g[keep])
+            b = mix.T @ projected[np.ix_(others, others)] @ mix
+            c = mix.T @ gram[others, first]
+            h = mix.T @ projected[others, first]
+            tr = float(np.trace(b))
+            inner += -2.0 * c @ h + c @ b @ c
+        samples[p] = tr + norms_sq[p] * inner
+    return samples
 
 
 class GramCache:
