@@ -467,7 +467,7 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
             values, residuals = state.ritz(top)
             ok = bool(np.all(residuals <= np.maximum(tol * np.maximum(np.abs(values), 1e-300), atol)))
             if (ok and m >= min_steps) or state.broke or m >= max_steps:
-                span = KrylovSpan(torch.stack(state.basis[:m]), float(np.sum(state.alphas)))
+                span = KrylovSpan(state.basis[:m], float(np.sum(state.alphas)))
                 return TopEigen(values, residuals, m, ok or state.broke, tol, span)
 
 
@@ -523,37 +523,59 @@ def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: fl
 
 
 class _Incremental:
-    """Single-vector Lanczos, one step at a time, with full re-orthogonalisation (every vector kept)."""
+    """Single-vector Lanczos, one step at a time, with full re-orthogonalisation (every vector kept).
+
+    The basis lives in one buffer grown by half its size when full (amortised O(m·d) copying, where stacking
+    a list at every step copied O(m²·d): 28 GB over a 25-step run on ResNet-18); :attr:`basis` is a view."""
+
+    GROWTH = 1.5
 
     def __init__(self, operator, start: torch.Tensor) -> None:
         self.op = operator
-        self.basis = [start / start.norm()]
+        self._store = torch.empty(min(operator.dim, 16), start.shape[0], dtype=start.dtype, device=start.device)
+        self._store[0] = start / start.norm()
+        self._count = 1
         self.alphas: list[float] = []
         self.betas: list[float] = []
         self.broke = False
         self.scale = 0.0
 
     @property
+    def basis(self) -> torch.Tensor:
+        """The Lanczos vectors so far [n, d] (a view of the buffer)."""
+        return self._store[:self._count]
+
+    def _append(self, vector: torch.Tensor) -> None:
+        if self._count == self._store.shape[0]:
+            size = min(self.op.dim, max(self._count + 1, int(self.GROWTH * self._count)))
+            grown = torch.empty(size, self._store.shape[1], dtype=self._store.dtype, device=self._store.device)
+            grown[:self._count] = self._store[:self._count]
+            self._store = grown
+        self._store[self._count] = vector
+        self._count += 1
+
+    @property
     def m(self) -> int:
         return len(self.alphas)
 
     def step(self) -> None:
-        q = self.basis[-1]
+        basis = self.basis
+        q = basis[-1]
         w = _apply(self.op, q[None])[0]
         alpha = float(w @ q)
-        w = w - alpha * q - (self.betas[-1] * self.basis[-2] if self.betas else 0)
-        w = reorthogonalise(torch.stack(self.basis)[None], w[None])[0]
+        w = w - alpha * q - (self.betas[-1] * basis[-2] if self.betas else 0)
+        w = reorthogonalise(basis[None], w[None])[0]
         beta = float(w.norm())
         self.alphas.append(alpha)
         self.scale = max(self.scale, abs(alpha) + beta)
         eps = torch.finfo(self.op.dtype).eps
-        if beta <= 100 * eps * self.scale or len(self.basis) >= self.op.dim:
+        if beta <= 100 * eps * self.scale or self._count >= self.op.dim:
             self.broke = True
             self.last_beta = 0.0
             return
         self.last_beta = beta
         self.betas.append(beta)
-        self.basis.append(w / beta)
+        self._append(w / beta)
 
     def ritz(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.m
