@@ -484,7 +484,9 @@ def render_spectrum(result) -> None:
     else:
         say(f"backend {backend}: {result.provenance.get('note', '')}")
         say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
-    say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} ({result.trace.method}, {len(result.trace.samples)} probes)")
+    reused = result.provenance.get("trace_leave_one_out") or 0
+    say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} ({result.trace.method}, {len(result.trace.samples)} probes"
+        + (f", {reused} of them the SLQ probes, deflated leave-one-out" if reused else "") + ")")
     say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}% "
         f"({100 * result.resolved_negative_mass:.2f}% below -1e-3 x lambda_max; nearer 0 the side is within the "
         "quadrature's resolution)")

@@ -14,7 +14,7 @@ SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to i
 PROBES = 16
 STEPS = 80
 TOP_K = 5
-TRACE_RTOL = 0.01  # `spectrum`: deflated Hutchinson probes are added until the trace's stderr <= this * trace
+TRACE_RTOL = 0.01  # library default (err, the API): deflated Hutchinson probes until the trace's stderr <= this * trace
 TRACE_PROBES = 8  # ... a first block of this many, then as many as its standard error says are missing
 TRACE_MAX_PROBES = 128  # ... at most this many
 TRACE_SPAN_STEPS = 40  # ... deflating a Krylov space of at least this many top-k Lanczos steps
@@ -24,7 +24,7 @@ REFINE_BUDGET = 8  # the adaptive SLQ may add this many times the HVPs of the ba
 # `wdbound spectrum` (no bound is computed from it): float32 HVPs (Lanczos vectors, recurrences and quadrature
 # stay float64), 5 probes x at most 40 steps, no run for the spectrum's lower end. Chosen from accuracy targets measured
 # against exact spectra (docs/decisions.md, "Speed (issue 16)"): density W1 / lambda_max below PyHessian's default
-# density, top-5 certified to 1e-3 (PyHessian's own tolerance, uncertified there), trace to 1 % (deflated Hutchinson).
+# density, top-5 certified to 1e-3 (PyHessian's own tolerance, uncertified there), trace to 5 % (deflated Hutchinson).
 SPECTRUM_PROBES = 5  # with the exact atoms: W1 <= 5.1e-4 on 10 seeds of digits-cnn (PyHessian: 6.9e-4 to 1.4e-3)
 SPECTRUM_STEPS = 40  # at most; the single pass stops earlier once its targets are met
 SPECTRUM_DTYPE = "float32"
@@ -35,9 +35,10 @@ SPECTRUM_ENDS = False
 # |value| and the density moved by W1 <= SPECTRUM_DENSITY_TOL x lambda_max since the previous check.
 SINGLE_PASS = True
 SPECTRUM_TOP_RTOL = 1e-3
-# The trace of `spectrum`: its standard error <= 5 % of |trace|, reached by the first 8 samples on the zoo (+/- 0.9 %
-# on digits-cnn) and by ~15 on a trained ResNet-18, where 1 % takes 128 probes (1.7 % there) and PyHessian's default
-# trace carries a +/- 20 % spread (docs/decisions.md, "Speed (issue 16)"). `--trace-rtol 0.01` for a tighter one.
+# The trace of `spectrum`: its standard error <= 5 % of |trace|, reached by the first 8 samples on the zoo (+/- 2.6 %
+# on digits-cnn, +/- 1.8 % on digits-mlp) and by 19 on a trained ResNet-18 (+/- 4.0 %), where 1 % took 128 probes
+# (1.7 % there); PyHessian's default trace carries an implied +/- 7 %, 5.6 % and 20 % on the same models
+# (docs/decisions.md, "Speed (issue 16)"). `--trace-rtol 0.01` for a tighter one.
 SPECTRUM_TRACE_RTOL = 0.05
 SPECTRUM_DENSITY_TOL = 1e-3
 SPECTRUM_CHECK_EVERY = 2

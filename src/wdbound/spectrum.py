@@ -660,11 +660,13 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         trace, diagonal = run.products.estimates()
     else:
         trace, diagonal = estimate_from_products(run.starts, run.first_products)
+    leave_one_out = 0  # trace samples the SLQ probes gave
     if settings.trace == "deflated" and span is not None:
         # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
         # (the Krylov start vector is not orthogonal to them).
         # The single pass's own probes are its first samples (leave-one-out: no HVP).
-        prior = shared.union.trace_samples if shared is not None else None
+        prior = shared.union.trace_samples() if shared is not None else None
+        leave_one_out = 0 if prior is None else len(prior)
         trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator, rtol=settings.trace_rtol,
                                       max_probes=max(settings.trace_probes, defaults.TRACE_MAX_PROBES),
                                       chunk=memory.probe_block if memory else None, prior=prior)
@@ -689,8 +691,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
         "single_pass": shared.to_json() if shared is not None else None,
         "top_from": ("slq union" if shared is not None and shared.union.top.converged else "lanczos"),
-        "trace_leave_one_out": (len(shared.union.trace_samples) if shared is not None and settings.trace == "deflated"
-                                and span is not None else 0),
+        "trace_leave_one_out": leave_one_out,
     }
     return Spectrum(operator.dim, getattr(operator, "n_eval", 0), top, density, trace, diagonal, matvecs, wall,
                     provenance, exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),

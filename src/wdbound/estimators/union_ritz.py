@@ -75,7 +75,16 @@ class UnionRitz:
     nodes: np.ndarray  # [n] Ritz values of H on the union, ascending
     weights: np.ndarray  # [k, n] probe p's Gauss-type weights (each row sums to 1)
     residuals: np.ndarray  # [n] the residual bound of each node's Ritz pair
-    trace_samples: np.ndarray  # [k] leave-one-out samples of tr H, one per probe (module docstring)
+    gram: np.ndarray  # [N, N] V Vᵀ of the union basis (k blocks of `width` rows)
+    projected: np.ndarray  # [N, N] V H Vᵀ
+    width: int  # rows per probe's block in V
+    norms_sq: np.ndarray  # [k] ||z_p||² of the probes' starts
+
+    def trace_samples(self, rank_tol: float = RANK_TOL) -> np.ndarray:
+        """[k] leave-one-out samples of tr H, one per probe, at no HVP (module docstring;
+        :func:`leave_one_out_traces`). Computed when asked: the single pass's checks do not need them."""
+        firsts = list(range(0, self.gram.shape[0], self.width))
+        return leave_one_out_traces(self.gram, self.projected, firsts, self.width, self.norms_sq, rank_tol)
 
     def atoms(self, rtol: float = ATOM_RTOL) -> np.ndarray:
         """[n] bool: the nodes whose Ritz pair is converged, residual bound <= ``rtol`` × max|node|. Each is
@@ -169,10 +178,8 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype))
     weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
-    samples = leave_one_out_traces(gram, projected, firsts, width, np.asarray(run.norms, dtype=np.float64) ** 2,
-                                   rank_tol)
     return UnionRitz(TopEigen(values, residual_norms[order], int(max(lengths)), converged, tol, span), span, theta,
-                     weights, residual_norms, samples)
+                     weights, residual_norms, gram, projected, width, np.asarray(run.norms, dtype=np.float64) ** 2)
 
 
 def leave_one_out_traces(gram: np.ndarray, projected: np.ndarray, firsts: list[int], width: int,
