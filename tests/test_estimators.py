@@ -191,3 +191,32 @@ def test_low_memory_slq_against_full_and_exact(exact_model):
     trace_low, diag_low = low_run.products.estimates()
     assert np.allclose(trace_low.samples, trace_full.samples, rtol=1e-12, atol=1e-12 * abs(ev).max())
     assert np.allclose(diag_low.estimate, diag_full.estimate, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- error bounds (residual and gap) against exact
+
+def test_error_bounds_hold_against_the_exact_eigenvalues(exact_model):
+    """Short runs (top-5 not yet converged): each Ritz value lies within its error bound of an exact
+    eigenvalue, and the bound is at most the residual, well below it for some values (the quadratic r^2/gap;
+    how much earlier it certifies is the next test)."""
+    _, op, _, ev = exact_model
+    ratios = []
+    for steps in (8, 12, 16, 24):
+        for seed in range(3):
+            top = top_eigenvalues(op, 5, gen(seed), tol=1e-15, max_steps=steps)
+            distance = np.abs(top.values[:, None] - ev[None, :]).min(1)
+            assert np.all(distance <= top.bounds * (1 + 1e-6) + 1e-12 * ev.max())
+            assert np.all(top.bounds <= top.residuals)
+            ratios.extend((top.bounds / np.maximum(top.residuals, 1e-300))[top.residuals > 1e-10].tolist())
+    assert min(ratios) < 0.1
+
+
+def test_refined_bounds_stop_the_top_k_run_earlier_at_the_same_accuracy(exact_model):
+    _, op, _, ev = exact_model
+    exact = ev[::-1][:5]
+    refined = top_eigenvalues(op, 5, gen(), tol=1e-6, check_every=1)
+    plain = top_eigenvalues(op, 5, gen(), tol=1e-6, check_every=1, refined=False)
+    assert refined.converged and plain.converged
+    assert refined.steps < plain.steps
+    for top in (refined, plain):
+        assert np.max(np.abs(top.values - exact) / np.abs(exact)) <= 1e-6

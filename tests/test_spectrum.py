@@ -110,7 +110,10 @@ def test_spectrum_command_defaults_deflated_trace_without_ends():
 
     settings = spectrum_command_settings(top_k=3)
     assert (settings.probes, settings.steps, settings.dtype, settings.trace, settings.ends, settings.top_k) == (
-        defaults.SPECTRUM_PROBES, 40, "float32", "deflated", False, 3)
+        None, 40, "float32", "deflated", False, 3)  # probes: from the dimension when the operator is known
+    assert settings.for_dim(2_000).probes == defaults.SPECTRUM_PROBES
+    assert settings.for_dim(11_000_000).probes == defaults.SPECTRUM_MIN_PROBES
+    assert settings.for_dim(2_000).for_dim(11_000_000).probes == defaults.SPECTRUM_PROBES  # fixed once
     assert settings.single_pass and settings.density_tol == defaults.SPECTRUM_DENSITY_TOL > 0
     assert SpectrumSettings().probes == defaults.PROBES and not SpectrumSettings().single_pass  # err's own
     matrix = _matrix(seed=2)

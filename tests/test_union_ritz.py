@@ -42,8 +42,40 @@ def test_ritz_values_and_residuals_match_the_explicit_projection(seed):
     np.testing.assert_allclose(union.top.residuals, brute, rtol=1e-6, atol=1e-9)
     # The certificate: every value lies within its residual of an exact eigenvalue.
     exact = np.linalg.eigvalsh(matrix.numpy())
-    for value, residual in zip(union.top.values, union.top.residuals):
-        assert np.min(np.abs(exact - value)) <= residual + 1e-10
+    for value, residual, bound in zip(union.top.values, union.top.residuals, union.top.bounds):
+        assert np.min(np.abs(exact - value)) <= bound + 1e-10
+        assert bound <= residual
+
+
+@pytest.mark.parametrize("probes", [1, 2, 5])
+def test_top_k_certified_by_the_refined_bounds_is_within_tol_of_the_exact_top_k(probes):
+    """Stopped as the single pass stops (every 2 steps, once each error bound is <= 1e-3 x |value|): the values
+    are within 1e-3 of the exact top 5 on every seed, and each lies within its bound of an exact eigenvalue."""
+    for seed in range(12):
+        matrix = _matrix(seed)
+        exact = np.linalg.eigvalsh(matrix.numpy())
+        for steps in range(2, 60, 2):
+            top = union_ritz(_run(matrix, probes, steps, seed), 5, tol=1e-3).top
+            if top.converged:
+                break
+        assert top.converged
+        np.testing.assert_allclose(top.values, exact[::-1][:5], rtol=1e-3)
+        distance = np.abs(top.values[:, None] - exact[None, :]).min(1)
+        assert np.all(distance <= top.bounds + 1e-10)
+        assert np.all(top.bounds <= top.residuals)
+
+
+def test_gap_refined_bounds_certify_with_fewer_steps_than_the_residuals():
+    matrix = _matrix(0)
+
+    def first_certified(errors) -> int:
+        for steps in range(2, 40):
+            top = union_ritz(_run(matrix, 2, steps, 0), 5).top
+            if np.all(errors(top) <= 1e-6 * np.abs(top.values)):
+                return steps
+        raise AssertionError("not certified in 40 steps")
+
+    assert first_certified(lambda top: top.bounds) < first_certified(lambda top: top.residuals)
 
 
 def test_the_union_is_at_least_as_good_as_each_probe_and_converges():

@@ -403,10 +403,10 @@ def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probe
 def spectrum(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = typer.Option(defaults.SPECTRUM_PROBES, help="SLQ Rademacher probes k (density, the single pass, the Hutchinson diagonal). Default: density W1 below PyHessian's default density on the zoo on 9 of 10 seeds (docs/decisions.md)."),
+    probes: Optional[int] = typer.Option(None, help=f"SLQ Rademacher probes k (density, the single pass, the Hutchinson diagonal). Default: from the dimension d, the fewest (at least {defaults.SPECTRUM_MIN_PROBES}, at most {defaults.SPECTRUM_PROBES}) whose worst-case density sampling error W1 <= {defaults.SPECTRUM_DENSITY_TOL:g} x the spectrum's range: {defaults.SPECTRUM_PROBES} below d = 100,000 (on the zoo: W1 below PyHessian's default density on 9 of 10 seeds), 2 from d = 250,000 (docs/decisions.md)."),
     steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe (at most, with --single-pass: the run stops when the targets below are met)."),
-    single_pass: bool = typer.Option(defaults.SINGLE_PASS, "--single-pass/--separate-top", help="Single pass (default): top-k, the trace's deflation space and the density all from the SLQ probes' Krylov spaces (Rayleigh-Ritz on their union, residual-certified; a separate top-k Lanczos run only if the union cannot certify top-k). It keeps the probes' bases: the memory plan caps its steps to what fits, and it is off with --lanczos low-memory. --separate-top: a top-k Lanczos run of its own first."),
-    top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k residual bounds, |theta - lambda| <= top-rtol x |theta|."),
+    single_pass: bool = typer.Option(defaults.SINGLE_PASS, "--single-pass/--separate-top", help="Single pass (default): top-k, the trace's deflation space and the density all from the SLQ probes' Krylov spaces (Rayleigh-Ritz on their union, each value with an error bound: its residual, tightened by the gap to the other Ritz values; a separate top-k Lanczos run only if the union cannot certify top-k). It keeps the probes' bases: the memory plan caps its steps to what fits, and it is off with --lanczos low-memory. --separate-top: a top-k Lanczos run of its own first."),
+    top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k error bounds, |theta - lambda| <= top-rtol x |theta| (the residual r, or r^2/gap when the gap to the other Ritz values exceeds 10 r: Parlett 1998, 11.7; the gap is estimated from the Ritz values, as Lanczos codes do)."),
     density_tol: float = typer.Option(defaults.SPECTRUM_DENSITY_TOL, help=f"Single pass: every {defaults.SPECTRUM_CHECK_EVERY} steps, stop once top-k is certified and the density (converged Ritz pairs as exact atoms) moved by W1 <= density-tol x lambda_max since the last check (0: all --steps)."),
     top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
     dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to --top-rtol) or float64 (small eigenvalues to full precision; what err uses)."),
@@ -480,14 +480,15 @@ def render_spectrum(result) -> None:
         source = ("Rayleigh-Ritz on the union of the SLQ probes' Krylov spaces, "
                   if result.provenance.get("top_from") == "slq union" else "Lanczos, ")
         say(f"top {len(result.top.values)} eigenvalues: {top}  ({source}{result.top.steps} steps, "
-            f"residual <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'})")
+            f"error bound <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'}; "
+            f"largest {max(float(b) for b in result.top.bounds):.1e})")
     else:
         say(f"backend {backend}: {result.provenance.get('note', '')}")
         say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
     reused = result.provenance.get("trace_leave_one_out") or 0
     say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} ({result.trace.method}, {len(result.trace.samples)} probes"
         + (f", {reused} of them the SLQ probes, deflated leave-one-out" if reused else "") + ")")
-    say(f"SLQ: Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}% "
+    say(f"SLQ ({result.provenance['settings']['probes']} probes): Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}% "
         f"({100 * result.resolved_negative_mass:.2f}% below -1e-3 x lambda_max; nearer 0 the side is within the "
         "quadrature's resolution)")
     if backend == "wdbound":

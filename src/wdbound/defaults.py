@@ -7,6 +7,8 @@ read them from here (shared/SPEC.md asks that each interpretation be a documente
 
 from __future__ import annotations
 
+import math
+
 TAU = 0.05  # confidence: the bound holds with probability 1 - tau
 SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to it, and the mass is reported
 
@@ -25,7 +27,9 @@ REFINE_BUDGET = 8  # the adaptive SLQ may add this many times the HVPs of the ba
 # stay float64), 5 probes x at most 40 steps, no run for the spectrum's lower end. Chosen from accuracy targets measured
 # against exact spectra (docs/decisions.md, "Speed (issue 16)"): density W1 / lambda_max below PyHessian's default
 # density, top-5 certified to 1e-3 (PyHessian's own tolerance, uncertified there), trace to 5 % (deflated Hutchinson).
-SPECTRUM_PROBES = 5  # with the exact atoms: W1 <= 5.1e-4 on 10 seeds of digits-cnn (PyHessian: 6.9e-4 to 1.4e-3)
+SPECTRUM_PROBES = 5  # at most (spectrum_probes); with the exact atoms: W1 <= 5.1e-4 on 10 seeds of digits-cnn
+SPECTRUM_MIN_PROBES = 2  # at least: two probes give the density and the diagonal a spread, and the trace two
+# leave-one-out samples; an eigenvalue repeated twice among the top k shows twice
 SPECTRUM_STEPS = 40  # at most; the single pass stops earlier once its targets are met
 SPECTRUM_DTYPE = "float32"
 SPECTRUM_TRACE = "deflated"
@@ -55,3 +59,22 @@ CHECK_STEPS = 40
 EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
 EXACT_AUTO_MAX_DIM = 10_000  # `--exact auto`: dense Hessian (d HVPs, 0.8 GB, eigvalsh in seconds) up to this d
 DIAGONAL_EXACT_MAX_DIM = 20_000  # `--diagonal auto`: exact diagonal (d HVPs, no dense matrix) up to this d
+
+
+def spectrum_probes(dim: int) -> int:
+    r"""The SLQ probes of `wdbound spectrum` for a Hessian of ``dim`` parameters.
+
+    The density's sampling error falls with the dimension: a Rademacher probe's spectral weights put
+    :math:`\hat F(x) = z^\top P_{\lambda\le x} z / d` on the eigenvalues below x, whose variance is at most
+    :math:`2F(1-F)/d \le 1/(2d)` (Hutchinson's variance for a projector); over k probes,
+    :math:`E\,W_1 = \int E|\hat F - F|\,dx \le (\lambda_{max} - \lambda_{min})/\sqrt{2dk}`. The count that holds this
+    below ``SPECTRUM_DENSITY_TOL`` × the range, whatever the spectrum, kept between ``SPECTRUM_MIN_PROBES`` and
+    ``SPECTRUM_PROBES``: the cap (5) decides below d = 100,000, where it is what measured enough on the zoo, and
+    2 probes suffice from d = 250,000 (ResNet-18: 11 M). Fewer probes also certify top-k with fewer HVPs: the
+    single pass's union then holds fewer, longer Krylov spaces (docs/decisions.md, "Speed (issue 16)").
+
+    >>> spectrum_probes(2_000), spectrum_probes(150_000), spectrum_probes(11_000_000)
+    (5, 4, 2)
+    """
+    need = math.ceil(1.0 / (2.0 * (dim + 2) * SPECTRUM_DENSITY_TOL ** 2))
+    return max(SPECTRUM_MIN_PROBES, min(SPECTRUM_PROBES, need))

@@ -71,7 +71,7 @@ class SpectrumSettings:
     split: str = "test"
     max_samples: int | None = None
     subset_seed: int = 0  # seed of the --max-samples subset (its own stream: --seed moves only the probes)
-    probes: int = defaults.PROBES
+    probes: int | None = defaults.PROBES  # None: from the dimension (defaults.spectrum_probes; see for_dim)
     steps: int = defaults.STEPS
     top_k: int = defaults.TOP_K
     diag_probes: int = 0  # extra Hutchinson probes beyond the SLQ ones
@@ -96,8 +96,13 @@ class SpectrumSettings:
     trace_probes: int = defaults.TRACE_PROBES  # deflated trace: probes of the first block
     trace_rtol: float = defaults.TRACE_RTOL  # deflated trace: add blocks until stderr <= trace_rtol * |trace|
     single_pass: bool = False  # top-k and the trace's deflation space from the SLQ probes' union (no top-k run)
-    top_rtol: float = defaults.SPECTRUM_TOP_RTOL  # single pass: top-k residual bound target (relative)
+    top_rtol: float = defaults.SPECTRUM_TOP_RTOL  # single pass: top-k error bound target (relative)
     density_tol: float = 0.0  # single pass: stop once the density moves by W1 <= this x lambda_max (0: all steps)
+
+    def for_dim(self, dim: int) -> "SpectrumSettings":
+        """These settings with the probe count fixed for a Hessian of ``dim`` parameters (``probes=None``:
+        :func:`wdbound.defaults.spectrum_probes`); what a run records in its provenance."""
+        return self if self.probes is not None else replace(self, probes=defaults.spectrum_probes(dim))
 
     def refine_cap(self) -> int:
         """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
@@ -111,11 +116,12 @@ class SpectrumSettings:
         """Raise a one-line :class:`WdboundError` naming the first setting out of range."""
         if self.backend not in BACKENDS:
             raise WdboundError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}", "backend")
-        for name, value, param in (("probes", self.probes, "probes"), ("steps", self.steps, "steps"),
-                                   ("top-k", self.top_k, "top_k"), ("batch size", self.batch_size, "hvp_batch_size")):
+        for name, value, param in (("probes", 1 if self.probes is None else self.probes, "probes"),
+                                   ("steps", self.steps, "steps"), ("top-k", self.top_k, "top_k"),
+                                   ("batch size", self.batch_size, "hvp_batch_size")):
             if value < 1:
                 raise WdboundError(f"{name} = {value} must be >= 1", param)
-        if self.probes < 2:
+        if self.probes is not None and self.probes < 2:
             raise WdboundError("probes = 1 gives no standard error; use at least 2", "probes")
         if self.workers < 0:
             raise WdboundError(f"workers = {self.workers} must be >= 0", "workers")
@@ -149,9 +155,9 @@ class SpectrumSettings:
 
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
     """The settings of ``wdbound spectrum`` at its defaults (which differ from the library's: float32 HVPs,
-    5 probes x at most 40 steps in a single pass stopped by its accuracy targets, the deflated trace to 5 %, no
-    lower-end run, Hutchinson diagonal), with ``overrides``."""
-    chosen = dict(probes=defaults.SPECTRUM_PROBES, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
+    2 to 5 probes by the dimension x at most 40 steps in a single pass stopped by its accuracy targets, the
+    deflated trace to 5 %, no lower-end run, Hutchinson diagonal), with ``overrides``."""
+    chosen = dict(probes=None, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
                   trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson",
                   single_pass=defaults.SINGLE_PASS, density_tol=defaults.SPECTRUM_DENSITY_TOL,
                   trace_rtol=defaults.SPECTRUM_TRACE_RTOL)
@@ -275,8 +281,8 @@ class Spectrum:
         support = Support(**meta["support"]) if meta.get("support") else None
         trace = TraceEstimate.from_samples(arrays["trace_samples"], meta["trace_method"])
         return cls(meta["d"], meta["n_eval"],
-                   TopEigen(np.asarray(top["values"]), np.asarray(top["residuals"]), top["steps"], top["converged"],
-                            top["tol"]),
+                   TopEigen(np.asarray(top["values"]), np.asarray(top["residuals"]),
+                            np.asarray(top.get("bounds", top["residuals"])), top["steps"], top["converged"], top["tol"]),
                    slq, trace, DiagonalEstimate(arrays["diag_estimate"], arrays["diag_stderr"], meta["diag_probes"]),
                    meta["hvps"], meta["wall_seconds"], meta["provenance"], arrays.get("exact_eigenvalues"),
                    arrays.get("exact_diagonal"), arrays["zero_rows"], support, meta.get("deflation"), cached=True)
@@ -358,6 +364,7 @@ class _Targets:
         self.measure = measure
         self.checks.append({"steps": int(run.alphas.shape[1]), "top_certified": union.top.converged,
                             "max_top_residual": float(np.max(union.top.residuals)),
+                            "max_top_bound": float(np.max(union.top.bounds)),
                             "density_moved_w1_over_lambda_max": moved})
         return union.top.converged and moved <= self.density_tol
 
@@ -410,6 +417,7 @@ def loss_function(spec: str):
 def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_factor: int = 1) -> MemoryPlan:
     """The memory plan of an analysis of ``operator`` under ``settings`` (see :mod:`wdbound.memory`); raises
     the ``--memory`` error when nothing fits. Applies the plan's HVP chunk and probe block to the operator."""
+    settings = settings.for_dim(operator.dim)
     baseline = current_bytes(operator.device)
     if settings.memory == "auto":
         free, source = available_bytes(operator.device)
@@ -570,6 +578,7 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
     if cache is not None and (hit := cache.load(key, Spectrum.from_arrays)) is not None:
         return hit
     operator = build_operator(ckpt, settings)
+    settings = settings.for_dim(operator.dim)
     if settings.exact and operator.dim > EXACT_MAX_DIM:
         raise WdboundError(f"the exact spectrum needs a dense {operator.dim}x{operator.dim} Hessian "
                            f"({human_bytes(8 * operator.dim**2)} in float64, ~3x that with eigvalsh); the limit is "
@@ -625,7 +634,7 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     ``plan`` (default: full re-orthogonalisation, unrestarted top-k) is how the Lanczos runs use memory.
     The one owner of how a spectrum spends its HVPs (:func:`expected_hvps` counts them beside it)."""
     with sequential_numpy_blas():
-        return _estimate_spectrum(operator, settings, plan)
+        return _estimate_spectrum(operator, settings.for_dim(operator.dim), plan)
 
 
 def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | None = None) -> Spectrum:
@@ -706,6 +715,7 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     diagonal probes, the deflated trace's (at most TRACE_MAX_PROBES probes, and a top-k run of at least
     TRACE_SPAN_STEPS), and d unit vectors for an exact
     diagonal or dense Hessian."""
+    settings = settings.for_dim(dim)
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
     return ((0 if single else min(300, dim)) + (150 if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes
@@ -742,6 +752,7 @@ def _foreign_spectrum(ckpt: Checkpoint, settings: SpectrumSettings, key: str) ->
     if settings.loss != "cross-entropy":
         raise WdboundError("the pyhessian backend runs with the cross-entropy loss only", "loss")
     operator = build_operator(ckpt, settings)
+    settings = settings.for_dim(operator.dim)
     top, density, trace, diagonal, hvps, wall = run_pyhessian(operator, settings)
     provenance = {
         **checkpoint_provenance(ckpt, evaluation_data(ckpt, settings), key), "settings": asdict(settings),

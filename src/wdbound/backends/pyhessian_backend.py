@@ -83,7 +83,8 @@ def run_pyhessian(operator, settings, on_hvps=None):
     hvps = criterion.calls // max(chunks, 1)
     trace = TraceEstimate.from_samples(samples, "pyhessian hutchinson")
     order = np.argsort(values)[::-1]
-    top = TopEigen(np.asarray(values, dtype=np.float64)[order], np.full(len(values), math.nan), 0, False, 1e-3)
+    top = TopEigen(np.asarray(values, dtype=np.float64)[order], np.full(len(values), math.nan),
+                   np.full(len(values), math.nan), 0, False, 1e-3)
     node_arrays = [np.asarray(n, dtype=np.float64) for n in nodes]
     weight_arrays = [np.asarray(w, dtype=np.float64) for w in weights]
     m = max(len(n) for n in node_arrays)

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .krylov_trace import KrylovSpan
-from .lanczos import LanczosRun, TopEigen, tridiagonal
+from .lanczos import LanczosRun, TopEigen, error_bounds, tridiagonal, within
 
 RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped (Ritz pairs, span and quadrature)
 ATOM_RTOL = 1e-3  # a Ritz pair whose residual bound is <= this x max|theta| is an exact atom of the density
@@ -132,7 +132,8 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     residual bound (see the module docstring).
 
     ``run`` must keep its basis and last residuals (``lanczos(..., keep_basis=True)``). ``top.converged`` says
-    whether every residual is at most ``tol`` × |value|.
+    whether every error bound (:func:`~wdbound.estimators.lanczos.error_bounds`: the residual, tightened by
+    the gap to the other Ritz values of the union) is at most ``tol`` × |value|.
 
     The quadrature: probe p's start vector :math:`z_p` lies in the union, so
     :math:`z_p^\top f(H) z_p \approx \|z_p\|^2 \sum_j (s_j^\top U z_p/\|z_p\|)^2 f(\theta_j)` over the union's Ritz
@@ -174,12 +175,14 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     residual_norms = np.sqrt(np.maximum(squared, 0.0))
     order = np.argsort(theta)[::-1][:min(top, len(theta))]
     values = theta[order]
-    converged = bool(np.all(residual_norms[order] <= tol * np.maximum(np.abs(values), 1e-300)))
+    bounds = error_bounds(theta, residual_norms)[order]
+    converged = within(bounds, values, tol)
     span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype))
     weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
-    return UnionRitz(TopEigen(values, residual_norms[order], int(max(lengths)), converged, tol, span), span, theta,
-                     weights, residual_norms, gram, projected, width, np.asarray(run.norms, dtype=np.float64) ** 2)
+    top_pairs = TopEigen(values, residual_norms[order], bounds, int(max(lengths)), converged, tol, span)
+    return UnionRitz(top_pairs, span, theta, weights, residual_norms, gram, projected, width,
+                     np.asarray(run.norms, dtype=np.float64) ** 2)
 
 
 def leave_one_out_traces(gram: np.ndarray, projected: np.ndarray, firsts: list[int], width: int,
