@@ -318,7 +318,9 @@ class HessianOperator:
         else:
             out = self._streamed_products(vectors, mode or self.mode)
         self._reduce(out)
-        if not bool(torch.isfinite(out).all()):
+        # A sum first (one read, no mask of d): NaN and Inf carry through it; only when it is not finite
+        # (that, or finite entries overflowing it) is the mask built.
+        if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
             raise WdboundError("a Hessian-vector product is not finite (NaN or Inf): the loss or its second "
                                "derivative overflows on some evaluation example; check the checkpoint and the data, "
                                "or use --dtype float64", "data")
@@ -329,12 +331,16 @@ class HessianOperator:
 
     def _kept_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """Products by one backward pass each through the kept gradient graphs (chunk weights inside)."""
-        out = torch.zeros_like(vectors)
+        out = None
         for flat, gradient, weight in self._kept_gradients():
             with _math_attention():
                 rows = [torch.autograd.grad(gradient, flat, grad_outputs=vector, retain_graph=True)[0]
                         for vector in vectors]
-            out += weight * torch.stack(rows)
+            chunk = torch.stack(rows) if len(rows) > 1 else rows[0].unsqueeze(0)  # fresh tensors: no copy of one
+            if out is None:
+                out = chunk if weight == 1.0 else chunk.mul_(weight)
+            else:
+                out.add_(chunk, alpha=weight)
         return out
 
     def _streamed_products(self, vectors: torch.Tensor, mode: str) -> torch.Tensor:

@@ -26,6 +26,15 @@ import torch
 from ..stats import mean_stderr
 
 
+def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[a_i · b_i]`` of two [n, d] tensors, as one batched product (BLAS; no [n, d] temporary).
+
+    >>> row_dots(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 1.0], [0.0, 2.0]])).tolist()
+    [3.0, 8.0]
+    """
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 def rademacher(count: int, dim: int, generator: torch.Generator, dtype: torch.dtype,
                device: torch.device | str = "cpu") -> torch.Tensor:
     """``[count, dim]`` ±1 entries, drawn on the CPU so a seed gives the same probes on every device."""

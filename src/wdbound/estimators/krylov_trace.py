@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .hutchinson import TraceEstimate, rademacher
+from .hutchinson import TraceEstimate, rademacher, row_dots
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,9 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
             if project is not None:
                 g = project(g)
             g = span.project_out(g)
-            hg = span.project_out(operator.matmat(g.to(operator.dtype)).to(g.dtype))
-            samples.append((g * hg).sum(1).double().cpu().numpy())
+            # gᵀPHPg with g = Pg already: gᵀHg (P is an orthogonal projector), no second projection
+            hg = operator.matmat(g.to(operator.dtype)).to(g.dtype)
+            samples.append(row_dots(g, hg).double().cpu().numpy())
             del g, hg
         drawn += block
         estimate = TraceEstimate.from_samples(span.trace + np.concatenate(samples), "krylov-deflated hutchinson")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..stats import gaussian_smooth, mean_stderr
-from .hutchinson import HutchinsonSums, rademacher
+from .hutchinson import HutchinsonSums, rademacher, row_dots
 from .krylov_trace import KrylovSpan
 
 VECTOR_DTYPE = torch.float64  # Lanczos vectors, recurrences and quadrature: float64 even when the HVPs are float32
@@ -103,12 +103,17 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
     ``keep_basis`` also keeps each probe's last residual (``residuals``: what
     :func:`~wdbound.estimators.union_ritz.union_ritz` needs). ``stop``: every ``check_every`` steps the run so far
     (basis kept) is passed to it, and the run ends there when it returns True (an accuracy target instead of
-    a fixed step count)."""
+    a fixed step count).
+
+    On a large model the vector work of a step is a visible share of it (an 11 M-parameter float64 vector is
+    90 MB): the recurrence runs in place on the running vectors, the basis is allocated but not zeroed (only
+    the rows a probe wrote are read; a probe that breaks down has the rest of its rows zeroed then), and each
+    probe's residual is copied out only where it is read (at a check, at the end, at a breakdown)."""
     k, d = starts.shape
     dtype, device = VECTOR_DTYPE, operator.device
     breakdown_tol = _breakdown_tol(operator, breakdown_tol)
     steps, starts, norms = _starts(operator, starts, steps)
-    basis = torch.zeros(k, steps, d, dtype=dtype, device=device)
+    basis = torch.empty(k, steps, d, dtype=dtype, device=device)
     alphas = torch.zeros(k, steps, dtype=torch.float64)
     betas = torch.zeros(k, max(steps - 1, 0), dtype=torch.float64)
     lengths = torch.full((k,), steps, dtype=torch.long)
@@ -116,55 +121,74 @@ def lanczos(operator, starts: torch.Tensor, steps: int, *, keep_basis: bool = Fa
     scale = torch.zeros(k, dtype=torch.float64)
     q = starts / norms[:, None]
     q_prev = torch.zeros_like(q)
-    beta_prev = torch.zeros(k, dtype=dtype, device=device)
+    beta_prev = torch.zeros(k, dtype=torch.float64)
     first_products = None
     residuals = torch.zeros(k, d, dtype=dtype, device=device) if keep_basis or stop is not None else None
     for j in range(steps):
         idx = active.nonzero().squeeze(1)
-        basis[idx, j] = q[idx]
-        w = _apply(operator, q[idx])
+        every = len(idx) == k  # all probes running: views instead of gathered copies
+        rows = idx.tolist()
+        current = q if every else q[idx]
+        basis[idx, j] = current
+        w = _apply(operator, current)
         if j == 0:
             first_products = w * norms[:, None]
-        alpha = (w * q[idx]).sum(1)
-        w = w - alpha[:, None] * q[idx] - beta_prev[idx, None] * q_prev[idx]
-        span = basis[:, : j + 1] if len(idx) == k else basis[idx, : j + 1]  # [a, j+1, d] (a view while all run)
-        w = reorthogonalise(span, w)
-        beta = w.norm(dim=1)
-        alphas[idx, j] = alpha.double().cpu()
-        scale[idx] = torch.maximum(scale[idx], (alpha.abs() + beta).double().cpu())
-        if residuals is not None:
+        alpha = row_dots(w, current).double().cpu()
+        for r, p in enumerate(rows):  # w -= alpha q + beta_prev q_prev, in place
+            w[r].add_(current[r], alpha=-float(alpha[r]))
+            if j:
+                w[r].add_(q_prev[p], alpha=-float(beta_prev[p]))
+        span = basis[:, : j + 1] if every else basis[idx, : j + 1]  # [a, j+1, d] (a view while all run)
+        reorthogonalise(span, w, inplace=True)
+        beta = w.norm(dim=1).double().cpu()
+        alphas[idx, j] = alpha
+        scale[idx] = torch.maximum(scale[idx], alpha.abs() + beta)
+        last = j == steps - 1
+        check = stop is not None and not last and (j + 1) % check_every == 0
+        if residuals is not None and (last or check):
             residuals[idx] = w
-        if j == steps - 1:
+        if last:
             break
-        if stop is not None and (j + 1) % check_every == 0:
+        if check:
             partial = _partial_run(alphas, betas, torch.where(active, j + 1, lengths), norms, first_products,
                                    starts, basis, residuals, j + 1)  # lengths: j + 1, or where a probe broke
             if stop(partial):
                 return partial
-        betas[idx, j] = beta.double().cpu()
-        broke = beta.double().cpu() <= breakdown_tol * scale[idx]
-        lengths[idx[broke]] = j + 1
-        active[idx[broke]] = False
+        betas[idx, j] = beta
+        broke = beta <= breakdown_tol * scale[idx]
+        for r in broke.nonzero().squeeze(1).tolist():  # an invariant subspace: its residual and length are final
+            p = rows[r]
+            lengths[p] = j + 1
+            active[p] = False
+            basis[p, j + 1:].zero_()  # rows past its length read as zeros (the union's blocks)
+            if residuals is not None:
+                residuals[p] = w[r]
         if not bool(active.any()):
             break
-        keep = ~broke.to(device)
-        q_prev[idx] = q[idx]
-        q[idx[keep.cpu()]] = w[keep] / beta[keep, None]
-        beta_prev[idx] = beta
+        for r, p in enumerate(rows):
+            if not bool(broke[r]):
+                q_prev[p].copy_(q[p])
+                torch.div(w[r], float(beta[r]), out=q[p])
+                beta_prev[p] = beta[r]
     return LanczosRun(alphas.numpy(), betas.numpy(), lengths.numpy(), norms.double().cpu().numpy(),
                       first_products, starts, basis if keep_basis else None, residuals=residuals)
 
 
-def reorthogonalise(span: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def reorthogonalise(span: torch.Tensor, w: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """``w`` [a, d] with its components along each row's basis ``span`` [a, j, d] removed: classical
     Gram-Schmidt, repeated only when the first pass cancelled most of ``w`` (the DGKS criterion, Daniel,
     Gragg, Kaufman & Stewart 1976: a norm below 1/sqrt(2) of what it was). "Twice is enough" (Parlett 1998,
     sec. 6.9); a second pass when the first changed little only reads the whole basis again, which on an
-    11 M-parameter model costs as much memory traffic as the pass itself."""
+    11 M-parameter model costs as much memory traffic as the pass itself. ``inplace``: ``w`` itself is
+    updated (no [a, d] temporaries) and returned."""
+    if not inplace:
+        w = w.clone()
     before = w.norm(dim=1)
-    w = w - torch.einsum("ajd,aj->ad", span, torch.einsum("ajd,ad->aj", span, w))
-    if bool((w.norm(dim=1) < before / math.sqrt(2)).any()):
-        w = w - torch.einsum("ajd,aj->ad", span, torch.einsum("ajd,ad->aj", span, w))
+    for attempt in range(2):
+        coefficients = torch.bmm(span, w.unsqueeze(2))  # [a, j, 1]
+        w.unsqueeze(1).baddbmm_(coefficients.transpose(1, 2), span, alpha=-1.0)
+        if attempt or not bool((w.norm(dim=1) < before / math.sqrt(2)).any()):
+            return w
     return w
 
 
