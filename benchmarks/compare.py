@@ -4,7 +4,8 @@
     python benchmarks/compare.py --full-resnet       # ResNet-18 full analysis too (slow on a CPU)
     python benchmarks/compare.py --device cuda --dtype float32
     python benchmarks/compare.py --section defaults  # each tool as it comes: `wdbound spectrum` vs PyHessian
-    python benchmarks/compare.py --section defaults --models resnet18 --resnet-n 256   # ResNet-18, 256 images
+    python benchmarks/compare.py --section defaults --models resnet18-trained --resnet-n 256 --pyhessian-hvps 185
+        # a trained ResNet-18 on 256 images; PyHessian's time extrapolated from its HVP (hours to run whole here)
     python benchmarks/compare.py --section equal-accuracy   # each tool's cheapest settings, same errors
 
 For each model: wall time and HVP count of density (k probes x m steps), top-5 eigenvalues, trace,
@@ -350,6 +351,19 @@ def defaults_vs_defaults(args, device) -> dict:
         if exact_ev is not None:
             rows["wdbound"].update(accuracy(found, exact_ev, exact_ev.sum()),
                                    top5_max_rel_error=top5_error(found, exact_ev))
+        if args.pyhessian_hvps:  # too slow to run whole here: its HVP timed on the same data, times a count
+            per_hvp = pyhessian_hvp_seconds(model, dataset, device, reps=2)
+            if per_hvp is not None:
+                rows["pyhessian"] = {"seconds": per_hvp * args.pyhessian_hvps, "hvps": args.pyhessian_hvps,
+                                     "extrapolated": True, "hvp_seconds": per_hvp}
+                rows["speed_up"] = rows["pyhessian"]["seconds"] / seconds
+                rows["wdbound"].update(
+                    top5_max_rel_residual=float(np.max(ours.top.residuals / np.abs(ours.top.values))),
+                    top5_max_rel_bound=float(np.max(ours.top.bounds / np.abs(ours.top.values))),
+                    trace_rel_stderr=ours.trace.stderr / abs(ours.trace.estimate))
+            out[name] = rows
+            _print_defaults(name, op.dim, exact_ev, rows)
+            continue
         theirs = pyhessian_defaults(model, dataset, device)
         if theirs is not None:
             their_found, their_seconds, hvps = theirs
@@ -397,7 +411,11 @@ def _print_defaults(name: str, dim: int, exact_ev, rows: dict) -> None:
         print(f"   wdbound   {r['seconds']:7.2f} s {r['hvps']:5d} HVPs | top-5 within rel. error bound "
               f"{r['top5_max_rel_bound']:.1e} (rel. residual {r['top5_max_rel_residual']:.1e}) | trace rel. stderr "
               f"{r['trace_rel_stderr']:.1e}", flush=True)
-        if "pyhessian" in rows:
+        if "pyhessian" in rows and rows["pyhessian"].get("extrapolated"):
+            p = rows["pyhessian"]
+            print(f"   pyhessian {p['seconds']:7.2f} s {p['hvps']:5d} HVPs, extrapolated: its HVP measured here "
+                  f"({p['hvp_seconds']:.2f} s) x {p['hvps']} HVPs (--pyhessian-hvps)", flush=True)
+        elif "pyhessian" in rows:
             p = rows["pyhessian"]
             print(f"   pyhessian {p['seconds']:7.2f} s {p['hvps']:5d} HVPs | top-5 off the certified values by "
                   f"{p['top5_rel_distance_to_certified']:.1e} | trace off by {p['trace_rel_distance']:.1e} "
@@ -528,6 +546,23 @@ def top5_error(found, exact_ev) -> float:
     return float(np.max(np.abs(top - exact) / np.abs(exact)))
 
 
+def pyhessian_hvp_seconds(model, dataset, device, reps: int) -> float | None:
+    """Seconds of one PyHessian HVP (its dataloader path, float32, as in :func:`pyhessian_defaults`) on
+    ``dataset``; None without PyHessian."""
+    try:
+        from pyhessian import hessian
+    except ImportError:
+        return None
+    from wdbound.backends.pyhessian_backend import CountingCriterion
+
+    op = HessianOperator(model, dataset, device=device, dtype=torch.float32, mode="double-backward", batch_size=512)
+    engine = hessian(op.model, CountingCriterion(), dataloader=list(op.chunks()), cuda=device.type == "cuda")
+    vector = [torch.randn_like(p) for p in engine.params]
+    engine.dataloader_hv_product(vector)
+    _, seconds, _ = timed(device, lambda: [engine.dataloader_hv_product(vector) for _ in range(reps)])
+    return seconds / reps
+
+
 def pyhessian_defaults(model, dataset, device):
     """PyHessian 0.1 at its defaults: (found, seconds, HVPs), or None without PyHessian."""
     try:
@@ -583,6 +618,9 @@ def main(argv=None) -> int:
     parser.add_argument("--resnet-n", type=int, default=8,
                         help="32x32 images for ResNet-18 (random ones; digits32 test images for resnet18-trained)")
     parser.add_argument("--full-resnet", action="store_true", help="also run the full analysis on ResNet-18")
+    parser.add_argument("--pyhessian-hvps", type=int, default=0,
+                        help="--section defaults: do not run PyHessian's defaults whole; time its HVP on the same "
+                             "data and multiply by this count (the HVPs its defaults took on a smaller run)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions for the HVP/gradient timing")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--exact-cache", type=Path, default=None,
