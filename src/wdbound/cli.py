@@ -80,7 +80,7 @@ def progress_bar():
 
 class LogProgress:
     """Progress for a stderr that is not a terminal: one plain line per task at most every ``interval``
-    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned, elapsed, ETA. The subset of rich's
+    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned at most, elapsed, ETA at most. The subset of rich's
     ``Progress`` the commands use."""
 
     def __init__(self, interval: float | None = None) -> None:
@@ -124,8 +124,9 @@ class LogProgress:
 
     def _log(self, state: dict, now: float) -> None:
         elapsed, done, total = now - state["start"], state["completed"], state["total"]
-        planned = f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
-        eta = (f", ETA {_clock(elapsed * (total - done) / done)}" if total and 0 < done < total else "")
+        # The total is an upper estimate (the single pass and the trace stop at their targets): so is the ETA.
+        planned = f"{done:g} of at most {total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
+        eta = (f", ETA at most {_clock(elapsed * (total - done) / done)}" if total and 0 < done < total else "")
         err_console.print(f"[progress] {state['description']}: {planned}, elapsed {_clock(elapsed)}{eta}"
                           + (f" ({state['info']})" if state["info"] else ""), highlight=False, markup=False,
                           soft_wrap=True)

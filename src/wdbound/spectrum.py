@@ -447,11 +447,17 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
         # The single pass saves more HVPs than a kept graph saves per HVP: it gets the room first. Then, while
         # its basis does not fit all the steps, a probe block of 1 (vmapped probes share an HVP pass but
         # multiply its activations; on a CPU the block buys little, measured) when that fits more steps.
-        chosen = with_single_pass(plan, **single)
-        if plan.keep_graph and chosen.single_pass_steps is None:
-            chosen = with_single_pass(replace(plan, graph=0), **single)
+        def single_first(candidate: MemoryPlan) -> MemoryPlan:
+            chosen = with_single_pass(candidate, **single)
+            if candidate.keep_graph and chosen.single_pass_steps is None:
+                chosen = with_single_pass(replace(candidate, graph=0), **single)
+            return chosen
+
+        chosen = single_first(plan)
         if (chosen.single_pass_steps or 0) < settings.steps and plan.probe_block > 1:
-            narrow = with_single_pass(planned(1), **single)
+            # A block of 1 frees activations, which the planner may hand to a kept graph: the single pass
+            # still comes first (ResNet-18 on 256 images: the graph alone left it no room).
+            narrow = single_first(planned(1))
             if (narrow.single_pass_steps or 0) > (chosen.single_pass_steps or 0):
                 chosen = narrow
         plan = chosen
