@@ -703,8 +703,9 @@ def summary(report) -> str:
             for tool in ("wdbound", "pyhessian"):
                 if tool in rows:
                     r = rows[tool]
-                    se = "none" if not r["trace_stderr"] else f"{r['trace_stderr']:.3g}"
+                    se = "none" if not r.get("trace_stderr") else f"{r['trace_stderr']:.3g}"
                     nan = float("nan")  # no exact spectrum (ResNet-18): see the JSON's distances instead
+                    tool = f"{tool} (extrapolated)" if r.get("extrapolated") else tool
                     lines.append(f"| {name} | {tool} | {r['seconds']:.2f} | {r['hvps']} | "
                                  f"{r.get('top5_max_rel_error', nan):.1e} | {r.get('trace_rel_error', nan):.1e} | "
                                  f"{se} | {r.get('density_w1_over_lambda_max', nan):.1e} |")

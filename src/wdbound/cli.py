@@ -80,7 +80,7 @@ def progress_bar():
 
 class LogProgress:
     """Progress for a stderr that is not a terminal: one plain line per task at most every ``interval``
-    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned at most, elapsed, ETA at most. The subset of rich's
+    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned (HVPs: at most), elapsed, ETA. The subset of rich's
     ``Progress`` the commands use."""
 
     def __init__(self, interval: float | None = None) -> None:
@@ -101,7 +101,7 @@ class LogProgress:
         """Start a task; returns its id."""
         now = self.clock()
         self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "start": now,
-                                       "last": now, "info": info}
+                                       "last": now, "info": info, "upper": bool(_fields.get("upper"))}
         return len(self.tasks) - 1
 
     def advance(self, task: int, amount: float = 1) -> None:
@@ -124,9 +124,10 @@ class LogProgress:
 
     def _log(self, state: dict, now: float) -> None:
         elapsed, done, total = now - state["start"], state["completed"], state["total"]
-        # The total is an upper estimate (the single pass and the trace stop at their targets): so is the ETA.
-        planned = f"{done:g} of at most {total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
-        eta = (f", ETA at most {_clock(elapsed * (total - done) / done)}" if total and 0 < done < total else "")
+        # An HVP total is an upper estimate (the single pass and the trace stop at their targets): so is its ETA.
+        bound = " at most" if state["upper"] else ""
+        planned = (f"{done:g}/{total:g}{bound} ({100 * done / total:.0f}%)" if total else f"{done:g}")
+        eta = (f", ETA{bound} {_clock(elapsed * (total - done) / done)}" if total and 0 < done < total else "")
         err_console.print(f"[progress] {state['description']}: {planned}, elapsed {_clock(elapsed)}{eta}"
                           + (f" ({state['info']})" if state["info"] else ""), highlight=False, markup=False,
                           soft_wrap=True)
@@ -221,7 +222,7 @@ class BarObserver(Observer):
         show_plan(plan)
 
     def start(self, label: str, total: int | None) -> None:
-        self.task = self.bar.add_task(f"HVPs {label}", total=total, info="")
+        self.task = self.bar.add_task(f"HVPs {label}", total=total, info="", upper=True)
 
     def hvps(self, count: int) -> None:
         self.bar.advance(self.task, count)
