@@ -156,7 +156,7 @@ class SpectrumSettings:
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
     """The settings of ``wdbound spectrum`` at its defaults (which differ from the library's: float32 HVPs,
     2 to 5 probes by the dimension x at most 40 steps in a single pass stopped by its accuracy targets, the
-    deflated trace to 5 %, no lower-end run, Hutchinson diagonal), with ``overrides``."""
+    deflated trace to 10 % from at least 8 samples, no lower-end run, Hutchinson diagonal), with ``overrides``."""
     chosen = dict(probes=None, steps=defaults.SPECTRUM_STEPS, dtype=defaults.SPECTRUM_DTYPE,
                   trace=defaults.SPECTRUM_TRACE, ends=defaults.SPECTRUM_ENDS, diagonal="hutchinson",
                   single_pass=defaults.SINGLE_PASS, density_tol=defaults.SPECTRUM_DENSITY_TOL,

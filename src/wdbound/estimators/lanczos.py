@@ -183,12 +183,15 @@ def reorthogonalise(span: torch.Tensor, w: torch.Tensor, inplace: bool = False) 
     updated (no [a, d] temporaries) and returned."""
     if not inplace:
         w = w.clone()
-    before = w.norm(dim=1)
-    for attempt in range(2):
+
+    def gram_schmidt() -> None:  # w -= span^T (span w), row by row of the batch, written into w
         coefficients = torch.bmm(span, w.unsqueeze(2))  # [a, j, 1]
         w.unsqueeze(1).baddbmm_(coefficients.transpose(1, 2), span, alpha=-1.0)
-        if attempt or not bool((w.norm(dim=1) < before / math.sqrt(2)).any()):
-            return w
+
+    before = w.norm(dim=1)
+    gram_schmidt()
+    if bool((w.norm(dim=1) < before / math.sqrt(2)).any()):
+        gram_schmidt()
     return w
 
 
