@@ -522,8 +522,8 @@ def equal_accuracy_referenced(case, args, device) -> dict:
 
 
 def lanczos_reference(name, model, dataset, device, args) -> dict:
-    """The reference of :func:`equal_accuracy_referenced`: top-1 by wdbound's Lanczos certified to 1e-5
-    relative (gap-refined residual bound), and the density of ``--reference-probes`` Rademacher probes x
+    """The reference of :func:`equal_accuracy_referenced`: top-1 by wdbound's Lanczos certified to 1e-4
+    relative (gap-refined residual bound; a tenth of the target), and the density of ``--reference-probes`` Rademacher probes x
     ``--reference-steps`` low-memory Lanczos steps (float32 HVPs, float64 recurrence, about four vectors per
     probe whatever the steps: an 11 M-parameter basis of 150 steps would not fit). Its own accuracy is printed
     beside it: the W1 between its half-length and full-length rules (the quadrature's convergence) and the
@@ -543,7 +543,8 @@ def lanczos_reference(name, model, dataset, device, args) -> dict:
     op = HessianOperator(model, dataset, device=device, dtype=torch.float32, mode="auto", batch_size=512)
     op.use_kept_graph(auto_kept_graph(op))
     start = time.perf_counter()
-    top = top_eigenvalues(op, 1, torch.Generator().manual_seed(1000), tol=1e-5)
+    # float32 HVPs: a residual below ~1e-5 relative may not be reachable; a restarted basis caps the memory
+    top = top_eigenvalues(op, 1, torch.Generator().manual_seed(1000), tol=1e-4, max_steps=200, restart=50)
     gen = torch.Generator().manual_seed(1001)
     run = lanczos_blocks(op, lambda count: rademacher(count, op.dim, gen, op.dtype, op.device), probes, steps,
                          block=1)
