@@ -675,7 +675,7 @@ def pyhessian_trace_to_stderr(attempt, target: float, chunk: int = 20, cap: int 
     """PyHessian's trace samples (``trace(maxIter=chunk, tol=0)``, a fresh seed per chunk: independent
     Rademacher probes) until the first count >= ``least`` whose standard error is <= ``target`` x |mean|;
     its seconds are the chunks' measured time prorated to that count. None when ``cap`` samples do not.
-    A chunk may return fewer samples: PyHessian's stop test divides by its running mean unsigned-checked
+    A chunk may return fewer samples: PyHessian's stop test divides by its signed running mean
     (``/ (trace + 1e-6) < tol``), so a negative running mean ends the chunk even at tol 0; every sample drawn
     is kept, and the next chunk goes on with a new seed."""
     samples: list[float] = []
