@@ -7,6 +7,9 @@
     python benchmarks/compare.py --section defaults --models resnet18-trained --resnet-n 256 --pyhessian-hvps 185
         # a trained ResNet-18 on 256 images; PyHessian's time extrapolated from its HVP (hours to run whole here)
     python benchmarks/compare.py --section equal-accuracy   # each tool's cheapest settings, same errors
+    python benchmarks/compare.py --section equal-accuracy --models resnet18-trained --resnet-n 32 --exact-cache DIR
+        # no exact spectrum: against a long-Lanczos reference, trace held to a 10 % standard error
+        # (--trace-stderr-target); --equal-reference lanczos runs the same on the zoo, against the exact values too
 
 For each model: wall time and HVP count of density (k probes x m steps), top-5 eigenvalues, trace,
 diagonal, and the full analysis (all four); accuracy against the exact Hessian where it fits
