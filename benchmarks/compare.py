@@ -460,22 +460,23 @@ def equal_accuracy_exact(case, args, device) -> dict:
                            args.exact_cache)
     lam, trace = float(ev[-1]), float(ev.sum())
 
+    def w1_of(nodes, weights) -> float:
+        return wasserstein1(nodes, weights, ev, np.ones_like(ev)) / lam
+
     def errors_of(found) -> dict:
-        nodes, weights = found.slq.measure()
         return {"top1": abs(found.top.values[0] - lam) / lam,
-                "trace": abs(found.trace.estimate - trace) / abs(trace),
-                "w1": wasserstein1(nodes, weights, ev, np.ones_like(ev)) / lam}
+                "trace": abs(found.trace.estimate - trace) / abs(trace), "w1": w1_of(*found.slq.measure())}
 
     grid = [{"probes": probes, "density_tol": density_tol, "trace_rtol": trace_rtol}
             for probes in (2, 3, 4, 6, 8) for density_tol in (2e-3, 1e-3, 5e-4, 2.5e-4)
             for trace_rtol in (0.04, 0.02, 0.01)]
     ours = wdbound_grid(model, dataset, device, grid, errors_of, TARGETS, first_only=False)
-    theirs = pyhessian_cheapest(model, dataset, device, lam, lambda n, w: wasserstein1(n, w, ev, np.ones_like(ev)) / lam,
-                                trace=trace)
+    theirs = pyhessian_cheapest(model, dataset, device, lam, w1_of, TARGETS, trace=trace)
     return report_equal(name, TARGETS, ours, theirs)
 
 
-REFERENCED_TARGETS = {"top1": 1e-3, "trace_stderr": 0.10, "w1": 1e-3}  # no exact spectrum: see equal_accuracy_referenced
+# No exact spectrum: see equal_accuracy_referenced.
+REFERENCED_TARGETS = {"top1": 1e-3, "trace_stderr": 0.10, "w1": 1e-3}
 
 
 def equal_accuracy_referenced(case, args, device) -> dict:
@@ -488,7 +489,7 @@ def equal_accuracy_referenced(case, args, device) -> dict:
     >= 8 whose standard error meets the target (wdbound's deflated trace stops by the same rule); its
     seconds are the measured ones prorated to that count. wdbound: the first of its grid meeting all three.
     Both tools' per-sample spread also gives the samples a 2 % standard error would take (a projection)."""
-    name, model, dataset, exact_ok, _ = case
+    name, model, dataset, _, _ = case
     targets = {**REFERENCED_TARGETS, "trace_stderr": args.trace_stderr_target}
     ref = lanczos_reference(name, model, dataset, device, args)
     lam = ref["top1"]
@@ -503,7 +504,7 @@ def equal_accuracy_referenced(case, args, device) -> dict:
     grid = [{"probes": None, "density_tol": tol, "trace_rtol": targets["trace_stderr"]}
             for tol in (2e-3, 1e-3, 5e-4, 2.5e-4)]
     ours = wdbound_grid(model, dataset, device, grid, errors_of, targets, first_only=True)
-    theirs = pyhessian_cheapest(model, dataset, device, lam, w1_of, trace_stderr=targets["trace_stderr"])
+    theirs = pyhessian_cheapest(model, dataset, device, lam, w1_of, targets)
     out = report_equal(name, targets, ours, theirs)
     out["reference"] = {k: v for k, v in ref.items() if k not in ("nodes", "weights")}
     projection = {}
@@ -528,9 +529,9 @@ def equal_accuracy_referenced(case, args, device) -> dict:
 
 def lanczos_reference(name, model, dataset, device, args) -> dict:
     """The reference of :func:`equal_accuracy_referenced`: top-1 by wdbound's Lanczos certified to 1e-4
-    relative (gap-refined residual bound; a tenth of the target), and the density of ``--reference-probes`` Rademacher probes x
-    ``--reference-steps`` low-memory Lanczos steps (float32 HVPs, float64 recurrence, about four vectors per
-    probe whatever the steps: an 11 M-parameter basis of 150 steps would not fit). Its own accuracy is printed
+    relative (gap-refined residual bound; a tenth of the target), and the density of ``--reference-probes``
+    Rademacher probes x ``--reference-steps`` low-memory Lanczos steps (float32 HVPs, float64 recurrence, about
+    four vectors per probe whatever the steps: an 11 M-parameter basis of 150 steps would not fit). Its own accuracy is printed
     beside it: the W1 between its half-length and full-length rules (the quadrature's convergence) and the
     sampling bound range / sqrt(2 d k) of E W1. Seeds 1000 and 1001, independent of both tools' seed 0; kept
     as ``<cache>/<name>-n<N>-reference-k<k>-m<m>.npz`` between runs. With an exact spectrum at hand (the
@@ -561,8 +562,9 @@ def lanczos_reference(name, model, dataset, device, args) -> dict:
            "hvps": int(op.matvecs), "seconds": time.perf_counter() - start, "nodes": nodes, "weights": weights,
            "self_w1_half": wasserstein1(*density.truncated(steps // 2).measure(), nodes, weights) / lam,
            "sampling_w1_bound": spread / math.sqrt(2 * op.dim * probes) / lam}
-    if args.exact_cache is not None and (args.exact_cache / f"{name}-eigenvalues.npy").is_file():
-        ev = np.load(args.exact_cache / f"{name}-eigenvalues.npy")
+    exact = exact_path(name, args.exact_cache)
+    if exact is not None and exact.is_file():  # only a cached one: building it is what this reference avoids
+        ev = np.load(exact)
         out["exact_top1_rel_error"] = abs(lam - ev[-1]) / ev[-1]
         out["exact_w1"] = wasserstein1(nodes, weights, ev, np.ones_like(ev)) / ev[-1]
     if path is not None:
@@ -617,12 +619,12 @@ def report_equal(name: str, targets: dict, ours: dict, theirs: dict | None) -> d
     return out
 
 
-def pyhessian_cheapest(model, dataset, device, lam: float, w1_of, *, trace: float | None = None,
-                       trace_stderr: float | None = None):
+def pyhessian_cheapest(model, dataset, device, lam: float, w1_of, targets: dict, *, trace: float | None = None):
     """For each PyHessian call, the cheapest setting of a grid meeting its target: {part: {setting, seconds,
-    hvps, error} or None}; None without PyHessian. top-1 relative error to ``lam`` <= TARGETS["top1"]; density
-    ``w1_of(nodes, weights)`` <= TARGETS["w1"]; the trace within TARGETS["trace"] of ``trace``, or (``trace``
-    None) with a standard error <= ``trace_stderr`` relative (:func:`pyhessian_trace_to_stderr`)."""
+    hvps, error} or None}; None without PyHessian. top-1 relative error to ``lam`` <= ``targets["top1"]``;
+    density ``w1_of(nodes, weights)`` <= ``targets["w1"]``; the trace within ``targets["trace"]`` of ``trace``,
+    or (``trace`` None) with a standard error <= ``targets["trace_stderr"]`` relative
+    (:func:`pyhessian_trace_to_stderr`)."""
     try:
         from pyhessian import hessian
     except ImportError:
@@ -655,13 +657,12 @@ def pyhessian_cheapest(model, dataset, device, lam: float, w1_of, *, trace: floa
         "w1": [({"iter": m, "n_v": 1}, lambda e, m=m: density(e, m), lambda v: w1_of(*v))
                for m in (10, 20, 40, 70, 100, 150)],
     }
-    targets = {"top1": TARGETS["top1"], "trace": TARGETS["trace"], "w1": TARGETS["w1"]}
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for part, grid in grids.items():
             if grid is None:
-                out[part] = pyhessian_trace_to_stderr(attempt, trace_stderr)
+                out[part] = pyhessian_trace_to_stderr(attempt, targets["trace_stderr"])
                 continue
             out[part] = None
             for setting, call, error_of in grid:  # ordered by cost: the first that meets the target is the cheapest
@@ -702,9 +703,14 @@ def pyhessian_trace_to_stderr(attempt, target: float, chunk: int = 20, cap: int 
     return None
 
 
+def exact_path(name: str, cache: Path | None) -> Path | None:
+    """Where :func:`exact_eigenvalues` keeps a model's exact spectrum: ``<cache>/<name>-eigenvalues.npy``."""
+    return cache / f"{name}-eigenvalues.npy" if cache is not None else None
+
+
 def exact_eigenvalues(name: str, op, cache: Path | None) -> np.ndarray:
-    """The exact spectrum (dense Hessian, eigvalsh), kept as ``<cache>/<name>-eigenvalues.npy`` between runs."""
-    path = cache / f"{name}-eigenvalues.npy" if cache is not None else None
+    """The exact spectrum (dense Hessian, eigvalsh), kept at :func:`exact_path` between runs."""
+    path = exact_path(name, cache)
     if path is not None and path.is_file():
         return np.load(path)
     values = np.linalg.eigvalsh(dense_matrix(op).double().cpu().numpy())

@@ -80,8 +80,8 @@ def progress_bar():
 
 class LogProgress:
     """Progress for a stderr that is not a terminal: one plain line per task at most every ``interval``
-    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned (HVPs: at most), elapsed, ETA. The subset of rich's
-    ``Progress`` the commands use."""
+    seconds (``$WDBOUND_PROGRESS_INTERVAL``, default 10): done / planned (HVPs: at most), elapsed, ETA. The
+    subset of rich's ``Progress`` the commands use."""
 
     def __init__(self, interval: float | None = None) -> None:
         import os
