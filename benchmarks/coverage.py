@@ -1,10 +1,11 @@
 """Coverage of the SLQ err/d (and Theorem-term) intervals against exact values, on checkpoints (the zoo by default).
 
 For every checkpoint and both bound forms: the SLQ estimate and interval at the ``wdbound err`` defaults
-without adaptation (16 probes x 80 Lanczos steps, ``--exact off --rtol 0``), the exact value from the
-dense Hessian, whether it is covered, and the interval's relative half-width. With ``--theorem`` also the
-Theorem 6/7 terms (Q from the exact diagonal on both sides; one more dense pass). Prints a markdown table
-and writes a JSON file.
+(``--exact off``: 1 probe x 1,280 Lanczos steps, top-1, no refinement), the exact value from the dense
+Hessian, whether it is covered, the interval's relative half-width and the HVPs spent (density run and the
+spectrum's ends). With ``--theorem`` also the Theorem 6/7 terms (Q from the exact diagonal on both sides; one
+more dense pass). Prints a markdown table and writes a JSON file; the summary gives coverage and the median
+half-width per form.
 
 The exact eigenvalues are read from the spectrum cache when ``wdbound table`` (``make demo``) has computed
 them with its default settings, so a coverage run after the demo costs only the SLQ part.
@@ -20,25 +21,30 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from wdbound import load_checkpoint
+from wdbound import defaults, load_checkpoint
 from wdbound.analysis import analyse, bound_figures, bound_inputs
-from wdbound.bounds import FORMS
+from wdbound.bounds import FORMS, corollary3_exact
 from wdbound.cache import Cache, NoCache
 from wdbound.spectrum import SpectrumSettings
 
 # `wdbound table`'s defaults, so the dense spectrum it cached is found again.
-TABLE_SETTINGS = SpectrumSettings(probes=6, steps=60, top_k=1, diagonal="hutchinson", rtol=0.01, exact=True)
+TABLE_SETTINGS = SpectrumSettings(probes=defaults.TABLE_PROBES, steps=defaults.TABLE_STEPS, top_k=1,
+                                  diagonal="hutchinson", rtol=defaults.RTOL, exact=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", type=Path)
-    parser.add_argument("--probes", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--probes", type=int, default=defaults.PROBES)
+    parser.add_argument("--steps", type=int, default=defaults.STEPS)
     parser.add_argument("--theorem", action="store_true", help="also the Theorem terms (exact diagonal for Q)")
     parser.add_argument("--hvp", default="forward-over-reverse")
+    parser.add_argument("--exact-dir", type=Path, default=None,
+                        help="folder of <checkpoint>.npz files holding exact eigenvalues (array 'ev'), instead of "
+                             "the dense Hessian")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coverage.json"))
     args = parser.parse_args()
     paths = args.checkpoints or sorted(Path("checkpoints").glob("*.pt"))
@@ -46,41 +52,52 @@ def main() -> None:
                                     diagonal="exact" if args.theorem else "hutchinson")
     forms = FORMS if args.theorem else ()
     rows = []
-    print("| checkpoint | form | SLQ err/d [interval] | exact | covered | rel. half-width | Theorem SLQ [interval] "
-          "| exact | covered |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| checkpoint | form | SLQ err/d [interval] | exact | covered | rel. half-width | HVPs "
+          "| Theorem SLQ [interval] | exact | covered |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         ckpt = load_checkpoint(path, dtype=torch.float64)
         inputs = bound_inputs(ckpt, rho=None, tau=0.05, sigma_floor=1e-6)
         start = time.perf_counter()
-        exact = analyse(ckpt, TABLE_SETTINGS, forms=forms, cache=Cache())
+        stored = args.exact_dir / f"{path.stem}.npz" if args.exact_dir else None
+        if stored is not None and stored.exists() and not args.theorem:
+            eigenvalues, exact = np.load(stored)["ev"], None
+        else:
+            exact = analyse(ckpt, TABLE_SETTINGS, forms=forms, cache=Cache())
+            eigenvalues = exact.spectrum.exact_eigenvalues
         exact_seconds = time.perf_counter() - start
         start = time.perf_counter()
         slq = analyse(ckpt, slq_settings, forms=forms, cache=NoCache())
         slq_seconds = time.perf_counter() - start
         for form in FORMS:
-            s, x = bound_figures(slq, form, inputs), bound_figures(exact, form, inputs)
-            lo, hi = s["err_mean_interval"]
-            row = {"checkpoint": path.name, "form": form, "d": inputs.d, "err_mean": s["err_mean"],
-                   "interval": [lo, hi], "exact": x["err_mean"], "covered": bool(lo <= x["err_mean"] <= hi),
-                   "relative_half_width": (hi - lo) / 2 / abs(s["err_mean"]), "slq_seconds": slq_seconds,
-                   "slq_hvps": slq.hvps, "exact_seconds": exact_seconds, "near_zero": x["near_zero"]}
+            s = bound_figures(slq, form, inputs)
+            exact_value = corollary3_exact(eigenvalues, form, inputs).err_mean
+            lo, hi = s.interval
+            row = {"checkpoint": path.name, "form": form, "d": inputs.d, "err_mean": s.err_mean,
+                   "interval": [lo, hi], "exact": exact_value, "covered": bool(lo <= exact_value <= hi),
+                   "relative_half_width": (hi - lo) / 2 / abs(exact_value), "slq_seconds": slq_seconds,
+                   "slq_hvps": slq.hvps, "exact_seconds": exact_seconds}
             theorem = "| — | — | — |"
             if args.theorem:
-                tlo, thi = s["theorem_term_interval"]
-                row.update(theorem_term=s["theorem_term"], theorem_interval=[tlo, thi],
-                           theorem_exact=x["theorem_term"], theorem_covered=bool(tlo <= x["theorem_term"] <= thi))
-                theorem = (f"| {s['theorem_term']:.0f} [{tlo:.0f}, {thi:.0f}] | {x['theorem_term']:.0f} | "
-                           f"{'yes' if row['theorem_covered'] else 'NO'} |")
+                x, t = bound_figures(exact, form, inputs).theorem, s.theorem
+                row.update(theorem_term=t.term, theorem_interval=t.interval.to_json(), theorem_exact=x.term,
+                           theorem_covered=t.interval.contains(x.term))
+                theorem = (f"| {t.term:.0f} [{t.interval.low:.0f}, {t.interval.high:.0f}] | "
+                           f"{x.term:.0f} | {'yes' if row['theorem_covered'] else 'NO'} |")
             rows.append(row)
-            print(f"| {path.stem} | {form} | {s['err_mean']:.3f} [{lo:.3f}, {hi:.3f}] | {x['err_mean']:.3f} | "
-                  f"{'yes' if row['covered'] else 'NO'} | {100 * row['relative_half_width']:.1f}% " + theorem,
-                  flush=True)
+            print(f"| {path.stem} | {form} | {s.err_mean:.3f} [{lo:.3f}, {hi:.3f}] | {exact_value:.3f} | "
+                  f"{'yes' if row['covered'] else 'NO'} | {100 * row['relative_half_width']:.2f}% | {slq.hvps} "
+                  + theorem, flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": slq_settings.__dict__, "rows": rows}, indent=1))
     covered = sum(r["covered"] for r in rows)
     line = (f"\nerr/d covered {covered}/{len(rows)}, median relative half-width "
-            f"{100 * statistics.median(r['relative_half_width'] for r in rows):.1f}%")
+            f"{100 * statistics.median(r['relative_half_width'] for r in rows):.2f}%, HVPs per checkpoint at most "
+            f"{max(r['slq_hvps'] for r in rows)}")
+    for form in FORMS:
+        mine = [r for r in rows if r["form"] == form]
+        line += (f"\n  {form}: covered {sum(r['covered'] for r in mine)}/{len(mine)}, median half-width "
+                 f"{100 * statistics.median(r['relative_half_width'] for r in mine):.2f}%")
     if args.theorem:
         line += f"; Theorem term covered {sum(r['theorem_covered'] for r in rows)}/{len(rows)}"
     print(line)

@@ -22,7 +22,8 @@ import torch
 
 from wdbound.memory import activation_floats, plan_memory
 from wdbound.models import build_model
-from wdbound.spectrum import SpectrumSettings, expected_hvps
+from wdbound import defaults
+from wdbound.spectrum import SpectrumSettings, expected_hvps, spectrum_command_settings
 
 HVP_OVER_FORWARD = 15.0  # 3 forwards per gradient x 5 (eager GPU HVP / gradient, published 4.5-7.9)
 UTILISATION = 0.5
@@ -40,15 +41,22 @@ def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 
 def err_hvps(settings: SpectrumSettings, dim: int) -> int:
-    """`wdbound err` at its defaults on the SLQ path: the spectrum, Theorem runs (AdamW: ln det on A and the
-    trace run, plus A's ends; l2-Adam: the trace run), and up to the adaptive refinement's cap."""
-    theorem = 3 * settings.probes * settings.steps + 300
+    """`wdbound err` at its defaults on the SLQ path: the spectrum (with the extra Hutchinson probes of Q's
+    diagonal), Theorem runs (AdamW: ln det on A and the trace run, plus A's ends; l2-Adam: the trace run), and
+    up to the adaptive refinement's cap (0 by default)."""
+    theorem = 3 * settings.theorem_probes * settings.theorem_steps + 300
     return expected_hvps(settings, dim) + theorem + settings.refine_cap()
+
+
+def cell_hvps(settings: SpectrumSettings, dim: int) -> int:
+    """One Table I cell: Corollary 3's err/d with its interval (the density run, top-1 and the spectrum's ends;
+    no Theorem runs, no diagonal)."""
+    return expected_hvps(settings, dim)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--images", type=int, default=5_000)
     parser.add_argument("--chunk", type=int, default=64, help="examples per HVP pass per GPU (the plan may lower it)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/project_imagenet.json"))
     args = parser.parse_args()
@@ -64,13 +72,16 @@ def main() -> None:
         dim = sum(p.numel() for p in model.parameters())
         flops = forward_flops(model, example)
         acts = activation_floats(model, example)
-        spectrum = SpectrumSettings(dtype="float32", diagonal="hutchinson")
-        err = SpectrumSettings(dtype="float32", top_k=1, rtol=0.01, diagonal="hutchinson")
+        spectrum = spectrum_command_settings()
+        err = SpectrumSettings(dtype="float32", top_k=1, diagonal="hutchinson",
+                               diag_probes=defaults.q_diagonal_probes(dim, defaults.PROBES, diagonal="hutchinson"))
+        cell = SpectrumSettings(dtype="float32", top_k=1, diagonal="hutchinson")
         entry = {"d": dim, "forward_flops": flops, "activation_floats": acts, "plans": {}, "hvps": {
-            "spectrum": expected_hvps(spectrum, dim), "err": err_hvps(err, dim)}}
+            "spectrum": expected_hvps(spectrum, dim), "err": err_hvps(err, dim), "table cell": cell_hvps(cell, dim)}}
         for gpus in (1, 8):
             per_gpu_images = -(-args.images // gpus)
-            plan = plan_memory(dim=dim, probes=16, steps=80, top_k=5, hvp_bytes=4, example_floats=3 * 224 * 224,
+            plan = plan_memory(dim=dim, probes=defaults.PROBES, steps=defaults.STEPS, top_k=1, hvp_bytes=4,
+                               example_floats=3 * 224 * 224,
                                activation_per_example=acts, n_eval=per_gpu_images, data_resident=False,
                                hvp_chunk=args.chunk, probe_chunk=64, budget=int(0.85 * 80e9),
                                budget_source="85% of an 80 GB GPU", baseline=int(1.5 * 2**30))
@@ -79,18 +90,20 @@ def main() -> None:
             entry["plans"][gpus] = {"plan": plan.to_json(), "summary": plan.summary(),
                                     "seconds_per_hvp": seconds_per_hvp,
                                     "days": {gpu: {cmd: {mode: entry["hvps"][cmd] * s / 86400 for mode, s in modes.items()}
-                                                   for cmd in ("spectrum", "err")}
+                                                   for cmd in ("spectrum", "err", "table cell")}
                                              for gpu, modes in seconds_per_hvp.items()}}
         out[name] = entry
         print(f"{name}: d = {dim:,}, forward {flops / 1e9:.2f} GFLOP / image, {acts / 1e6:.1f} M activation floats "
-              f"/ image; HVPs: spectrum {entry['hvps']['spectrum']:,}, err <= {entry['hvps']['err']:,}")
+              f"/ image; HVPs: spectrum {entry['hvps']['spectrum']:,}, err <= {entry['hvps']['err']:,}, "
+              f"Table I cell <= {entry['hvps']['table cell']:,}")
         for gpus, p in entry["plans"].items():
             print(f"  {gpus} GPU(s), {-(-args.images // gpus):,} images each: {p['summary']}")
             for gpu, cmds in p["days"].items():
                 s = p["seconds_per_hvp"][gpu]
-                print(f"    {gpu}: {s['fp32']:.0f} s / HVP fp32 ({s['tf32']:.0f} s TF32); spectrum "
-                      f"{cmds['spectrum']['fp32']:.1f} d ({cmds['spectrum']['tf32']:.1f} d TF32), err "
-                      f"{cmds['err']['fp32']:.1f} d ({cmds['err']['tf32']:.1f} d TF32)")
+                print(f"    {gpu}: {s['fp32']:.1f} s / HVP fp32 ({s['tf32']:.1f} s TF32); spectrum "
+                      f"{cmds['spectrum']['fp32']:.2f} d ({cmds['spectrum']['tf32']:.2f} d TF32), err "
+                      f"{cmds['err']['fp32']:.2f} d ({cmds['err']['tf32']:.2f} d TF32), Table I cell "
+                      f"{24 * cmds['table cell']['fp32']:.1f} h ({24 * cmds['table cell']['tf32']:.1f} h TF32)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")

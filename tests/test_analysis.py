@@ -132,10 +132,13 @@ def test_near_zero_split_and_parse_sweep():
 
 
 def test_planned_hvps_counts_the_theorem_runs():
-    s = SpectrumSettings(probes=4, steps=10)
+    s = SpectrumSettings(probes=4, steps=10, theorem_probes=3, theorem_steps=7)
     base = planned_hvps(s, 1000)
-    assert planned_hvps(s, 1000, ["adamw"], [1e-6]) == base + 2 * 4 * 10  # A: ln det and trace runs
-    assert planned_hvps(s, 1000, ["l2-adam"], [1e-6, 1e-8]) == base + 2 * 4 * 10  # H: trace run per floor
+    assert planned_hvps(s, 1000, ["adamw"], [1e-6]) == base + 2 * 3 * 7  # A: ln det and trace runs
+    assert planned_hvps(s, 1000, ["l2-adam"], [1e-6, 1e-8]) == base + 2 * 3 * 7  # H: trace run per floor
+    assert planned_hvps(s, 1000, ["l2-adam"], [1e-6]) == base + 3 * 7  # ln det: the density run (4 >= 3 probes)
+    few = SpectrumSettings(probes=2, steps=10, theorem_probes=3, theorem_steps=7)  # too few probes to reuse
+    assert planned_hvps(few, 1000, ["l2-adam"], [1e-6]) == planned_hvps(few, 1000) + 2 * 3 * 7
     exact = SpectrumSettings(exact=True)  # the dense Hessian's d columns replace the Theorem runs
     assert planned_hvps(exact, 50, ["adamw"], [1e-6]) == planned_hvps(exact, 50) == expected_hvps(exact, 50) + 50
 

@@ -147,3 +147,179 @@ def test_single_pass_steps_fit_the_budget():
     none = with_single_pass(plan(dim=1_000_000, probes=4, steps=40, budget=int(0.5 * GIB)), dim=1_000_000,
                             probes=4, steps=40, trace_vectors=6)
     assert none.single_pass_steps is None and none.single_pass == 0
+
+
+# ---------------------------------------------------------------- what the process can really get (issue 31)
+
+def _fake_system(tmp_path, cgroup_line: str, files: dict[str, str], meminfo_gib: int = 64):
+    from wdbound.memory import SystemRoots
+
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
+    (proc / "meminfo").write_text(f"MemTotal: {2 * meminfo_gib * 2**20} kB\nMemAvailable: {meminfo_gib * 2**20} kB\n")
+    for name, text in files.items():
+        path = cgroup / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    cgroup.mkdir(exist_ok=True)
+    return SystemRoots(proc=proc, cgroup=cgroup)
+
+
+def test_cgroup_v2_limit_of_an_ancestor_binds(tmp_path):
+    """A SLURM-like job: the job's cgroup has a 4 GiB limit (1 GiB used), the step below it none."""
+    import torch
+
+    from wdbound.memory import available_bytes
+
+    roots = _fake_system(tmp_path, "0::/job/step", {"cgroup.controllers": "memory", "job/memory.max": str(4 * GIB),
+                                                     "job/memory.current": str(GIB), "job/step/memory.max": "max",
+                                                     "job/step/memory.current": str(GIB)})
+    free, source = available_bytes(torch.device("cpu"), roots)
+    assert free == 3 * GIB and "cgroup v2" in source and "/job" in source
+
+
+def test_cgroup_v1_limit_and_unlimited_v1(tmp_path):
+    import torch
+
+    from wdbound.memory import available_bytes
+
+    limited = _fake_system(tmp_path / "a", "4:memory:/docker/abc", {
+        "memory/docker/abc/memory.limit_in_bytes": str(2 * GIB),
+        "memory/docker/abc/memory.usage_in_bytes": str(GIB // 2)})
+    free, source = available_bytes(torch.device("cpu"), limited)
+    assert free == 2 * GIB - GIB // 2 and "cgroup v1" in source
+    unlimited = _fake_system(tmp_path / "b", "4:memory:/", {"memory/memory.limit_in_bytes": "9223372036854771712",
+                                                            "memory/memory.usage_in_bytes": str(GIB)})
+    free, source = available_bytes(torch.device("cpu"), unlimited)
+    assert free == 64 * GIB and "MemAvailable" in source
+
+
+def test_cgroup_v2_on_a_hybrid_system_and_meminfo_when_smaller(tmp_path):
+    import torch
+
+    from wdbound.memory import available_bytes
+
+    roots = _fake_system(tmp_path, "0::/user", {"unified/user/memory.max": str(100 * GIB),
+                                                "unified/user/memory.current": str(GIB)}, meminfo_gib=8)
+    free, source = available_bytes(torch.device("cpu"), roots)
+    assert free == 8 * GIB and "MemAvailable" in source  # the smallest limit wins
+    roots = _fake_system(tmp_path / "b", "0::/user", {"unified/user/memory.max": str(5 * GIB),
+                                                      "unified/user/memory.current": str(GIB)})
+    assert available_bytes(torch.device("cpu"), roots) == (4 * GIB, "cgroup v2 memory.max − usage of /user")
+
+
+def _limited(limit: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def test_rlimit_as_is_read_in_a_capped_subprocess():
+    """Under ``ulimit -v`` the budget comes from RLIMIT_AS minus the address space already mapped."""
+    import subprocess
+    import sys
+
+    code = ("import torch, json; from wdbound.memory import available_bytes, in_use_bytes; "
+            "d = torch.device('cpu'); free, source = available_bytes(d); "
+            "print(json.dumps([free, source, in_use_bytes(d, source)]))")
+    limit = 12 * 10**9
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         preexec_fn=_limited(limit))
+    free, source, in_use = json.loads(out.stdout)
+    assert source.startswith("RLIMIT_AS") and 0 < free < limit and free + in_use <= limit
+
+
+@pytest.mark.slow
+def test_err_completes_under_an_address_space_cap_within_its_plan(tiny_checkpoint, tmp_path):
+    """``wdbound err`` on the SLQ path under a 9 GB RLIMIT_AS: the plan names the limit it used, the run
+    completes, and the peak it measured stays inside the plan."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "err.json"
+    run = subprocess.run([sys.executable, "-m", "wdbound", "err", str(tiny_checkpoint), "--exact", "off",
+                          "--steps", "60", "--no-cache", "--json", str(out)], capture_output=True, text=True,
+                         preexec_fn=_limited(9 * 10**9))
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    provenance = json.dumps(report)
+    assert "RLIMIT_AS" in provenance
+    plan = _find(report, "memory_plan")
+    assert plan["budget"] <= 9 * 10**9 and _find(report, "peak_memory_bytes") <= plan["planned_peak"]
+
+
+def _find(tree, key):
+    """The first value of ``key`` anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for item in tree:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+@pytest.mark.parametrize("phase_target, error, words", [
+    ("wdbound.spectrum.estimate_spectrum",
+     RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 8292781824 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory while estimating the spectrum"),
+    ("wdbound.analysis.theorem_runs", MemoryError(), "out of memory while the Theorem 6/7 Lanczos runs"),
+    ("wdbound.analysis.theorem_runs", "cuda", "out of memory while the Theorem 6/7 Lanczos runs"),
+])
+def test_an_allocation_failure_is_one_line_exit_2_and_writes_nothing(phase_target, error, words, tiny_checkpoint,
+                                                                     tmp_path, monkeypatch, capsys):
+    import torch
+
+    from conftest import run_cli
+
+    if error == "cuda":
+        error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def fail(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(phase_target, fail)
+    out = tmp_path / "err.json"
+    code, _, err = run_cli(["err", tiny_checkpoint, "--exact", "off", "--steps", "20", "--no-cache", "--json", out],
+                           capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: " + words), err
+    assert err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err
+    assert "the plan expected a peak of" in errors[0] and "--memory" in errors[0]
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_the_api_takes_torch_dtypes_and_devices():
+    import torch
+    from torch import nn
+
+    from wdbound import Hessian
+    from wdbound.errors import WdboundError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    data = (torch.randn(16, 3), torch.randint(0, 2, (16,)))
+    by_name = Hessian(model, data, dtype="float64", device="cpu").exact().eigenvalues
+    by_object = Hessian(model, data, dtype=torch.float64, device=torch.device("cpu")).exact().eigenvalues
+    assert (by_name == by_object).all()
+    assert Hessian(model, data, dtype=torch.float32).operator.dtype == torch.float32
+    with pytest.raises(WdboundError, match="unknown dtype"):
+        Hessian(model, data, dtype=torch.float16)
+
+
+def test_a_bare_timm_name_resolves_when_no_builtin_has_it():
+    pytest.importorskip("timm")
+    from wdbound.models import build_model, canonical_arch
+
+    assert canonical_arch("vit_tiny_patch16_224") == "timm:vit_tiny_patch16_224"
+    assert canonical_arch("resnet18") == "resnet18"  # the built-in (torchvision) name wins
+    assert canonical_arch("no_such_model") == "no_such_model"
+    assert sum(p.numel() for p in build_model("vit_tiny_patch16_224", num_classes=3, img_size=32,
+                                              patch_size=8).parameters()) > 0

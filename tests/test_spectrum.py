@@ -90,7 +90,7 @@ def test_settings_and_modes():
     assert resolve_exact("on", 10**6) and not resolve_exact("off", 5) and resolve_exact(True, 5)
     with raises_param("exact"):
         resolve_exact("maybe", 5)
-    for bad in (dict(probes=1), dict(steps=0), dict(rtol=1.0), dict(diagonal="x"), dict(lanczos="x"),
+    for bad in (dict(probes=0), dict(steps=0), dict(rtol=1.0), dict(diagonal="x"), dict(lanczos="x"),
                 dict(loss="hinge"), dict(backend="x")):
         with raises_param(next(iter(bad))):
             SpectrumSettings(**bad).validate()

@@ -26,6 +26,7 @@ from .cache import Cache, cache_key
 from .checkpoints import Checkpoint
 from .curvature import Deflation, ScaledOperator, dense_matrix, sequential_numpy_blas
 from .errors import WdboundError
+from .memory import MemoryPlan, allocation_phase
 from .estimators.hutchinson import rademacher
 from .estimators.lanczos import SLQ, run_lanczos, slq_from_run, spectral_support
 from .models import input_shape
@@ -164,6 +165,11 @@ class _Live:
         return self._operator
 
     @property
+    def plan(self) -> MemoryPlan | None:
+        """The memory plan, when the operator has been built (for the out-of-memory message)."""
+        return self._plan
+
+    @property
     def memory(self):
         """The Lanczos memory policy of the plan (building the operator if needed)."""
         self.operator  # noqa: B018 - builds the operator and its plan on a cache hit
@@ -173,7 +179,8 @@ class _Live:
     def dense(self) -> np.ndarray:
         """The dense Hessian [d, d] as float64 numpy (built on first use: d HVPs)."""
         if self._dense is None:
-            self._dense = dense_matrix(self.operator).double().cpu().numpy()
+            with allocation_phase("building the dense Hessian", self._plan):
+                self._dense = dense_matrix(self.operator).double().cpu().numpy()
         return self._dense
 
     def zero_mask(self) -> torch.Tensor:
@@ -217,7 +224,8 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
     live = _Live(ckpt, settings, spectrum, on_hvps, factor, on_plan)
     fresh_hvps = 0 if spectrum.cached else spectrum.hvps
     base = spectrum_key(ckpt, settings)
-    spectrum, refinement = refine(spectrum, live, settings, targets, cache, base)
+    with allocation_phase("the adaptive SLQ refinement", lambda: live.plan):
+        spectrum, refinement = refine(spectrum, live, settings, targets, cache, base)
     analysis = Analysis(spectrum, refinement=refinement)
     for form in forms:
         if form not in FORMS:
@@ -233,10 +241,12 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
             if runs is None:
                 generator = torch.Generator().manual_seed(_derived_seed(settings.seed, form, floor))
                 diagonal = spectrum.exact_diagonal if spectrum.exact_diagonal is not None else spectrum.diagonal.estimate
-                runs = theorem_runs(live.operator, diagonal, form, floor, probes=settings.probes,
-                                    steps=settings.steps, generator=generator, zero_mask=live.zero_mask(),
-                                    density=spectrum.slq, support=spectrum.support.bounds(),
-                                    memory=live.memory)
+                with allocation_phase(f"the Theorem 6/7 Lanczos runs ({form})", lambda: live.plan):
+                    runs = theorem_runs(live.operator, diagonal, form, floor, probes=settings.theorem_probes,
+                                        steps=settings.theorem_steps, generator=generator, zero_mask=live.zero_mask(),
+                                        density=spectrum.slq if reuses_density(settings) else None,
+                                        support=spectrum.support.bounds(),
+                                        memory=live.memory)
                 if cache is not None:
                     cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored,
                                     "support": list(runs.support)},
@@ -246,11 +256,11 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
     return analysis
 
 
-def _worst(density: SLQ, support, targets) -> tuple[float, float, float]:
+def _worst(density: SLQ, support, targets, shift_directions: int) -> tuple[float, float, float]:
     """(worst relative half-width, its quadrature part, its probe part) over the targets' err/d intervals."""
     worst = (0.0, 0.0, 0.0)
     for form, inputs in targets:
-        interval = corollary3_from_slq(density, form, inputs, support).err_mean_interval
+        interval = corollary3_from_slq(density, form, inputs, support, shift_directions).err_mean_interval
         relative = interval.relative_half_width()
         if relative >= worst[0]:
             quad = quadrature_half_width(density, corollary3_integrand(form, inputs), support) / inputs.d
@@ -271,13 +281,14 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
 def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets, cache: Cache | None,
             base: str) -> tuple[Spectrum, Refinement]:
     """The body of :func:`refine` (NumPy's BLAS already sequential)."""
+    settings = settings.for_dim(spectrum.d)
     if settings.exact or not targets or spectrum.support is None:
         return spectrum, Refinement("exact" if settings.exact else "off", settings.probes, settings.steps, 0,
                                     settings.rtol, 0.0)
     slq, support = spectrum.slq, spectrum.support.bounds()
-    worst = _worst(slq, support, targets)
-    if settings.rtol <= 0 or worst[0] <= settings.rtol:
-        status = "off" if settings.rtol <= 0 else "met"
+    worst = _worst(slq, support, targets, spectrum.shift_directions)
+    if settings.rtol <= 0 or worst[0] <= settings.rtol or settings.refine_cap() <= 0:
+        status = "met" if 0 < settings.rtol and worst[0] <= settings.rtol else "off"
         return spectrum, Refinement(status, settings.probes, settings.steps, 0, settings.rtol, worst[0])
     key = cache_key("refined", base, [(form, inputs.to_json()) for form, inputs in targets])
     hit = cache.load(key, lambda meta, arrays: (replace(spectrum, slq=_slq_from("slq", arrays, spectrum.d)),
@@ -301,7 +312,7 @@ def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets
                              null_weight=nulls)
         slq = fresh if longer else SLQ.concatenate([slq, fresh])
         probes, steps, spent = len(slq.nodes), new_steps, spent + cost
-        worst = _worst(slq, support, targets)
+        worst = _worst(slq, support, targets, spectrum.shift_directions)
         if worst[0] <= settings.rtol:
             status = "met"
             break
@@ -460,7 +471,7 @@ def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> BoundFig
     spectrum = analysis.spectrum
     runs = analysis.runs.get((form, inputs.sigma_floor))
     support = spectrum.support.bounds() if spectrum.support is not None else None
-    cor = corollary3_from_slq(spectrum.slq, form, inputs, support)
+    cor = corollary3_from_slq(spectrum.slq, form, inputs, support, spectrum.shift_directions)
     theorem = None
     if runs is not None:  # the Theorem 6/7 term (absent when only Corollary 3 was asked for, e.g. the table)
         q_source = ("exact diagonal" if spectrum.exact_diagonal is not None else
@@ -472,13 +483,21 @@ def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> BoundFig
                         probes=int(len(spectrum.slq.nodes)), steps=int(spectrum.slq.alphas.shape[1]), theorem=theorem)
 
 
+def reuses_density(settings: SpectrumSettings) -> bool:
+    """Whether l2-Adam's ln det run is the density run itself: only when that run has at least the Theorem
+    runs' probes (the Theorem intervals take their stderr from the probes' spread)."""
+    return (settings.probes or 0) >= settings.theorem_probes
+
+
 def planned_hvps(settings: SpectrumSettings, dim: int, forms=(), floors=()) -> int:
     """An upper estimate of the HVPs of :func:`analyse` for the progress bar: the spectrum's
     (:func:`wdbound.spectrum.expected_hvps`) plus, per floor, the Theorem runs of ``forms`` (two SLQ runs for
-    AdamW; l2-Adam's ln det reuses the density run), or the d columns of the dense Hessian with ``exact``."""
-    runs_per_floor = sum(2 if form == "adamw" else 1 for form in forms)
+    AdamW; for l2-Adam one, or two when its ln det cannot reuse the density run), or the d columns of the dense
+    Hessian with ``exact``."""
+    runs_per_floor = sum(2 if form == "adamw" or not reuses_density(settings) else 1 for form in forms)
     return expected_hvps(settings, dim) + (dim if settings.exact else
-                                           runs_per_floor * len(floors) * settings.probes * min(settings.steps, dim))
+                                           runs_per_floor * len(floors) * settings.theorem_probes
+                                           * min(settings.theorem_steps, dim))
 
 
 @dataclass(frozen=True)

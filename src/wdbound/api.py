@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import defaults
 from .bounds import FORMS, BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
 from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype
 from .data import ArrayDataset
@@ -124,6 +125,9 @@ class Hessian:
     loss:
         ``loss(outputs, targets)`` returning the mean loss of a batch (default: mean cross-entropy, the
         paper's setting; label smoothing: ``torch.nn.CrossEntropyLoss(label_smoothing=0.1)``).
+    device, dtype:
+        Where and in which precision the products run: names (``"auto"``, ``"cuda:1"``, ``"float32"``) or
+        torch objects (``torch.device("cuda", 1)``, ``torch.float32``).
     params:
         Parameters spanning the Hessian: None (all trainable), names, or ``filter(name, parameter)``.
     keep_graph:
@@ -132,8 +136,8 @@ class Hessian:
         the free memory.
     """
 
-    def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, device: str = "auto",
-                 dtype: str = "float64", params=None, batch_size: int = 512, hvp: str = "auto",
+    def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, device: str | torch.device = "auto",
+                 dtype: str | torch.dtype = "float64", params=None, batch_size: int = 512, hvp: str = "auto",
                  seed: int = 0, keep_graph: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise WdboundError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -143,7 +147,7 @@ class Hessian:
         self.operator.use_kept_graph(auto_kept_graph(self.operator) if keep_graph is None else keep_graph)
         self.seed = seed
         self.provenance = {"loss": getattr(loss, "__name__", None) or type(loss).__name__ if loss else
-                           "mean cross-entropy", "dtype": dtype, "device": str(self.operator.device), "hvp": hvp,
+                           "mean cross-entropy", "dtype": str(self.operator.dtype).removeprefix("torch."), "device": str(self.operator.device), "hvp": hvp,
                            "seed": seed, "n_eval": self.operator.n_eval, "d": self.operator.dim,
                            "parameters": list(self.operator.names)}
 
@@ -170,8 +174,10 @@ class Hessian:
             return DiagonalEstimate(exact, np.zeros_like(exact), 0)
         return hutchinson(self.operator, probes, self._generator(3))[1]
 
-    def density(self, probes: int = 16, steps: int = 80) -> Density:
-        """SLQ with exact null directions deflated (zero rows, logit shift) and the spectrum's ends."""
+    def density(self, probes: int = defaults.PROBES, steps: int | None = None) -> Density:
+        """SLQ with exact null directions deflated (zero rows, logit shift) and the spectrum's ends; the defaults
+        are ``wdbound err``'s (``steps`` None: defaults.STEPS, at most d)."""
+        steps = min(defaults.STEPS, self.dim) if steps is None else steps
         generator = self._generator()
         top = top_eigenvalues(self.operator, 1, generator)
         _, run, support, deflation = deflated_density(self.operator, probes, steps, self.seed, generator, top)
@@ -245,7 +251,8 @@ def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "bot
         return results
     density = source if isinstance(source, Density) else source.density()
     for form in forms:
-        cor = corollary3_from_slq(density.slq, form, inputs, density.support.bounds())
+        cor = corollary3_from_slq(density.slq, form, inputs, density.support.bounds(),
+                                  density.provenance.get("deflation", {}).get("logit_shift", 0))
         results[form] = ErrResult(form, "slq", cor.err_mean, cor.err_mean_interval, cor.err_sum, cor.phi, None,
                                   inputs)
     return results

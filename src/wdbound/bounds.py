@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import WdboundError
-from .estimators.quadrature_interval import Interval, PiecewiseMonotone, trace_interval
+from .estimators.quadrature_interval import (SAMPLE_STDERR_MIN_PROBES, Interval, PiecewiseMonotone,
+                                             probe_variance_bound, trace_interval)
 from .stats import mean_stderr
 
 
@@ -148,15 +149,22 @@ def corollary3_integrand(form: str, p: BoundInputs) -> PiecewiseMonotone:
     return PiecewiseMonotone(lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p)), _signed(turns))
 
 
-def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float, float] | None = None) -> Corollary3:
+def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float, float] | None = None,
+                        shift_directions: int | None = 0) -> Corollary3:
     """err from an SLQ run of H (``wdbound.estimators.SLQ``): per probe ``Σ_k w_k h(x(|θ_k|))`` scaled to d
-    (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread.
-    With the spectrum's ends ``support`` = (L, R), also the interval of err/d."""
+    (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread (below
+    SAMPLE_STDERR_MIN_PROBES probes with ``support``: from the variance bound, as in the interval).
+    With the spectrum's ends ``support`` = (L, R), also the interval of err/d; its probe part for the deflated
+    Rademacher probes of the density run (``shift_directions`` logit-shift directions projected off; None: use
+    only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s."""
     f = corollary3_integrand(form, p)
     total, stderr = mean_stderr(density.quadrature(f))
+    if shift_directions is not None and support is not None and len(density.nodes) < SAMPLE_STDERR_MIN_PROBES:
+        stderr = math.sqrt(probe_variance_bound(density, f, support, shift_directions) / len(density.nodes))
     nodes, weights = density.measure()
     below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
-    interval = trace_interval(density, f, support).affine(1 / p.d) if support is not None else None
+    interval = (trace_interval(density, f, support, shift_directions=shift_directions).affine(1 / p.d)
+                if support is not None else None)
     return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval)
 
 

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -327,10 +328,13 @@ class Opt:
     split = typer.Option("test", help="Split the Hessian is evaluated on: test (the paper's choice) or train.")
     max_samples = typer.Option(None, help="Use N examples of the split, a random subset drawn with --subset-seed (recorded in the JSON; default: all).")
     subset_seed = typer.Option(0, help="Seed of the --max-samples subset (independent of --seed, which draws the probes).")
-    probes = typer.Option(defaults.PROBES, help="SLQ / Hutchinson Rademacher probes k.")
-    steps = typer.Option(defaults.STEPS, help="Lanczos steps m per probe.")
+    probes = typer.Option(defaults.PROBES, help="SLQ Rademacher probes k (few, long runs: the err/d interval's width is the quadrature's, which more steps shrink; below 8 probes the probe part of the interval comes from a variance bound, docs/intervals.md).")
+    steps = typer.Option(None, help=f"Lanczos steps m per probe (default: {defaults.STEPS}, at most d).")
+    theorem_probes = typer.Option(defaults.THEOREM_PROBES, help="Probes of each Theorem 6/7 Lanczos run (their stderr is the probes' spread).")
+    theorem_steps = typer.Option(defaults.THEOREM_STEPS, help="Lanczos steps of each Theorem 6/7 run.")
     top_k = typer.Option(defaults.TOP_K, help="How many largest eigenvalues to report.")
     diag_probes = typer.Option(0, help="Extra Hutchinson probes for the diagonal, on top of the k SLQ probes.")
+    err_diag_probes = typer.Option(None, "--diag-probes", help="Extra Hutchinson probes for the diagonal of Q, on top of the k SLQ probes (default: as many as make --theorem-probes samples when the diagonal is estimated, i.e. above 20,000 parameters with --diagonal auto).")
     seed = typer.Option(0, help="Seed of every random probe.")
     device = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:N].")
     dtype = typer.Option("float64", help="float64 (default; accurate small eigenvalues) or float32 (faster on GPU).")
@@ -340,7 +344,7 @@ class Opt:
     exact_auto = typer.Option("auto", "--exact", help="Exact values from the dense Hessian: auto (up to 10,000 parameters, d HVPs), on (up to 20,000) or off (SLQ with intervals).")
     diagonal = typer.Option("auto", help="Diagonal for Q = diag(H)^-1/2 of the Theorem term: exact (d HVPs), hutchinson, or auto (exact up to 20,000 parameters).")
     rtol = typer.Option(defaults.RTOL, help="Adaptive SLQ: add probes / Lanczos steps until each err/d interval's half-width is <= rtol * err/d (0: fixed settings).")
-    max_hvps = typer.Option(None, help="Cap on the HVPs the adaptive SLQ may add (default: 8 x probes x steps); when hit, the output says so and gives the wider interval.")
+    max_hvps = typer.Option(None, help="HVPs the adaptive SLQ may add to reach --rtol (default 0: the planned HVPs are what the run spends); when hit, the output says so and gives the wider interval.")
     arch = typer.Option(None, help="Architecture of a plain state_dict checkpoint (registry name).")
     model_factory = typer.Option(None, help="module:function building your own nn.Module (kwargs from --arch-kwarg); the state_dict or safetensors file is then loaded into it. This imports and runs your code.")
     loss = typer.Option("cross-entropy", help="Loss whose Hessian is analysed: cross-entropy (the paper's; the bounds assume it), label-smoothing:EPS, or mse (on one-hot targets).")
@@ -528,7 +532,8 @@ def err(
     sweep: List[str] = typer.Option([], help="Re-evaluate for several values, e.g. rho=0.01,0.1,1 or sigma-floor=1e-8,1e-6,1e-4 "
                                              "(also tau, wd, lr); repeatable. Uses the same spectrum."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = Opt.probes, steps: int = Opt.steps, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed,
+    probes: int = Opt.probes, steps: Optional[int] = Opt.steps, diag_probes: Optional[int] = Opt.err_diag_probes,
+    seed: int = Opt.seed, theorem_probes: int = Opt.theorem_probes, theorem_steps: int = Opt.theorem_steps,
     device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
     exact: str = Opt.exact_auto, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
@@ -551,10 +556,13 @@ def err(
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(params))
+    if diag_probes is None:
+        diag_probes = defaults.q_diagonal_probes(inputs.d, probes, theorem_probes, diagonal)
     settings = spectrum_settings(data, split, max_samples, probes, steps, 1, diag_probes, seed, device, dtype, hvp,
                                  hvp_batch_size, resolve_exact(exact, inputs.d), diagonal=diagonal, rtol=rtol,
                                  max_hvps=max_hvps, loss=loss, memory=memory, lanczos=lanczos, tf32=tf32,
-                                 params=tuple(params), workers=workers, subset_seed=subset_seed)
+                                 params=tuple(params), workers=workers, subset_seed=subset_seed,
+                                 theorem_probes=theorem_probes, theorem_steps=theorem_steps)
     with progress_bar() as bar:
         report = evaluate_err(ckpt, settings, inputs, forms, sweeps=sweeps, cache=make_cache(cache_dir, no_cache),
                               observer=BarObserver(bar), label=checkpoint.name)
@@ -582,7 +590,7 @@ def render_err(report, name: str, settings) -> None:
     forms, figures, spectrum = report.forms, report.figures, report.evaluation.spectrum
     exact = spectrum.exact_eigenvalues is not None
     method = "exact (dense Hessian)" if exact else "SLQ, [interval covering the exact value]"
-    table = Table(title=f"{name}: generalization-bound terms (trained with {report.trained_with}; {method})")
+    table = Table(title=escape(f"{name}: generalization-bound terms (trained with {report.trained_with}; {method})"))
     table.add_column("quantity")
     for form in forms:
         table.add_column(FORM_TITLES[form], justify="right")
@@ -661,8 +669,8 @@ def table(
     tau: float = Opt.tau,
     sigma_floor: float = typer.Option(defaults.SIGMA_FLOOR, help="Singular values below this are raised to it; the mass affected is reported."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = typer.Option(defaults.TABLE_PROBES, help="SLQ probes k per checkpoint (fewer than `spectrum` so the zoo table takes minutes)."),
-    steps: int = typer.Option(defaults.TABLE_STEPS, help="Lanczos steps m per probe."),
+    probes: int = typer.Option(defaults.TABLE_PROBES, help="SLQ probes k per checkpoint (as `err`: few, long Lanczos runs; the zoo is exact under --exact auto)."),
+    steps: Optional[int] = typer.Option(defaults.TABLE_STEPS, help=f"Lanczos steps m per probe (default: {defaults.STEPS}, at most d)."),
     seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp,
     hvp_batch_size: int = Opt.hvp_batch_size, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
@@ -832,6 +840,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         app(args=argv, prog_name="wdbound")
     except WdboundError as exc:
         print_error(exc)
+        raise SystemExit(2) from None
+    except Exception as exc:  # noqa: BLE001 - an allocation failure outside a planned phase is one line too
+        from .memory import OutOfMemory, is_allocation_failure
+
+        if not is_allocation_failure(exc):
+            raise
+        print_error(OutOfMemory("running wdbound", None))
         raise SystemExit(2) from None
     except Interrupted as exc:
         err_console.print(f"interrupted by signal {exc.signum}: finished results are kept (cache, table rows), "

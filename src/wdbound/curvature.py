@@ -115,8 +115,17 @@ class ScaledOperator:
         return self.scale * self.op.matmat(self.scale * vectors)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+def resolve_device(device: "str | torch.device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` (a name or a ``torch.device``) without a GPU is an
+    error.
+
+    >>> resolve_device(torch.device("cpu")), resolve_device("cpu")
+    (device(type='cpu'), device(type='cpu'))
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise WdboundError(f"device must be a name or a torch.device, not {type(device).__name__}", "device")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -127,8 +136,15 @@ def resolve_device(device: str) -> torch.device:
         raise WdboundError(f"unknown device {device!r}; use auto, cpu or cuda", "device") from None
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """``float32`` / ``float64`` as a torch dtype; anything else is a one-line error naming --dtype."""
+def resolve_dtype(name: "str | torch.dtype") -> torch.dtype:
+    """``float32`` / ``float64`` (names or torch dtypes) as a torch dtype; anything else is a one-line error
+    naming --dtype.
+
+    >>> resolve_dtype(torch.float64), resolve_dtype("float32")
+    (torch.float64, torch.float32)
+    """
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if name not in dtypes:
         raise WdboundError(f"unknown dtype {name!r}; use float32 or float64", "dtype")

@@ -12,16 +12,29 @@ import math
 TAU = 0.05  # confidence: the bound holds with probability 1 - tau
 SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to it, and the mass is reported
 
-# Stochastic Lanczos quadrature / Hutchinson of `wdbound spectrum` and `wdbound err`.
-PROBES = 16
-STEPS = 80
+# Stochastic Lanczos quadrature of `wdbound err`, `wdbound table` and the API's density (issue 30): spend on
+# resolution, not on probes. The interval's width at these budgets is the quadrature bracket over the mass near
+# zero, which shrinks with the steps, not with the probes; a probe's own spread is small (relative standard error
+# about sqrt(2/d) x the spread of the integrand) and, below SAMPLE_STDERR_MIN_PROBES probes, bounded from the same
+# quadrature instead of measured (estimators/quadrature_interval.py). One probe x 1,280 steps, plus the ends of
+# the spectrum (top-1 and <= 150 steps): about 1,450 HVPs for both bound forms; measured narrower than 2 x 640
+# and 16 x 80 at every size tried (docs/intervals.md).
+PROBES = 1
+STEPS = 1280  # at most d (a Krylov space has at most d dimensions)
+# The Theorem 6/7 runs (Lanczos on A and H started from Q^1/2 z): their probes are not plain Rademacher vectors,
+# so their stderr comes from the probes' spread and needs enough of them.
+THEOREM_PROBES = 16
+THEOREM_STEPS = 80
+# With the dense spectrum (--exact) the SLQ run is only a cross-check printed beside the exact figures: at most
+# this many steps (the dense Hessian's d HVPs are the cost that matters).
+EXACT_CROSSCHECK_STEPS = 80
 TOP_K = 5
 TRACE_RTOL = 0.01  # library default (err, the API): deflated Hutchinson probes until the trace's stderr <= this * trace
 TRACE_PROBES = 8  # ... a first block of this many, then as many as its standard error says are missing
 TRACE_MAX_PROBES = 128  # ... at most this many
 TRACE_SPAN_STEPS = 40  # ... deflating a Krylov space of at least this many top-k Lanczos steps
 RTOL = 0.01  # `err` / `table`: adaptive SLQ until each err/d interval's half-width <= rtol * err/d
-REFINE_BUDGET = 8  # the adaptive SLQ may add this many times the HVPs of the base run (unless --max-hvps)
+REFINE_BUDGET = 0  # the adaptive SLQ adds no HVPs unless --max-hvps allows them (the plan's count is what err spends)
 
 # `wdbound spectrum` (no bound is computed from it): float32 HVPs (Lanczos vectors, recurrences and quadrature
 # stay float64), 2 to 5 probes by the dimension x at most 40 steps, no run for the spectrum's lower end. Chosen from accuracy targets measured
@@ -54,8 +67,8 @@ SPECTRUM_SAMPLING_TOL = 1e-3  # the probes' own share of the density's error (sp
 SPECTRUM_CHECK_EVERY = 2
 
 # `wdbound table` runs the whole zoo: fewer probes and steps per checkpoint.
-TABLE_PROBES = 6
-TABLE_STEPS = 60
+TABLE_PROBES = PROBES  # the same figures per checkpoint as `wdbound err`
+TABLE_STEPS = None  # as err: STEPS, at most d
 
 # A new `wdbound check` baseline.
 CHECK_PROBES = 4
@@ -65,6 +78,18 @@ CHECK_STEPS = 40
 EXACT_MAX_DIM = 20_000  # dense float64 Hessian of 20k parameters: 3.2 GB
 EXACT_AUTO_MAX_DIM = 10_000  # `--exact auto`: dense Hessian (d HVPs, 0.8 GB, eigvalsh in seconds) up to this d
 DIAGONAL_EXACT_MAX_DIM = 20_000  # `--diagonal auto`: exact diagonal (d HVPs, no dense matrix) up to this d
+
+
+def q_diagonal_probes(dim: int, probes: int, theorem_probes: int = THEOREM_PROBES, diagonal: str = "auto") -> int:
+    """Extra Hutchinson probes `err` adds for the diagonal of Q = diag(H)^-1/2 when it is estimated (``diagonal``
+    hutchinson, or auto above DIAGONAL_EXACT_MAX_DIM): enough for ``theorem_probes`` samples in all beside the
+    ``probes`` SLQ ones (few long SLQ runs would otherwise leave Q to one or two samples).
+
+    >>> q_diagonal_probes(2_410, 2), q_diagonal_probes(11_000_000, 2), q_diagonal_probes(11_000_000, 2, diagonal="exact")
+    (0, 14, 0)
+    """
+    estimated = diagonal == "hutchinson" or (diagonal == "auto" and dim > DIAGONAL_EXACT_MAX_DIM)
+    return max(0, theorem_probes - probes) if estimated else 0
 
 
 def spectrum_probes(dim: int) -> int:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -72,22 +74,174 @@ def human_bytes(count: float) -> str:
     return f"{int(count)} B"
 
 
-def available_bytes(device: torch.device) -> tuple[int, str]:
-    """Free memory of the device and where the figure comes from."""
+@dataclass(frozen=True)
+class SystemRoots:
+    """Where the limits are read from; tests point these at fake folders."""
+
+    proc: Path = Path("/proc")
+    cgroup: Path = Path("/sys/fs/cgroup")
+
+
+def _read_int(path: Path) -> int | None:
+    """The integer in a one-value file (None: missing, unreadable, or ``max``: no limit)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _status_bytes(roots: SystemRoots, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (VmSize, VmData, ...) in bytes."""
+    try:
+        for line in (roots.proc / "self" / "status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _mem_available(roots: SystemRoots) -> list[tuple[int, str]]:
+    try:
+        for line in (roots.proc / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return [(int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo")]
+    except (OSError, ValueError, IndexError):
+        pass
+    return []
+
+
+def _cgroup_limits(roots: SystemRoots) -> list[tuple[int, str]]:
+    """Room left under the memory limits of this process's cgroup and its ancestors: cgroup v2
+    ``memory.max − memory.current``, cgroup v1 ``memory.limit_in_bytes − memory.usage_in_bytes``."""
+    try:
+        lines = (roots.proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2 unified hierarchy (under unified/ on a hybrid v1 + v2 system)
+            hybrid = (roots.cgroup / "unified").is_dir() and not (roots.cgroup / "cgroup.controllers").exists()
+            base = roots.cgroup / "unified" if hybrid else roots.cgroup
+            names, label = ("memory.max", "memory.current"), "cgroup v2 memory.max"
+        elif "memory" in controllers.split(","):
+            base = roots.cgroup / "memory"
+            names, label = ("memory.limit_in_bytes", "memory.usage_in_bytes"), "cgroup v1 memory.limit_in_bytes"
+        else:
+            continue
+        relative = Path(path.lstrip("/"))
+        for folder in [relative, *relative.parents]:  # a parent's limit binds the children too
+            limit, used = _read_int(base / folder / names[0]), _read_int(base / folder / names[1])
+            if limit is not None and limit < 2**60 and used is not None:
+                found.append((max(limit - used, 0), f"{label} − usage of /{folder.as_posix().strip('.')}"))
+    return found
+
+
+def _rlimits(roots: SystemRoots) -> list[tuple[int, str]]:
+    """Room left under RLIMIT_AS (``ulimit -v``: address space, against VmSize) and RLIMIT_DATA (against VmData)."""
+    try:
+        import resource
+    except ImportError:  # not on a POSIX system
+        return []
+    found = []
+    for name, field, label in (("RLIMIT_AS", "VmSize", "RLIMIT_AS (ulimit -v) − mapped VmSize"),
+                               ("RLIMIT_DATA", "VmData", "RLIMIT_DATA − VmData")):
+        limit = resource.getrlimit(getattr(resource, name))[0]
+        mapped = _status_bytes(roots, field)
+        if limit != resource.RLIM_INFINITY and limit > 0 and mapped is not None:
+            found.append((max(limit - mapped, 0), label))
+    return found
+
+
+def available_bytes(device: torch.device, roots: SystemRoots | None = None) -> tuple[int, str]:
+    """Memory the process can still get on ``device``, and which limit says so.
+
+    On CUDA: the device's free memory. On the CPU: the smallest of MemAvailable, the room under the cgroup
+    (v2 or v1) memory limits of this process's cgroup and its ancestors (containers, SLURM and Kubernetes jobs:
+    /proc/meminfo shows the host's memory there), and the room under RLIMIT_AS / RLIMIT_DATA. ``roots``:
+    where /proc and /sys/fs/cgroup are (tests).
+    """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), f"free memory of {device}"
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo"
-    except OSError:
-        pass
+    roots = roots or SystemRoots()
+    candidates = _mem_available(roots) + _cgroup_limits(roots) + _rlimits(roots)
+    if candidates:
+        return min(candidates)
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "free physical pages"
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30, "unknown (assumed 8 GiB)"
+
+
+def in_use_bytes(device: torch.device, source: str) -> int:
+    """What the process holds against the limit ``source`` names: VmSize under RLIMIT_AS, VmData under
+    RLIMIT_DATA, else the RSS (CPU) / allocated memory (CUDA)."""
+    roots = SystemRoots()
+    for field, key in (("VmSize", "RLIMIT_AS"), ("VmData", "RLIMIT_DATA")):
+        if key in source and device.type != "cuda":
+            mapped = _status_bytes(roots, field)
+            if mapped is not None:
+                return mapped
+    return current_bytes(device)
+
+
+# Allocation failures ------------------------------------------------------------------------------------------
+
+_ALLOCATION_MESSAGES = ("can't allocate memory", "cannot allocate memory", "out of memory",
+                        "failed to allocate", "std::bad_alloc")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: MemoryError, torch's OutOfMemoryError (CUDA), or a
+    RuntimeError of the CPU allocator (``DefaultCPUAllocator: can't allocate memory``, ENOMEM)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, (RuntimeError, OSError)):
+        text = str(exc).lower()
+        return any(message in text for message in _ALLOCATION_MESSAGES)
+    return False
+
+
+class OutOfMemory(WdboundError):
+    """An allocation failed during ``phase``: one line saying what the plan expected and what to retry with."""
+
+    def __init__(self, phase: str, plan: "MemoryPlan | None") -> None:
+        self.phase, self.plan = phase, plan
+        if plan is not None:
+            smaller = max(int(0.6 * plan.budget), 2**30)
+            message = (f"out of memory while {phase}: the plan expected a peak of ~{human_bytes(plan.peak)} within "
+                       f"{human_bytes(plan.budget)} ({plan.budget_source}); retry with --memory "
+                       f"{smaller / 2**30:.1f}GiB, or --max-samples / --dtype float32 to shrink the run")
+        else:
+            message = (f"out of memory while {phase}; retry with a smaller --memory, --max-samples or "
+                       "--dtype float32")
+        super().__init__(message, "memory")
+
+
+@contextmanager
+def allocation_phase(phase: str, plan=None):
+    """Turn an allocation failure inside the block into :class:`OutOfMemory` naming ``phase`` and the memory
+    plan (``plan``: a :class:`MemoryPlan`, None, or a function returning one when the failure happens).
+
+    >>> with allocation_phase("testing"):
+    ...     raise MemoryError()
+    Traceback (most recent call last):
+    wdbound.memory.OutOfMemory: out of memory while testing; retry with a smaller --memory, --max-samples or --dtype float32
+    """
+    try:
+        yield
+    except OutOfMemory:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only allocation failures are translated; the rest re-raised
+        if is_allocation_failure(exc):
+            raise OutOfMemory(phase, plan() if callable(plan) else plan) from None
+        raise
 
 
 def peak_bytes(device: torch.device) -> int:

@@ -41,9 +41,26 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical_arch(arch: str) -> str:
+    """``arch`` as the registry spells it: a bare timm model name (``vit_small_patch16_224``) becomes
+    ``timm:vit_small_patch16_224`` when no built-in architecture has that name and timm (installed) knows it.
+
+    >>> canonical_arch("digits-mlp"), canonical_arch("timm:vit_tiny_patch16_224")
+    ('digits-mlp', 'timm:vit_tiny_patch16_224')
+    """
+    if arch in _REGISTRY or arch.startswith((TIMM_PREFIX, "factory:")):
+        return arch
+    try:
+        import timm
+    except ImportError:
+        return arch
+    return TIMM_PREFIX + arch if arch in timm.list_models() else arch
+
+
 def build_model(arch: str, **arch_kwargs) -> nn.Module:
-    """Construct a registered architecture, ``timm:<name>`` or ``factory:module:function`` (random init, eval
-    mode not set)."""
+    """Construct a registered architecture, ``timm:<name>`` (or a bare timm name: :func:`canonical_arch`) or
+    ``factory:module:function`` (random init, eval mode not set)."""
+    arch = canonical_arch(arch)
     if arch.startswith("factory:"):
         return build_from_factory(arch[len("factory:"):], **arch_kwargs)
     if arch.startswith(TIMM_PREFIX):
@@ -69,6 +86,7 @@ def infer_arch_kwargs(arch: str, state_dict: StateDict) -> dict:
     """Architecture arguments read from a state_dict's shapes (classes, stem, widths, depth, image size, patch);
     those the shapes do not determine are left out (the factory's default applies). ``{}`` when the
     architecture has no rule or the state_dict does not look like it (the fit check then names the misfit)."""
+    arch = canonical_arch(arch)
     rule = _timm_infer if arch.startswith(TIMM_PREFIX) else _INFER.get(arch)
     if rule is None:
         return {}

@@ -40,7 +40,7 @@ from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, ru
                                  spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
-from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, current_bytes, MemoryPlan, activation_floats,
+from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes, MemoryPlan, activation_floats,
                      available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
                      with_single_pass)
 from .progress import Observer
@@ -72,7 +72,9 @@ class SpectrumSettings:
     max_samples: int | None = None
     subset_seed: int = 0  # seed of the --max-samples subset (its own stream: --seed moves only the probes)
     probes: int | None = defaults.PROBES  # None: from the dimension (defaults.spectrum_probes; see for_dim)
-    steps: int = defaults.STEPS
+    steps: int | None = None  # None: defaults.STEPS, at most d (for_dim); an explicit value above d is an error
+    theorem_probes: int = defaults.THEOREM_PROBES  # the Theorem 6/7 runs (Q^1/2 z starts: stderr from their spread)
+    theorem_steps: int = defaults.THEOREM_STEPS
     top_k: int = defaults.TOP_K
     diag_probes: int = 0  # extra Hutchinson probes beyond the SLQ ones
     seed: int = 0
@@ -101,12 +103,17 @@ class SpectrumSettings:
 
     def for_dim(self, dim: int) -> "SpectrumSettings":
         """These settings with the probe count fixed for a Hessian of ``dim`` parameters (``probes=None``:
-        :func:`wdbound.defaults.spectrum_probes`); what a run records in its provenance."""
-        return self if self.probes is not None else replace(self, probes=defaults.spectrum_probes(dim))
+        :func:`wdbound.defaults.spectrum_probes`), the steps (``None``: defaults.STEPS) capped at ``dim`` (a
+        Krylov space has at most d dimensions) and at EXACT_CROSSCHECK_STEPS with the dense spectrum (the SLQ is
+        then a cross-check); what a run records in its provenance."""
+        probes = self.probes if self.probes is not None else defaults.spectrum_probes(dim)
+        steps = min(self.steps or defaults.STEPS, dim, defaults.EXACT_CROSSCHECK_STEPS if self.exact else dim)
+        return replace(self, probes=probes, steps=steps, theorem_steps=min(self.theorem_steps, dim))
 
     def refine_cap(self) -> int:
         """HVPs the adaptive SLQ may add: ``max_hvps``, else REFINE_BUDGET times the base SLQ run."""
-        return self.max_hvps if self.max_hvps is not None else REFINE_BUDGET * self.probes * self.steps
+        return (self.max_hvps if self.max_hvps is not None else
+                REFINE_BUDGET * (self.probes or 1) * (self.steps or defaults.STEPS))
 
     def exact_diagonal_for(self, dim: int) -> bool:
         """Whether Q's diagonal is computed exactly (d unit-vector HVPs) for a model of ``dim`` parameters."""
@@ -117,12 +124,12 @@ class SpectrumSettings:
         if self.backend not in BACKENDS:
             raise WdboundError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}", "backend")
         for name, value, param in (("probes", 1 if self.probes is None else self.probes, "probes"),
-                                   ("steps", self.steps, "steps"), ("top-k", self.top_k, "top_k"),
+                                   ("steps", 1 if self.steps is None else self.steps, "steps"), ("theorem probes", self.theorem_probes - 1,
+                                                                    "theorem_probes"),
+                                   ("theorem steps", self.theorem_steps, "theorem_steps"), ("top-k", self.top_k, "top_k"),
                                    ("batch size", self.batch_size, "hvp_batch_size")):
             if value < 1:
                 raise WdboundError(f"{name} = {value} must be >= 1", param)
-        if self.probes is not None and self.probes < 2:
-            raise WdboundError("probes = 1 gives no standard error; use at least 2", "probes")
         if self.workers < 0:
             raise WdboundError(f"workers = {self.workers} must be >= 0", "workers")
         if self.max_samples is not None and self.max_samples < 1:
@@ -418,12 +425,13 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     """The memory plan of an analysis of ``operator`` under ``settings`` (see :mod:`wdbound.memory`); raises
     the ``--memory`` error when nothing fits. Applies the plan's HVP chunk and probe block to the operator."""
     settings = settings.for_dim(operator.dim)
-    baseline = current_bytes(operator.device)
     if settings.memory == "auto":
         free, source = available_bytes(operator.device)
+        baseline = in_use_bytes(operator.device, source)  # against the same limit (VmSize under ulimit -v)
         share = AUTO_SHARE_GPU if operator.device.type == "cuda" else AUTO_SHARE_RAM
         budget, source = baseline + int(free * share), f"auto: in use + {share:.0%} of {source}"
     else:
+        baseline = current_bytes(operator.device)
         budget, source = parse_memory(settings.memory), "--memory"
     example = next(operator.chunks())[0][:1]
     activation = activation_floats(operator.model, example)
@@ -548,7 +556,7 @@ def per_layer_spectra(ckpt: Checkpoint, settings: SpectrumSettings, cache: Cache
     out = []
     for name in names:
         numel = dict(ckpt.model.named_parameters())[name].numel()
-        layer_settings = replace(settings, params=(escape(name),), steps=min(settings.steps, numel))
+        layer_settings = replace(settings, params=(escape(name),), steps=min(settings.steps or defaults.STEPS, numel))
         layer = LayerSpectrum(name, compute_spectrum(ckpt, layer_settings, observer.hvps, cache))
         out.append(layer)
         observer.item(name)
@@ -583,20 +591,23 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         return _foreign_spectrum(ckpt, settings, key)
     if cache is not None and (hit := cache.load(key, Spectrum.from_arrays)) is not None:
         return hit
-    operator = build_operator(ckpt, settings)
+    with allocation_phase("loading the model and the evaluation data"):
+        operator = build_operator(ckpt, settings)
+    if settings.steps is not None and settings.steps > operator.dim:
+        raise WdboundError(f"steps = {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
+                           "has at most d dimensions)", "steps")
     settings = settings.for_dim(operator.dim)
     if settings.exact and operator.dim > EXACT_MAX_DIM:
         raise WdboundError(f"the exact spectrum needs a dense {operator.dim}x{operator.dim} Hessian "
                            f"({human_bytes(8 * operator.dim**2)} in float64, ~3x that with eigvalsh); the limit is "
                            f"{EXACT_MAX_DIM} parameters", "exact")
-    if settings.steps > operator.dim:
-        raise WdboundError(f"steps = {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
-                           "has at most d dimensions)", "steps")
     plan = memory_plan(operator, settings, refine_factor)
     if on_plan is not None:
         on_plan(plan)
     operator.on_matvecs = on_hvps
-    result = estimate_spectrum(operator, settings, plan)
+    phase = "building the dense Hessian" if settings.exact else "estimating the spectrum (Lanczos, trace, diagonal)"
+    with allocation_phase(phase, plan):
+        result = estimate_spectrum(operator, settings, plan)
     result.provenance.update(checkpoint_provenance(ckpt, evaluation_data(ckpt, settings), key))
     if cache is not None:
         cache.put(key, *result.to_arrays())

@@ -154,7 +154,8 @@ def evaluate_row(path: Path, settings: SpectrumSettings, *, rho: float | None, t
                    train_meta.get("epochs", 0), name, family, variant, form, metrics.get("test_acc"),
                    metrics.get("test_loss"), update_spread(ckpt.meta, path), str(path), ckpt.sha256,
                    float(spectrum.top.values[0]), float(spectrum.top.residuals[0]), spectrum.trace.estimate,
-                   spectrum.trace.stderr, settings.probes, settings.steps, settings.seed, settings.dtype,
+                   spectrum.trace.stderr, settings.probes, settings.for_dim(spectrum.d).steps, settings.seed,
+                   settings.dtype,
                    settings.split, evaluation.analysis.hvps, spectrum.cached, inputs, spectrum.provenance,
                    evaluation.figures.get(form), evaluation.analysis.refinement if form is not None else None)
     return row, spectrum
@@ -519,7 +520,7 @@ class TableReport:
         rho = '1/sqrt(input dim)' if self.settings.rho is None else f'{self.settings.rho:g}'
         return (f"Settings: {s.split} split, --exact {self.settings.exact} ({len(exact)} of {len(self.rows)} "
                 f"checkpoints exact: d <= {defaults.EXACT_AUTO_MAX_DIM:,} under auto), SLQ {s.probes} probes x "
-                f"{s.steps} Lanczos steps (rtol {s.rtol:g}, cap {s.refine_cap()} HVPs), seed {s.seed}, {s.dtype}, "
+                f"{s.steps or f'up to {defaults.STEPS}'} Lanczos steps (rtol {s.rtol:g}, cap {s.refine_cap()} HVPs), seed {s.seed}, {s.dtype}, "
                 f"sigma floor {self.settings.sigma_floor:g}, tau {self.settings.tau:g}, rho {rho}{widest}.")
 
     def note(self) -> str:

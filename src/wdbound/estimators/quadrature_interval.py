@@ -41,6 +41,15 @@ covers :math:`\mathrm{tr} f(H)` with the probability of a two-sided
 :math:`c`-standard-error interval (:data:`STDERR_MULTIPLIER` = 3: 99.7 % for a
 normal mean, 99 % for Student's t with 15 degrees of freedom).
 
+With fewer than :data:`SAMPLE_STDERR_MIN_PROBES` probes the spread of the
+probes says little about their variance (one probe: nothing), so for
+(deflated) Rademacher probes the standard error comes from a bound instead
+(:func:`probe_variance_bound`): :math:`\mathrm{Var}(z^\top M z) = 2\sum_{i\ne j}
+M_{ij}^2 \le 2\|M - cI\|_F^2` for every :math:`c`, and
+:math:`\|f(H) - cI\|_F^2 = \sum_i (f(\lambda_i) - c)^2` is itself a quadrature,
+bracketed from above by the same rule. Long runs of one or two probes are then
+usable: at large d a probe's spread is tiny and the steps buy resolution.
+
 >>> import numpy as np
 
 >>> from wdbound.estimators.lanczos import SLQ
@@ -62,6 +71,7 @@ import numpy as np
 from ..stats import mean_stderr
 
 STDERR_MULTIPLIER = 3.0
+SAMPLE_STDERR_MIN_PROBES = 8  # below this many probes, Rademacher runs take their stderr from the variance bound
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,6 @@ def probe_brackets(run, f: PiecewiseMonotone, support: tuple[float, float]) -> t
     ``support`` = ``(L, R)`` must contain every eigenvalue of the operator the run
     used. The deflated null part (``run.null_weight``) enters exactly.
     """
-    low_end, high_end = float(support[0]), float(support[1])
     null = run.null_weight * float(f(np.zeros(1))[0]) if run.null_weight else 0.0
     lower, upper = [], []
     for p, (n2, w, t) in enumerate(zip(run.norms_sq, run.weights, run.nodes)):
@@ -139,24 +148,65 @@ def probe_brackets(run, f: PiecewiseMonotone, support: tuple[float, float]) -> t
             lower.append(value)
             upper.append(value)
             continue
-        left = np.concatenate([[min(low_end, t[0])], t[:-1]])
-        right = np.concatenate([t[1:], [max(high_end, t[-1])]])
-        fmin, fmax = f.extremes(left, right)
+        fmin, fmax = f.extremes(*_cells(run, p, support))
         lower.append(n2 * float(np.sum(w * fmin)) + null)
         upper.append(n2 * float(np.sum(w * fmax)) + null)
     return np.array(lower), np.array(upper)
 
 
+def _cells(run, probe: int, support: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The CMS cells ``[θ_{k-1}, θ_{k+1}]`` of probe ``probe``'s Gauss nodes (ends: the spectrum's support)."""
+    t = run.nodes[probe]
+    left = np.concatenate([[min(float(support[0]), t[0])], t[:-1]])
+    right = np.concatenate([t[1:], [max(float(support[1]), t[-1])]])
+    return left, right
+
+
+def probe_variance_bound(run, f: PiecewiseMonotone, support: tuple[float, float], shift_directions: int = 0) -> float:
+    r"""An upper bound on the variance of one probe's ``z^T f(H) z`` for (deflated) Rademacher probes.
+
+    The run's probes are :math:`z' = Pz`, :math:`z` Rademacher and :math:`P` the projection off the exact null
+    space (coordinate zero rows and ``shift_directions`` logit-shift directions, each a centring over the
+    classes). :math:`M = P f(H) P` has the eigenvalues :math:`f(\lambda_i)` on the range of :math:`P`
+    (:math:`n = d - \text{null}` of them) and 0 on its null space, and a zero row on every zero-row
+    coordinate. The off-diagonal part does not see :math:`cI`, and :math:`(M - cI)_{ii} = -c` on the zero rows,
+    so for every :math:`c`
+
+    .. math::
+        \mathrm{Var}(z^\top M z) = 2\sum_{i\ne j} M_{ij}^2 \le 2\left(\|M - cI\|_F^2 - c^2 n_{\text{zero}}\right)
+        = 2\left(n\int (f - c)^2\,d\mu + c^2\,\text{shift\_directions}\right),
+
+    with :math:`\mu` the spectral measure of the deflated operator; the integral is bracketed from above per
+    probe by the CMS cells and averaged over probes (each probe's measure estimates :math:`\mu`). The
+    :math:`c^2` term is real variance, not slack: :math:`\|Pz\|^2` itself varies with :math:`z` once the
+    classes are centred. Minimised over :math:`c` on a grid.
+    """
+    n_range = max(float(run.dim) - float(run.null_weight), 0.0)
+    cells = [(run.weights[p], *f.extremes(*_cells(run, p, support))) for p in range(len(run.nodes))]
+    centre = float(np.mean([np.sum(w * f(t)) for w, t in zip(run.weights, run.nodes)]))
+    best = math.inf
+    for c in np.linspace(0.0, 1.0, 51) * centre:
+        # max over a cell of (f - c)^2 is at the cell's f-extreme farthest from c
+        second = np.mean([float(np.sum(w * np.maximum((lo - c) ** 2, (hi - c) ** 2))) for w, lo, hi in cells])
+        best = min(best, 2.0 * (n_range * second + c * c * shift_directions))
+    return best
+
+
 def trace_interval(run, f: PiecewiseMonotone, support: tuple[float, float],
-                   multiplier: float = STDERR_MULTIPLIER) -> Interval:
+                   multiplier: float = STDERR_MULTIPLIER, shift_directions: int | None = None) -> Interval:
     """``tr f(H)``: the Gauss estimate and an interval from the probe brackets ± ``multiplier`` stderr each.
 
-    A stderr of zero spread (all probes equal) adds nothing; one probe gives an infinite interval.
+    ``shift_directions`` (None: the probes are not deflated Rademacher vectors, e.g. ``Q^½ z``) says how many
+    logit-shift directions the probes were projected off; with fewer than ``SAMPLE_STDERR_MIN_PROBES`` probes
+    the stderr is then :func:`probe_variance_bound`'s, else the probes' spread. A stderr of zero spread (all
+    probes equal) adds nothing; one probe without the bound gives an infinite interval.
     """
     estimate = float(np.mean(run.quadrature(f)))
     lower, upper = probe_brackets(run, f, support)
     low_mean, low_se = mean_stderr(lower, math.inf)
     high_mean, high_se = mean_stderr(upper, math.inf)
+    if shift_directions is not None and len(lower) < SAMPLE_STDERR_MIN_PROBES:
+        low_se = high_se = math.sqrt(probe_variance_bound(run, f, support, shift_directions) / len(lower))
     low, high = low_mean - multiplier * low_se, high_mean + multiplier * high_se
     return Interval(estimate, min(low, estimate), max(high, estimate))
 
