@@ -93,7 +93,7 @@ def main() -> None:
             ckpt = write_checkpoint(root / f"{name}.pt", name, f"imagefolder:{images}")
             for command in ("spectrum", "err", "table"):
                 out = root / f"{name}-{command}"
-                extra = {"spectrum": ["--top-k", "1", "--json", f"{out}.json"],
+                extra = {"spectrum": ["--top-k", "1", "--trace", "hutchinson", "--json", f"{out}.json"],
                          "err": ["--exact", "off", "--theorem-probes", "2", "--theorem-steps", "4",
                                  "--diagonal", "hutchinson", "--json", f"{out}.json"],
                          "table": ["--exact", "off", "--out", str(out), "--no-plots"]}[command]

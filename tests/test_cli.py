@@ -62,7 +62,7 @@ def test_spectrum_exact_json_plot(tiny_checkpoint, tmp_path, capsys):
 
 def test_spectrum_bad_flags_write_nothing(tiny_checkpoint, tmp_path, capsys):
     out_json = tmp_path / "x.json"
-    for args, flag in ((["--probes", "1"], "--probes"), (["--dtype", "float16"], "--dtype"),
+    for args, flag in ((["--probes", "0"], "--probes"), (["--dtype", "float16"], "--dtype"),
                        (["--data", "mnist"], "--data"), (["--device", "cuda:0"] , "--device"),
                        (["--hvp", "magic"], "--hvp")):
         code, _, err = run_cli(["spectrum", tiny_checkpoint, "--json", out_json, *args], capsys)

@@ -244,25 +244,10 @@ def test_err_completes_under_an_address_space_cap_within_its_plan(tiny_checkpoin
                           "--steps", "60", "--no-cache", "--json", str(out)], capture_output=True, text=True,
                          preexec_fn=_limited(9 * 10**9))
     assert run.returncode == 0, run.stderr[-2000:]
-    report = json.loads(out.read_text())
-    provenance = json.dumps(report)
-    assert "RLIMIT_AS" in provenance
-    plan = _find(report, "memory_plan")
-    assert plan["budget"] <= 9 * 10**9 and _find(report, "peak_memory_bytes") <= plan["planned_peak"]
-
-
-def _find(tree, key):
-    """The first value of ``key`` anywhere in a JSON tree."""
-    if isinstance(tree, dict):
-        if key in tree:
-            return tree[key]
-        tree = list(tree.values())
-    if isinstance(tree, list):
-        for item in tree:
-            found = _find(item, key)
-            if found is not None:
-                return found
-    return None
+    provenance = json.loads(out.read_text())["inputs"]["spectrum"]
+    plan = provenance["memory_plan"]
+    assert "RLIMIT_AS" in plan["budget_source"] and plan["budget"] <= 9 * 10**9
+    assert provenance["peak_memory_bytes"] <= plan["planned_peak"]
 
 
 @pytest.mark.parametrize("phase_target, error, words", [

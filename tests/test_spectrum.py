@@ -94,7 +94,7 @@ def test_settings_and_modes():
                 dict(loss="hinge"), dict(backend="x")):
         with raises_param(next(iter(bad))):
             SpectrumSettings(**bad).validate()
-    assert SpectrumSettings(max_hvps=7).refine_cap() == 7 and SpectrumSettings(probes=2, steps=3).refine_cap() == 48
+    assert SpectrumSettings(max_hvps=7).refine_cap() == 7 and SpectrumSettings(probes=2, steps=3).refine_cap() == 0
     assert loss_function("cross-entropy") is None
     logits, labels = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
     smoothed = loss_function("label-smoothing:0.1")(logits, labels)
