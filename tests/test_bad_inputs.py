@@ -149,6 +149,8 @@ FLAG_CASES = [
     (["err", "{ckpt}", "--steps", "100000"], "--steps"), (["err", "{ckpt}", "--sigma-floor", "-1"], "floor"),
     (["err", "{ckpt}", "--optimizer", "sgd"], "--optimizer"), (["err", "{ckpt}", "--sweep", "rho"], "--sweep"),
     (["err", "{ckpt}", "--rtol", "2"], "--rtol"), (["err", "{ckpt}", "--memory", "lots"], "--memory"),
+    (["err", "{ckpt}", "--theorem-probes", "1"], "--theorem-probes"),
+    (["err", "{ckpt}", "--theorem-steps", "0"], "--theorem-steps"),
     (["spectrum", "{ckpt}", "--probes", "-3"], "--probes"), (["spectrum", "{ckpt}", "--steps", "-1"], "--steps"),
     (["spectrum", "{ckpt}", "--steps", "5000"], "--steps"), (["spectrum", "{ckpt}", "--top-k", "0"], "--top-k"),
     (["spectrum", "{ckpt}", "--max-samples", "0"], "--max-samples"),

@@ -215,14 +215,20 @@ class BarObserver(Observer):
     def __init__(self, bar, items_label: str = "checkpoints") -> None:
         self.bar, self.items_label = bar, items_label
         self.task = self.overall = None
+        self.planned: tuple[str, int | None] = ("", None)
 
     def items(self, total: int) -> None:
         self.overall = self.bar.add_task(self.items_label, total=total, info="")
 
     def plan(self, plan) -> None:
         show_plan(plan)
+        label, total = self.planned
+        if total:
+            err_console.print(f"HVP plan for {label}: at most {total:,} Hessian-vector products",
+                              highlight=False, markup=False, soft_wrap=True)
 
     def start(self, label: str, total: int | None) -> None:
+        self.planned = (label, total)
         self.task = self.bar.add_task(f"HVPs {label}", total=total, info="", upper=True)
 
     def hvps(self, count: int) -> None:

@@ -40,8 +40,8 @@ from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, ru
                                  spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
-from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes, MemoryPlan, activation_floats,
-                     available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
+from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes,
+                     MemoryPlan, activation_floats, available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
                      with_single_pass)
 from .progress import Observer
 from .provenance import checkpoint_provenance, library_versions
@@ -124,12 +124,14 @@ class SpectrumSettings:
         if self.backend not in BACKENDS:
             raise WdboundError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}", "backend")
         for name, value, param in (("probes", 1 if self.probes is None else self.probes, "probes"),
-                                   ("steps", 1 if self.steps is None else self.steps, "steps"), ("theorem probes", self.theorem_probes - 1,
-                                                                    "theorem_probes"),
+                                   ("steps", 1 if self.steps is None else self.steps, "steps"),
                                    ("theorem steps", self.theorem_steps, "theorem_steps"), ("top-k", self.top_k, "top_k"),
                                    ("batch size", self.batch_size, "hvp_batch_size")):
             if value < 1:
                 raise WdboundError(f"{name} = {value} must be >= 1", param)
+        if self.theorem_probes < 2:
+            raise WdboundError(f"theorem probes = {self.theorem_probes} must be >= 2 (the Theorem intervals take "
+                               "their standard error from the probes' spread)", "theorem_probes")
         if self.workers < 0:
             raise WdboundError(f"workers = {self.workers} must be >= 0", "workers")
         if self.max_samples is not None and self.max_samples < 1:
