@@ -7,6 +7,7 @@ Weights are random (no download here) and written with ``wdbound.save_checkpoint
 process under ``RLIMIT_AS`` = ``--cap`` (``ulimit -v``). Short settings: the point is memory, not accuracy.
 
     .venv/bin/python benchmarks/memory_caps.py [--cap 12e9] [--images 20] [--models resnet18,vit_small_patch16_224]
+        [--commands spectrum,err,table] [--max-samples 8]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 MODELS = {"resnet18": ("resnet18", {"num_classes": 2}, 32),
           "vit_small_patch16_224": ("vit_small_patch16_224", {"num_classes": 2}, 224)}
-SHORT = ["--probes", "2", "--steps", "6", "--max-samples", "8", "--dtype", "float32", "--no-cache"]
+SHORT = ["--probes", "2", "--steps", "6", "--dtype", "float32", "--no-cache"]
 
 
 def write_images(root: Path, count: int, size: int) -> None:
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=12e9, help="RLIMIT_AS in bytes")
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--commands", default="spectrum,err,table")
+    parser.add_argument("--max-samples", default="8", help="evaluation images per run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/memory_caps.json"))
     args = parser.parse_args()
     results = []
@@ -91,13 +94,14 @@ def main() -> None:
             if not images.exists():
                 write_images(images, args.images, size)
             ckpt = write_checkpoint(root / f"{name}.pt", name, f"imagefolder:{images}")
-            for command in ("spectrum", "err", "table"):
+            for command in args.commands.split(","):
                 out = root / f"{name}-{command}"
                 extra = {"spectrum": ["--top-k", "1", "--trace", "hutchinson", "--json", f"{out}.json"],
                          "err": ["--exact", "off", "--theorem-probes", "2", "--theorem-steps", "4",
                                  "--diagonal", "hutchinson", "--json", f"{out}.json"],
                          "table": ["--exact", "off", "--out", str(out), "--no-plots"]}[command]
-                argv = [sys.executable, "-m", "wdbound", command, str(ckpt), *SHORT, *extra]
+                argv = [sys.executable, "-m", "wdbound", command, str(ckpt), *SHORT, "--max-samples",
+                        args.max_samples, *extra]
                 start = time.perf_counter()
                 run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=capped(int(args.cap)))
                 seconds = time.perf_counter() - start
@@ -119,7 +123,10 @@ def main() -> None:
                       f"({'inside' if inside else 'NOT inside'} the plan)\n  {plan_line or row['stderr_tail']}",
                       flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cap": args.cap, "rows": results}, indent=1))
+    previous = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    fresh = {(row["model"], row["command"]) for row in results}
+    kept = [row for row in previous if (row["model"], row["command"]) not in fresh]
+    args.out.write_text(json.dumps({"cap": args.cap, "rows": kept + results}, indent=1))
 
 
 if __name__ == "__main__":

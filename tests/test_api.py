@@ -222,3 +222,25 @@ def test_python_err_equals_the_cli_on_a_checkpoint(tiny_checkpoint, tmp_path, ca
     for text in (repr(H.top_eigenvalues(2)), repr(H.trace(4)), repr(H.diagonal(None)), repr(H.density(2, 5)),
                  repr(H.exact())):
         assert "\n" not in text and len(text) < 300
+
+
+def test_a_model_that_asserts_on_its_input_is_a_one_line_error():
+    """timm's ViTs assert on the image size; that failure is bad input (data vs model), not a traceback."""
+    import torch
+    from torch import nn
+
+    from wdbound import Hessian
+    from wdbound.errors import WdboundError
+
+    class Picky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            assert x.shape[-1] == 4, f"Input width ({x.shape[-1]}) doesn't match model (4)."
+            return self.linear(x)
+
+    with pytest.raises(WdboundError, match="doesn't match model") as info:
+        Hessian(Picky(), (torch.randn(8, 5), torch.randint(0, 2, (8,))))
+    assert info.value.param == "loss" and "\n" not in str(info.value)

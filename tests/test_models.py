@@ -96,3 +96,15 @@ def test_a_misfit_names_the_arch_kwarg(tmp_path):
     with pytest.raises(WdboundError, match="does not fit arch 'resnet50'") as info:
         load_checkpoint(tmp_path / "r18.pt", arch="resnet50")
     assert "architecture argument" in str(info.value) and info.value.param == "arch"
+
+
+def test_image_size_is_what_the_architecture_expects():
+    """An image folder is resized to the model's input: timm's ViTs read it from their config (224) or
+    ``img_size``, torchvision's from ``image_size``; a factory says it through its kwargs or not at all."""
+    pytest.importorskip("timm")
+    from wdbound.models import image_size
+
+    assert image_size("timm:vit_tiny_patch16_224") == 224 == image_size("vit_tiny_patch16_224")
+    assert image_size("timm:vit_tiny_patch16_224", {"img_size": 64, "patch_size": 8}) == 64
+    assert image_size("resnet18", {"image_size": 48}) == 48 and image_size("digits-cnn") == 8
+    assert image_size("factory:mymod:build") is None and image_size("factory:mymod:build", {"img_size": 96}) == 96

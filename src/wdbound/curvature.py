@@ -288,9 +288,9 @@ class HessianOperator:
         try:
             with torch.no_grad():
                 value = self.loss(self.params, inputs, labels)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise WdboundError(f"the loss failed on the first chunk: {str(exc).splitlines()[0][:160]}",
-                               "loss") from None
+        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # timm asserts on input shapes
+            raise WdboundError(f"the model or the loss failed on the first chunk of the evaluation data: "
+                               f"{(str(exc).splitlines() or [type(exc).__name__])[0][:160]}", "loss") from None
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise WdboundError(f"the loss must return a scalar (the mean over the chunk), got {shape}", "loss")

@@ -174,6 +174,21 @@ def input_shape(arch: str, **arch_kwargs) -> tuple[int, ...]:
     return _INPUT_SHAPE[arch](**arch_kwargs)
 
 
+def image_size(arch: str, arch_kwargs: dict | None = None) -> int | None:
+    """The side of the square images the architecture expects (what an image folder is resized to), or None
+    when it takes no images or cannot say (a model factory without ``image_size`` / ``img_size``).
+
+    >>> image_size("resnet18"), image_size("resnet18", {"image_size": 64}), image_size("digits-mlp")
+    (32, 64, 8)
+    """
+    kwargs, arch = dict(arch_kwargs or {}), canonical_arch(arch)
+    if arch not in _INPUT_SHAPE and not arch.startswith(TIMM_PREFIX):  # a model factory
+        size = kwargs.get("image_size", kwargs.get("img_size"))
+        return int(size) if size is not None else None
+    shape = input_shape(arch, **kwargs)
+    return int(shape[-1]) if len(shape) == 3 else None
+
+
 def count_parameters(model: nn.Module) -> int:
     """How many trainable parameters ``model`` has (d)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

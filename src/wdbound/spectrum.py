@@ -504,9 +504,11 @@ def kept_graph_size(operator: HessianOperator, activation_per_example: int | Non
 
 def build_operator(ckpt: Checkpoint, settings: SpectrumSettings) -> HessianOperator:
     """The Hessian operator of ``ckpt`` on its evaluation data under ``settings`` (TF32 set as asked)."""
+    from .models import image_size
+
     set_tf32(settings.tf32)
     data = evaluation_data(ckpt, settings)
-    dataset = load_dataset(data, settings.split, (ckpt.meta.get("arch_kwargs") or {}).get("image_size"))
+    dataset = load_dataset(data, settings.split, image_size(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")))
     from .distributed import local_device, shard
 
     return HessianOperator(ckpt.model, dataset, batch_size=settings.batch_size, max_samples=settings.max_samples,
