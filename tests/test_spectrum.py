@@ -122,7 +122,8 @@ def test_spectrum_command_defaults_deflated_trace_without_ends():
     result = estimate_spectrum(operator, SpectrumSettings(probes=4, steps=30, top_k=3, trace="deflated",
                                                           ends=False))
     assert result.support is None and result.trace.method == "krylov-deflated hutchinson"
-    assert result.top.steps >= 40 and len(result.top.span.basis) == result.top.steps  # the span's minimum
+    assert result.top.steps >= 40  # the deflated trace's span had its minimum of steps
+    assert result.top.span is None  # ... and is released once the spectrum is built (err's Theorem runs follow)
     assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr
     assert operator.matvecs == result.hvps <= expected_hvps(
         SpectrumSettings(probes=4, steps=30, top_k=3, trace="deflated", ends=False), 60)

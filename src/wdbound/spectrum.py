@@ -723,6 +723,9 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         "top_from": ("slq union" if shared is not None and shared.union.top.converged else "lanczos"),
         "trace_leave_one_out": leave_one_out,
     }
+    # The top-k run's basis served the deflated trace; a Spectrum outlives this phase (err's Theorem runs follow
+    # and allocate their own ends basis), so it must not hold those k x d floats on (ViT-S: 3.2 GiB).
+    top = replace(top, span=None)
     return Spectrum(operator.dim, getattr(operator, "n_eval", 0), top, density, trace, diagonal, matvecs, wall,
                     provenance, exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),
                     support, deflation.to_json(),
