@@ -147,7 +147,8 @@ class Hessian:
         self.operator.use_kept_graph(auto_kept_graph(self.operator) if keep_graph is None else keep_graph)
         self.seed = seed
         self.provenance = {"loss": getattr(loss, "__name__", None) or type(loss).__name__ if loss else
-                           "mean cross-entropy", "dtype": str(self.operator.dtype).removeprefix("torch."), "device": str(self.operator.device), "hvp": hvp,
+                           "mean cross-entropy", "dtype": str(self.operator.dtype).removeprefix("torch."),
+                           "device": str(self.operator.device), "hvp": hvp,
                            "seed": seed, "n_eval": self.operator.n_eval, "d": self.operator.dim,
                            "parameters": list(self.operator.names)}
 

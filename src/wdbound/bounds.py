@@ -33,8 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import WdboundError
-from .estimators.quadrature_interval import (SAMPLE_STDERR_MIN_PROBES, Interval, PiecewiseMonotone,
-                                             probe_variance_bound, trace_interval)
+from .estimators.quadrature_interval import Interval, PiecewiseMonotone, bounded_stderr, trace_interval
 from .stats import mean_stderr
 
 
@@ -159,11 +158,11 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s."""
     f = corollary3_integrand(form, p)
     total, stderr = mean_stderr(density.quadrature(f))
-    if shift_directions is not None and support is not None and len(density.nodes) < SAMPLE_STDERR_MIN_PROBES:
-        stderr = math.sqrt(probe_variance_bound(density, f, support, shift_directions) / len(density.nodes))
+    bound = bounded_stderr(density, f, support, shift_directions) if support is not None else None
+    stderr = stderr if bound is None else bound
     nodes, weights = density.measure()
     below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
-    interval = (trace_interval(density, f, support, shift_directions=shift_directions).affine(1 / p.d)
+    interval = (trace_interval(density, f, support, shift_directions=shift_directions, stderr=bound).affine(1 / p.d)
                 if support is not None else None)
     return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval)
 

@@ -91,10 +91,10 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _status_bytes(roots: SystemRoots, field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (VmSize, VmData, ...) in bytes."""
+def _kb_field(path: Path, field: str) -> int | None:
+    """A ``Field: N kB`` line of a /proc file (``meminfo``, ``self/status``) in bytes; None when absent."""
     try:
-        for line in (roots.proc / "self" / "status").read_text().splitlines():
+        for line in path.read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -102,14 +102,14 @@ def _status_bytes(roots: SystemRoots, field: str) -> int | None:
     return None
 
 
+def _status_bytes(roots: SystemRoots, field: str) -> int | None:
+    """A field of ``/proc/self/status`` (VmSize, VmData, VmHWM) in bytes."""
+    return _kb_field(roots.proc / "self" / "status", field)
+
+
 def _mem_available(roots: SystemRoots) -> list[tuple[int, str]]:
-    try:
-        for line in (roots.proc / "meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return [(int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo")]
-    except (OSError, ValueError, IndexError):
-        pass
-    return []
+    available = _kb_field(roots.proc / "meminfo", "MemAvailable")
+    return [] if available is None else [(available, "MemAvailable of /proc/meminfo")]
 
 
 def _cgroup_limits(roots: SystemRoots) -> list[tuple[int, str]]:
@@ -142,6 +142,11 @@ def _cgroup_limits(roots: SystemRoots) -> list[tuple[int, str]]:
     return found
 
 
+# (resource limit, the /proc/self/status field it counts, the label the plan line shows)
+_RLIMITS = (("RLIMIT_AS", "VmSize", "RLIMIT_AS (ulimit -v) − mapped VmSize"),
+            ("RLIMIT_DATA", "VmData", "RLIMIT_DATA − VmData"))
+
+
 def _rlimits(roots: SystemRoots) -> list[tuple[int, str]]:
     """Room left under RLIMIT_AS (``ulimit -v``: address space, against VmSize) and RLIMIT_DATA (against VmData)."""
     try:
@@ -149,8 +154,7 @@ def _rlimits(roots: SystemRoots) -> list[tuple[int, str]]:
     except ImportError:  # not on a POSIX system
         return []
     found = []
-    for name, field, label in (("RLIMIT_AS", "VmSize", "RLIMIT_AS (ulimit -v) − mapped VmSize"),
-                               ("RLIMIT_DATA", "VmData", "RLIMIT_DATA − VmData")):
+    for name, field, label in _RLIMITS:
         limit = resource.getrlimit(getattr(resource, name))[0]
         mapped = _status_bytes(roots, field)
         if limit != resource.RLIM_INFINITY and limit > 0 and mapped is not None:
@@ -180,12 +184,11 @@ def available_bytes(device: torch.device, roots: SystemRoots | None = None) -> t
 
 
 def in_use_bytes(device: torch.device, source: str) -> int:
-    """What the process holds against the limit ``source`` names: VmSize under RLIMIT_AS, VmData under
-    RLIMIT_DATA, else the RSS (CPU) / allocated memory (CUDA)."""
-    roots = SystemRoots()
-    for field, key in (("VmSize", "RLIMIT_AS"), ("VmData", "RLIMIT_DATA")):
-        if key in source and device.type != "cuda":
-            mapped = _status_bytes(roots, field)
+    """What the process holds against the limit ``source`` (a label :func:`available_bytes` returned) counts:
+    VmSize under RLIMIT_AS, VmData under RLIMIT_DATA, else the RSS (CPU) / allocated memory (CUDA)."""
+    for _name, field, label in _RLIMITS:
+        if source == label and device.type != "cuda":
+            mapped = _status_bytes(SystemRoots(), field)
             if mapped is not None:
                 return mapped
     return current_bytes(device)
@@ -249,13 +252,9 @@ def peak_bytes(device: torch.device) -> int:
     ``ru_maxrss``, which Linux carries over ``exec`` from a large parent), max allocated on a CUDA device."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    high_water = _status_bytes(SystemRoots(), "VmHWM")
+    if high_water is not None:
+        return high_water
     try:
         import resource
     except ImportError:  # not on Linux / macOS

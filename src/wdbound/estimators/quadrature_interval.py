@@ -192,21 +192,35 @@ def probe_variance_bound(run, f: PiecewiseMonotone, support: tuple[float, float]
     return best
 
 
+def bounded_stderr(run, f: PiecewiseMonotone, support: tuple[float, float],
+                   shift_directions: int | None) -> float | None:
+    """The standard error of the probe mean from :func:`probe_variance_bound`, when it replaces the probes'
+    spread: deflated Rademacher probes (``shift_directions`` not None) and fewer than
+    ``SAMPLE_STDERR_MIN_PROBES`` of them; else None."""
+    probes = len(run.nodes)
+    if shift_directions is None or probes >= SAMPLE_STDERR_MIN_PROBES:
+        return None
+    return math.sqrt(probe_variance_bound(run, f, support, shift_directions) / probes)
+
+
 def trace_interval(run, f: PiecewiseMonotone, support: tuple[float, float],
-                   multiplier: float = STDERR_MULTIPLIER, shift_directions: int | None = None) -> Interval:
+                   multiplier: float = STDERR_MULTIPLIER, shift_directions: int | None = None,
+                   stderr: float | None = None) -> Interval:
     """``tr f(H)``: the Gauss estimate and an interval from the probe brackets ± ``multiplier`` stderr each.
 
     ``shift_directions`` (None: the probes are not deflated Rademacher vectors, e.g. ``Q^½ z``) says how many
     logit-shift directions the probes were projected off; with fewer than ``SAMPLE_STDERR_MIN_PROBES`` probes
-    the stderr is then :func:`probe_variance_bound`'s, else the probes' spread. A stderr of zero spread (all
-    probes equal) adds nothing; one probe without the bound gives an infinite interval.
+    the stderr is then :func:`bounded_stderr` (or ``stderr``, when the caller computed it already), else the
+    probes' spread. A stderr of zero spread (all probes equal) adds nothing; one probe without the bound gives
+    an infinite interval.
     """
     estimate = float(np.mean(run.quadrature(f)))
     lower, upper = probe_brackets(run, f, support)
     low_mean, low_se = mean_stderr(lower, math.inf)
     high_mean, high_se = mean_stderr(upper, math.inf)
-    if shift_directions is not None and len(lower) < SAMPLE_STDERR_MIN_PROBES:
-        low_se = high_se = math.sqrt(probe_variance_bound(run, f, support, shift_directions) / len(lower))
+    bound = stderr if stderr is not None else bounded_stderr(run, f, support, shift_directions)
+    if bound is not None:
+        low_se = high_se = bound
     low, high = low_mean - multiplier * low_se, high_mean + multiplier * high_se
     return Interval(estimate, min(low, estimate), max(high, estimate))
 
