@@ -26,7 +26,7 @@ test: venv
 ## Regression-check the bounds of the shipped zoo against the committed baseline (exit 1 on a regression).
 JUNIT ?= $(or $(TMPDIR),/tmp)/wdbound-check.xml
 check: venv
-	$(BIN)/wdbound check --baseline reports/baseline.json --junit $(JUNIT)
+	$(BIN)/wdbound check --baseline reports/baseline.json --table reports/table1.json --junit $(JUNIT)
 
 ## Reproduce the shipped digits zoo (skips checkpoints that already exist).
 checkpoints: venv

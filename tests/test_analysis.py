@@ -140,7 +140,8 @@ def test_planned_hvps_counts_the_theorem_runs():
     few = SpectrumSettings(probes=2, steps=10, theorem_probes=3, theorem_steps=7)  # too few probes to reuse
     assert planned_hvps(few, 1000, ["l2-adam"], [1e-6]) == planned_hvps(few, 1000) + 2 * 3 * 7
     exact = SpectrumSettings(exact=True)  # the dense Hessian's d columns replace the Theorem runs
-    assert planned_hvps(exact, 50, ["adamw"], [1e-6]) == planned_hvps(exact, 50) == expected_hvps(exact, 50) + 50
+    # exact: the dense Hessian serves the Theorem terms too; the spectrum counts its d columns once
+    assert planned_hvps(exact, 50, ["adamw"], [1e-6]) == planned_hvps(exact, 50) == expected_hvps(exact, 50) <= 50 + 5 + 50
 
 
 @pytest.mark.parametrize("form", ["adamw", "l2-adam"])

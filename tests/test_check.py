@@ -150,3 +150,56 @@ def test_check_bad_baseline_exit_2(tiny_checkpoint, tmp_path, capsys, mutate, ne
 def test_check_without_baseline_exit_2(tmp_path, capsys):
     code, _, err = run_cli(["check", "--baseline", tmp_path / "none.json"], capsys)
     assert code == 2 and "--update" in err
+
+
+@pytest.mark.slow
+def test_check_table_passes_on_a_fresh_table_and_fails_on_a_doctored_one(tmp_path, tiny_checkpoint, capsys,
+                                                                          monkeypatch):
+    """`check --table`: a table1.json the code just made passes; a doctored err/d, another release's stamp or
+    a changed checkpoint fails with exit 1 and says which cell (what keeps the committed reports/ true)."""
+    monkeypatch.chdir(tiny_checkpoint.parent)
+    baseline = tmp_path / "baseline.json"
+    code, _, err = run_cli(["check", tiny_checkpoint.name, "--baseline", baseline, "--update", "--probes", "2",
+                            "--steps", "8"], capsys)
+    assert code == 0, err
+    out = tmp_path / "reports"
+    code, _, err = run_cli(["table", tiny_checkpoint.name, "--out", out, "--no-plots", "--no-cache",
+                            "--format", "md"], capsys)
+    assert code == 0, err
+    table = out / "table1.json"
+    payload = json.loads(table.read_text())
+    assert payload["made_by"]["wdbound"] and payload["cells"][0]["method"] == "exact"
+    assert "made by wdbound" in (out / "table1.md").read_text()
+    args = ["check", "--baseline", baseline, "--table", table]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "err_mean" in stdout and "FAIL" not in stdout
+
+    doctored = json.loads(table.read_text())
+    doctored["cells"][0]["err_mean"] *= 1.001
+    table.write_text(json.dumps(doctored))
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 1 and "disagrees with this code" in err and "err_mean" in err
+
+    doctored = json.loads(json.dumps(payload))
+    doctored["made_by"]["wdbound"] = "0.0.1"
+    table.write_text(json.dumps(doctored))
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "made by wdbound 0.0.1" in err
+
+    doctored = json.loads(json.dumps(payload))
+    doctored["cells"][0]["sha256"] = "0" * 64
+    table.write_text(json.dumps(doctored))
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "sha256" in err
+
+
+def test_table_cells_to_verify_prefers_one_per_model():
+    from wdbound.check import table_cells_to_verify
+
+    cells = [{"checkpoint": f"{m}-{i}.pt", "model": m, "method": "exact" if i else "slq"}
+             for m in ("cnn", "mlp", "vit") for i in range(3)]
+    chosen = table_cells_to_verify(cells, 4)
+    assert [c["model"] for c in chosen[:3]] == ["cnn", "mlp", "vit"] and all(c["method"] == "exact" for c in chosen)
+    assert len(chosen) == 4 and len({c["checkpoint"] for c in chosen}) == 4
+    assert table_cells_to_verify(cells, 0) == []

@@ -6,9 +6,10 @@ from wdbound import WdboundError
 from wdbound.models import available, build_model, count_parameters, input_shape
 
 
-@pytest.mark.parametrize("arch, kwargs, low, high", [("digits-mlp", {}, 2000, 3000), ("digits-cnn", {}, 1500, 3000),
-                                                     ("digits-vit", {}, 4000, 6000),
-                                                     ("digits-mlp", {"depth": 8}, 9000, 11000)])
+@pytest.mark.parametrize("arch, kwargs, low, high", [("digits-mlp", {}, 2410, 2410), ("digits-cnn", {}, 854, 854),
+                                                     ("digits-vit", {}, 1490, 1490),
+                                                     ("digits-vit", {"patch": 2, "dim": 16, "mlp": 32}, 5018, 5018),
+                                                     ("digits-mlp", {"depth": 8, "hidden": 16}, 3114, 3114)])
 def test_digits_models_are_small_and_run(arch, kwargs, low, high):
     model = build_model(arch, **kwargs)
     assert low <= count_parameters(model) <= high
@@ -39,7 +40,8 @@ def test_unknown_arch_and_bad_kwargs():
 INFERABLE = [
     ("digits-mlp", {"hidden": 12, "depth": 3, "num_classes": 7}),
     ("digits-cnn", {"channels": 5, "num_classes": 4}),
-    ("digits-vit", {"dim": 12, "depth": 3, "mlp": 20, "num_classes": 6}),
+    ("digits-vit", {"dim": 12, "depth": 3, "mlp": 20, "patch": 4, "num_classes": 6}),
+    ("digits-vit", {"dim": 12, "depth": 1, "mlp": 20, "patch": 2, "num_classes": 6}),
     ("resnet18", {"num_classes": 7, "cifar_stem": False}),
     ("resnet34", {"num_classes": 3, "cifar_stem": True}),
     ("resnet50", {"num_classes": 5, "cifar_stem": False}),

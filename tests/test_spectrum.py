@@ -32,7 +32,7 @@ def test_estimate_spectrum_against_the_dense_matrix():
     matrix = _matrix()
     exact = torch.linalg.eigvalsh(matrix).numpy()
     operator = DenseOperator(matrix)
-    settings = SpectrumSettings(probes=8, steps=40, top_k=3, exact=True)
+    settings = SpectrumSettings(probes=8, steps=40, top_k=3)
     result = estimate_spectrum(operator, settings)
     # Top-k by Lanczos: converged Ritz values agree with eigvalsh to rounding.
     np.testing.assert_allclose(result.top.values, exact[::-1][:3], rtol=1e-8)
@@ -41,12 +41,32 @@ def test_estimate_spectrum_against_the_dense_matrix():
     assert result.zero_rows.tolist() == [3, 17, 40] and result.slq.null_weight == 3
     # Hutchinson from the SLQ probes: within 4 standard errors of the exact trace.
     assert abs(result.trace.estimate - exact.sum()) <= 4 * result.trace.stderr
-    np.testing.assert_allclose(result.exact_eigenvalues, exact, atol=1e-12)
-    np.testing.assert_allclose(result.exact_diagonal, np.diag(matrix.numpy()), atol=0)
     # The support brackets the whole spectrum (the top end is a converged Ritz value: equal to rounding).
     low, high = result.support.bounds()
     assert low <= exact.min() and high >= exact.max() * (1 - 1e-12) and result.negative_mass > 0
     assert operator.matvecs == result.hvps <= expected_hvps(settings, 60)
+
+
+def test_exact_spectrum_reads_top_trace_and_ends_off_the_dense_matrix():
+    """With the dense matrix the top-k, trace, diagonal and ends are exact and no Lanczos run is spent on
+    them: d columns, the zero-row and logit-shift checks and the SLQ cross-check are all the HVPs."""
+    matrix = _matrix()
+    exact = torch.linalg.eigvalsh(matrix).numpy()
+    operator = DenseOperator(matrix)
+    settings = SpectrumSettings(probes=2, steps=40, top_k=3, exact=True)
+    result = estimate_spectrum(operator, settings)
+    np.testing.assert_allclose(result.top.values, exact[::-1][:3], rtol=1e-13)
+    assert result.top.converged and result.top.steps == 0 and result.provenance["top_from"] == "dense Hessian"
+    assert result.trace.method == "exact" and result.trace.stderr == 0
+    assert abs(result.trace.estimate - np.trace(matrix.numpy())) <= 1e-12 * abs(exact).sum()
+    np.testing.assert_allclose(result.exact_eigenvalues, exact, atol=1e-12)
+    np.testing.assert_allclose(result.exact_diagonal, np.diag(matrix.numpy()), atol=0)
+    assert result.diagonal.probes == 0 and not result.diagonal.stderr.any()
+    low, high = result.support.bounds()
+    assert low <= exact.min() and high >= exact.max() and high - exact.max() <= 1e-10
+    assert result.zero_rows.tolist() == [3, 17, 40] and result.slq.null_weight == 3
+    assert operator.matvecs == result.hvps <= expected_hvps(settings, 60) <= 60 + 5 + 2 * 40
+    assert result.hvps >= 60 + 2 * 40
 
 
 def test_estimate_spectrum_exact_diagonal_without_dense_matrix():

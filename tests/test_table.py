@@ -102,7 +102,7 @@ def test_markdown_latex_csv():
     assert tex.count(r"\toprule") == 1 and r"\multicolumn{2}{c}{net, 10 ep}" in tex
     assert "3.800 / 3.300" in tex and "---" in tex  # the dash of a missing partner
     lines = to_csv(ROWS).splitlines()
-    assert lines[0].split(",") == CSV_FIELDS and len(lines) == 1 + len(ROWS)
+    assert lines[0].split(",") == CSV_FIELDS + ["wdbound_version", "commit"] and len(lines) == 1 + len(ROWS)
 
 
 @pytest.mark.slow

@@ -492,11 +492,12 @@ def reuses_density(settings: SpectrumSettings) -> bool:
 def planned_hvps(settings: SpectrumSettings, dim: int, forms=(), floors=()) -> int:
     """An upper estimate of the HVPs of :func:`analyse` for the progress bar: the spectrum's
     (:func:`wdbound.spectrum.expected_hvps`) plus, per floor, the Theorem runs of ``forms`` (two SLQ runs for
-    AdamW; for l2-Adam one, or two when its ln det cannot reuse the density run), or the d columns of the dense
-    Hessian with ``exact``."""
+    AdamW; for l2-Adam one, or two when its ln det cannot reuse the density run); none with ``exact`` (the
+    Theorem terms then come from the dense Hessian the spectrum built)."""
+    if settings.exact:
+        return expected_hvps(settings, dim)
     runs_per_floor = sum(2 if form == "adamw" or not reuses_density(settings) else 1 for form in forms)
-    return expected_hvps(settings, dim) + (dim if settings.exact else
-                                           runs_per_floor * len(floors) * settings.theorem_probes
+    return expected_hvps(settings, dim) + (runs_per_floor * len(floors) * settings.theorem_probes
                                            * min(settings.theorem_steps, dim))
 
 

@@ -305,3 +305,74 @@ def run_check(baseline: Baseline, *, checkpoints: list[Path] = (), device: str =
         observer.item(Path(entry["path"]).name)
     changed = [e["path"] for e in entries if e.get("sha256") and e["sha256"] != recorded[e["path"]][0]]
     return CheckReport(results, recorded, changed, time.perf_counter() - start, len(entries))
+
+
+# ---------------------------------------------------------------- a committed table1.json kept true
+
+TABLE_CELL_RTOL = 1e-6  # exact cells: same code, same data, same checkpoint reproduce to ~1e-12
+
+
+def table_cells_to_verify(cells: list[dict], count: int) -> list[dict]:
+    """Up to ``count`` exact cells of a table, one per model first (the first checkpoint of each model by
+    name), so that every architecture is exercised before any repeats.
+
+    >>> cells = [{"checkpoint": n, "model": n[0], "method": "exact"} for n in ("a2", "a1", "b1", "c1")]
+    >>> [c["checkpoint"] for c in table_cells_to_verify(cells, 2)]
+    ['a1', 'b1']
+    """
+    exact = sorted((c for c in cells if c.get("method") == "exact"), key=lambda c: (c["checkpoint"]))
+    firsts = list({c["model"]: c for c in reversed(exact)}.values())[::-1]
+    firsts.sort(key=lambda c: c["checkpoint"])
+    rest = [c for c in exact if c not in firsts]
+    return (firsts + rest)[:max(count, 0)]
+
+
+def verify_table(path: Path, *, cells: int = 4, device: str = "auto", memory: str = "auto",
+                 observer: Observer | None = None) -> CheckReport:
+    """Check that a committed ``table1.json`` is what this code computes: the release that made it is this one,
+    every cell's checkpoint is the file it was made from (SHA-256), and ``cells`` exact cells (one per model
+    first) recomputed now, never from the cache, give the same err/d, top eigenvalue and test accuracy
+    (relative TABLE_CELL_RTOL). Each comparison is a :class:`Comparison` (release and files as 0/1 metrics)."""
+    from . import __version__
+    from .cache import NoCache
+    from .spectrum import SpectrumSettings
+    from .table import evaluate_row
+
+    observer = observer or Observer()
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        recorded = data["settings"]
+        cells_json = data["cells"]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise WdboundError(f"{path}: not a wdbound table1.json ({str(exc).splitlines()[0][:100]})", "table") from None
+    start = time.perf_counter()
+    made = data.get("made_by") or {}
+    results = [Comparison(str(path), f"made by wdbound {made.get('wdbound', '(unstamped)')}", 1.0,
+                          float(made.get("wdbound") == __version__), 0.0, f"this is wdbound {__version__}")]
+    from .io_utils import sha256_file
+
+    for cell in cells_json:
+        file = Path(cell.get("path") or "")
+        same = file.is_file() and sha256_file(file) == cell.get("sha256")
+        if not same:
+            results.append(Comparison(str(file), "sha256", 1.0, 0.0, 0.0, "checkpoint missing or changed"))
+    try:
+        settings = SpectrumSettings(**{**recorded["spectrum"], "device": device, "memory": memory})
+        settings.validate()
+    except (TypeError, WdboundError) as exc:
+        raise WdboundError(f"{path}: unusable settings ({exc})", "table") from None
+    chosen = table_cells_to_verify(cells_json, cells)
+    observer.items(len(chosen))
+    for cell in chosen:
+        rho = recorded.get("rho")
+        row, _ = evaluate_row(Path(cell["path"]), settings, rho=rho if isinstance(rho, (int, float)) else None,
+                              tau=float(recorded["tau"]), sigma_floor=float(recorded["sigma_floor"]),
+                              exact_mode=recorded.get("exact", "auto"), cache=NoCache(), observer=observer)
+        now = {"err_mean": row.err_mean, "top_eigenvalue": row.top_eigenvalue, "test_acc": row.test_acc}
+        for metric, value in now.items():
+            base = float(cell.get(metric) if cell.get(metric) is not None else math.nan)
+            results.append(Comparison(cell["path"], metric, base, float(value if value is not None else math.nan),
+                                      TABLE_CELL_RTOL * abs(base), "rel"))
+        observer.item(Path(cell["path"]).name)
+    return CheckReport(results, {}, [], time.perf_counter() - start, len(chosen))

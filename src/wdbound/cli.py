@@ -488,7 +488,9 @@ def render_spectrum(result) -> None:
     nodes, _ = result.slq.measure()
     say(f"d = {result.d} parameters, n_eval = {result.n_eval} examples ({result.provenance['settings']['split']} split)")
     backend = result.provenance.get("backend", "wdbound")
-    if backend == "wdbound":
+    if result.provenance.get("top_from") == "dense Hessian":
+        say(f"top {len(result.top.values)} eigenvalues: {top}  (exact: eigenvalues of the dense Hessian)")
+    elif backend == "wdbound":
         source = ("Rayleigh-Ritz on the union of the SLQ probes' Krylov spaces, "
                   if result.provenance.get("top_from") == "slq union" else "Lanczos, ")
         say(f"top {len(result.top.values)} eigenvalues: {top}  ({source}{result.top.steps} steps, "
@@ -498,8 +500,12 @@ def render_spectrum(result) -> None:
         say(f"backend {backend}: {result.provenance.get('note', '')}")
         say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
     reused = result.provenance.get("trace_leave_one_out") or 0
-    say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} ({result.trace.method}, {len(result.trace.samples)} probes"
-        + (f", {reused} of them the SLQ probes, deflated leave-one-out" if reused else "") + ")")
+    if result.trace.method == "exact":
+        say(f"trace: {result.trace.estimate:.6g} (exact: the dense Hessian's diagonal summed)")
+    else:
+        say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (one standard error; "
+            f"{result.trace.method}, {len(result.trace.samples)} probes"
+            + (f", {reused} of them the SLQ probes, deflated leave-one-out" if reused else "") + ")")
     say(f"SLQ ({result.provenance['settings']['probes']} probes): Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}% "
         f"({100 * result.resolved_negative_mass:.2f}% below -1e-3 x lambda_max; nearer 0 the side is within the "
         "quadrature's resolution)")
@@ -514,7 +520,8 @@ def render_spectrum(result) -> None:
     if result.exact_eigenvalues is not None:
         ev = result.exact_eigenvalues
         rel = abs(result.top.values[0] - ev[-1]) / abs(ev[-1])
-        say(f"exact: lambda_max {ev[-1]:.10g} (top-1 rel. error {rel:.1e}), trace {ev.sum():.6g}, "
+        check = "" if result.provenance.get("top_from") == "dense Hessian" else f" (top-1 rel. error {rel:.1e})"
+        say(f"exact: lambda_max {ev[-1]:.10g}{check}, trace {ev.sum():.6g}, "
             f"{int((abs(ev) <= 1e-10 * abs(ev).max()).sum())} eigenvalues |lambda| <= 1e-10*max, "
             f"{int((result.exact_diagonal == 0).sum())} zero diagonal entries")
     say(f"{result.hvps} HVPs in {result.wall_seconds:.1f} s" + (" (from the cache; key "
@@ -788,10 +795,14 @@ def check(
     steps: int = typer.Option(defaults.CHECK_STEPS, help="New baselines only: Lanczos steps m."),
     seed: int = typer.Option(0, help="New baselines only: seed of every probe."),
     max_samples: Optional[int] = typer.Option(None, help="New baselines only: N examples of the test split (a seeded random subset)."),
+    table: Optional[Path] = typer.Option(None, help="Also check a committed table1.json against this code: made by this release, its checkpoints unchanged, and --table-cells exact cells recomputed (no cache) to the same err/d, top eigenvalue and accuracy."),
+    table_cells: int = typer.Option(4, help="With --table: exact cells to recompute (one per model first)."),
     device: str = Opt.device, memory: str = Opt.memory,
 ) -> None:
     """Recompute the bounds of a baseline's checkpoints with its settings and seeds; exit 1 if any moved beyond tolerance."""
-    from .check import Baseline, run_check
+    from dataclasses import replace as with_
+
+    from .check import Baseline, run_check, verify_table
     from .io_utils import check_output, write_text_atomic
 
     check_output(junit)
@@ -800,7 +811,16 @@ def check(
                          max_samples=max_samples)
     with progress_bar() as bar:
         report = run_check(base, checkpoints=chosen, device=device, memory=memory, observer=BarObserver(bar))
+        tabled = (verify_table(table, cells=table_cells, device=device, memory=memory, observer=BarObserver(bar))
+                  if table is not None else None)
     render_check(report, baseline)
+    if tabled is not None:
+        render_check(tabled, table)
+        if tabled.failed:
+            print_error(f"{table} disagrees with this code: "
+                        + "; ".join(f"{Path(r.checkpoint).name} {r.metric}" for r in tabled.failed[:4])
+                        + " (regenerate it with `make demo`)")
+        report = with_(report, results=report.results + tabled.results, seconds=report.seconds + tabled.seconds)
     if junit is not None:
         say(f"wrote {write_text_atomic(junit, report.junit())}")
     if update:

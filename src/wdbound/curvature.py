@@ -33,6 +33,7 @@ Kept gradient graph (``keep_graph``, decided by the memory plan)
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Protocol
 
 import torch
@@ -209,6 +210,7 @@ class HessianOperator:
             raise WdboundError("no trainable parameter is selected" if params is not None
                                else "the model has no trainable parameters", "params")
         self.fallback: str | None = None  # why forward-over-reverse was given up for double backward
+        self.dense_batched: bool | None = None  # dense builds: vmapped backward passes (set by dense_columns)
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
@@ -323,16 +325,18 @@ class HessianOperator:
 
     # ---- products
 
-    def matmat(self, vectors: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+    def matmat(self, vectors: torch.Tensor, mode: str | None = None, batched: bool = False) -> torch.Tensor:
         """``H V^T`` transposed: ``[k, d] -> [k, d]``, streamed over the evaluation set (``mode`` overrides the
-        operator's HVP mode for this call)."""
+        operator's HVP mode for this call). ``batched``: double backward takes up to ``probe_chunk`` vectors
+        through one vmapped backward pass (``is_grads_batched``) instead of one pass each: the same products,
+        faster where small layers leave the passes dominated by per-operation overhead."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape [k, {self.dim}], got {tuple(vectors.shape)}")
         vectors = vectors.to(self.device, self.dtype)
         if self.keep_graph and (mode or self.mode) == "double-backward":
-            out = self._kept_products(vectors)
+            out = self._kept_products(vectors, batched)
         else:
-            out = self._streamed_products(vectors, mode or self.mode)
+            out = self._streamed_products(vectors, mode or self.mode, batched)
         self._reduce(out)
         # A sum first (one read, no mask of d): NaN and Inf carry through it; only when it is not finite
         # (that, or finite entries overflowing it) is the mask built.
@@ -345,31 +349,32 @@ class HessianOperator:
             self.on_matvecs(vectors.shape[0])
         return out
 
-    def _kept_products(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Products by one backward pass each through the kept gradient graphs (chunk weights inside)."""
+    def _kept_products(self, vectors: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        """Products by one backward pass each (``batched``: per ``probe_chunk`` vectors) through the kept
+        gradient graphs (chunk weights inside)."""
         out = None
         for flat, gradient, weight in self._kept_gradients():
             with _math_attention():
-                rows = [torch.autograd.grad(gradient, flat, grad_outputs=vector, retain_graph=True)[0]
-                        for vector in vectors]
-            chunk = torch.stack(rows) if len(rows) > 1 else rows[0].unsqueeze(0)  # fresh tensors: no copy of one
+                rows = _backward_rows(gradient, flat, vectors, self.probe_chunk if batched else 1, retain_last=True)
+            chunk = torch.cat(rows) if len(rows) > 1 else rows[0]  # fresh tensors: no copy of one
             if out is None:
                 out = chunk if weight == 1.0 else chunk.mul_(weight)
             else:
                 out.add_(chunk, alpha=weight)
         return out
 
-    def _streamed_products(self, vectors: torch.Tensor, mode: str) -> torch.Tensor:
+    def _streamed_products(self, vectors: torch.Tensor, mode: str, batched: bool = False) -> torch.Tensor:
         """Products streamed over the chunks: each chunk's forward and backward passes built anew."""
         out = torch.zeros_like(vectors)
         for inputs, labels in self.chunks():
             weight = labels.shape[0] / self.n_eval
             for start in range(0, vectors.shape[0], self.probe_chunk):
                 block = vectors[start:start + self.probe_chunk]
-                out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels, mode)
+                out[start:start + block.shape[0]] += weight * self._safe_chunk_hvp(block, inputs, labels, mode,
+                                                                                   batched)
         return out
 
-    def _safe_chunk_hvp(self, block, inputs, labels, mode: str) -> torch.Tensor:
+    def _safe_chunk_hvp(self, block, inputs, labels, mode: str, batched: bool = False) -> torch.Tensor:
         """Forward-over-reverse where torch implements it; else (a layer or loss without a forward-mode
         derivative) double backward from then on, with the reason kept in ``fallback``."""
         if mode == "forward-over-reverse" and self.fallback is None:
@@ -378,14 +383,15 @@ class HessianOperator:
             except (RuntimeError, NotImplementedError) as exc:
                 self.fallback = str(exc).splitlines()[0][:200]
                 self.mode = "double-backward"
-        return self._chunk_hvp(block, inputs, labels, "double-backward" if self.fallback else mode)
+        return self._chunk_hvp(block, inputs, labels, "double-backward" if self.fallback else mode, batched)
 
-    def _chunk_hvp(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
+    def _chunk_hvp(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, mode: str,
+                   batched: bool = False) -> torch.Tensor:
         with _math_attention():
-            return self._chunk_hvp_inner(block, inputs, labels, mode)
+            return self._chunk_hvp_inner(block, inputs, labels, mode, batched)
 
     def _chunk_hvp_inner(self, block: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
-                         mode: str) -> torch.Tensor:
+                         mode: str, batched: bool = False) -> torch.Tensor:
         if mode == "forward-over-reverse":
             gradient = grad(self.loss)
 
@@ -396,9 +402,8 @@ class HessianOperator:
         flat = self.params.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             (gradient,) = torch.autograd.grad(self.loss(flat, inputs, labels), flat, create_graph=True)
-            rows = [torch.autograd.grad(gradient, flat, grad_outputs=v, retain_graph=i < block.shape[0] - 1)[0]
-                    for i, v in enumerate(block)]
-        return torch.stack(rows).detach()
+            rows = _backward_rows(gradient, flat, block, block.shape[0] if batched else 1, retain_last=False)
+        return torch.cat(rows).detach()
 
     def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the processes in place (nothing in one process)."""
@@ -422,6 +427,23 @@ class HessianOperator:
             for x, y in self.chunks():
                 total += self.loss(self.params, x, y) * y.shape[0]
         return float(self._reduce(total) / self.n_eval)
+
+
+def _backward_rows(gradient: torch.Tensor, flat: torch.Tensor, vectors: torch.Tensor, per_pass: int,
+                   retain_last: bool) -> list[torch.Tensor]:
+    """``H v`` for each row of ``vectors`` [k, d] by backward passes through ``gradient`` (built with a graph),
+    ``per_pass`` rows per pass: one pass each, or vmapped passes (``is_grads_batched``). Blocks of ``[<=per_pass,
+    d]``; the graph is kept after the last pass only with ``retain_last``."""
+    rows = []
+    for start in range(0, vectors.shape[0], per_pass):
+        block = vectors[start:start + per_pass]
+        retain = retain_last or start + per_pass < vectors.shape[0]
+        if per_pass == 1:
+            rows.append(torch.autograd.grad(gradient, flat, grad_outputs=block[0], retain_graph=retain)[0][None])
+        else:
+            rows.append(torch.autograd.grad(gradient, flat, grad_outputs=block, retain_graph=retain,
+                                            is_grads_batched=True)[0])
+    return rows
 
 
 def _math_attention():
@@ -562,19 +584,42 @@ def _use_unfold_convolutions(model: nn.Module) -> None:
 DENSE_MODE = "double-backward"
 
 
-def _unit_products(operator: Operator, block: torch.Tensor) -> torch.Tensor:
+# Columns per block of a dense build (the memory plan's exact_diagonal_chunk).
+DENSE_CHUNK = 256
+# Columns each way of the trial that picks one backward pass per column or vmapped passes for a dense build.
+DENSE_TRIAL = 32
+
+
+def _unit_products(operator: Operator, block: torch.Tensor, batched: bool = False) -> torch.Tensor:
     if isinstance(operator, HessianOperator):
-        return operator.matmat(block, mode=DENSE_MODE)
+        return operator.matmat(block, mode=DENSE_MODE, batched=batched)
     return operator.matmat(block)
 
 
-def dense_matrix(operator: Operator, chunk: int = 256) -> torch.Tensor:
-    """The full matrix ``[d, d]`` from ``d`` matvecs in chunks of ``chunk`` columns, symmetrised."""
-    rows = []
-    eye = torch.eye(operator.dim, dtype=operator.dtype, device=operator.device)
-    for start in range(0, operator.dim, chunk):
-        rows.append(_unit_products(operator, eye[start:start + chunk]))
-    matrix = torch.cat(rows)
+def dense_columns(operator: Operator, vectors: torch.Tensor, chunk: int = DENSE_CHUNK) -> torch.Tensor:
+    """``H V^T`` transposed for many vectors ``[k, d]``, ``chunk`` at a time, the faster of one backward pass per
+    vector and vmapped passes chosen by timing both on the first ``2 * DENSE_TRIAL`` vectors (measured on the
+    digits zoo: vmapped 1.4-1.6x faster on the MLPs and the ViT, 0.5-0.7x on the CNN, whose max-pool and
+    batch norm backward vmap poorly; benchmarks/dense_build.py). The choice is kept in ``operator.dense_batched``."""
+    batchable = isinstance(operator, HessianOperator) and operator.probe_chunk > 1
+    out, start = [], 0
+    if batchable and vectors.shape[0] >= 4 * DENSE_TRIAL:
+        timings = {}
+        for batched in (False, True):
+            began = time.perf_counter()
+            out.append(_unit_products(operator, vectors[start:start + DENSE_TRIAL], batched))
+            timings[batched] = time.perf_counter() - began
+            start += DENSE_TRIAL
+        operator.dense_batched = timings[True] < timings[False]
+    batched = batchable and getattr(operator, "dense_batched", False)
+    for first in range(start, vectors.shape[0], chunk):
+        out.append(_unit_products(operator, vectors[first:first + chunk], batched))
+    return torch.cat(out)
+
+
+def dense_matrix(operator: Operator, chunk: int = DENSE_CHUNK) -> torch.Tensor:
+    """The full matrix ``[d, d]`` from ``d`` matvecs with unit vectors (:func:`dense_columns`), symmetrised."""
+    matrix = dense_columns(operator, torch.eye(operator.dim, dtype=operator.dtype, device=operator.device), chunk)
     return 0.5 * (matrix + matrix.T)
 
 

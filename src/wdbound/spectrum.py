@@ -666,7 +666,21 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
     restart = plan.restart if plan is not None else None
     shared = None
     cap = settings.steps if plan is None else plan.single_pass_steps
-    if settings.single_pass and cap:
+    exact_ev = exact_diag = dense = None
+    if settings.exact:
+        # The dense Hessian first: the top eigenvalues, the ends, the trace and the diagonal are read off it
+        # (exact, no Lanczos run for them); the SLQ density run that follows is the cross-check.
+        matrix = dense_matrix(operator)
+        exact_diag = torch.diagonal(matrix).double().cpu().numpy()
+        exact_ev = torch.linalg.eigvalsh(matrix.double()).cpu().numpy()
+        dense = matrix.double().cpu().numpy()
+        del matrix
+        top = exact_top(exact_ev, settings.top_k)
+        run, density, _, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
+                                                      generator, top, memory, ends=False)
+        support = exact_support(exact_ev) if settings.ends else None
+        span = None
+    elif settings.single_pass and cap:
         shared = single_pass(operator, replace(settings, steps=cap), generator)
         run, density, deflation, top, span = shared.run, shared.slq, shared.deflation, shared.union.top, \
             shared.union.span
@@ -684,14 +698,17 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         span = top.span
     null = deflation.zero_mask
     products = run.products if run.products is not None else (run.starts, run.first_products)
-    if settings.diag_probes:
+    if exact_ev is not None:
+        trace = TraceEstimate(float(exact_diag.sum()), 0.0, np.array([exact_diag.sum()]), "exact")
+        diagonal = DiagonalEstimate(exact_diag, np.zeros_like(exact_diag), 0)
+    elif settings.diag_probes:
         trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=products)
     elif run.products is not None:
         trace, diagonal = run.products.estimates()
     else:
         trace, diagonal = estimate_from_products(run.starts, run.first_products)
     leave_one_out = 0  # trace samples the SLQ probes gave
-    if settings.trace == "deflated" and span is not None:
+    if settings.trace == "deflated" and span is not None and exact_ev is None:
         # Plain Rademacher probes: projecting out the deflated null directions too would bias the estimate
         # (the Krylov start vector is not orthogonal to them).
         # The single pass's own probes are its first samples (leave-one-out: no HVP).
@@ -700,14 +717,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator, rtol=settings.trace_rtol,
                                       max_probes=max(settings.trace_probes, defaults.TRACE_MAX_PROBES),
                                       chunk=memory.probe_block if memory else None, prior=prior)
-    exact_ev = exact_diag = dense = None
-    if settings.exact:
-        matrix = dense_matrix(operator)
-        exact_diag = torch.diagonal(matrix).double().cpu().numpy()
-        exact_ev = torch.linalg.eigvalsh(matrix.double()).cpu().numpy()
-        dense = matrix.double().cpu().numpy()
-        del matrix
-    elif settings.exact_diagonal_for(operator.dim):
+    if exact_ev is None and settings.exact_diagonal_for(operator.dim):
         exact_diag = diagonal_by_columns(operator).double().cpu().numpy()
     wall = time.perf_counter() - start
     matvecs = getattr(operator, "matvecs", 0)
@@ -720,7 +730,8 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         "eval_subset": subset_record(operator) if isinstance(operator, HessianOperator) else None,
         "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
         "single_pass": shared.to_json() if shared is not None else None,
-        "top_from": ("slq union" if shared is not None and shared.union.top.converged else "lanczos"),
+        "top_from": ("dense Hessian" if exact_ev is not None else
+                     "slq union" if shared is not None and shared.union.top.converged else "lanczos"),
         "trace_leave_one_out": leave_one_out,
     }
     # The top-k run's basis served the deflated trace; a Spectrum outlives this phase (err's Theorem runs follow
@@ -733,6 +744,28 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
                            "plan": plan})
 
 
+def exact_top(eigenvalues: np.ndarray, k: int) -> TopEigen:
+    """The ``k`` largest of the exact ``eigenvalues`` (ascending) as a converged :class:`TopEigen`: zero steps,
+    zero residuals.
+
+    >>> exact_top(np.array([-1.0, 0.5, 2.0]), 2).values.tolist()
+    [2.0, 0.5]
+    """
+    values = np.ascontiguousarray(eigenvalues[::-1][:k], dtype=np.float64)
+    return TopEigen(values, np.zeros_like(values), np.zeros_like(values), 0, True, 0.0)
+
+
+def exact_support(eigenvalues: np.ndarray) -> Support:
+    """The ends of the exact ``eigenvalues`` (ascending), each widened by 1e-12 x the spectral radius: the
+    symmetric eigensolver's backward error, so the interval contains the spectrum of the operator itself.
+
+    >>> exact_support(np.array([-1.0, 0.5, 2.0])).bounds() == (-1.0 - 2e-12, 2.0 + 2e-12)
+    True
+    """
+    slack = 1e-12 * float(np.abs(eigenvalues).max())
+    return Support(float(eigenvalues[0]) - slack, float(eigenvalues[-1]) + slack, 0)
+
+
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs :func:`estimate_spectrum` spends (for the progress bar): top-k (at most
     300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes, the extra
@@ -740,6 +773,8 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     TRACE_SPAN_STEPS), and d unit vectors for an exact
     diagonal or dense Hessian."""
     settings = settings.for_dim(dim)
+    if settings.exact:  # the dense Hessian gives the top-k, the ends, the trace and the diagonal
+        return dim + 5 + settings.probes * min(settings.steps, dim)
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
     return ((0 if single else min(300, dim)) + (150 if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes

@@ -29,6 +29,7 @@ from .curvature import resolve_dtype
 from .errors import Interrupted, WdboundError
 from .optim import bound_form
 from .progress import Observer
+from .provenance import made_by, stamp
 from .spectrum import EXACT_MODES, Spectrum, SpectrumSettings, resolve_exact
 
 DASH = "—"
@@ -417,14 +418,18 @@ def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: l
     return "\n".join(parts)
 
 
-def to_csv(rows: list[TableRow]) -> str:
-    """``table1.csv``: one line per row, the columns of CSV_FIELDS (empty where a row has no value)."""
+def to_csv(rows: list[TableRow], made: dict | None = None) -> str:
+    """``table1.csv``: one line per row, the columns of CSV_FIELDS (empty where a row has no value), the last
+    two the release and commit that made it (:func:`wdbound.provenance.made_by`)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = CSV_FIELDS + ["wdbound_version", "commit"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
+    made = made or {}
+    commit = (made.get("commit") or "") + ("+dirty" if made.get("commit") and made.get("dirty") else "")
     for row in rows:
-        cell = row.to_json()
-        writer.writerow({k: ("" if cell.get(k) is None else cell.get(k)) for k in CSV_FIELDS})
+        cell = {**row.to_json(), "wdbound_version": made.get("wdbound"), "commit": commit}
+        writer.writerow({k: ("" if cell.get(k) is None else cell.get(k)) for k in fields})
     return buffer.getvalue()
 
 
@@ -505,6 +510,7 @@ class TableReport:
     layout: Layout
     findings: list[dict]
     layout_used: str
+    made_by: dict = field(default_factory=dict)  # provenance.made_by(): release and commit of the code
 
     def grid(self) -> tuple[list[str], list[list[str]]]:
         """Header and rows of the table in the layout used."""
@@ -530,7 +536,8 @@ class TableReport:
 
     def to_json(self) -> dict:
         """``table1.json``."""
-        return {"cells": [r.to_json() for r in self.rows], "findings": self.findings, "failures": self.failures,
+        return {"made_by": self.made_by, "cells": [r.to_json() for r in self.rows], "findings": self.findings,
+                "failures": self.failures,
                 "interrupted": bool(self.interrupted),
                 "settings": {**self.settings.to_json(), "layout": self.layout_used},
                 "exact_checkpoints": [r.checkpoint for r in self.rows if r.method == "exact"],
@@ -538,13 +545,14 @@ class TableReport:
 
     def text(self, fmt: str) -> str:
         """The table as ``md``, ``csv`` or ``tex``."""
+        line = stamp(self.made_by)
         if fmt == "md":
             return markdown(self.layout, self.findings, self.settings_line(), self.failures, self.note(),
-                            self.layout_used)
+                            self.layout_used) + f"\n_{line}._\n"
         if fmt == "csv":
-            return to_csv(self.rows)
+            return to_csv(self.rows, self.made_by)
         if fmt == "tex":
-            return latex(self.layout)
+            return f"% {line}\n" + latex(self.layout)
         raise ValueError(f"unknown table format {fmt!r}")
 
     def write(self, out: Path) -> tuple[list[Path], list[Path]]:
@@ -555,7 +563,8 @@ class TableReport:
 
         tables = [write_json_atomic(Path(out) / "table1.json", self.to_json())]
         tables += [write_text_atomic(Path(out) / f"table1.{fmt}", self.text(fmt)) for fmt in self.settings.formats]
-        plots = table_plots(self.spectra, out) if self.settings.plots and self.spectra else []
+        plots = (table_plots(self.spectra, out, stamp=stamp(self.made_by)) if self.settings.plots and self.spectra
+                 else [])
         return tables, plots
 
 
@@ -565,7 +574,7 @@ def build_report(rows: list[TableRow], settings: TableSettings, *, spectra=(), f
     placed = layout(rows)
     return TableReport(list(rows), list(spectra), list(failures), interrupted,
                        len(rows) if checkpoints is None else checkpoints, wall_seconds, settings, placed,
-                       findings(placed), resolve_layout(settings.layout, placed))
+                       findings(placed), resolve_layout(settings.layout, placed), made_by())
 
 
 def run_table(paths: list[Path], settings: TableSettings, *, cache=None,
@@ -584,7 +593,9 @@ def run_table(paths: list[Path], settings: TableSettings, *, cache=None,
                                          sigma_floor=settings.sigma_floor, exact_mode=settings.exact, cache=cache,
                                          observer=observer)
             rows.append(row)
-            spectra.append((row, spectrum))
+            # The plots need the measure and the exact eigenvalues only: the live operator, its kept graph and
+            # the dense Hessian (up to 0.8 GB at d = 10,000) go with the checkpoint.
+            spectra.append((row, replace(spectrum, extra={})))
         except WdboundError as exc:
             failures.append(f"{Path(path).name}: {exc}")
             observer.failed(Path(path).name, exc)

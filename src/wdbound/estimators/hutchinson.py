@@ -53,7 +53,10 @@ class TraceEstimate:
 
     @classmethod
     def from_samples(cls, samples: np.ndarray, method: str = "hutchinson") -> "TraceEstimate":
-        """The estimate of per-probe ``samples`` [k]: their mean ± standard error (NaN for one probe)."""
+        """The estimate of per-probe ``samples`` [k]: their mean ± standard error (NaN for one probe; 0 for
+        ``method`` "exact", whose one sample is the trace itself)."""
+        if method == "exact":
+            return cls(float(samples[0]), 0.0, samples, method)
         estimate, stderr = mean_stderr(samples)
         return cls(estimate, stderr, samples, method)
 
