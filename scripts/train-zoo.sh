@@ -35,7 +35,7 @@ train_one() {  # name model epochs optimizer [extra args...]
   esac
   local out="$OUT/$name-$opt-e$epochs.pt"
   [ -f "$out" ] && return 0
-  "$WDBOUND" train --model "$model" --optimizer "$opt" --epochs "$epochs" --lr 3e-3 --schedule cosine \
+  "$WDBOUND" train --arch "$model" --optimizer "$opt" --epochs "$epochs" --lr 3e-3 --schedule cosine \
     --lr-min 1e-4 --wd "$wd" "${extra[@]}" --batch-size 64 --seed 0 --record-updates "$@" --out "$out"
 }
 

@@ -22,7 +22,7 @@ def test_train_is_deterministic_and_summary_lists_it(tmp_path, capsys):
 
     paths = [tmp_path / f"run{i}.pt" for i in range(2)]
     for path in paths:
-        code, out, err = run_cli(["train", "--model", "digits-mlp", "--optimizer", "l2-adam-d", "--epochs", "2",
+        code, out, err = run_cli(["train", "--arch", "digits-mlp", "--optimizer", "l2-adam-d", "--epochs", "2",
                                   "--wd", "1e-3", "--wd-gamma", "0.99", "--arch-kwarg", "hidden=8",
                                   "--schedule", "cosine", "--lr-min", "1e-4", "--out", path], capsys)
         assert code == 0, err
@@ -110,7 +110,7 @@ def test_err_exact_matches_brute_force_and_json_schema(tiny_checkpoint, tmp_path
 
 @pytest.mark.parametrize("args, flag", [(["--lr", "0"], "--lr"), (["--wd", "-1"], "--wd"),
                                         (["--batch-size", "0"], "--batch-size"), (["--n-train", "-3"], "--n-train"),
-                                        (["--rho", "0"], "--rho"), (["--optimizer", "sgd"], "--optimizer")])
+                                        (["--rho", "0"], "--rho"), (["--form", "sgd"], "--form")])
 def test_err_bad_inputs_exit_2_nothing_written(tiny_checkpoint, tmp_path, capsys, args, flag):
     out_json = tmp_path / "err.json"
     code, _, err = run_cli(["err", tiny_checkpoint, "--probes", "2", "--steps", "5", "--json", out_json, *args], capsys)
@@ -221,7 +221,7 @@ def test_err_intervals_cover_exact_on_a_shipped_checkpoint(tmp_path, capsys):
 @pytest.mark.slow
 def test_err_adaptive_rtol_meets_target_or_says_cap(tiny_checkpoint, tmp_path, capsys):
     base = ["err", tiny_checkpoint, "--exact", "off", "--probes", "4", "--steps", "10", "--max-samples", "100",
-            "--optimizer", "adamw"]
+            "--form", "adamw"]
     capped = tmp_path / "capped.json"
     code, out, err = run_cli([*base, "--rtol", "0.001", "--max-hvps", "100", "--json", capped], capsys)
     assert code == 0, err
@@ -344,3 +344,18 @@ def test_err_on_a_parameter_block(tiny_checkpoint, tmp_path, capsys):
     assert payload["inputs"]["d"] == head.numel() == 170
     assert payload["inputs"]["x_norm_sq"] == pytest.approx(float(head.square().sum()), rel=1e-6)
     assert payload["adamw"]["method"] == "exact" and np.isfinite(payload["adamw"]["err_mean"])
+
+
+def test_deprecated_spellings_still_work_and_say_so(tiny_checkpoint, tmp_path, capsys):
+    """err --optimizer (now --form) and train --model (now --arch): same result as the new spelling, plus one
+    warning line naming the new flag."""
+    common = ["err", tiny_checkpoint, "--probes", "2", "--steps", "5", "--exact", "on", "--no-cache"]
+    code, new_out, err = run_cli([*common, "--form", "adamw", "--json", tmp_path / "new.json"], capsys)
+    assert code == 0 and "deprecated" not in err
+    code, old_out, err = run_cli([*common, "--optimizer", "adamw", "--json", tmp_path / "old.json"], capsys)
+    assert code == 0 and "warning: --optimizer is deprecated here; use --form adamw" in err
+    new, old = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("new", "old"))
+    assert new["adamw"]["err_mean"] == old["adamw"]["err_mean"] and "l2-adam" not in old
+    code, _, err = run_cli(["train", "--model", "digits-mlp", "--arch-kwarg", "hidden=4", "--epochs", "1",
+                            "--out", tmp_path / "t.pt"], capsys)
+    assert code == 0 and "warning: --model is deprecated here; use --arch digits-mlp" in err

@@ -83,7 +83,7 @@ def test_direction_from_state_is_the_update_applied(name):
 
 def test_updates_command_with_recorded_training(tmp_path, capsys):
     out = tmp_path / "m.pt"
-    code, _, err = run_cli(["train", "--model", "digits-mlp", "--arch-kwarg", "hidden=8", "--epochs", "3",
+    code, _, err = run_cli(["train", "--arch", "digits-mlp", "--arch-kwarg", "hidden=8", "--epochs", "3",
                             "--record-updates", "--out", out], capsys)
     assert code == 0, err
     json_path, plot = tmp_path / "u.json", tmp_path / "u.png"

@@ -127,13 +127,15 @@ def training_facts(meta: dict[str, Any]) -> TrainingFacts:
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
                     lr: float | None = None, wd: float | None = None, batch_size: int | None = None,
-                    n_train: int | None = None, dtype: torch.dtype = torch.float32) -> Checkpoint:
+                    n_train: int | None = None, dtype: torch.dtype = torch.float32, optimizer: str | None = None,
+                    epochs: int | None = None) -> Checkpoint:
     """Load a checkpoint safely and rebuild its model (eval mode).
 
     Overrides replace what the file records (or supply what a plain
     state_dict lacks): ``arch``/``arch_kwargs`` the architecture, ``lr`` the
-    last learning rate η, ``wd`` the last weight decay λ, ``batch_size`` b and
-    ``n_train`` n.
+    last learning rate η, ``wd`` the last weight decay λ, ``batch_size`` b,
+    ``n_train`` n, ``optimizer`` the training rule (``adamw``, ``l2-adam-d``, ...)
+    and ``epochs`` the training length.
     """
     path = Path(path)
     if not path.is_file():
@@ -155,9 +157,15 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     elif arch_kwargs is not None:
         meta["arch_kwargs"] = dict(arch_kwargs)
     train = meta.setdefault("train", {})
-    for key, value in (("eta", lr), ("lam", wd), ("batch_size", batch_size), ("n_train", n_train)):
+    for key, value in (("eta", lr), ("lam", wd), ("batch_size", batch_size), ("n_train", n_train), ("epochs", epochs)):
         if value is not None:
             train[key] = value
+    if optimizer is not None:
+        from .optim import OPTIMIZERS
+
+        if optimizer not in OPTIMIZERS:
+            raise WdboundError(f"unknown training rule {optimizer!r}; use {', '.join(OPTIMIZERS)}", "optimizer")
+        meta["optimizer"] = {**(meta.get("optimizer") or {}), "name": optimizer}
     model = build_model(meta["arch"], **dict(meta.get("arch_kwargs") or {}))
     _fit_state_dict(model, state_dict, meta["arch"], path)
     model.to(dtype).eval()

@@ -144,6 +144,17 @@ def show_plan(plan) -> None:
     err_console.print(plan.summary(), highlight=False, markup=False, soft_wrap=True)
 
 
+def deprecated_alias(old: str, old_value, new: str, new_value, default):
+    """The value of a renamed flag: the new spelling's, or the old one's with a warning that says so (both given
+    and different is an error)."""
+    if old_value is None:
+        return new_value
+    if new_value != default and new_value != old_value:
+        raise WdboundError(f"{old} is the old spelling of {new}; give one of them", new.lstrip("-"))
+    err_console.print(f"warning: {old} is deprecated here; use {new} {old_value}")
+    return old_value
+
+
 def parse_kwargs(items: List[str]) -> dict:
     """``key=value`` pairs with JSON values where they parse (``depth=4``, ``cifar_stem=false``)."""
     out = {}
@@ -160,10 +171,11 @@ def parse_kwargs(items: List[str]) -> dict:
 
 # ---------------------------------------------------------------- train
 
-@app.command()
+@app.command(short_help="Train a model with one of the papers' optimizers.")
 def train(
-    model: str = typer.Option("digits-mlp", help="Architecture registry name (digits-mlp, digits-cnn, digits-vit, resnet18, resnet50, vit_b_16)."),
-    optimizer: str = typer.Option("adamw", help="adamw, adamw-d, l2-adam, l2-adam-d, adamprox, adams (stable weight decay) or adal (shared/SPEC.md)."),
+    arch: str = typer.Option("digits-mlp", help="Architecture registry name (digits-mlp, digits-cnn, digits-vit, resnet18, resnet50, vit_b_16, timm:NAME)."),
+    model: Optional[str] = typer.Option(None, help="Deprecated spelling of --arch (still accepted; says so)."),
+    optimizer: str = typer.Option("adamw", help="The training rule: adamw, adamw-d, l2-adam, l2-adam-d, adamprox, adams (stable weight decay) or adal (docs/maths.md, \"The optimizers\")."),
     data: str = typer.Option("digits", help="Data spec: digits, cifar10:PATH or imagefolder:PATH."),
     epochs: int = typer.Option(30, help="Passes over the training set."),
     lr: float = typer.Option(1e-3, help="Peak learning rate eta (dimensionless step size)."),
@@ -188,6 +200,7 @@ def train(
     from .checkpoints import save_checkpoint
     from .train import TrainConfig, train as run_training
 
+    model = deprecated_alias("--model", model, "--arch", arch, "digits-mlp")
     config = TrainConfig(model=model, optimizer=optimizer, data=data, epochs=epochs, lr=lr, wd=wd, wd_gamma=wd_gamma,
                          schedule=schedule, lr_min=lr_min, batch_size=batch_size, seed=seed,
                          arch_kwargs=parse_kwargs(arch_kwarg), image_size=image_size,
@@ -249,10 +262,11 @@ class BarObserver(Observer):
 
 # ---------------------------------------------------------------- scale-freeness
 
-@app.command("scale-freeness")
+@app.command("scale-freeness", short_help="Is an optimizer scale-free? (paired runs)")
 def scale_freeness(
-    model: str = typer.Option("digits-mlp", help="Architecture registry name."),
-    optimizer: str = typer.Option("adamw,adamprox,l2-adam", help="Optimizers to test, comma-separated."),
+    arch: str = typer.Option("digits-mlp", help="Architecture registry name."),
+    model: Optional[str] = typer.Option(None, help="Deprecated spelling of --arch (still accepted; says so)."),
+    optimizer: str = typer.Option("adamw,adamprox,l2-adam", help="Training rules to test, comma-separated."),
     scale: float = typer.Option(1024.0, help="The constant c: train on c * loss (or, with --layer, that parameter's gradient times c). A power of two keeps float rounding out of the comparison."),
     layer: Optional[str] = typer.Option(None, help="Scale only this parameter's gradient coordinates (e.g. 0.weight): the paper's per-coordinate definition."),
     eps: str = typer.Option("1e-8,1e-16", help="Adam's epsilon values to try, comma-separated (scale-freeness holds as eps -> 0)."),
@@ -272,6 +286,7 @@ def scale_freeness(
     from .train import TrainConfig
 
     check_output(json_path)
+    model = deprecated_alias("--model", model, "--arch", arch, "digits-mlp")
     names = [o.strip() for o in optimizer.split(",") if o.strip()]
     base = TrainConfig(model=model, data=data, epochs=epochs, lr=lr, wd=wd, batch_size=batch_size, seed=seed,
                        arch_kwargs=parse_kwargs(arch_kwarg), dtype=dtype)
@@ -295,7 +310,7 @@ def scale_freeness(
 
 # ---------------------------------------------------------------- summary
 
-@app.command()
+@app.command(short_help="List checkpoints and their recorded facts.")
 def summary(paths: List[Path] = typer.Argument(..., help="Checkpoint files or folders of them.")) -> None:
     """List checkpoints: architecture, optimizer, parameters, eta, lambda, b, n, test accuracy."""
     from .checkpoints import checkpoint_paths, load_checkpoint
@@ -411,7 +426,7 @@ def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probe
 
 # ---------------------------------------------------------------- spectrum
 
-@app.command()
+@app.command(short_help="Hessian spectrum: top-k, density, trace, diagonal.")
 def spectrum(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
@@ -535,10 +550,11 @@ RHO_HELP = ("Prior variance rho of N(0, rho I). Default: 1/sqrt(input dimension)
 FORM_CHOICES = {"both": ["adamw", "l2-adam"], "adamw": ["adamw"], "l2-adam": ["l2-adam"]}
 
 
-@app.command()
+@app.command(short_help="err_AdamW vs err_l2-Adam and Theorem 6/7 terms.")
 def err(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
-    optimizer: str = typer.Option("both", help="Bound form: adamw (Theorem 6), l2-adam (Theorem 7) or both."),
+    form: str = typer.Option("both", help="Bound form: adamw (Theorem 6, err_AdamW), l2-adam (Theorem 7, err_l2-Adam) or both."),
+    optimizer: Optional[str] = typer.Option(None, help="Deprecated spelling of --form (still accepted; says so). --optimizer names the training rule elsewhere."),
     rho: Optional[float] = typer.Option(None, help=RHO_HELP),
     tau: float = Opt.tau,
     sigma_floor: float = typer.Option(defaults.SIGMA_FLOOR, help="Singular values (and H_ii) below this are raised to it; the mass affected is reported."),
@@ -563,9 +579,10 @@ def err(
     from .spectrum import resolve_exact
 
     check_output(json_path)
-    forms = FORM_CHOICES.get(optimizer)
+    form = deprecated_alias("--optimizer", optimizer, "--form", form, "both")
+    forms = FORM_CHOICES.get(form)
     if forms is None:
-        raise WdboundError(f"unknown --optimizer {optimizer!r}; use adamw, l2-adam or both", "optimizer")
+        raise WdboundError(f"unknown --form {form!r}; use adamw, l2-adam or both", "form")
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(params))
@@ -672,9 +689,10 @@ def render_sweep(name: str, rows, forms: list[str]) -> None:
 
 # ---------------------------------------------------------------- table
 
-@app.command()
+@app.command(short_help="Table I on your checkpoints or a runs file.")
 def table(
-    paths: List[Path] = typer.Argument(..., help="Checkpoints or folders of them (e.g. checkpoints/)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Checkpoints or folders of them (e.g. checkpoints/); or give --runs."),
+    runs: Optional[Path] = typer.Option(None, help="A runs file (.csv or .toml), one row per checkpoint: path, arch, arch_kwargs, model_factory, optimizer, lr, wd, batch_size, n_train, epochs, label, test_acc (docs/runs.md). The flags below fill what a row leaves empty."),
     out: Path = typer.Option(Path("reports"), help="Folder for table1.{md,csv,tex,json} and the plots."),
     format: str = typer.Option("md,csv,tex", "--format", help="Comma-separated subset of md, csv, tex (JSON is always written)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write density plots per checkpoint and one comparison per model."),
@@ -689,10 +707,17 @@ def table(
     exact: str = Opt.exact_auto, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
     layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
+    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
+    model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
+    optimizer: Optional[str] = typer.Option(None, help="The training rule of plain state_dicts (adamw, adamw-d, l2-adam, l2-adam-d, adamprox, adams, adal): it picks the bound form and Table I's column."),
+    lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
+    n_train: Optional[int] = Opt.n_train,
+    epochs: Optional[int] = typer.Option(None, help="Training length in epochs of plain state_dicts (Table I's row)."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
     from .checkpoints import checkpoint_paths
     from .io_utils import check_output_folder
+    from .runs import RunSpec, read_runs
     from .spectrum import SpectrumSettings
     from .table import TableSettings, finding_lines, run_table, summary_counts
 
@@ -701,11 +726,18 @@ def table(
                                               steps=steps, top_k=1, seed=seed, device=device, dtype=dtype, hvp=hvp,
                                               batch_size=hvp_batch_size, diagonal="hutchinson", rtol=rtol,
                                               max_hvps=max_hvps, memory=memory, lanczos=lanczos, tf32=tf32,
-                                              workers=workers, subset_seed=subset_seed),
+                                              workers=workers, subset_seed=subset_seed, loss=loss),
                              rho, tau, sigma_floor, exact, layout_name,
                              tuple(f.strip() for f in format.split(",") if f.strip()), plots)
     settings.validate()
-    files = checkpoint_paths(paths)
+    if arch is not None and model_factory is not None:
+        raise WdboundError("give either --arch or --model-factory, not both", "model_factory")
+    shared = RunSpec(Path(), arch, parse_kwargs(arch_kwarg) if arch_kwarg else None, model_factory, optimizer, lr,
+                     wd, batch_size, n_train, epochs)
+    if not paths and runs is None:
+        raise WdboundError("name checkpoints (or a folder of them) or a --runs file", "paths")
+    files = [RunSpec(p).with_defaults(shared) for p in checkpoint_paths(list(paths))] if paths else []
+    files += [run.with_defaults(shared) for run in (read_runs(runs) if runs is not None else [])]
     with progress_bar() as bar:
         report = run_table(files, settings, cache=make_cache(cache_dir, no_cache), observer=BarObserver(bar))
     if report.failures and not report.rows and not report.interrupted:
@@ -733,7 +765,7 @@ def rich_table(header: list[str], rows: list[list[str]]) -> Table:
 
 # ---------------------------------------------------------------- updates
 
-@app.command()
+@app.command(short_help="Update-magnitude histograms of Adam-type runs.")
 def updates(
     paths: List[Path] = typer.Argument(..., help="Checkpoints (or folders) written by `wdbound train`."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also one histogram per layer, grouped by depth."),
@@ -785,7 +817,7 @@ def render_updates(entries, per_layer: bool) -> None:
 
 # ---------------------------------------------------------------- check
 
-@app.command()
+@app.command(short_help="Regression-check bounds and committed reports.")
 def check(
     checkpoints: Optional[List[Path]] = typer.Argument(None, help="Check only these baseline checkpoints (default: all); with --update on a new baseline, the checkpoints to record."),
     baseline: Path = typer.Option(Path("reports/baseline.json"), help="Baseline JSON (format wdbound-baseline/1)."),

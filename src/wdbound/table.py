@@ -30,6 +30,7 @@ from .errors import Interrupted, WdboundError
 from .optim import bound_form
 from .progress import Observer
 from .provenance import made_by, stamp
+from .runs import RunSpec
 from .spectrum import EXACT_MODES, Spectrum, SpectrumSettings, resolve_exact
 
 DASH = "—"
@@ -102,6 +103,7 @@ class TableRow:
     spectrum_provenance: dict = field(default_factory=dict)
     figures: BoundFigures | None = None
     refinement: Refinement | None = None
+    test_acc_source: str = "recorded"  # recorded in the checkpoint, runs file, measured on the test split, none
 
     @property
     def err_mean(self) -> float | None:
@@ -122,7 +124,8 @@ class TableRow:
         """The flat cell of ``table1.json``: the row's facts, the bound inputs and every bound figure."""
         out = {"checkpoint": self.checkpoint, "path": self.path, "sha256": self.sha256, "model": self.model,
                "epochs": self.epochs, "optimizer": self.optimizer, "family": self.family, "variant": self.variant,
-               "form": self.form, "test_acc": self.test_acc, "test_loss": self.test_loss,
+               "form": self.form, "test_acc": self.test_acc, "test_acc_source": self.test_acc_source,
+               "test_loss": self.test_loss,
                "update_iqr_log2": self.update_iqr_log2, "top_eigenvalue": self.top_eigenvalue,
                "top_residual": self.top_residual, "trace": self.trace, "trace_stderr": self.trace_stderr,
                "probes": self.probes, "steps": self.steps, "seed": self.seed, "dtype": self.dtype,
@@ -136,11 +139,48 @@ class TableRow:
         return out
 
 
-def evaluate_row(path: Path, settings: SpectrumSettings, *, rho: float | None, tau: float, sigma_floor: float,
-                 exact_mode: str | None = None, cache=None, observer: Observer | None = None) -> tuple[TableRow, Spectrum]:
-    """One checkpoint's Table I figures (Corollary 3 of its own form) and its spectrum. ``exact_mode``
-    (auto / on / off) decides per checkpoint whether the dense spectrum is used; None keeps ``settings.exact``."""
-    ckpt = load_checkpoint(path, dtype=resolve_dtype(settings.dtype))
+def measured_accuracy(ckpt, settings: SpectrumSettings) -> tuple[float, float] | None:
+    """(accuracy, mean cross-entropy) of ``ckpt``'s model on the test split of its evaluation data (what a
+    plain state_dict does not record); None when the labels are not class indices."""
+    import torch
+    from torch.nn import functional as F
+
+    from .curvature import resolve_device
+    from .data import iterate_batches, load_dataset
+    from .models import image_size
+    from .spectrum import evaluation_data
+
+    dataset = load_dataset(evaluation_data(ckpt, settings), "test",
+                           image_size(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")))
+    device = resolve_device(settings.device)
+    model = ckpt.model.to(device)
+    correct, loss, total = 0, 0.0, 0
+    with torch.no_grad():
+        for inputs, labels in iterate_batches(dataset, 256):
+            if labels.is_floating_point():
+                return None
+            outputs = model(inputs.to(device, next(model.parameters()).dtype)).float()
+            labels = labels.to(device)
+            correct += int((outputs.argmax(1) == labels).sum())
+            loss += float(F.cross_entropy(outputs, labels, reduction="sum"))
+            total += labels.shape[0]
+    return (correct / total, loss / total) if total else None
+
+
+def evaluate_row(path: "Path | RunSpec", settings: SpectrumSettings, *, rho: float | None, tau: float,
+                 sigma_floor: float, exact_mode: str | None = None, cache=None,
+                 observer: Observer | None = None) -> tuple[TableRow, Spectrum]:
+    """One checkpoint's Table I figures (Corollary 3 of its own form) and its spectrum. ``path`` is a checkpoint
+    file or a :class:`wdbound.runs.RunSpec` (a file plus what a plain state_dict does not record: architecture,
+    training rule, η, λ, b, n, epochs, label, accuracy). ``exact_mode`` (auto / on / off) decides per
+    checkpoint whether the dense spectrum is used; None keeps ``settings.exact``. A checkpoint that records no
+    test accuracy gets the one measured on the test split of its evaluation data."""
+    run = path if isinstance(path, RunSpec) else RunSpec(Path(path))
+    path = run.path
+    ckpt = load_checkpoint(path, arch=run.resolved_arch(), arch_kwargs=run.arch_kwargs if run.arch_kwargs is not None
+                           else ({} if run.model_factory else None), lr=run.lr, wd=run.wd,
+                           batch_size=run.batch_size, n_train=run.n_train, dtype=resolve_dtype(settings.dtype),
+                           optimizer=run.optimizer, epochs=run.epochs)
     name = ckpt.optimizer_name or "unknown"
     family, variant = family_variant(name)
     form = bound_form(name)
@@ -151,14 +191,21 @@ def evaluate_row(path: Path, settings: SpectrumSettings, *, rho: float | None, t
                           observer=observer, label=Path(path).name)
     spectrum = evaluation.spectrum
     train_meta, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
-    row = TableRow(Path(path).name, model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
-                   train_meta.get("epochs", 0), name, family, variant, form, metrics.get("test_acc"),
-                   metrics.get("test_loss"), update_spread(ckpt.meta, path), str(path), ckpt.sha256,
+    acc, loss, source = metrics.get("test_acc"), metrics.get("test_loss"), "recorded"
+    if run.test_acc is not None:
+        acc, loss, source = run.test_acc, None, "runs file"
+    elif acc is None:
+        measured = measured_accuracy(ckpt, settings)
+        acc, loss, source = (*measured, "measured on the test split") if measured else (None, None, "none")
+    row = TableRow(Path(path).name, run.label or model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
+                   train_meta.get("epochs", 0), name, family, variant, form, acc,
+                   loss, update_spread(ckpt.meta, path), str(path), ckpt.sha256,
                    float(spectrum.top.values[0]), float(spectrum.top.residuals[0]), spectrum.trace.estimate,
                    spectrum.trace.stderr, settings.probes, settings.for_dim(spectrum.d).steps, settings.seed,
                    settings.dtype,
                    settings.split, evaluation.analysis.hvps, spectrum.cached, inputs, spectrum.provenance,
-                   evaluation.figures.get(form), evaluation.analysis.refinement if form is not None else None)
+                   evaluation.figures.get(form), evaluation.analysis.refinement if form is not None else None,
+                   source)
     return row, spectrum
 
 
@@ -577,19 +624,21 @@ def build_report(rows: list[TableRow], settings: TableSettings, *, spectra=(), f
                        findings(placed), resolve_layout(settings.layout, placed), made_by())
 
 
-def run_table(paths: list[Path], settings: TableSettings, *, cache=None,
+def run_table(paths: "list[Path | RunSpec]", settings: TableSettings, *, cache=None,
               observer: Observer | None = None) -> TableReport:
-    """Evaluate every checkpoint (its own form, its own η and λ) and build the report. A checkpoint that fails
-    is reported (``observer.failed``) and skipped; SIGINT / SIGTERM stop the loop and the report keeps the
-    finished rows, marked interrupted."""
+    """Evaluate every checkpoint (its own form, its own η and λ) and build the report. ``paths`` are checkpoint
+    files or :class:`wdbound.runs.RunSpec` s (a runs file's rows). A checkpoint that fails is reported
+    (``observer.failed``) and skipped; SIGINT / SIGTERM stop the loop and the report keeps the finished rows,
+    marked interrupted."""
     settings.validate()
     observer = observer or Observer()
     observer.items(len(paths))
     rows, spectra, failures, interrupted = [], [], [], 0
     start = time.perf_counter()
-    for path in paths:
+    for item in paths:
+        path = item.path if isinstance(item, RunSpec) else item
         try:
-            row, spectrum = evaluate_row(path, settings.spectrum, rho=settings.rho, tau=settings.tau,
+            row, spectrum = evaluate_row(item, settings.spectrum, rho=settings.rho, tau=settings.tau,
                                          sigma_floor=settings.sigma_floor, exact_mode=settings.exact, cache=cache,
                                          observer=observer)
             rows.append(row)
