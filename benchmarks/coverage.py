@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", type=Path)
     parser.add_argument("--probes", type=int, default=defaults.PROBES)
-    parser.add_argument("--steps", type=int, default=defaults.STEPS)
+    parser.add_argument("--steps", type=int, default=None, help="Lanczos steps (default: err's, 1,280 capped at d)")
     parser.add_argument("--theorem", action="store_true", help="also the Theorem terms (exact diagonal for Q)")
     parser.add_argument("--hvp", default="forward-over-reverse")
     parser.add_argument("--exact-dir", type=Path, default=None,

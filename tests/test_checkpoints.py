@@ -117,7 +117,23 @@ def test_save_is_atomic(tiny_checkpoint, tmp_path):
     target.write_bytes(b"previous")
 
     with pytest.raises(Exception):  # a lambda cannot be pickled: the write fails midway
-        save_checkpoint(target, ckpt.model, arch="digits-mlp", arch_kwargs={}, optimizer={"x": lambda: 0},
-                        train={}, metrics={})
+        save_checkpoint(target, ckpt.model, arch="digits-mlp", arch_kwargs={},
+                        optimizer={"name": "adamw", "x": lambda: 0},
+                        train={"eta": 1e-3, "lam": 0.0, "batch_size": 8, "n_train": 80}, metrics={})
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.pt"]
+
+
+@pytest.mark.parametrize("optimizer, train, match", [
+    ("sgd", {"eta": 1e-3, "lam": 0.0, "batch_size": 8, "n_train": 80}, "unknown training rule 'sgd'"),
+    ("adamw", {"eta": 1e-3, "lam": 0.0, "batch_size": 8}, "does not record n_train"),
+    ("adamw", {"eta": 0, "lam": 0.0, "batch_size": 8, "n_train": 80}, "must be > 0"),
+])
+def test_save_checkpoint_refuses_missing_or_bad_facts(tmp_path, optimizer, train, match):
+    """A fact the bounds need is checked when the checkpoint is written, not when it is analysed."""
+    from wdbound.models import build_model
+
+    with pytest.raises(WdboundError, match=match):
+        save_checkpoint(tmp_path / "x.pt", build_model("digits-mlp", hidden=4), arch="digits-mlp",
+                        optimizer=optimizer, train=train)
+    assert not (tmp_path / "x.pt").exists()

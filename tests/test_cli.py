@@ -45,11 +45,12 @@ def test_spectrum_exact_json_plot(tiny_checkpoint, tmp_path, capsys):
     payload = json.loads(out_json.read_text())
     exact = np.array(payload["exact"]["eigenvalues"])
     assert payload["d"] == len(exact) == 1210 and payload["n_eval"] == 100
-    assert np.allclose(payload["top_eigenvalues"], exact[::-1][:5], rtol=1e-6)
-    # The single pass: 4 probes sharing the union's nodes, stopped by its targets within --steps 30.
-    nodes = payload["slq"]["nodes"]
-    assert len(nodes) == 4 and all(n == nodes[0] for n in nodes)
-    assert payload["provenance"]["single_pass"]["steps"] <= 30 and payload["provenance"]["top_from"] == "slq union"
+    # With the dense Hessian the top-k and the trace are read off it (no Lanczos run for them).
+    assert np.allclose(payload["top_eigenvalues"], exact[::-1][:5], rtol=1e-12)
+    assert payload["provenance"]["top_from"] == "dense Hessian" and payload["provenance"]["single_pass"] is None
+    assert payload["trace"]["method"] == "exact" and abs(payload["trace"]["estimate"] - exact.sum()) < 1e-9
+    assert len(payload["slq"]["nodes"]) == 4  # the SLQ density run stays, as the cross-check
+    assert "(exact: eigenvalues of the dense Hessian)" in out and "(exact: the dense Hessian's diagonal" in out
     diag = np.load(payload["diagonal"]["path"])
     assert diag.shape == (2, 1210)
     assert payload["diagonal"]["estimate"]["exact_zero"] == payload["exact"]["diagonal_zero"] > 0

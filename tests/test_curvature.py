@@ -7,7 +7,7 @@ from torch.func import hessian
 from wdbound.curvature import DenseOperator, HessianOperator, dense_matrix
 from wdbound.models import build_model
 
-SMALL = {"digits-mlp": {"hidden": 16}, "digits-cnn": {"channels": 4}, "digits-vit": {"dim": 8, "depth": 1, "mlp": 16}}
+SMALL = {"digits-mlp": {"hidden": 16}, "digits-cnn": {"channels": 4}, "digits-vit": {"dim": 8, "depth": 1, "mlp": 16, "patch": 2}}
 
 
 def _operator(arch, data, mode="forward-over-reverse", batch_size=40, samples=80):

@@ -100,7 +100,7 @@ def test_hutchpp_beats_hutchinson_on_decaying_spectrum():
 
 @pytest.fixture(scope="module", params=["digits-mlp", "digits-cnn", "digits-vit"])
 def exact_model(request, digits_test):
-    kwargs = {"digits-mlp": {"hidden": 16}, "digits-cnn": {"channels": 4}, "digits-vit": {"dim": 8, "depth": 1, "mlp": 16}}
+    kwargs = {"digits-mlp": {"hidden": 16}, "digits-cnn": {"channels": 4}, "digits-vit": {"dim": 8, "depth": 1, "mlp": 16, "patch": 2}}
     torch.manual_seed(0)
     model = build_model(request.param, **kwargs[request.param])
     op = HessianOperator(model, digits_test, max_samples=120, dtype=torch.float64)

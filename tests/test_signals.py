@@ -70,6 +70,7 @@ def test_sigterm_during_table_keeps_the_finished_rows(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err
+    assert (out / "table1.json").exists(), err[-3000:]
     payload = json.loads((out / "table1.json").read_text())
     assert payload["interrupted"] is True and [c["checkpoint"] for c in payload["cells"]] == ["digits-mlp-adamw-e10.pt"]
     assert "INTERRUPTED after 1 of 2" in (out / "table1.md").read_text()

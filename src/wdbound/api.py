@@ -223,14 +223,20 @@ class ErrResult(_NotebookRepr):
         return f"ErrResult({self.form}: err/d = {self.err_mean:.6g} {where}, Phi = {self.phi:.6g})"
 
 
-def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "both", rho: float = 0.125,
+def err(source, *, eta: float, lam: float, b: int, n: int, form: str = "both", rho: float = 0.125,
         tau: float = 0.05, sigma_floor: float = 1e-6, x_norm_sq: float | None = None,
-        exact: str = "auto") -> dict[str, ErrResult]:
+        exact: str = "auto", optimizer: str | None = None) -> dict[str, ErrResult]:
     """Corollary 3's err/d (with its interval) for ``source``: a :class:`Hessian` (``exact`` auto/on/off as in
-    ``wdbound err``) or a :class:`Density` (SLQ). Returns one :class:`ErrResult` per form."""
-    forms = list(FORMS) if optimizer == "both" else [optimizer]
+    ``wdbound err``) or a :class:`Density` (SLQ). ``form``: adamw, l2-adam or both (``optimizer`` is its old,
+    deprecated name). Returns one :class:`ErrResult` per form."""
+    if optimizer is not None:
+        import warnings
+
+        warnings.warn("wdbound.err(optimizer=...) is deprecated; use form=...", DeprecationWarning, stacklevel=2)
+        form = optimizer
+    forms = list(FORMS) if form == "both" else [form]
     if any(f not in FORMS for f in forms):
-        raise WdboundError(f"unknown optimizer form {optimizer!r}; use adamw, l2-adam or both", "optimizer")
+        raise WdboundError(f"unknown bound form {form!r}; use adamw, l2-adam or both", "form")
     if isinstance(source, Hessian):
         d = source.dim
         norm = float(source.operator.params.double().square().sum()) if x_norm_sq is None else x_norm_sq

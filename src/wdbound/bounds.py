@@ -8,7 +8,7 @@ Corollary 3 (the Table I quantity), with :math:`h(x) = \ln x + 1/x`:
     \mathrm{err} = \sum_i h(x(\sigma_i)) \approx d \sum_k w_k\, h(x(\max(|\theta_k|, \sigma_{floor}))).
 
 Theorems 6/7 without :math:`Q \approx H^{-1/2}`, with :math:`Q = \mathrm{diag}(H_{ii})^{-1/2}`
-and :math:`A = Q^{1/2} H Q^{1/2}` (shared/SPEC.md):
+and :math:`A = Q^{1/2} H Q^{1/2}` (docs/maths.md):
 
 .. math::
     \mathrm{term} = -\ln\det M + \frac{\eta}{2\rho b}\mathrm{Tr}\,M + d\ln\frac{2b\rho}{\eta},\qquad

@@ -529,9 +529,9 @@ def render_spectrum(result) -> None:
             "activates); they are deflated and counted as exact zero eigenvalues")
         say(f"logit shift: {result.shift_directions} directions of the linear head add the same number to every logit "
             "(cross-entropy is invariant): exact zero eigenvalues, deflated")
-    if result.diagonal.probes:
-        say(f"diagonal: mean {diag['mean']:.4g}, {diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} "
-            "exactly 0 (weights the data never moves: zero Hessian rows)")
+    say(f"diagonal{' (exact)' if not result.diagonal.probes else ''}: mean {diag['mean']:.4g}, "
+        f"{diag['nonpositive']} entries <= 0, of which {diag['exact_zero']} exactly 0 (weights the data never moves: "
+        "zero Hessian rows)")
     if result.exact_eigenvalues is not None:
         ev = result.exact_eigenvalues
         rel = abs(result.top.values[0] - ev[-1]) / abs(ev[-1])
@@ -579,10 +579,11 @@ def err(
     from .spectrum import resolve_exact
 
     check_output(json_path)
+    forms = FORM_CHOICES.get(optimizer if optimizer is not None else form)
+    if forms is None:  # before the deprecation warning: a bad value is one line
+        raise WdboundError(f"unknown --form {optimizer if optimizer is not None else form!r}; use adamw, l2-adam or "
+                           "both", "form")
     form = deprecated_alias("--optimizer", optimizer, "--form", form, "both")
-    forms = FORM_CHOICES.get(form)
-    if forms is None:
-        raise WdboundError(f"unknown --form {form!r}; use adamw, l2-adam or both", "form")
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(params))

@@ -1,5 +1,5 @@
 """Every default of the tool in one place: the CLI's options, the settings dataclasses and the Python API
-read them from here (shared/SPEC.md asks that each interpretation be a documented, overridable default).
+read them from here (each interpretation of the paper is a documented, overridable default: docs/maths.md).
 
 >>> TAU, SIGMA_FLOOR
 (0.05, 1e-06)

@@ -1,4 +1,4 @@
-"""The optimizers whose checkpoints the bounds compare (shared/SPEC.md, "Optimizers").
+"""The optimizers whose checkpoints the bounds compare (docs/maths.md, "The optimizers").
 
 All share Adam's moment estimates m̂, v̂ and the direction p = m̂/(√v̂ + ε);
 they differ in how the weight decay λ_k enters:

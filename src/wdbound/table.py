@@ -1,7 +1,7 @@
 """Table I of Zhou et al. (TPAMI 2024) on the user's checkpoints: layout, findings and every output format.
 
 Each checkpoint is evaluated with the form of the optimizer that trained it
-(shared/SPEC.md, "Table I"): err_AdamW on AdamW(-D) checkpoints, err_l2-Adam on
+(docs/maths.md, "Table I"): err_AdamW on AdamW(-D) checkpoints, err_l2-Adam on
 l2-Adam(-D) checkpoints, each with its own Hessian, η and λ. Checkpoints are
 grouped by (model, epochs); each group is a column pair "AdamW / AdamW-D"
 beside "l2-Adam / l2-Adam-D", each cell "constant / decaying", rows "err in
@@ -37,7 +37,7 @@ DASH = "—"
 FAMILY_TITLES = {"adamw": "AdamW / AdamW-D", "l2-adam": "l2-Adam / l2-Adam-D"}
 VARIANTS = ("constant", "decaying")
 
-# The paper's Table I (ImageNet), as printed; shared/SPEC.md.
+# The paper's Table I (ImageNet), as printed (docs/maths.md).
 PAPER = [
     {"model": "ResNet18", "epochs": 90, "adamw": ((3.43, 3.40), (67.9, 70.1)), "l2-adam": ((3.85, 3.82), (67.2, 67.4))},
     {"model": "ResNet50", "epochs": 100, "adamw": ((3.42, 3.41), (77.0, 77.1)), "l2-adam": ((3.78, 3.77), (76.5, 76.4))},
