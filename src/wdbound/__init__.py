@@ -2,7 +2,7 @@
 
 Public API::
 
-    ckpt = wdbound.load_checkpoint("checkpoints/digits-cnn-adamw.pt")
+    ckpt = wdbound.load_checkpoint("checkpoints/digits-cnn-adamw-e40.pt")
     ckpt.model      # nn.Module in eval mode
     ckpt.meta       # dict: arch, optimizer, train (eta, lam, batch_size, n_train, ...), metrics
     data = wdbound.load_dataset("digits", "test")   # items: (tensor [C, H, W], int label)

@@ -108,7 +108,7 @@ class Density(_NotebookRepr):
 
     def plot(self, path=None, title: str = "Hessian spectral density"):
         """The log-scale density plot of ``wdbound spectrum --plot``; saved to ``path`` or returned as a figure."""
-        from .spectrum import density_figure
+        from .plots import density_figure
 
         return density_figure(self.slq, None, title, path)
 
