@@ -10,8 +10,8 @@ For each checkpoint, in one process, the same ``--columns`` unit vectors (float6
 * ``kept-loop``: the same through a gradient graph built once and kept;
 * ``kept-batched``: the kept graph with ``is_grads_batched`` (``--chunk`` columns vmapped through one pass);
 * ``fwd-rev``: vmapped forward-over-reverse (``torch.func.jvp`` of ``grad``), ``--chunk`` columns per pass;
-* ``auto``: what ``wdbound.curvature.dense_columns`` (the dense build) does: it times ``kept-loop`` against
-  ``kept-batched`` on its first columns and goes on with the faster.
+* ``auto``: what ``wdbound.curvature.dense_columns`` (the dense build) does: vmapped passes unless the model has
+  convolutions, pooling or batch norm (``dense_batched_rule``).
 
 It prints columns per second of each, the ratio to ``loop``, and the largest difference from ``loop``'s
 columns (every method must compute the same matrix). Writes benchmarks/results/dense-build-<time>.json.

@@ -33,7 +33,6 @@ Kept gradient graph (``keep_graph``, decided by the memory plan)
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Protocol
 
 import torch
@@ -586,8 +585,15 @@ DENSE_MODE = "double-backward"
 
 # Columns per block of a dense build (the memory plan's exact_diagonal_chunk).
 DENSE_CHUNK = 256
-# Columns each way of the trial that picks one backward pass per column or vmapped passes for a dense build.
-DENSE_TRIAL = 32
+def dense_batched_rule(model: nn.Module) -> bool:
+    """Whether a dense build sends its columns through vmapped backward passes (``is_grads_batched``) rather
+    than one pass per column: yes unless the model has convolutions, pooling or batch norm, whose vmapped
+    double backward is slow. A rule, not a timing (like :func:`auto_hvp_mode`): the two ways round differently
+    in the last bits, and the same command must give the same bytes. Measured (benchmarks/dense_build.py, 2
+    cores, columns/s vmapped vs loop): digits MLP 1.2-1.4x, depth-8 MLP 1.5-1.6x, digits ViT 1.0-1.2x, digits
+    CNN 0.4x."""
+    slow = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.modules.batchnorm._BatchNorm)
+    return not any(isinstance(module, slow) for module in model.modules())
 
 
 def _unit_products(operator: Operator, block: torch.Tensor, batched: bool = False) -> torch.Tensor:
@@ -597,24 +603,15 @@ def _unit_products(operator: Operator, block: torch.Tensor, batched: bool = Fals
 
 
 def dense_columns(operator: Operator, vectors: torch.Tensor, chunk: int = DENSE_CHUNK) -> torch.Tensor:
-    """``H V^T`` transposed for many vectors ``[k, d]``, ``chunk`` at a time, the faster of one backward pass per
-    vector and vmapped passes chosen by timing both on the first ``2 * DENSE_TRIAL`` vectors (measured on the
-    digits zoo: vmapped 1.4-1.6x faster on the MLPs and the ViT, 0.5-0.7x on the CNN, whose max-pool and
-    batch norm backward vmap poorly; benchmarks/dense_build.py). The choice is kept in ``operator.dense_batched``."""
-    batchable = isinstance(operator, HessianOperator) and operator.probe_chunk > 1
-    out, start = [], 0
-    if batchable and vectors.shape[0] >= 4 * DENSE_TRIAL:
-        timings = {}
-        for batched in (False, True):
-            began = time.perf_counter()
-            out.append(_unit_products(operator, vectors[start:start + DENSE_TRIAL], batched))
-            timings[batched] = time.perf_counter() - began
-            start += DENSE_TRIAL
-        operator.dense_batched = timings[True] < timings[False]
-    batched = batchable and getattr(operator, "dense_batched", False)
-    for first in range(start, vectors.shape[0], chunk):
-        out.append(_unit_products(operator, vectors[first:first + chunk], batched))
-    return torch.cat(out)
+    """``H V^T`` transposed for many vectors ``[k, d]``, ``chunk`` at a time: through vmapped backward passes
+    (``probe_chunk`` vectors each) when :func:`dense_batched_rule` says so, else one pass per vector. The
+    choice is kept in ``operator.dense_batched``."""
+    batched = isinstance(operator, HessianOperator) and operator.probe_chunk > 1 and dense_batched_rule(
+        operator.model)
+    if isinstance(operator, HessianOperator):
+        operator.dense_batched = batched
+    return torch.cat([_unit_products(operator, vectors[first:first + chunk], batched)
+                      for first in range(0, vectors.shape[0], chunk)])
 
 
 def dense_matrix(operator: Operator, chunk: int = DENSE_CHUNK) -> torch.Tensor:
