@@ -637,20 +637,21 @@ def run_table(paths: "list[Path | RunSpec]", settings: TableSettings, *, cache=N
     start = time.perf_counter()
     for item in paths:
         path = item.path if isinstance(item, RunSpec) else item
-        try:
-            row, spectrum = evaluate_row(item, settings.spectrum, rho=settings.rho, tau=settings.tau,
-                                         sigma_floor=settings.sigma_floor, exact_mode=settings.exact, cache=cache,
-                                         observer=observer)
-            rows.append(row)
-            # The plots need the measure and the exact eigenvalues only: the live operator, its kept graph and
-            # the dense Hessian (up to 0.8 GB at d = 10,000) go with the checkpoint.
-            spectra.append((row, replace(spectrum, extra={})))
-        except WdboundError as exc:
-            failures.append(f"{Path(path).name}: {exc}")
-            observer.failed(Path(path).name, exc)
+        try:  # a signal anywhere in the iteration, the progress line included, keeps the finished rows
+            try:
+                row, spectrum = evaluate_row(item, settings.spectrum, rho=settings.rho, tau=settings.tau,
+                                             sigma_floor=settings.sigma_floor, exact_mode=settings.exact,
+                                             cache=cache, observer=observer)
+                rows.append(row)
+                # The plots need the measure and the exact eigenvalues only: the live operator, its kept graph
+                # and the dense Hessian (up to 0.8 GB at d = 10,000) go with the checkpoint.
+                spectra.append((row, replace(spectrum, extra={})))
+            except WdboundError as exc:
+                failures.append(f"{Path(path).name}: {exc}")
+                observer.failed(Path(path).name, exc)
+            observer.item(Path(path).name)
         except (KeyboardInterrupt, Interrupted) as exc:
             interrupted = getattr(exc, "code", 130)
             break
-        observer.item(Path(path).name)
     return build_report(rows, settings, spectra=spectra, failures=failures, interrupted=interrupted,
                         checkpoints=len(paths), wall_seconds=time.perf_counter() - start)
