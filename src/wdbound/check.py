@@ -320,10 +320,10 @@ def table_cells_to_verify(cells: list[dict], count: int) -> list[dict]:
     >>> [c["checkpoint"] for c in table_cells_to_verify(cells, 2)]
     ['a1', 'b1']
     """
-    exact = sorted((c for c in cells if c.get("method") == "exact"), key=lambda c: (c["checkpoint"]))
-    firsts = list({c["model"]: c for c in reversed(exact)}.values())[::-1]
-    firsts.sort(key=lambda c: c["checkpoint"])
-    rest = [c for c in exact if c not in firsts]
+    exact = sorted((c for c in cells if c.get("method") == "exact"), key=lambda c: c["checkpoint"])
+    models = set()
+    firsts = [c for c in exact if not (c["model"] in models or models.add(c["model"]))]
+    rest = [c for c in exact if all(c is not f for f in firsts)]
     return (firsts + rest)[:max(count, 0)]
 
 
@@ -335,6 +335,7 @@ def verify_table(path: Path, *, cells: int = 4, device: str = "auto", memory: st
     (relative TABLE_CELL_RTOL). Each comparison is a :class:`Comparison` (release and files as 0/1 metrics)."""
     from . import __version__
     from .cache import NoCache
+    from .io_utils import sha256_file
     from .spectrum import SpectrumSettings
     from .table import evaluate_row
 
@@ -350,8 +351,6 @@ def verify_table(path: Path, *, cells: int = 4, device: str = "auto", memory: st
     made = data.get("made_by") or {}
     results = [Comparison(str(path), f"made by wdbound {made.get('wdbound', '(unstamped)')}", 1.0,
                           float(made.get("wdbound") == __version__), 0.0, f"this is wdbound {__version__}")]
-    from .io_utils import sha256_file
-
     for cell in cells_json:
         file = Path(cell.get("path") or "")
         same = file.is_file() and sha256_file(file) == cell.get("sha256")

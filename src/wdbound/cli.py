@@ -579,11 +579,11 @@ def err(
     from .spectrum import resolve_exact
 
     check_output(json_path)
-    forms = FORM_CHOICES.get(optimizer if optimizer is not None else form)
+    asked = optimizer if optimizer is not None else form
+    forms = FORM_CHOICES.get(asked)
     if forms is None:  # before the deprecation warning: a bad value is one line
-        raise WdboundError(f"unknown --form {optimizer if optimizer is not None else form!r}; use adamw, l2-adam or "
-                           "both", "form")
-    form = deprecated_alias("--optimizer", optimizer, "--form", form, "both")
+        raise WdboundError(f"unknown --form {asked!r}; use adamw, l2-adam or both", "form")
+    deprecated_alias("--optimizer", optimizer, "--form", form, "both")
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load(checkpoint, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype, model_factory)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(params))

@@ -606,12 +606,19 @@ def dense_columns(operator: Operator, vectors: torch.Tensor, chunk: int = DENSE_
     """``H V^T`` transposed for many vectors ``[k, d]``, ``chunk`` at a time: through vmapped backward passes
     (``probe_chunk`` vectors each) when :func:`dense_batched_rule` says so, else one pass per vector. The
     choice is kept in ``operator.dense_batched``."""
-    batched = isinstance(operator, HessianOperator) and operator.probe_chunk > 1 and dense_batched_rule(
-        operator.model)
-    if isinstance(operator, HessianOperator):
-        operator.dense_batched = batched
+    batched = _columns_batched(operator)
     return torch.cat([_unit_products(operator, vectors[first:first + chunk], batched)
                       for first in range(0, vectors.shape[0], chunk)])
+
+
+def _columns_batched(operator: Operator) -> bool:
+    """Whether unit-vector products of ``operator`` take vmapped passes: :func:`dense_batched_rule` on a
+    :class:`HessianOperator` whose memory plan allows more than one vector per pass (kept in
+    ``operator.dense_batched``); never for other operators."""
+    if not isinstance(operator, HessianOperator):
+        return False
+    operator.dense_batched = operator.probe_chunk > 1 and dense_batched_rule(operator.model)
+    return operator.dense_batched
 
 
 def dense_matrix(operator: Operator, chunk: int = DENSE_CHUNK) -> torch.Tensor:
@@ -624,12 +631,13 @@ def diagonal_by_columns(operator: Operator, chunk: int = 64) -> torch.Tensor:
     """The exact diagonal ``[d]`` from ``d`` matvecs with unit vectors, ``chunk`` at a time (the matrix is never
     stored: memory is ``chunk × d``)."""
     out = torch.empty(operator.dim, dtype=operator.dtype, device=operator.device)
+    batched = _columns_batched(operator)
     for start in range(0, operator.dim, chunk):
         stop = min(start + chunk, operator.dim)
         block = torch.zeros(stop - start, operator.dim, dtype=operator.dtype, device=operator.device)
         rows = torch.arange(stop - start, device=operator.device)
         block[rows, start + rows] = 1
-        out[start:stop] = _unit_products(operator, block)[rows, start + rows]
+        out[start:stop] = _unit_products(operator, block, batched)[rows, start + rows]
     return out
 
 

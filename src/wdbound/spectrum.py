@@ -670,10 +670,10 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
     if settings.exact:
         # The dense Hessian first: the top eigenvalues, the ends, the trace and the diagonal are read off it
         # (exact, no Lanczos run for them); the SLQ density run that follows is the cross-check.
-        matrix = dense_matrix(operator)
-        exact_diag = torch.diagonal(matrix).double().cpu().numpy()
-        exact_ev = torch.linalg.eigvalsh(matrix.double()).cpu().numpy()
-        dense = matrix.double().cpu().numpy()
+        matrix = dense_matrix(operator).double()
+        exact_diag = torch.diagonal(matrix).cpu().numpy()
+        exact_ev = torch.linalg.eigvalsh(matrix).cpu().numpy()
+        dense = matrix.cpu().numpy()
         del matrix
         top = exact_top(exact_ev, settings.top_k)
         run, density, _, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
