@@ -91,6 +91,34 @@ def test_evaluate_slq_intervals_cover_the_exact_values(tiny):
     assert observer.spent <= observer.planned == planned_hvps(SETTINGS, inputs.d, ["adamw", "l2-adam"], [1e-6])
 
 
+def test_slq_whose_krylov_space_fills_the_deflated_space_is_exact(tiny):
+    """--exact off with one probe and at least d steps (the digits CNN's case at the defaults): the run breaks
+    down when its Krylov space fills the space left after the zero rows and the logit shift, its Ritz values are
+    all the eigenvalues, and err/d equals the dense-Hessian value with no probe error. A run a step short of
+    that space keeps the one-probe interval, which still covers."""
+    inputs = bound_inputs(tiny, rho=None, tau=0.05, sigma_floor=1e-6)
+    exact = evaluate(tiny, SpectrumSettings(**{**SETTINGS.__dict__, "exact": True}), inputs, ["adamw", "l2-adam"],
+                     theorem=False)
+    full = evaluate(tiny, SpectrumSettings(**{**SETTINGS.__dict__, "probes": 1, "steps": inputs.d}), inputs,
+                    ["adamw", "l2-adam"], theorem=False)
+    slq = full.analysis.spectrum.slq
+    nulls = int(slq.null_weight)
+    assert nulls > 0 and slq.spanning_probe() == 0
+    ev = exact.analysis.spectrum.exact_eigenvalues
+    np.testing.assert_allclose(slq.spanned_eigenvalues(), np.sort(ev[np.argsort(np.abs(ev))[nulls:]]),
+                               rtol=0, atol=1e-9 * np.abs(ev).max())
+    short = evaluate(tiny, SpectrumSettings(**{**SETTINGS.__dict__, "probes": 1, "steps": inputs.d - nulls - 1}),
+                     inputs, ["adamw", "l2-adam"], theorem=False)
+    assert short.analysis.spectrum.slq.spanning_probe() is None
+    for form in ("adamw", "l2-adam"):
+        value = exact.figures[form].err_mean
+        low, high = full.figures[form].interval
+        assert low <= value <= high and (high - low) / 2 < 1e-6 * value
+        assert full.figures[form].err_mean == pytest.approx(value, rel=1e-10)
+        low, high = short.figures[form].interval
+        assert low <= value <= high and (high - low) / 2 > 1e-4 * value
+
+
 def test_evaluate_without_theorem_and_sweeps_need_no_new_hvps(tiny):
     inputs = bound_inputs(tiny, rho=0.1, tau=0.05, sigma_floor=1e-6)
     evaluation = evaluate(tiny, SETTINGS, inputs, ["adamw"], theorem=False)

@@ -157,3 +157,47 @@ def test_two_long_probes_cover_on_a_dense_operator_over_many_seeds():
             widths[form].append(interval.relative_half_width())
     # the probe part is bounded, not measured: it must not swamp the interval
     assert np.median(widths["adamw"]) < 0.10 and np.median(widths["l2-adam"]) < 0.20
+
+
+def test_a_probe_spanning_the_deflated_space_gives_the_exact_err():
+    """Lanczos run to the dimension of the deflated space: its Ritz values are every eigenvalue, so err/d is
+    exact (to the HVPs' precision) whatever the probe, with no probe error; 50 exactly-zero rows deflated."""
+    from wdbound.estimators.lanczos import hvp_precision
+
+    matrix, ev = hard_matrix(d=400, seed=3)
+    big = torch.zeros(450, 450, dtype=torch.float64)
+    keep = torch.ones(450, dtype=torch.bool)
+    keep[torch.randperm(450, generator=torch.Generator().manual_seed(0))[:50]] = False
+    big[keep[:, None] & keep[None, :]] = matrix.reshape(-1)
+    op = DenseOperator(big)
+    everything = np.concatenate([ev, np.zeros(50)])
+    p = BoundInputs(d=450, n=1437, b=64, eta=1e-4, lam=5e-2, rho=0.125, sigma_floor=1e-6)
+    support = (float(ev.min()), float(ev.max()))
+    for seed in range(3):
+        z = rademacher(1, 450, torch.Generator().manual_seed(seed), torch.float64) * keep
+        run = slq_from_run(lanczos(op, z, 450), 450, null_weight=50.0, space_dim=400, precision=hvp_precision(op))
+        assert run.spanning_probe() == 0 and int(run.lengths[0]) == 400
+        np.testing.assert_allclose(np.sort(run.spanned_eigenvalues()), np.sort(ev), rtol=0, atol=1e-10)
+        for form in ("adamw", "l2-adam"):
+            exact = corollary3_exact(everything, form, p)
+            cor = corollary3_from_slq(run, form, p, support, shift_directions=0)
+            interval = cor.err_mean_interval
+            assert interval.contains(exact.err_mean), (seed, form, interval, exact.err_mean)
+            assert abs(cor.err_mean - exact.err_mean) <= 1e-10 * exact.err_mean
+            assert interval.relative_half_width() < 1e-6 and cor.err_mean_stderr == 0.0
+            assert cor.mass_below_floor == pytest.approx(exact.mass_below_floor, abs=1e-12)
+
+
+def test_a_probe_short_of_the_space_or_broken_down_early_is_not_spanning():
+    """Fewer steps than the space's dimension, a repeated eigenvalue (the Krylov space breaks down early), or
+    probes that are not isotropic (no ``space_dim``): the probe part of the interval stays."""
+    matrix, ev = hard_matrix(d=200, seed=1)
+    op = DenseOperator(matrix)
+    z = rademacher(1, 200, torch.Generator().manual_seed(0), torch.float64)
+    assert slq_from_run(lanczos(op, z, 150), 200, space_dim=200).spanning_probe() is None
+    assert slq_from_run(lanczos(op, z, 200), 200).spanning_probe() is None
+    spanning = slq_from_run(lanczos(op, z, 200), 200, space_dim=200)
+    assert spanning.spanning_probe() == 0 and spanning.truncated(100).spanning_probe() is None
+    repeated = DenseOperator(torch.diag(torch.tensor([1.0, 1.0, 2.0, 3.0], dtype=torch.float64)))
+    run = slq_from_run(lanczos(repeated, torch.ones(1, 4, dtype=torch.float64), 4), 4, space_dim=4)
+    assert int(run.lengths[0]) == 3 and run.spanning_probe() is None

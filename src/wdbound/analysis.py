@@ -28,7 +28,7 @@ from .curvature import Deflation, ScaledOperator, dense_matrix, sequential_numpy
 from .errors import WdboundError
 from .memory import MemoryPlan, allocation_phase
 from .estimators.hutchinson import rademacher
-from .estimators.lanczos import SLQ, run_lanczos, slq_from_run, spectral_support
+from .estimators.lanczos import SLQ, hvp_precision, run_lanczos, slq_from_run, spectral_support
 from .models import input_shape
 from .progress import Observer
 from .spectrum import (REFINE_BUDGET, Spectrum, SpectrumSettings, build_operator, compute_spectrum, expected_hvps,
@@ -129,18 +129,6 @@ def bound_inputs(ckpt: Checkpoint, *, rho: float | None, tau: float, sigma_floor
     return inputs
 
 
-def _slq_arrays(prefix: str, run: SLQ) -> dict[str, np.ndarray]:
-    return {f"{prefix}_alphas": run.alphas, f"{prefix}_betas": run.betas, f"{prefix}_lengths": run.lengths,
-            f"{prefix}_norms_sq": run.norms_sq, f"{prefix}_null": np.array(run.null_weight),
-            f"{prefix}_complete": run.complete}
-
-
-def _slq_from(prefix: str, arrays: dict[str, np.ndarray], dim: int) -> SLQ:
-    return SLQ.from_tridiagonals(arrays[f"{prefix}_alphas"], arrays[f"{prefix}_betas"], arrays[f"{prefix}_lengths"],
-                                 arrays[f"{prefix}_norms_sq"], dim, float(arrays[f"{prefix}_null"]),
-                                 complete=arrays[f"{prefix}_complete"])
-
-
 class _Live:
     """The operator (and dense Hessian) of a checkpoint, built only when a cache miss needs them."""
 
@@ -236,8 +224,8 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
                 continue
             key = cache_key("theorem", base, form, float(floor))
             runs = cache.load(key, lambda meta, arrays: TheoremRuns(
-                form, floor, meta["sum_log_q"], meta["diag_floored"], _slq_from("logdet", arrays, spectrum.d),
-                _slq_from("trace", arrays, spectrum.d), tuple(meta["support"]))) if cache is not None else None
+                form, floor, meta["sum_log_q"], meta["diag_floored"], SLQ.from_arrays("logdet", arrays, spectrum.d),
+                SLQ.from_arrays("trace", arrays, spectrum.d), tuple(meta["support"]))) if cache is not None else None
             if runs is None:
                 generator = torch.Generator().manual_seed(_derived_seed(settings.seed, form, floor))
                 diagonal = spectrum.exact_diagonal if spectrum.exact_diagonal is not None else spectrum.diagonal.estimate
@@ -250,7 +238,7 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
                 if cache is not None:
                     cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored,
                                     "support": list(runs.support)},
-                              {**_slq_arrays("logdet", runs.logdet), **_slq_arrays("trace", runs.trace)})
+                              {**runs.logdet.to_arrays("logdet"), **runs.trace.to_arrays("trace")})
             analysis.runs[(form, floor)] = runs
     analysis.hvps = fresh_hvps + live.hvps
     return analysis
@@ -291,7 +279,7 @@ def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets
         status = "met" if 0 < settings.rtol and worst[0] <= settings.rtol else "off"
         return spectrum, Refinement(status, settings.probes, settings.steps, 0, settings.rtol, worst[0])
     key = cache_key("refined", base, [(form, inputs.to_json()) for form, inputs in targets])
-    hit = cache.load(key, lambda meta, arrays: (replace(spectrum, slq=_slq_from("slq", arrays, spectrum.d)),
+    hit = cache.load(key, lambda meta, arrays: (replace(spectrum, slq=SLQ.from_arrays("slq", arrays, spectrum.d)),
                                                 Refinement(**meta))) if cache is not None else None
     if hit is not None:
         return hit
@@ -308,8 +296,9 @@ def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets
         def draw(count: int) -> torch.Tensor:
             return deflation.project(rademacher(count, dim, generator, live.operator.dtype, live.operator.device))
 
-        fresh = slq_from_run(run_lanczos(live.operator, draw, probes, new_steps, live.memory), dim,
-                             null_weight=nulls)
+        fresh = slq_from_run(run_lanczos(deflation.operator(live.operator), draw, probes, new_steps, live.memory), dim,
+                             null_weight=nulls, space_dim=dim - nulls,
+                             precision=hvp_precision(live.operator))
         slq = fresh if longer else SLQ.concatenate([slq, fresh])
         probes, steps, spent = len(slq.nodes), new_steps, spent + cost
         worst = _worst(slq, support, targets, spectrum.shift_directions)
@@ -318,7 +307,7 @@ def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets
             break
     refinement = Refinement(status, probes, steps, spent, settings.rtol, worst[0])
     if cache is not None:
-        cache.put(key, refinement.to_json(), _slq_arrays("slq", slq))
+        cache.put(key, refinement.to_json(), slq.to_arrays("slq"))
     return replace(spectrum, slq=slq), refinement
 
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import WdboundError
-from .estimators.quadrature_interval import Interval, PiecewiseMonotone, bounded_stderr, trace_interval
+from .estimators.quadrature_interval import (Interval, PiecewiseMonotone, bounded_stderr, spanned_interval,
+                                             trace_interval)
 from .stats import mean_stderr
 
 
@@ -155,13 +156,20 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     SAMPLE_STDERR_MIN_PROBES probes with ``support``: from the variance bound, as in the interval).
     With the spectrum's ends ``support`` = (L, R), also the interval of err/d; its probe part for the deflated
     Rademacher probes of the density run (``shift_directions`` logit-shift directions projected off; None: use
-    only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s."""
+    only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s. A probe whose Krylov space is the
+    whole deflated space gives err from all the eigenvalues, with no probe error
+    (:func:`~wdbound.estimators.quadrature_interval.spanned_interval`)."""
     f = corollary3_integrand(form, p)
-    total, stderr = mean_stderr(density.quadrature(f))
+    spanned = spanned_interval(density, f) if shift_directions is not None else None
+    total, stderr = (spanned.estimate, 0.0) if spanned is not None else mean_stderr(density.quadrature(f))
     bound = bounded_stderr(density, f, support, shift_directions) if support is not None else None
     stderr = stderr if bound is None else bound
-    nodes, weights = density.measure()
-    below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
+    eigenvalues = density.spanned_eigenvalues() if spanned is not None else None
+    if eigenvalues is not None:  # every eigenvalue known: the mass below the floor is a count
+        below = (float(np.sum(np.abs(eigenvalues) < p.sigma_floor)) + density.null_weight) / density.dim
+    else:
+        nodes, weights = density.measure()
+        below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
     interval = (trace_interval(density, f, support, shift_directions=shift_directions, stderr=bound).affine(1 / p.d)
                 if support is not None else None)
     return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval)

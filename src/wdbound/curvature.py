@@ -115,6 +115,28 @@ class ScaledOperator:
         return self.scale * self.op.matmat(self.scale * vectors)
 
 
+class ProjectedOperator:
+    """``P H`` for a projection ``P`` onto the complement of exact null directions of ``H`` (``project``: a
+    :meth:`Deflation.project`). ``HP = PH = H``, so this is ``H`` itself; projecting each product keeps the
+    rounding noise of an HVP out of the null space, so a Lanczos run stays in the range of ``P`` and breaks
+    down exactly when its Krylov space fills it. One matvec of the wrapped operator per matvec.
+
+    >>> keep = lambda v: v * torch.tensor([1.0, 0.0], dtype=torch.float64)
+    >>> op = ProjectedOperator(DenseOperator(torch.tensor([[2.0, 1e-17], [1e-17, 0.0]], dtype=torch.float64)), keep)
+    >>> op.matmat(torch.tensor([[1.0, 0.0]], dtype=torch.float64)).tolist()
+    [[2.0, 0.0]]
+    """
+
+    def __init__(self, operator: Operator, project: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.op = operator
+        self.project = project
+        self.dim, self.dtype, self.device = operator.dim, operator.dtype, operator.device
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``P H V^T`` for rows ``vectors`` [k, d]."""
+        return self.project(self.op.matmat(vectors))
+
+
 def resolve_device(device: "str | torch.device") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` (a name or a ``torch.device``) without a GPU is an
     error.
@@ -718,6 +740,11 @@ class Deflation:
             cols = torch.tensor(columns, dtype=torch.long, device=out.device)
             block[:, :, cols] -= block[:, :, cols].mean(1, keepdim=True)
         return out
+
+    def operator(self, operator: Operator) -> "Operator":
+        """``operator`` with its products projected (:class:`ProjectedOperator`), or itself when nothing is
+        deflated: what the SLQ runs on deflated probes use."""
+        return ProjectedOperator(operator, self.project) if self.null_count else operator
 
     def to_json(self) -> dict:
         """The counts for the cache and the provenance."""

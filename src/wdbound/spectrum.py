@@ -36,8 +36,8 @@ from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
-from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, lanczos, run_lanczos, slq_from_run,
-                                 spectral_support)
+from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, hvp_precision, lanczos, run_lanczos,
+                                 slq_from_run, spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes,
@@ -264,9 +264,7 @@ class Spectrum:
                 "diag_probes": self.diagonal.probes, "null_weight": self.slq.null_weight,
                 "support": self.support.to_json() if self.support is not None else None,
                 "deflation": self.deflation}
-        arrays = {"slq_alphas": self.slq.alphas, "slq_betas": self.slq.betas, "slq_lengths": self.slq.lengths,
-                  "slq_norms_sq": self.slq.norms_sq, "slq_complete": self.slq.complete,
-                  "trace_samples": self.trace.samples,
+        arrays = {**self.slq.to_arrays("slq"), "trace_samples": self.trace.samples,
                   "diag_estimate": self.diagonal.estimate, "diag_stderr": self.diagonal.stderr,
                   "zero_rows": self.zero_rows}
         if self.slq.rule == "union":
@@ -282,9 +280,7 @@ class Spectrum:
     def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "Spectrum":
         """A spectrum from a cache entry (``cached=True``, no live objects)."""
         top = meta["top"]
-        slq = SLQ.from_tridiagonals(arrays["slq_alphas"], arrays["slq_betas"], arrays["slq_lengths"],
-                                    arrays["slq_norms_sq"], meta["d"], meta["null_weight"],
-                                    complete=arrays["slq_complete"])
+        slq = SLQ.from_arrays("slq", arrays, meta["d"], null_weight=meta["null_weight"])
         if "slq_union_nodes" in arrays:
             slq = slq.with_union_rule(arrays["slq_union_nodes"], arrays["slq_union_weights"])
         support = Support(**meta["support"]) if meta.get("support") else None
@@ -317,8 +313,10 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     def draw(count: int) -> torch.Tensor:
         return deflation.project(rademacher(count, operator.dim, generator, operator.dtype, operator.device))
 
-    run = run_lanczos(operator, draw, probes, steps, memory)
-    return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count), support, deflation
+    run = run_lanczos(deflation.operator(operator), draw, probes, steps, memory)
+    return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count,
+                             space_dim=operator.dim - deflation.null_count, precision=hvp_precision(operator)), \
+        support, deflation
 
 
 @dataclass(frozen=True)

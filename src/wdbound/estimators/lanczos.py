@@ -310,6 +310,8 @@ class SLQ:
     run: LanczosRun | None = None  # the live run (absent when loaded from a cache)
     complete: np.ndarray | None = None  # [k] bool: the probe's Krylov space is invariant (its Gauss rule is exact)
     rule: str = "probe"  # "probe": each probe's own Gauss rule; "union": shared nodes of the union of the spaces
+    spans: np.ndarray | None = None  # [k] bool: the probe's Krylov space is the whole deflated space (see below)
+    span_slack: float = 0.0  # absolute error allowed on each Ritz value of a spanning probe (the HVPs' precision)
 
     def with_union_rule(self, nodes: np.ndarray, weights: np.ndarray) -> "SLQ":
         """The same probes with the union quadrature (:mod:`~wdbound.estimators.union_ritz`): every probe
@@ -319,6 +321,30 @@ class SLQ:
         return replace(self, nodes=[nodes] * len(self.lengths), weights=[np.asarray(w, dtype=np.float64)
                                                                           for w in weights], rule="union")
 
+    def spanning_probe(self) -> int | None:
+        """A probe whose Krylov space is the whole space its deflated probes live in, or None.
+
+        Set only for (projected) Rademacher probes of a full re-orthogonalisation run
+        (:func:`slq_from_run`'s ``space_dim`` n) that became invariant after at least n steps: its Ritz values
+        with weight are then *all* the eigenvalues of the deflated operator, each once (a Krylov space of
+        dimension n needs n distinct eigenvalues), and ``tr f(H) = Σ_j f(θ_j) + null_weight · f(0)`` with no
+        probe error. Rounding can carry such a run a few steps past n; those steps add Ritz values the start
+        vector has no weight on (below :data:`SPURIOUS_WEIGHT`), and the probe counts as spanning only when
+        exactly that many such values appear (:meth:`spanned_eigenvalues` drops them)."""
+        if self.spans is None or not bool(np.any(self.spans)):
+            return None
+        return int(np.flatnonzero(self.spans)[0])
+
+    def spanned_eigenvalues(self) -> np.ndarray | None:
+        """Every eigenvalue of the deflated operator (ascending), from a :meth:`spanning_probe`'s own
+        tridiagonal without its weightless Ritz values; None without one."""
+        p = self.spanning_probe()
+        if p is None:
+            return None
+        theta, weights = _gauss_rule(self.alphas[p], self.betas[p], int(self.lengths[p]))
+        extra = int(self.lengths[p]) - int(round(self.dim - self.null_weight))
+        return np.sort(theta[np.argsort(weights, kind="stable")[extra:]])
+
     def exact_probe(self, probe: int) -> bool:
         """Whether probe ``probe``'s recursion broke down (or spanned the space): its quadrature is then exact."""
         return bool(self.complete[probe]) if self.complete is not None else False
@@ -326,38 +352,66 @@ class SLQ:
     @classmethod
     def from_tridiagonals(cls, alphas: np.ndarray, betas: np.ndarray, lengths: np.ndarray, norms_sq: np.ndarray,
                           dim: int, null_weight: float = 0.0, run: LanczosRun | None = None,
-                          complete: np.ndarray | None = None) -> "SLQ":
+                          complete: np.ndarray | None = None, spans: np.ndarray | None = None,
+                          span_slack: float = 0.0) -> "SLQ":
         """Nodes and weights from the tridiagonals. ``complete`` defaults to "stopped before the padded width
-        ``alphas.shape[1]`` (a breakdown) or reached ``dim`` steps"."""
+        ``alphas.shape[1]`` (a breakdown) or reached ``dim`` steps"; ``spans``: see :meth:`spanning_probe`."""
         lengths = np.asarray(lengths)
         if complete is None:
             complete = (lengths < np.asarray(alphas).shape[1]) | (lengths >= dim)
         nodes, weights = [], []
         for p, n in enumerate(np.asarray(lengths, dtype=np.int64)):
-            theta, vectors = np.linalg.eigh(tridiagonal(alphas[p, :n], betas[p, : n - 1]))
+            theta, weight = _gauss_rule(alphas[p], betas[p], int(n))
             nodes.append(theta)
-            weights.append(vectors[0] ** 2)
+            weights.append(weight)
         return cls(nodes, weights, dim, np.asarray(norms_sq, dtype=np.float64), lengths, alphas, betas,
-                   float(null_weight), run, np.asarray(complete, dtype=bool))
+                   float(null_weight), run, np.asarray(complete, dtype=bool),
+                   spans=None if spans is None else np.asarray(spans, dtype=bool), span_slack=float(span_slack))
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The probes' tridiagonals and flags as named arrays (the cache's layout; :meth:`from_arrays` reads it)."""
+        out = {f"{prefix}_alphas": self.alphas, f"{prefix}_betas": self.betas, f"{prefix}_lengths": self.lengths,
+               f"{prefix}_norms_sq": self.norms_sq, f"{prefix}_null": np.array(self.null_weight),
+               f"{prefix}_complete": self.complete}
+        if self.spans is not None:
+            out[f"{prefix}_spans"] = self.spans
+            out[f"{prefix}_span_slack"] = np.array(self.span_slack)
+        return out
+
+    @classmethod
+    def from_arrays(cls, prefix: str, arrays: dict[str, np.ndarray], dim: int,
+                    null_weight: float | None = None) -> "SLQ":
+        """The SLQ :meth:`to_arrays` wrote (``null_weight`` for entries that kept it elsewhere)."""
+        null = float(arrays[f"{prefix}_null"]) if f"{prefix}_null" in arrays else float(null_weight or 0.0)
+        slack = arrays.get(f"{prefix}_span_slack")
+        return cls.from_tridiagonals(arrays[f"{prefix}_alphas"], arrays[f"{prefix}_betas"],
+                                     arrays[f"{prefix}_lengths"], arrays[f"{prefix}_norms_sq"], dim, null,
+                                     complete=arrays[f"{prefix}_complete"], spans=arrays.get(f"{prefix}_spans"),
+                                     span_slack=0.0 if slack is None else float(slack))
 
     def truncated(self, steps: int) -> "SLQ":
         """The same probes with only their first ``steps`` Lanczos steps (a free convergence check:
         the Gauss rule of m/2 steps against that of m steps)."""
         lengths = np.minimum(self.lengths, steps)
         complete = self.complete & (self.lengths <= steps) if self.complete is not None else None
+        spans = self.spans & (self.lengths <= steps) if self.spans is not None else None
         return SLQ.from_tridiagonals(self.alphas, self.betas, lengths, self.norms_sq, self.dim, self.null_weight,
-                                     complete=complete if complete is not None else np.zeros(len(lengths), bool))
+                                     complete=complete if complete is not None else np.zeros(len(lengths), bool),
+                                     spans=spans, span_slack=self.span_slack)
 
     @classmethod
     def concatenate(cls, runs: list["SLQ"]) -> "SLQ":
         """One SLQ of all probes of several runs on the same operator (more probes, possibly longer ones)."""
         width = max(r.alphas.shape[1] for r in runs)
         first = runs[0]
+        spans = (np.concatenate([r.spans if r.spans is not None else np.zeros(len(r.lengths), bool) for r in runs])
+                 if any(r.spans is not None for r in runs) else None)
         return cls.from_tridiagonals(np.concatenate([pad_columns(r.alphas, width) for r in runs]),
                                      np.concatenate([pad_columns(r.betas, max(width - 1, 0)) for r in runs]),
                                      np.concatenate([r.lengths for r in runs]),
                                      np.concatenate([r.norms_sq for r in runs]), first.dim, first.null_weight,
-                                     complete=np.concatenate([r.complete for r in runs]))
+                                     complete=np.concatenate([r.complete for r in runs]), spans=spans,
+                                     span_slack=max(r.span_slack for r in runs))
 
     def quadrature(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Per-probe estimates of ``z^T f(H) z`` (mean: tr f(H)): ``||z||^2 Σ_j w_j f(θ_j)`` plus the null part."""
@@ -391,11 +445,45 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQ:
     return slq_from_run(lanczos(operator, z, steps), operator.dim)
 
 
-def slq_from_run(run: LanczosRun, dim: int, null_weight: float = 0.0) -> SLQ:
-    """The SLQ of a finished run. A low-memory (three-term) run counts as exact only where it broke down."""
+def _gauss_rule(alphas: np.ndarray, betas: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (ascending) and weights of the Gauss rule of the first ``n`` steps of one tridiagonal."""
+    theta, vectors = np.linalg.eigh(tridiagonal(alphas[:n], betas[: n - 1]))
+    return theta, vectors[0] ** 2
+
+
+SPURIOUS_WEIGHT = 1e-24  # a Ritz value with less weight than this after the space is full is rounding, not spectrum
+
+
+def slq_from_run(run: LanczosRun, dim: int, null_weight: float = 0.0, space_dim: int | None = None,
+                 precision: float | None = None) -> SLQ:
+    """The SLQ of a finished run. A low-memory (three-term) run counts as exact only where it broke down.
+
+    ``space_dim``: the dimension of the space the start vectors were projected on, when they are (projected)
+    Rademacher vectors (``dim`` minus the deflated directions). A full re-orthogonalisation probe whose Krylov
+    space filled it spans it (:meth:`SLQ.spanning_probe`); each of its Ritz values is then an eigenvalue to
+    within ``span_slack`` = sqrt(n) · ``precision`` · ‖T‖ (``precision``: the relative size of an HVP's
+    rounding, the breakdown tolerance of the run; ‖T‖ by Gershgorin)."""
     complete = None if run.reorth == "full" else run.lengths < run.alphas.shape[1]
-    return SLQ.from_tridiagonals(run.alphas, run.betas, run.lengths, run.norms**2, dim, null_weight, run,
-                                 complete=complete)
+    slq = SLQ.from_tridiagonals(run.alphas, run.betas, run.lengths, run.norms**2, dim, null_weight, run,
+                                complete=complete)
+    if space_dim is None or run.reorth != "full":
+        return slq
+    lengths, invariant = np.asarray(run.lengths), np.asarray(run.lengths) < run.alphas.shape[1]
+    spans = np.array([(n == space_dim or (n > space_dim and stopped))
+                      and int(np.sum(w < SPURIOUS_WEIGHT)) == n - space_dim
+                      for n, stopped, w in zip(lengths, invariant, slq.weights)], dtype=bool)
+    slack = 0.0
+    if spans.any():
+        betas = np.abs(pad_columns(run.betas, run.alphas.shape[1]))
+        gershgorin = np.abs(run.alphas) + betas + np.pad(betas[:, :-1], ((0, 0), (1, 0)))
+        slack = math.sqrt(space_dim) * float(precision or 0.0) * float(gershgorin.max())
+    return replace(slq, spans=spans, span_slack=slack)
+
+
+def hvp_precision(operator) -> float:
+    """The relative size below which a Lanczos residual counts as zero for ``operator``'s HVPs (its default
+    breakdown tolerance: 100 eps in float64, 1,000 eps in float32)."""
+    return _breakdown_tol(operator, None)
 
 
 @dataclass(frozen=True)

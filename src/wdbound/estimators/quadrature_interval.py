@@ -162,6 +162,27 @@ def _cells(run, probe: int, support: tuple[float, float]) -> tuple[np.ndarray, n
     return left, right
 
 
+def spanned_interval(run, f: PiecewiseMonotone) -> Interval | None:
+    """``tr f(H)`` when a probe's Krylov space is the whole deflated space (:meth:`SLQ.spanning_probe`), else
+    None. Its Ritz values are then every eigenvalue of the deflated operator, each within ``run.span_slack`` of
+    one: the estimate is ``Σ_j f(θ_j) + null_weight · f(0)`` and the interval takes each term's extremes over
+    ``[θ_j − slack, θ_j + slack]``. No probe error: the trace is read off the eigenvalues, not sampled.
+
+    >>> import numpy as np
+    >>> from wdbound.estimators.lanczos import SLQ
+    >>> run = SLQ.from_tridiagonals(np.array([[1.0, 3.0]]), np.array([[1.0]]), np.array([2]), np.array([2.0]), 3,
+    ...                             null_weight=1.0, spans=np.array([True]))
+    >>> spanned_interval(run, PiecewiseMonotone(lambda t: t + 1.0, breakpoints=())).estimate  # (4 + 1) + 2 + 1
+    8.0
+    """
+    eigenvalues = run.spanned_eigenvalues()
+    if eigenvalues is None:
+        return None
+    null = run.null_weight * float(f(np.zeros(1))[0]) if run.null_weight else 0.0
+    fmin, fmax = f.extremes(eigenvalues - run.span_slack, eigenvalues + run.span_slack)
+    return Interval(float(np.sum(f(eigenvalues))) + null, float(np.sum(fmin)) + null, float(np.sum(fmax)) + null)
+
+
 def probe_variance_bound(run, f: PiecewiseMonotone, support: tuple[float, float], shift_directions: int = 0) -> float:
     r"""An upper bound on the variance of one probe's ``z^T f(H) z`` for (deflated) Rademacher probes.
 
@@ -200,6 +221,8 @@ def bounded_stderr(run, f: PiecewiseMonotone, support: tuple[float, float],
     probes = len(run.nodes)
     if shift_directions is None or probes >= SAMPLE_STDERR_MIN_PROBES:
         return None
+    if run.spanning_probe() is not None:
+        return 0.0
     return math.sqrt(probe_variance_bound(run, f, support, shift_directions) / probes)
 
 
@@ -212,8 +235,12 @@ def trace_interval(run, f: PiecewiseMonotone, support: tuple[float, float],
     logit-shift directions the probes were projected off; with fewer than ``SAMPLE_STDERR_MIN_PROBES`` probes
     the stderr is then :func:`bounded_stderr` (or ``stderr``, when the caller computed it already), else the
     probes' spread. A stderr of zero spread (all probes equal) adds nothing; one probe without the bound gives
-    an infinite interval.
+    an infinite interval. Deflated Rademacher probes of which one spans the whole deflated space give the
+    trace from its Ritz values (:func:`spanned_interval`).
     """
+    spanned = spanned_interval(run, f) if shift_directions is not None else None
+    if spanned is not None:
+        return spanned
     estimate = float(np.mean(run.quadrature(f)))
     lower, upper = probe_brackets(run, f, support)
     low_mean, low_se = mean_stderr(lower, math.inf)
