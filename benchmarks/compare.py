@@ -137,6 +137,23 @@ def digits32(split: str) -> ArrayDataset:
     return ArrayDataset(images.repeat(1, 3, 1, 1).contiguous(), data.labels)
 
 
+def fit_adamw(model: nn.Module, train: ArrayDataset, epochs: int, lr: float = 1e-3, wd: float = 5e-4,
+              batch: int = 64) -> nn.Module:
+    """Train ``model`` in place with torch's AdamW on shuffled minibatches (shuffle seeded 0); returns it in
+    eval mode."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(train.images[rows]), train.labels[rows]).backward()
+            optimizer.step()
+    return model.eval()
+
+
 def trained_resnet18(cache: Path | None, epochs: int = 4) -> nn.Module:
     """ResNet-18 (CIFAR stem) trained with AdamW (lr 1e-3, wd 5e-4, batch 64, seed 0) on digits32's train split:
     a trained checkpoint of the architecture researchers bring, built here since no weights can be downloaded.
@@ -147,17 +164,7 @@ def trained_resnet18(cache: Path | None, epochs: int = 4) -> nn.Module:
     if path is not None and path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    train = digits32("train")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(order), 64):
-            batch = order[start:start + 64]
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(train.images[batch]), train.labels[batch]).backward()
-            optimizer.step()
+    fit_adamw(model, digits32("train"), epochs)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)

@@ -32,6 +32,7 @@ def write_cifar_bin(folder: Path, split: str, images: torch.Tensor, labels: torc
 
 
 def main() -> None:
+    from compare import fit_adamw  # benchmarks/ is the script's folder
     from wdbound import save_checkpoint
     from wdbound.data import load_dataset
     from wdbound.models import build_model
@@ -49,19 +50,8 @@ def main() -> None:
     train = load_dataset(f"cifar10:{args.out / 'digits32'}", "train")
     test = load_dataset(f"cifar10:{args.out / 'digits32'}", "test")
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=10)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
-    generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    for _ in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        for first in range(0, len(order), 64):
-            batch = order[first:first + 64]
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(train.images[batch]), train.labels[batch]).backward()
-            optimizer.step()
-    model.eval()
+    model = fit_adamw(build_model("resnet18", num_classes=10), train, args.epochs)
     with torch.no_grad():
         acc = float((model(test.images).argmax(1) == test.labels).float().mean())
     path = save_checkpoint(args.out / "resnet18-digits32-adamw.pt", model, arch="resnet18",
