@@ -172,8 +172,9 @@ def spanned_interval(run, f: PiecewiseMonotone) -> Interval | None:
     >>> from wdbound.estimators.lanczos import SLQ
     >>> run = SLQ.from_tridiagonals(np.array([[1.0, 3.0]]), np.array([[1.0]]), np.array([2]), np.array([2.0]), 3,
     ...                             null_weight=1.0, spans=np.array([True]))
-    >>> spanned_interval(run, PiecewiseMonotone(lambda t: t + 1.0, breakpoints=())).estimate  # (4 + 1) + 2 + 1
-    8.0
+    >>> interval = spanned_interval(run, PiecewiseMonotone(lambda t: t + 1.0, breakpoints=()))
+    >>> round(interval.estimate, 12)  # Σ (θ_j + 1) = tr T + 2 = 6, plus the null dimension's f(0) = 1
+    7.0
     """
     eigenvalues = run.spanned_eigenvalues()
     if eigenvalues is None:
