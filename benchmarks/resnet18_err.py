@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 
-def write_cifar_bin(folder: Path, split: str, images: torch.Tensor, labels: torch.Tensor, parts: int) -> None:
-    """Images in [0, 1] ``[N, 3, 32, 32]`` as CIFAR-10 binary records (label byte + 3072 pixel bytes)."""
+def write_cifar_bin(folder: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Images in [0, 1] ``[N, 3, 32, 32]`` as CIFAR-10 binary records (label byte + 3072 pixel bytes): the train
+    split over the five ``data_batch_*.bin`` files, the test split in ``test_batch.bin``."""
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).reshape(len(images), -1).numpy()
     records = np.concatenate([labels.numpy().astype(np.uint8)[:, None], pixels], axis=1)
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
@@ -46,7 +47,7 @@ def main() -> None:
     for split in ("train", "test"):
         digits = load_dataset("digits", split)
         images = nn.functional.interpolate(digits.images, size=32, mode="bilinear", align_corners=False)
-        write_cifar_bin(data_dir, split, images.repeat(1, 3, 1, 1), digits.labels, 5)
+        write_cifar_bin(data_dir, split, images.repeat(1, 3, 1, 1), digits.labels)
     train = load_dataset(f"cifar10:{args.out / 'digits32'}", "train")
     test = load_dataset(f"cifar10:{args.out / 'digits32'}", "test")
     torch.manual_seed(0)

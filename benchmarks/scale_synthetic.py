@@ -8,7 +8,8 @@ from the dense Hessian of ``--checkpoint``), and shapes read off published ResNe
 unless ``--full-operator`` (then every HVP applies ``Q`` and ``Qᵀ``: ~100x slower at d = 10^6, same figures up
 to rounding). The zoo's exact null directions (zero rows and logit shift: its eigenvalues below 1e-12 · λmax)
 are deflated as ``wdbound`` deflates them on a real model: probes projected off them, counted as exact zeros
-(``--no-deflate`` rotates them into the bulk instead, as the first measurements did). Runs whose whole basis exceeds ``--full-basis`` bytes use the three-term (low-memory) recurrence,
+(``--no-deflate`` rotates them into the bulk instead, as the first measurements did). Runs whose whole basis
+exceeds ``--full-basis`` bytes use the three-term (low-memory) recurrence,
 as the tool's memory plan does.
 
 Each Table I cell evaluates its own form: the AdamW form with the AdamW checkpoint's inputs (eta, lambda, b, rho)

@@ -296,8 +296,8 @@ def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets
         def draw(count: int) -> torch.Tensor:
             return deflation.project(rademacher(count, dim, generator, live.operator.dtype, live.operator.device))
 
-        fresh = slq_from_run(run_lanczos(deflation.operator(live.operator), draw, probes, new_steps, live.memory), dim,
-                             null_weight=nulls, space_dim=dim - nulls,
+        run = run_lanczos(deflation.operator(live.operator), draw, probes, new_steps, live.memory)
+        fresh = slq_from_run(run, dim, null_weight=nulls, space_dim=dim - nulls,
                              precision=hvp_precision(live.operator))
         slq = fresh if longer else SLQ.concatenate([slq, fresh])
         probes, steps, spent = len(slq.nodes), new_steps, spent + cost

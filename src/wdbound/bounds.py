@@ -156,8 +156,8 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     SAMPLE_STDERR_MIN_PROBES probes with ``support``: from the variance bound, as in the interval).
     With the spectrum's ends ``support`` = (L, R), also the interval of err/d; its probe part for the deflated
     Rademacher probes of the density run (``shift_directions`` logit-shift directions projected off; None: use
-    only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s. A probe whose Krylov space is the
-    whole deflated space gives err from all the eigenvalues, with no probe error
+    only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s. A probe
+    whose Krylov space is the whole deflated space gives err from all the eigenvalues, with no probe error
     (:func:`~wdbound.estimators.quadrature_interval.spanned_interval`)."""
     f = corollary3_integrand(form, p)
     spanned = spanned_interval(density, f) if shift_directions is not None else None

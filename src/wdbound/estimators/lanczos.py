@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -336,13 +337,20 @@ class SLQ:
         return int(np.flatnonzero(self.spans)[0])
 
     def spanned_eigenvalues(self) -> np.ndarray | None:
-        """Every eigenvalue of the deflated operator (ascending), from a :meth:`spanning_probe`'s own
-        tridiagonal without its weightless Ritz values; None without one."""
+        """Every eigenvalue of the deflated operator (ascending), from a :meth:`spanning_probe`'s own Gauss
+        rule without its weightless Ritz values; None without one. Computed once per SLQ (err's estimate,
+        interval and mass below the floor all read it)."""
+        return self._spanned
+
+    @cached_property
+    def _spanned(self) -> np.ndarray | None:
         p = self.spanning_probe()
         if p is None:
             return None
-        theta, weights = _gauss_rule(self.alphas[p], self.betas[p], int(self.lengths[p]))
-        extra = int(self.lengths[p]) - int(round(self.dim - self.null_weight))
+        n = int(self.lengths[p])
+        theta, weights = ((self.nodes[p], self.weights[p]) if self.rule == "probe"  # the union rule replaced them
+                          else _gauss_rule(self.alphas[p], self.betas[p], n))
+        extra = n - int(round(self.dim - self.null_weight))
         return np.sort(theta[np.argsort(weights, kind="stable")[extra:]])
 
     def exact_probe(self, probe: int) -> bool:
