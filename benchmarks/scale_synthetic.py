@@ -37,8 +37,10 @@ from wdbound.analysis import analyse, bound_inputs
 from wdbound.bounds import BoundInputs, corollary3_exact, corollary3_from_slq
 from wdbound.cache import Cache
 from wdbound.estimators.hutchinson import rademacher
-from wdbound.estimators.lanczos import (LanczosMemory, hvp_precision, run_lanczos, slq_from_run,
-                                       spectral_support)
+from wdbound.curvature import ProjectedOperator
+from wdbound.estimators.lanczos import (LanczosMemory, RitzDeflation, hvp_precision, run_lanczos, slq_from_run,
+                                       spectral_support, top_eigenvalues)
+from wdbound.memory import RESTART_TOP
 from wdbound.spectrum import SpectrumSettings
 from wdbound.synthetic import KnownSpectrumOperator, published_spectrum, repeated_spectrum
 
@@ -80,23 +82,34 @@ def split_null(eigenvalues: np.ndarray, null: int) -> np.ndarray:
 
 
 def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: int, steps: int, seed: int,
-               full_operator: bool, full_basis: float, null: int = 0) -> list[dict]:
+               full_operator: bool, full_basis: float, null: int = 0, top_k: int = 0) -> list[dict]:
     """One SLQ run on ``Qᵀ diag(eigenvalues) Q`` with ``null`` more dimensions deflated as exact zeros (the
-    probes projected off them, as the tool does with zero rows and the logit shift)."""
+    probes projected off them, as the tool does with zero rows and the logit shift).
+
+    ``top_k`` > 0: first the tool's top-eigenvalue run (thick restart, as the low-memory plan runs it), which
+    also gives the support's top end; a three-term density run then has its converged Ritz vectors projected off
+    (``RitzDeflation``, as ``wdbound`` does). Its HVPs are counted."""
     operator = KnownSpectrumOperator(eigenvalues, seed=seed)
     dim = len(eigenvalues) + null
     target = operator if full_operator else RotatedStarts(operator)
     generator = torch.Generator().manual_seed(1000 + seed)
+    memory = LanczosMemory(full_basis_bytes=full_basis)
+    low_memory = not memory.full(probes, steps, dim)
+    start = time.perf_counter()
+    top = (top_eigenvalues(target, top_k, torch.Generator().manual_seed(seed), restart=max(RESTART_TOP, top_k + 10))
+           if top_k else None)
+    ritz = (RitzDeflation.from_top(top, precision=hvp_precision(operator)) if top is not None and low_memory
+            else None)
+    density_operator = ProjectedOperator(target, ritz.project) if ritz is not None else target
 
     def draw(count: int) -> torch.Tensor:
         z = rademacher(count, operator.dim, generator, torch.float64)
-        return z if full_operator else target.start(z)
+        z = z if full_operator else target.start(z)
+        return ritz.project(z) if ritz is not None else z
 
-    start = time.perf_counter()
-    memory = LanczosMemory(full_basis_bytes=full_basis)
-    slq = slq_from_run(run_lanczos(target, draw, probes, min(steps, operator.dim), memory), dim, null_weight=null,
-                       space_dim=operator.dim, precision=hvp_precision(operator))
-    support = spectral_support(target, torch.Generator().manual_seed(seed))
+    slq = slq_from_run(run_lanczos(density_operator, draw, probes, min(steps, operator.dim), memory), dim,
+                       null_weight=null, space_dim=operator.dim, precision=hvp_precision(operator), ritz=ritz)
+    support = spectral_support(target, torch.Generator().manual_seed(seed), top)
     seconds = time.perf_counter() - start
     rows = []
     for form, inputs in forms.items():
@@ -107,7 +120,8 @@ def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: i
         rows.append({"form": form, "estimate": cor.err_mean, "interval": interval.to_json(), "exact": exact,
                      "covered": interval.contains(exact), "relative_half_width": interval.half_width / abs(exact),
                      "estimate_error": (cor.err_mean - exact) / exact, "hvps": target.matvecs,
-                     "lanczos": "full" if memory.full(probes, steps, dim) else "low-memory", "seconds": seconds})
+                     "lanczos": "low-memory" if low_memory else "full", "top_k": top_k,
+                     "ritz_deflated": ritz.count if ritz is not None else 0, "seconds": seconds})
     return rows
 
 
@@ -121,6 +135,8 @@ def main() -> None:
     parser.add_argument("--l2-checkpoint", type=Path, default=Path("checkpoints/digits-cnn-l2-adam-e40.pt"))
     parser.add_argument("--full-operator", action="store_true", help="apply Q and Qᵀ in every HVP")
     parser.add_argument("--full-basis", type=float, default=2e9, help="bytes of a whole Lanczos basis")
+    parser.add_argument("--top-k", default="0", help="comma list: top-eigenvalue runs of this k before each density "
+                        "run (0: none, the ends' own runs); a three-term run deflates their converged Ritz vectors")
     parser.add_argument("--no-deflate", action="store_true",
                         help="rotate the zoo's exact null directions into the bulk instead of deflating them as "
                              "the tool does on a real model (the setting of the first measurements: harder than "
@@ -143,22 +159,24 @@ def main() -> None:
             null = round(dim * zoo_null / len(zoo_eigenvalues)) if kind == "zoo" else 0
             eigenvalues = (repeated_spectrum(zoo_bulk, dim - null) if kind == "zoo"
                            else published_spectrum(kind, dim))
-            for name in budgets:
+            for name, top_k in ((b, int(k)) for b in budgets for k in args.top_k.split(",")):
                 probes, steps = BUDGETS[name]
                 group = []
                 for seed in range(args.seeds):
                     for row in run_budget(eigenvalues, forms, probes, steps, seed, args.full_operator,
-                                          args.full_basis, null):
+                                          args.full_basis, null, top_k):
                         row.update(spectrum=kind, d=dim, budget=name, seed=seed)
                         group.append(row)
                         lo, hi = row["interval"]
-                        print(f"| {kind} | {dim} | {name} | {seed} | {row['form']} | {row['hvps']} | "
+                        print(f"| {kind} | {dim} | {name} top-k {top_k} ({row['ritz_deflated']} deflated) | {seed} | "
+                              f"{row['form']} | {row['hvps']} | "
                               f"{row['estimate']:.4f} [{lo:.4f}, {hi:.4f}] | {row['exact']:.4f} | "
                               f"{'yes' if row['covered'] else 'NO'} | {100 * row['relative_half_width']:.2f}% |",
                               flush=True)
                 for form in forms:
                     rows = [r for r in group if r["form"] == form]
-                    print(f"summary {kind} d={dim} {name} {form}: HVPs {rows[0]['hvps']}, coverage "
+                    print(f"summary {kind} d={dim} {name} top-k {top_k} {rows[0]['lanczos']} {form}: HVPs "
+                          f"{rows[0]['hvps']}, coverage "
                           f"{sum(r['covered'] for r in rows)}/{len(rows)}, median half-width "
                           f"{100 * statistics.median(r['relative_half_width'] for r in rows):.2f}%, median |estimate "
                           f"error| {100 * statistics.median(abs(r['estimate_error']) for r in rows):.2f}%", flush=True)

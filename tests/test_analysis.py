@@ -119,6 +119,29 @@ def test_slq_whose_krylov_space_fills_the_deflated_space_is_exact(tiny):
         assert low <= value <= high and (high - low) / 2 > 1e-4 * value
 
 
+def test_low_memory_density_run_projects_off_the_top_ritz_vectors_and_covers(tiny):
+    """--lanczos low-memory: the three-term density run has the top-k run's kept Ritz vectors projected off and
+    their values added back as atoms (no extra HVP). On a real MLP, both forms' err/d intervals still cover the
+    dense-Hessian values, and the trace, taken from plain probes of its own, stays unbiased."""
+    inputs = bound_inputs(tiny, rho=None, tau=0.05, sigma_floor=1e-6)
+    exact = evaluate(tiny, SpectrumSettings(**{**SETTINGS.__dict__, "exact": True}), inputs, ["adamw", "l2-adam"],
+                     theorem=False)
+    low = evaluate(tiny, SpectrumSettings(**{**SETTINGS.__dict__, "lanczos": "low-memory", "trace": "hutchinson",
+                                             "diag_probes": 0}),
+                   inputs, ["adamw", "l2-adam"], theorem=False)
+    spectrum = low.analysis.spectrum
+    assert spectrum.provenance["lanczos"] == "local"
+    assert spectrum.slq.atom_count >= SETTINGS.top_k and spectrum.deflation["top_ritz"] == spectrum.slq.atom_count
+    top = np.sort(exact.analysis.spectrum.exact_eigenvalues)[::-1][:SETTINGS.top_k]
+    np.testing.assert_allclose(spectrum.slq.atoms[:SETTINGS.top_k], top, rtol=1e-6)
+    for form in ("adamw", "l2-adam"):
+        low_, high = low.figures[form].interval
+        assert low_ <= exact.figures[form].err_mean <= high, (form, low.figures[form].interval)
+    trace = spectrum.trace
+    assert trace.samples.shape[0] == SETTINGS.probes  # as many plain probes as the SLQ had
+    assert abs(trace.estimate - float(exact.analysis.spectrum.exact_eigenvalues.sum())) <= 4 * trace.stderr + 1e-9
+
+
 def test_evaluate_without_theorem_and_sweeps_need_no_new_hvps(tiny):
     inputs = bound_inputs(tiny, rho=0.1, tau=0.05, sigma_floor=1e-6)
     evaluation = evaluate(tiny, SETTINGS, inputs, ["adamw"], theorem=False)

@@ -284,22 +284,26 @@ def _refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets
     if hit is not None:
         return hit
     generator = torch.Generator().manual_seed(_derived_seed(settings.seed, "refine", settings.rtol))
-    deflation = Deflation.from_json(spectrum.deflation, live.zero_mask())
+    # The density run's own deflation (with its top Ritz vectors, if it had them); from a cache only the null
+    # directions are known, and fresh runs without the Ritz vectors cannot be pooled with probes that had them.
+    deflation = spectrum.extra.get("deflation") or Deflation.from_json(spectrum.deflation, live.zero_mask())
+    pool = deflation.ritz is not None or not slq.atom_count
     dim, nulls = spectrum.d, deflation.null_count
     probes, steps, spent, status = settings.probes, settings.steps, 0, "cap"
     while True:
         longer = worst[1] >= worst[2] and steps < dim - nulls
         new_steps = min(2 * steps, dim) if longer else steps
-        cost = probes * new_steps  # longer: every probe again with more steps; else as many new probes
+        count = probes if longer or pool else 2 * probes  # more probes: pooled with the old, or all afresh
+        cost = count * new_steps  # longer: every probe again with more steps; else as many new probes
         if spent + cost > settings.refine_cap():
             break
         def draw(count: int) -> torch.Tensor:
             return deflation.project(rademacher(count, dim, generator, live.operator.dtype, live.operator.device))
 
-        run = run_lanczos(deflation.operator(live.operator), draw, probes, new_steps, live.memory)
+        run = run_lanczos(deflation.operator(live.operator), draw, count, new_steps, live.memory)
         fresh = slq_from_run(run, dim, null_weight=nulls, space_dim=dim - nulls,
-                             precision=hvp_precision(live.operator))
-        slq = fresh if longer else SLQ.concatenate([slq, fresh])
+                             precision=hvp_precision(live.operator), ritz=deflation.ritz)
+        slq = fresh if longer or not pool else SLQ.concatenate([slq, fresh])
         probes, steps, spent = len(slq.nodes), new_steps, spent + cost
         worst = _worst(slq, support, targets, spectrum.shift_directions)
         if worst[0] <= settings.rtol:

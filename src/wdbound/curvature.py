@@ -116,10 +116,12 @@ class ScaledOperator:
 
 
 class ProjectedOperator:
-    """``P H`` for a projection ``P`` onto the complement of exact null directions of ``H`` (``project``: a
-    :meth:`Deflation.project`). ``HP = PH = H``, so this is ``H`` itself; projecting each product keeps the
-    rounding noise of an HVP out of the null space, so a Lanczos run stays in the range of ``P`` and breaks
-    down exactly when its Krylov space fills it. One matvec of the wrapped operator per matvec.
+    """``P H`` for an orthogonal projection ``P`` (``project``: a :meth:`Deflation.project`). Onto the complement
+    of exact null directions of ``H``, ``HP = PH = H``, so this is ``H`` itself; projecting each product keeps
+    the rounding noise of an HVP out of the null space, so a Lanczos run stays in the range of ``P`` and breaks
+    down exactly when its Krylov space fills it. When ``P`` also removes top Ritz vectors, a run from a start in
+    its range sees the compression ``PHP`` (:class:`~wdbound.estimators.lanczos.RitzDeflation`). One matvec of
+    the wrapped operator per matvec.
 
     >>> keep = lambda v: v * torch.tensor([1.0, 0.0], dtype=torch.float64)
     >>> op = ProjectedOperator(DenseOperator(torch.tensor([[2.0, 1e-17], [1e-17, 0.0]], dtype=torch.float64)), keep)
@@ -716,11 +718,22 @@ class Deflation:
     ``project(Z)`` removes both from probes ``Z [k, d]``; ``null_count`` is their number (their weight in
     every SLQ quadrature, f(0) each). A Rademacher probe keeps ``E[z' ⊙ Hz'] = diag(H)`` and
     ``E[z'ᵀHz'] = tr(H)`` after the projection P, because HP = PH = H.
+
+    ``ritz`` (:meth:`with_ritz`, a :class:`~wdbound.estimators.lanczos.RitzDeflation`): top Ritz vectors
+    projected off as well, for a low-memory SLQ run. They are not null directions: ``H`` does not commute with
+    their projection, so the probes' ``z' ⊙ Hz'`` no longer estimate the diagonal (the spectrum then takes it
+    from probes of its own), and the SLQ adds their Ritz values back as atoms with a bounded slack.
     """
 
-    def __init__(self, zero_mask: torch.Tensor, blocks: list[tuple[int, int, int, list[int]]] | None = None) -> None:
+    def __init__(self, zero_mask: torch.Tensor, blocks: list[tuple[int, int, int, list[int]]] | None = None,
+                 ritz=None) -> None:
         self.zero_mask = zero_mask
         self.blocks = blocks or []  # (offset, classes C, width h, kept columns) of the head's weight / bias
+        self.ritz = ritz
+
+    def with_ritz(self, ritz) -> "Deflation":
+        """The same null directions, and the top Ritz vectors of ``ritz`` (None: none)."""
+        return Deflation(self.zero_mask, self.blocks, ritz)
 
     @property
     def shift_directions(self) -> int:
@@ -733,7 +746,14 @@ class Deflation:
         return float(self.zero_mask.sum()) + self.shift_directions
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``P Z``: zero rows set to 0, each kept head column centred over the classes. ``[k, d] -> [k, d]``."""
+        """``P Z``: zero rows set to 0, each kept head column centred over the classes, then the top Ritz
+        vectors (if any; they lie in the range of the null projection, so the two commute) removed.
+        ``[k, d] -> [k, d]``."""
+        out = self.project_null(vectors)
+        return self.ritz.project(out) if self.ritz is not None else out
+
+    def project_null(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``P Z`` for the exact null directions only."""
         out = vectors * ~self.zero_mask
         for offset, classes, width, columns in self.blocks:
             block = out[:, offset:offset + classes * width].reshape(out.shape[0], classes, width)
@@ -744,12 +764,13 @@ class Deflation:
     def operator(self, operator: Operator) -> "Operator":
         """``operator`` with its products projected (:class:`ProjectedOperator`), or itself when nothing is
         deflated: what the SLQ runs on deflated probes use."""
-        return ProjectedOperator(operator, self.project) if self.null_count else operator
+        return ProjectedOperator(operator, self.project) if self.null_count or self.ritz is not None else operator
 
     def to_json(self) -> dict:
         """The counts for the cache and the provenance."""
         return {"zero_rows": int(self.zero_mask.sum()), "logit_shift": self.shift_directions,
-                "shift_blocks": [[o, c, w, cols] for o, c, w, cols in self.blocks]}
+                "shift_blocks": [[o, c, w, cols] for o, c, w, cols in self.blocks],
+                "top_ritz": self.ritz.count if self.ritz is not None else 0}
 
     @classmethod
     def from_json(cls, data: dict | None, zero_mask: torch.Tensor) -> "Deflation":

@@ -439,11 +439,14 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
                                "lanczos auto or low-memory, or a larger memory budget", "memory")
         return plan
     restart = max(RESTART_TOP, top_k + 10)
+    # The density run projects off the Ritz vectors of the top-k run's kept basis (RitzDeflation): one float64
+    # copy beside the basis, two while the null-space projection makes it.
+    ritz = 2 * restart * dim * vec
     chunk = hvp_chunk
     while True:
         block = min(probes, probe_chunk)
         while block >= 1:
-            top = restart * dim * vec + trace(block)
+            top = restart * dim * vec + ritz + trace(block)
             lanczos = 4 * block * dim * vec
             plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk), activations(block, chunk),
                               lanczos,

@@ -36,8 +36,8 @@ from .errors import WdboundError
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
-from .estimators.lanczos import (LanczosMemory, LanczosRun, Support, hvp_precision, lanczos, run_lanczos,
-                                 slq_from_run, spectral_support)
+from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Support, hvp_precision, lanczos,
+                                 run_lanczos, slq_from_run, spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes,
@@ -304,19 +304,26 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     ``memory`` (from the memory plan) decides between the whole basis and the low-memory recurrence.
     ``ends=False`` skips the ends (at most 150 HVPs; only the quadrature intervals of ``err`` need them):
     the support is then None.
+
+    When the memory plan runs the density with the three-term recurrence, the converged top Ritz vectors of
+    ``top``'s run are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP): the returned
+    deflation carries them (its probes then do not estimate the diagonal).
     """
     support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
                                 restart=memory.ends_restart if memory is not None else None) if ends else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
+    if memory is not None and not memory.full(probes, steps, operator.dim):
+        deflation = deflation.with_ritz(RitzDeflation.from_top(top, deflation.project_null,
+                                                               precision=hvp_precision(operator)))
 
     def draw(count: int) -> torch.Tensor:
         return deflation.project(rademacher(count, operator.dim, generator, operator.dtype, operator.device))
 
     run = run_lanczos(deflation.operator(operator), draw, probes, steps, memory)
     return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count,
-                             space_dim=operator.dim - deflation.null_count, precision=hvp_precision(operator)), \
-        support, deflation
+                             space_dim=operator.dim - deflation.null_count, precision=hvp_precision(operator),
+                             ritz=deflation.ritz), support, deflation
 
 
 @dataclass(frozen=True)
@@ -695,12 +702,15 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
                                                             settings.seed, generator, top, memory, ends=settings.ends)
         span = top.span
     null = deflation.zero_mask
-    products = run.products if run.products is not None else (run.starts, run.first_products)
+    # Probes projected off top Ritz vectors do not estimate the diagonal (Deflation): as many plain probes instead.
+    products = (None if deflation.ritz is not None else
+                run.products if run.products is not None else (run.starts, run.first_products))
     if exact_ev is not None:
         trace = TraceEstimate(float(exact_diag.sum()), 0.0, np.array([exact_diag.sum()]), "exact")
         diagonal = DiagonalEstimate(exact_diag, np.zeros_like(exact_diag), 0)
-    elif settings.diag_probes:
-        trace, diagonal = hutchinson(operator, settings.diag_probes, generator, extra=products)
+    elif settings.diag_probes or products is None:
+        trace, diagonal = hutchinson(operator, settings.diag_probes + (settings.probes if products is None else 0),
+                                     generator, extra=products)
     elif run.products is not None:
         trace, diagonal = run.products.estimates()
     else:
@@ -739,7 +749,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
                     provenance, exact_ev, exact_diag, null.nonzero().squeeze(1).cpu().numpy().astype(np.int64),
                     support, deflation.to_json(),
                     extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null,
-                           "plan": plan})
+                           "plan": plan, "deflation": deflation})
 
 
 def exact_top(eigenvalues: np.ndarray, k: int) -> TopEigen:
@@ -766,15 +776,17 @@ def exact_support(eigenvalues: np.ndarray) -> Support:
 
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs :func:`estimate_spectrum` spends (for the progress bar): top-k (at most
-    300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes, the extra
-    diagonal probes, the deflated trace's (at most TRACE_MAX_PROBES probes, and a top-k run of at least
-    TRACE_SPAN_STEPS), and d unit vectors for an exact
-    diagonal or dense Hessian."""
+    300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes (and as many
+    plain probes for the trace when a low-memory run's cannot serve it), the extra diagonal probes, the deflated
+    trace's (at most TRACE_MAX_PROBES probes, and a top-k run of at least TRACE_SPAN_STEPS), and d unit vectors
+    for an exact diagonal or dense Hessian."""
     settings = settings.for_dim(dim)
     if settings.exact:  # the dense Hessian gives the top-k, the ends, the trace and the diagonal
         return dim + 5 + settings.probes * min(settings.steps, dim)
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
-    return ((0 if single else min(300, dim)) + (150 if settings.ends else 0) + 5
+    # A low-memory density run with top Ritz vectors projected off leaves its probes to the SLQ: the trace and
+    # the diagonal then take as many plain probes (counted whatever the plan; only an upper estimate here).
+    return ((0 if single else min(300, dim) + settings.probes) + (150 if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes
             + (max(settings.trace_probes, defaults.TRACE_MAX_PROBES) + (0 if single else defaults.TRACE_SPAN_STEPS)
                if settings.trace == "deflated" else 0)

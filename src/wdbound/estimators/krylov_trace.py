@@ -49,11 +49,17 @@ class KrylovSpan:
     union of several Lanczos bases, :mod:`~wdbound.estimators.union_ritz`), and it is never formed. Such a
     ``basis`` may also be [k, m, d], k blocks of m rows read in place (the Lanczos run's own storage: no
     copy of the k·m·d floats); its rows are then the blocks' rows in order.
+
+    ``projected`` [n, n] is ``UHUᵀ`` when the span is one Lanczos run's basis, and ``residual`` that run's last
+    β: ``HUᵀ = UᵀT + β q e_nᵀ``, so the Ritz pair of eigenvector y of T has residual norm ``β |y_n|``
+    (:class:`~wdbound.estimators.lanczos.RitzDeflation`); None otherwise.
     """
 
     basis: torch.Tensor
     trace: float
     mix: torch.Tensor | None = None
+    projected: np.ndarray | None = None
+    residual: float | None = None
 
     @property
     def rank(self) -> int:

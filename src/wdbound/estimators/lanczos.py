@@ -298,6 +298,11 @@ class SLQ:
     ``wdbound.curvature.zero_rows``): it contributes ``null_weight * f(0)`` to
     every quadrature and an atom at 0 of mass ``null_weight / dim`` to the
     measure. Zero when nothing was deflated.
+
+    ``atoms`` are the Ritz values of top Ritz vectors the probes and products were projected off
+    (:class:`RitzDeflation`; ``atom_rounding`` the rounding allowed on each): each adds ``f(θ_i)`` to every quadrature
+    and an atom of mass ``1 / dim`` to the measure; the intervals widen by
+    :func:`~wdbound.estimators.quadrature_interval.atom_slack`. None when none were.
     """
 
     nodes: list[np.ndarray]  # k arrays of <= m Ritz values, ascending
@@ -313,6 +318,22 @@ class SLQ:
     rule: str = "probe"  # "probe": each probe's own Gauss rule; "union": shared nodes of the union of the spaces
     spans: np.ndarray | None = None  # [k] bool: the probe's Krylov space is the whole deflated space (see below)
     span_slack: float = 0.0  # absolute error allowed on each Ritz value of a spanning probe (the HVPs' precision)
+    atoms: np.ndarray | None = None  # Ritz values of deflated top Ritz vectors (RitzDeflation), or None
+    atom_rounding: np.ndarray | None = None  # the rounding allowed on each (RitzDeflation.rounding)
+
+    @property
+    def atom_count(self) -> int:
+        """How many top Ritz vectors were deflated (0: none)."""
+        return 0 if self.atoms is None else int(len(self.atoms))
+
+    def atom_part(self, f: Callable[[np.ndarray], np.ndarray]) -> float:
+        """``Σ_i f(θ_i)`` over the deflated top Ritz values (0 without them)."""
+        return float(np.sum(f(self.atoms))) if self.atom_count else 0.0
+
+    @property
+    def space_dim(self) -> float:
+        """The dimension of the space the probes live in: ``dim`` minus the deflated null and top directions."""
+        return float(self.dim) - float(self.null_weight) - self.atom_count
 
     def with_union_rule(self, nodes: np.ndarray, weights: np.ndarray) -> "SLQ":
         """The same probes with the union quadrature (:mod:`~wdbound.estimators.union_ritz`): every probe
@@ -350,7 +371,7 @@ class SLQ:
         n = int(self.lengths[p])
         theta, weights = ((self.nodes[p], self.weights[p]) if self.rule == "probe"  # the union rule replaced them
                           else _gauss_rule(self.alphas[p], self.betas[p], n))
-        extra = n - int(round(self.dim - self.null_weight))
+        extra = n - int(round(self.space_dim))
         return np.sort(theta[np.argsort(weights, kind="stable")[extra:]])
 
     def exact_probe(self, probe: int) -> bool:
@@ -361,7 +382,8 @@ class SLQ:
     def from_tridiagonals(cls, alphas: np.ndarray, betas: np.ndarray, lengths: np.ndarray, norms_sq: np.ndarray,
                           dim: int, null_weight: float = 0.0, run: LanczosRun | None = None,
                           complete: np.ndarray | None = None, spans: np.ndarray | None = None,
-                          span_slack: float = 0.0) -> "SLQ":
+                          span_slack: float = 0.0, atoms: np.ndarray | None = None,
+                          atom_rounding: np.ndarray | None = None) -> "SLQ":
         """Nodes and weights from the tridiagonals. ``complete`` defaults to "stopped before the padded width
         ``alphas.shape[1]`` (a breakdown) or reached ``dim`` steps"; ``spans``: see :meth:`spanning_probe`."""
         lengths = np.asarray(lengths)
@@ -374,7 +396,9 @@ class SLQ:
             weights.append(weight)
         return cls(nodes, weights, dim, np.asarray(norms_sq, dtype=np.float64), lengths, alphas, betas,
                    float(null_weight), run, np.asarray(complete, dtype=bool),
-                   spans=None if spans is None else np.asarray(spans, dtype=bool), span_slack=float(span_slack))
+                   spans=None if spans is None else np.asarray(spans, dtype=bool), span_slack=float(span_slack),
+                   atoms=None if atoms is None else np.asarray(atoms, dtype=np.float64),
+                   atom_rounding=None if atoms is None else np.asarray(atom_rounding, dtype=np.float64))
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The probes' tridiagonals and flags as named arrays (the cache's layout; :meth:`from_arrays` reads it)."""
@@ -384,6 +408,9 @@ class SLQ:
         if self.spans is not None:
             out[f"{prefix}_spans"] = self.spans
             out[f"{prefix}_span_slack"] = np.array(self.span_slack)
+        if self.atoms is not None:
+            out[f"{prefix}_atoms"] = self.atoms
+            out[f"{prefix}_atom_rounding"] = self.atom_rounding
         return out
 
     @classmethod
@@ -395,7 +422,9 @@ class SLQ:
         return cls.from_tridiagonals(arrays[f"{prefix}_alphas"], arrays[f"{prefix}_betas"],
                                      arrays[f"{prefix}_lengths"], arrays[f"{prefix}_norms_sq"], dim, null,
                                      complete=arrays[f"{prefix}_complete"], spans=arrays.get(f"{prefix}_spans"),
-                                     span_slack=0.0 if slack is None else float(slack))
+                                     span_slack=0.0 if slack is None else float(slack),
+                                     atoms=arrays.get(f"{prefix}_atoms"),
+                                     atom_rounding=arrays.get(f"{prefix}_atom_rounding"))
 
     def truncated(self, steps: int) -> "SLQ":
         """The same probes with only their first ``steps`` Lanczos steps (a free convergence check:
@@ -405,13 +434,18 @@ class SLQ:
         spans = self.spans & (self.lengths <= steps) if self.spans is not None else None
         return SLQ.from_tridiagonals(self.alphas, self.betas, lengths, self.norms_sq, self.dim, self.null_weight,
                                      complete=complete if complete is not None else np.zeros(len(lengths), bool),
-                                     spans=spans, span_slack=self.span_slack)
+                                     spans=spans, span_slack=self.span_slack, atoms=self.atoms,
+                                     atom_rounding=self.atom_rounding)
 
     @classmethod
     def concatenate(cls, runs: list["SLQ"]) -> "SLQ":
-        """One SLQ of all probes of several runs on the same operator (more probes, possibly longer ones)."""
+        """One SLQ of all probes of several runs on the same operator (more probes, possibly longer ones) and the
+        same deflation (a ValueError otherwise)."""
         width = max(r.alphas.shape[1] for r in runs)
         first = runs[0]
+        if any(r.atom_count != first.atom_count or (r.atom_count and not np.array_equal(r.atoms, first.atoms))
+               for r in runs):
+            raise ValueError("SLQ runs with different deflated top Ritz vectors cannot be pooled")
         spans = (np.concatenate([r.spans if r.spans is not None else np.zeros(len(r.lengths), bool) for r in runs])
                  if any(r.spans is not None for r in runs) else None)
         return cls.from_tridiagonals(np.concatenate([pad_columns(r.alphas, width) for r in runs]),
@@ -419,11 +453,13 @@ class SLQ:
                                      np.concatenate([r.lengths for r in runs]),
                                      np.concatenate([r.norms_sq for r in runs]), first.dim, first.null_weight,
                                      complete=np.concatenate([r.complete for r in runs]), spans=spans,
-                                     span_slack=max(r.span_slack for r in runs))
+                                     span_slack=max(r.span_slack for r in runs), atoms=first.atoms,
+                                     atom_rounding=first.atom_rounding)
 
     def quadrature(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Per-probe estimates of ``z^T f(H) z`` (mean: tr f(H)): ``||z||^2 Σ_j w_j f(θ_j)`` plus the null part."""
-        null = self.null_weight * float(f(np.zeros(1))[0]) if self.null_weight else 0.0
+        """Per-probe estimates of ``z^T f(H) z`` (mean: tr f(H)): ``||z||^2 Σ_j w_j f(θ_j)`` plus the null part
+        and the deflated top Ritz values' ``Σ_i f(θ_i)``."""
+        null = (self.null_weight * float(f(np.zeros(1))[0]) if self.null_weight else 0.0) + self.atom_part(f)
         return np.array([n2 * float(np.sum(w * f(t))) + null
                          for n2, w, t in zip(self.norms_sq, self.weights, self.nodes)])
 
@@ -439,6 +475,8 @@ class SLQ:
         weights = np.concatenate([w * n2 for w, n2 in zip(self.weights, self.norms_sq)]) / (k * self.dim)
         if self.null_weight:
             nodes, weights = np.append(nodes, 0.0), np.append(weights, self.null_weight / self.dim)
+        if self.atom_count:
+            nodes, weights = np.append(nodes, self.atoms), np.append(weights, np.full(self.atom_count, 1 / self.dim))
         return nodes, weights / weights.sum()
 
     def density(self, grid: np.ndarray, width: float) -> np.ndarray:
@@ -463,18 +501,21 @@ SPURIOUS_WEIGHT = 1e-24  # a Ritz value with less weight than this after the spa
 
 
 def slq_from_run(run: LanczosRun, dim: int, null_weight: float = 0.0, space_dim: int | None = None,
-                 precision: float | None = None) -> SLQ:
+                 precision: float | None = None, ritz: "RitzDeflation | None" = None) -> SLQ:
     """The SLQ of a finished run. A low-memory (three-term) run counts as exact only where it broke down.
 
     ``space_dim``: the dimension of the space the start vectors were projected on, when they are (projected)
     Rademacher vectors (``dim`` minus the deflated directions). A full re-orthogonalisation probe whose Krylov
     space filled it spans it (:meth:`SLQ.spanning_probe`); each of its Ritz values is then an eigenvalue to
     within ``span_slack`` = sqrt(n) · ``precision`` · ‖T‖ (``precision``: the relative size of an HVP's
-    rounding, the breakdown tolerance of the run; ‖T‖ by Gershgorin)."""
+    rounding, the breakdown tolerance of the run; ‖T‖ by Gershgorin). ``ritz``: the top Ritz vectors the run's
+    probes and products were projected off (their values become :attr:`SLQ.atoms`; such a run never counts as
+    spanning: its eigenvalues are those of a compression, not of H)."""
     complete = None if run.reorth == "full" else run.lengths < run.alphas.shape[1]
     slq = SLQ.from_tridiagonals(run.alphas, run.betas, run.lengths, run.norms**2, dim, null_weight, run,
-                                complete=complete)
-    if space_dim is None or run.reorth != "full":
+                                complete=complete, atoms=None if ritz is None else ritz.values,
+                                atom_rounding=None if ritz is None else ritz.rounding)
+    if space_dim is None or run.reorth != "full" or ritz is not None:
         return slq
     lengths, invariant = np.asarray(run.lengths), np.asarray(run.lengths) < run.alphas.shape[1]
     spans = np.array([(n == space_dim or (n > space_dim and stopped))
@@ -591,6 +632,92 @@ class TopEigen:
                 f"{'converged' if self.converged else 'NOT converged'})")
 
 
+class RitzDeflation:
+    r"""Converged top Ritz pairs of a top-eigenvalue run, removed from an SLQ run and added back as atoms.
+
+    The rows of ``vectors`` [k, d] are orthonormal (float64, on the operator's device); ``values`` [k] are
+    their Ritz values and ``rounding`` [k] the error the HVPs' precision allows on each. An SLQ run then uses
+    probes and
+    products projected off them (:meth:`project`): it sees the compression :math:`H_\perp` of H to their
+    orthogonal complement, whose spectrum has no top outliers left. A three-term (low-memory) run loses
+    orthogonality when Ritz values converge, and the top outliers converge first: removed, they no longer
+    send ghost copies through the run, and its nodes stay in the bulk (docs/intervals.md measures it).
+
+    The trace is then :math:`\mathrm{tr} f(H) = \mathrm{tr} f(H_\perp) + \sum_i f(\theta_i) + \delta`
+    for **any** orthonormal rows, with :math:`|\delta|` at most
+    :math:`k\,V(f; [L, R]) + \sum_i V(f; [\theta_i - r_i, R])` (:math:`V`: total variation, :math:`[L, R]`
+    the spectrum's support, :math:`r_i` the rounding). Cauchy interlacing gives it: the compression's
+    eigenvalues satisfy :math:`\lambda_{j+k} \le \mu_j \le \lambda_j`, each gap between consecutive
+    eigenvalues of H lies in at most k of the intervals :math:`[\lambda_{j+k}, \lambda_j]`, and the Ritz values
+    of a compression lie below the eigenvalues of the same rank (:math:`\theta_i \le \lambda_i \le R`).
+    :func:`~wdbound.estimators.quadrature_interval.atom_slack` computes it. It is a k/d share of f's
+    variation: negligible at the dimensions where the three-term recurrence runs (d of 10^5 and more). The
+    vectors need not be eigenvectors for the bound to hold; the nearer they are, the fewer outliers the
+    compression keeps.
+
+    >>> H = torch.diag(torch.tensor([5.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+    >>> span = KrylovSpan(torch.eye(4, dtype=torch.float64)[:2], 6.0, projected=np.diag([5.0, 1.0]), residual=0.3)
+    >>> top = TopEigen(np.array([5.0]), np.zeros(1), np.zeros(1), 2, True, 1e-9, span)
+    >>> ritz = RitzDeflation.from_top(top)  # both kept vectors
+    >>> ritz.values.tolist(), ritz.project(torch.ones(1, 4, dtype=torch.float64)).tolist()
+    ([5.0, 1.0], [[0.0, 0.0, 1.0, 1.0]])
+    >>> RitzDeflation.from_top(top, tol=0.1).values.tolist()  # e2's Ritz pair has residual 0.3: not converged
+    [5.0]
+    """
+
+    def __init__(self, vectors: torch.Tensor, values: np.ndarray, rounding: np.ndarray) -> None:
+        self.vectors = vectors
+        self.values = np.asarray(values, dtype=np.float64)
+        self.rounding = np.asarray(rounding, dtype=np.float64)
+
+    @property
+    def count(self) -> int:
+        """k: how many directions are deflated."""
+        return int(len(self.values))
+
+    def project(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Rows ``vectors`` [b, d] with their components along the deflated directions removed, computed in
+        float64 and returned in the rows' dtype (a float32 HVP's product is cast up for it: no second copy of
+        the k vectors)."""
+        wide = vectors.to(self.vectors.dtype)
+        out = wide - (wide @ self.vectors.T) @ self.vectors
+        return out.to(vectors.dtype)
+
+    @classmethod
+    def from_top(cls, top: TopEigen, project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 precision: float = 0.0, tol: float = math.inf) -> "RitzDeflation | None":
+        """The Ritz pairs of ``top``'s run (its basis ``top.span`` with the projected matrix and last β), largest
+        first: by default every vector the run kept at its end (the wanted top-k, and the largest others a
+        thick restart keeps with them), else those whose residual norm is within ``tol`` × their value.
+        Deflating the kept vectors that have not converged costs nothing (the bound holds for any orthonormal
+        rows) and removes most of their outliers' weight too (docs/intervals.md measures both choices).
+        ``project`` (the null-space deflation) is applied before the vectors are orthonormalised, so they lie in
+        the space the SLQ probes live in. ``precision``: the HVPs' relative rounding
+        (:func:`hvp_precision`); each value may be off by sqrt(n) · precision · ‖T‖. None when the run kept no
+        basis or nothing qualifies."""
+        span = top.span
+        if span is None or span.projected is None or span.residual is None or span.mix is not None:
+            return None
+        theta, vectors = np.linalg.eigh(span.projected)
+        residuals = np.abs(span.residual * vectors[-1])
+        keep = np.flatnonzero(residuals <= tol * np.maximum(np.abs(theta), 1e-300))
+        keep = keep[np.argsort(theta[keep])[::-1]]
+        if not len(keep):
+            return None
+        basis = span.basis
+        coefficients = torch.from_numpy(vectors[:, keep].T.copy()).to(basis.device, basis.dtype)
+        ritz = (coefficients @ basis).to(VECTOR_DTYPE)  # [k, d]
+        if project is not None:
+            ritz = project(ritz)
+        for i in range(len(ritz)):  # Gram-Schmidt in place, twice (no [d, k] copies of a QR)
+            for _ in range(2):
+                if i:
+                    ritz[i] -= (ritz[:i] @ ritz[i]) @ ritz[:i]
+                ritz[i] /= ritz[i].norm()
+        rounding = math.sqrt(len(theta)) * precision * float(np.abs(span.projected).sum(1).max())
+        return cls(ritz, theta[keep], np.full(len(keep), rounding))
+
+
 def within(bounds: np.ndarray, values: np.ndarray, tol: float, atol: float = 0.0) -> bool:
     """Whether every error bound is at most ``tol`` × |value| (or ``atol``)."""
     return bool(np.all(bounds <= np.maximum(tol * np.maximum(np.abs(values), 1e-300), atol)))
@@ -637,7 +764,9 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
             values, residuals, bounds = state.ritz(top)
             ok = within(bounds if refined else residuals, values, tol, atol)
             if (ok and m >= min_steps) or state.broke or m >= max_steps:
-                span = KrylovSpan(state.basis[:m], float(np.sum(state.alphas)))
+                span = KrylovSpan(state.basis[:m], float(np.sum(state.alphas)),
+                                  projected=tridiagonal(np.asarray(state.alphas), np.asarray(state.betas[:m - 1])),
+                                  residual=float(state.last_beta))
                 return TopEigen(values, residuals, bounds, m, ok or state.broke, tol, span)
 
 
@@ -681,7 +810,8 @@ def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: fl
             bounds = error_bounds(theta[order], residuals)[:top]
             ok = within(bounds if refined else residuals[:top], values, tol, atol)
             if (ok and matvecs >= min_steps) or broke or matvecs >= max_steps:
-                span = KrylovSpan(basis[:n], float(np.trace(projected[:n, :n])))
+                span = KrylovSpan(basis[:n], float(np.trace(projected[:n, :n])), projected=projected[:n, :n].copy(),
+                                  residual=0.0 if broke else beta)
                 return TopEigen(values, residuals[:top], bounds, matvecs, ok or broke, tol, span)
             if n == size:
                 kept = order[:keep_count]

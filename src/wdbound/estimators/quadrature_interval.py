@@ -95,6 +95,18 @@ class PiecewiseMonotone:
         values = self.fn(np.stack(candidates))
         return values.min(0), values.max(0)
 
+    def variation(self, low: float, high: float) -> float:
+        """The total variation of the function over ``[low, high]``: the sum of its changes between the ends and
+        the breakpoints inside (it is monotone in between).
+
+        >>> PiecewiseMonotone(lambda t: t**2, breakpoints=(0.0,)).variation(-1.0, 2.0)  # 1 down, then 4 up
+        5.0
+        """
+        if high <= low:
+            return 0.0
+        points = np.array([low] + sorted(b for b in self.breakpoints if low < b < high) + [high], dtype=np.float64)
+        return float(np.sum(np.abs(np.diff(self.fn(points)))))
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -134,23 +146,36 @@ class Interval:
         return cls(value, value, value)
 
 
+def atom_slack(run, f: PiecewiseMonotone, support: tuple[float, float]) -> float:
+    r"""How far ``tr f(H)`` can be from ``tr f(H_⊥) + Σ_i f(θ_i)`` when the run's probes and products were
+    projected off k top Ritz vectors (:class:`~wdbound.estimators.lanczos.RitzDeflation`, whose docstring
+    proves it): :math:`k\,V(f; [L, R]) + \sum_i V(f; [\theta_i - r_i, R])`. Zero without such atoms."""
+    if not run.atom_count:
+        return 0.0
+    low, high = float(support[0]), float(support[1])
+    tops = sum(f.variation(min(t - r, high), high) for t, r in zip(run.atoms, run.atom_rounding))
+    return run.atom_count * f.variation(low, high) + tops
+
+
 def probe_brackets(run, f: PiecewiseMonotone, support: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Per-probe ``(lower, upper)`` bounds on ``z^T f(H) z`` from the Gauss rule of an SLQ run.
 
     ``support`` = ``(L, R)`` must contain every eigenvalue of the operator the run
-    used. The deflated null part (``run.null_weight``) enters exactly.
+    used. The deflated null part (``run.null_weight``) enters exactly; deflated top Ritz values
+    (``run.atoms``) enter with :func:`atom_slack` on each side.
     """
-    null = run.null_weight * float(f(np.zeros(1))[0]) if run.null_weight else 0.0
+    null = (run.null_weight * float(f(np.zeros(1))[0]) if run.null_weight else 0.0) + run.atom_part(f)
+    slack = atom_slack(run, f, support)
     lower, upper = [], []
     for p, (n2, w, t) in enumerate(zip(run.norms_sq, run.weights, run.nodes)):
         if run.exact_probe(p):
             value = n2 * float(np.sum(w * f(t))) + null
-            lower.append(value)
-            upper.append(value)
+            lower.append(value - slack)
+            upper.append(value + slack)
             continue
         fmin, fmax = f.extremes(*_cells(run, p, support))
-        lower.append(n2 * float(np.sum(w * fmin)) + null)
-        upper.append(n2 * float(np.sum(w * fmax)) + null)
+        lower.append(n2 * float(np.sum(w * fmin)) + null - slack)
+        upper.append(n2 * float(np.sum(w * fmax)) + null + slack)
     return np.array(lower), np.array(upper)
 
 
@@ -201,9 +226,11 @@ def probe_variance_bound(run, f: PiecewiseMonotone, support: tuple[float, float]
     with :math:`\mu` the spectral measure of the deflated operator; the integral is bracketed from above per
     probe by the CMS cells and averaged over probes (each probe's measure estimates :math:`\mu`). The
     :math:`c^2` term is real variance, not slack: :math:`\|Pz\|^2` itself varies with :math:`z` once the
-    classes are centred. Minimised over :math:`c` on a grid.
+    classes are centred. Minimised over :math:`c` on a grid. Deflated top Ritz vectors (``run.atoms``) are k
+    more directions of the same kind as the logit shift: :math:`n` drops by k and the :math:`c^2` term counts them.
     """
-    n_range = max(float(run.dim) - float(run.null_weight), 0.0)
+    n_range = max(run.space_dim, 0.0)
+    shift_directions = shift_directions + run.atom_count
     cells = [(run.weights[p], *f.extremes(*_cells(run, p, support))) for p in range(len(run.nodes))]
     centre = float(np.mean([np.sum(w * f(t)) for w, t in zip(run.weights, run.nodes)]))
     best = math.inf
