@@ -293,6 +293,11 @@ class Spectrum:
                    arrays.get("exact_diagonal"), arrays["zero_rows"], support, meta.get("deflation"), cached=True)
 
 
+# Top Ritz vectors are projected off a low-memory density run only when they are at most this share of the
+# dimensions left: the interval's interlacing slack is k·V(f)/d (RitzDeflation), negligible at this share.
+RITZ_MAX_SHARE = 1e-3
+
+
 def deflated_density(operator, probes: int, steps: int, seed: int, generator: torch.Generator,
                      top: TopEigen, memory: LanczosMemory | None = None,
                      ends: bool = True) -> tuple[LanczosRun, SLQ, Support | None, Deflation]:
@@ -305,17 +310,18 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     ``ends=False`` skips the ends (at most 150 HVPs; only the quadrature intervals of ``err`` need them):
     the support is then None.
 
-    When the memory plan runs the density with the three-term recurrence, the converged top Ritz vectors of
-    ``top``'s run are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP): the returned
-    deflation carries them (its probes then do not estimate the diagonal).
+    When the memory plan runs the density with the three-term recurrence, the Ritz vectors ``top``'s run kept
+    are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP; at most ``RITZ_MAX_SHARE`` of
+    the dimensions): the returned deflation carries them (its probes then do not estimate the diagonal).
     """
     support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
                                 restart=memory.ends_restart if memory is not None else None) if ends else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
     if memory is not None and not memory.full(probes, steps, operator.dim):
-        deflation = deflation.with_ritz(RitzDeflation.from_top(top, deflation.project_null,
-                                                               precision=hvp_precision(operator)))
+        ritz = RitzDeflation.from_top(top, deflation.project_null, precision=hvp_precision(operator))
+        if ritz is not None and ritz.count <= RITZ_MAX_SHARE * (operator.dim - deflation.null_count):
+            deflation = deflation.with_ritz(ritz)
 
     def draw(count: int) -> torch.Tensor:
         return deflation.project(rademacher(count, operator.dim, generator, operator.dtype, operator.device))
