@@ -448,7 +448,8 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
         block = min(probes, probe_chunk)
         while block >= 1:
             top = restart * dim * vec + ritz + trace(block)
-            lanczos = 4 * block * dim * vec
+            # the density run's vectors, beside the top-k basis (kept for the trace) and one copy of its Ritz vectors
+            lanczos = 4 * block * dim * vec + restart * dim * vec + ritz // 2
             plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk), activations(block, chunk),
                               lanczos,
                               top, diagonal, "low-memory", block, chunk, restart)
