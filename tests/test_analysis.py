@@ -139,6 +139,8 @@ def test_low_memory_density_run_projects_off_the_top_ritz_vectors_and_covers(tin
     spectrum = low.analysis.spectrum
     assert spectrum.provenance["lanczos"] == "local"
     assert spectrum.slq.atom_count >= SETTINGS.top_k and spectrum.deflation["top_ritz"] == spectrum.slq.atom_count
+    assert spectrum.provenance["ritz_deflated"] == spectrum.slq.atom_count
+    assert spectrum.to_json()["top_ritz"]["count"] == spectrum.slq.atom_count
     top = np.sort(exact.analysis.spectrum.exact_eigenvalues)[::-1][:SETTINGS.top_k]
     np.testing.assert_allclose(spectrum.slq.atoms[:SETTINGS.top_k], top, rtol=1e-6)
     for form in ("adamw", "l2-adam"):

@@ -56,6 +56,19 @@ def test_resnet18_size_switches_to_low_memory_and_fits_8gb():
     assert p.top == p.restart * d * 8 + 2 * p.restart * d * 8
 
 
+def test_the_ritz_vectors_are_planned_only_when_they_fit():
+    """The Ritz vectors the low-memory density run projects off (20 x d float64, 40 while they are made) come
+    before speed, but never at the price of a run: a budget with no room for them gets the run without them."""
+    d = 11_173_962
+    shape = dict(dim=d, hvp_bytes=4, example_floats=3 * 32 * 32, activation_per_example=600_000, n_eval=4,
+                 data_resident=True)
+    roomy, tight = plan(**shape, budget=8 * GIB), plan(**shape, budget=4 * GIB)
+    assert roomy.ritz and roomy.memory.ritz and roomy.peak <= 8 * GIB
+    assert not tight.ritz and not tight.memory.ritz and tight.peak <= 4 * GIB
+    assert tight.top == tight.restart * d * 8 and tight.lanczos == 4 * tight.probe_block * d * 8
+    assert "Ritz" in roomy.summary() and "Ritz" not in tight.summary()
+
+
 def test_the_plan_shrinks_the_block_then_the_chunk():
     d = 1_000_000
     roomy = plan(dim=d, mode="low-memory", budget=64 * GIB, activation_per_example=10_000)

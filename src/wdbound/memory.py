@@ -314,6 +314,7 @@ class MemoryPlan:
     graph: int = 0  # the kept gradient graph of the whole evaluation set (0: not kept, products streamed)
     single_pass_steps: int | None = None  # the single pass's step cap that fits (None: no single pass)
     single_pass: int = 0  # bytes of the single pass at that cap: the probes' bases, residuals, trace and top-k
+    ritz: bool = False  # the low-memory density run has room to project off the top-k run's Ritz vectors
 
     @property
     def fixed(self) -> int:
@@ -334,7 +335,7 @@ class MemoryPlan:
     def memory(self) -> LanczosMemory:
         """The policy the Lanczos runs follow."""
         return LanczosMemory(math.inf if self.lanczos_mode == "full" else 0.0, self.probe_block, self.restart,
-                             RESTART_ENDS if self.restart else None)
+                             RESTART_ENDS if self.restart else None, self.ritz)
 
     def to_json(self) -> dict:
         """The plan's sizes and choices by name (the provenance's ``memory_plan``)."""
@@ -344,7 +345,7 @@ class MemoryPlan:
                 "diagonal": self.diagonal, "planned_peak": self.peak, "lanczos_mode": self.lanczos_mode,
                 "probe_block": self.probe_block, "hvp_chunk": self.hvp_chunk, "restart": self.restart,
                 "kept_graph": self.graph, "single_pass_steps": self.single_pass_steps,
-                "single_pass": self.single_pass}
+                "single_pass": self.single_pass, "ritz": self.ritz}
 
     def summary(self) -> str:
         """One line for the terminal / log."""
@@ -353,7 +354,8 @@ class MemoryPlan:
                 f"{human_bytes(self.model)}, data {human_bytes(self.data)}, activations ~{human_bytes(self.activations)}"
                 f" ({self.probe_block} vectors x {self.hvp_chunk} examples per pass), Lanczos "
                 f"{human_bytes(self.lanczos)} ({self.lanczos_mode}), top-k {human_bytes(self.top)}"
-                f"{f' (thick restart, {self.restart} vectors, and their Ritz vectors)' if self.restart else ''}"
+                f"{f' (thick restart, {self.restart} vectors)' if self.restart else ''}"
+                f"{' and its Ritz vectors projected off the density run' if self.ritz else ''}"
                 f", diagonal "
                 f"{human_bytes(self.diagonal)}"
                 f"{f', kept gradient graph ~{human_bytes(self.graph)}' if self.graph else ''}"
@@ -440,25 +442,28 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
                                "lanczos auto or low-memory, or a larger memory budget", "memory")
         return plan
     restart = max(RESTART_TOP, top_k + 10)
-    # The density run projects off the Ritz vectors of the top-k run's kept basis (RitzDeflation): one float64
-    # copy beside the basis, two while the null-space projection makes it.
-    ritz = 2 * restart * dim * vec
-    chunk = hvp_chunk
-    while True:
-        block = min(probes, probe_chunk)
-        while block >= 1:
-            top = restart * dim * vec + ritz + trace(block)
-            # the density run's vectors, beside the top-k basis (kept for the trace) and one copy of its Ritz vectors
-            lanczos = 4 * block * dim * vec + restart * dim * vec + ritz // 2
-            plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk), activations(block, chunk),
-                              lanczos,
-                              top, diagonal, "low-memory", block, chunk, restart)
-            if plan.peak <= budget:
-                return with_kept_graph(plan, graph)
-            block //= 2
-        if chunk == 1:
-            break
-        chunk = max(1, chunk // 2)
+    # The density run projects off the Ritz vectors of the top-k run's kept basis (RitzDeflation) when they fit
+    # at some block and chunk: one float64 copy beside the basis, two while the null-space projection makes it.
+    # They narrow the interval; the block and chunk only change the speed. Else the run goes without them.
+    for ritz in (True, False):
+        extra = 2 * restart * dim * vec if ritz else 0
+        chunk = hvp_chunk
+        while True:
+            block = min(probes, probe_chunk)
+            while block >= 1:
+                top = restart * dim * vec + extra + trace(block)
+                # the density run's vectors, beside the top-k basis (kept for the trace) and the Ritz vectors
+                lanczos = 4 * block * dim * vec + (restart * dim * vec + extra // 2 if ritz else 0)
+                plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk),
+                                  activations(block, chunk), lanczos, top, diagonal, "low-memory", block, chunk,
+                                  restart, ritz=ritz)
+                if plan.peak <= budget:
+                    return with_kept_graph(plan, graph)
+                block //= 2
+            if chunk == 1:
+                break
+            chunk = max(1, chunk // 2)
+    top = restart * dim * vec + trace(1)
     smallest = MemoryPlan(budget, budget_source, baseline, model, data_bytes(1), activations(1, 1), 4 * dim * vec,
                           top, diagonal, "low-memory", 1, 1, restart)
     raise WdboundError(f"the analysis needs at least ~{human_bytes(smallest.peak)} (in use "

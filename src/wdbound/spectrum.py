@@ -241,6 +241,10 @@ class Spectrum:
             "logit_shift": {"count": self.shift_directions,
                             "note": "directions that shift every logit equally (CE is invariant): exact zero "
                                     "eigenvalues, deflated"},
+            "top_ritz": {"count": self.slq.atom_count,
+                         "values": self.slq.atoms.tolist() if self.slq.atom_count else [],
+                         "note": "Ritz vectors of the top-k run projected off the low-memory density run, their "
+                                 "values added back as atoms of weight 1/d (the err/d interval allows for it)"},
             "diagonal": {"estimate": self.diagonal.summary(), "path": diagonal_path,
                          "npy_layout": "[2, d]: row 0 estimate, row 1 stderr"},
             "slq": {"nodes": [n.tolist() for n in self.slq.nodes], "weights": [w.tolist() for w in self.slq.weights],
@@ -310,15 +314,15 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     ``ends=False`` skips the ends (at most 150 HVPs; only the quadrature intervals of ``err`` need them):
     the support is then None.
 
-    When the memory plan runs the density with the three-term recurrence, the Ritz vectors ``top``'s run kept
-    are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP; at most ``RITZ_MAX_SHARE`` of
+    When the memory plan runs the density with the three-term recurrence and has room for them, the Ritz vectors
+    ``top``'s run kept are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP; at most ``RITZ_MAX_SHARE`` of
     the dimensions): the returned deflation carries them (its probes then do not estimate the diagonal).
     """
     support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
                                 restart=memory.ends_restart if memory is not None else None) if ends else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
-    if memory is not None and not memory.full(probes, steps, operator.dim):
+    if memory is not None and memory.ritz and not memory.full(probes, steps, operator.dim):
         ritz = RitzDeflation.from_top(top, deflation.project_null, precision=hvp_precision(operator))
         if ritz is not None and ritz.count <= RITZ_MAX_SHARE * (operator.dim - deflation.null_count):
             deflation = deflation.with_ritz(ritz)
@@ -747,6 +751,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         "top_from": ("dense Hessian" if exact_ev is not None else
                      "slq union" if shared is not None and shared.union.top.converged else "lanczos"),
         "trace_leave_one_out": leave_one_out,
+        "ritz_deflated": deflation.ritz.count if deflation.ritz is not None else 0,
     }
     # The top-k run's basis served the deflated trace; a Spectrum outlives this phase (err's Theorem runs follow
     # and allocate their own ends basis), so it must not hold those k x d floats on (ViT-S: 3.2 GiB).

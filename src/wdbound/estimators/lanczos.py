@@ -550,6 +550,7 @@ class LanczosMemory:
     probe_block: int = 16
     restart: int | None = None
     ends_restart: int | None = None
+    ritz: bool = False  # a low-memory density run may project off the top-k run's Ritz vectors (RitzDeflation)
 
     def full(self, probes: int, steps: int, dim: int) -> bool:
         """The default policy: whole bases, no restarts."""
