@@ -634,12 +634,11 @@ class TopEigen:
 
 
 class RitzDeflation:
-    r"""Converged top Ritz pairs of a top-eigenvalue run, removed from an SLQ run and added back as atoms.
+    r"""Top Ritz pairs of a top-eigenvalue run, removed from an SLQ run and added back as atoms.
 
     The rows of ``vectors`` [k, d] are orthonormal (float64, on the operator's device); ``values`` [k] are
     their Ritz values and ``rounding`` [k] the error the HVPs' precision allows on each. An SLQ run then uses
-    probes and
-    products projected off them (:meth:`project`): it sees the compression :math:`H_\perp` of H to their
+    probes and products projected off them (:meth:`project`): it sees the compression :math:`H_\perp` of H to their
     orthogonal complement, whose spectrum has no top outliers left. A three-term (low-memory) run loses
     orthogonality when Ritz values converge, and the top outliers converge first: removed, they no longer
     send ghost copies through the run, and its nodes stay in the bulk (docs/intervals.md measures it).
@@ -650,7 +649,10 @@ class RitzDeflation:
     the spectrum's support, :math:`r_i` the rounding). Cauchy interlacing gives it: the compression's
     eigenvalues satisfy :math:`\lambda_{j+k} \le \mu_j \le \lambda_j`, each gap between consecutive
     eigenvalues of H lies in at most k of the intervals :math:`[\lambda_{j+k}, \lambda_j]`, and the Ritz values
-    of a compression lie below the eigenvalues of the same rank (:math:`\theta_i \le \lambda_i \le R`).
+    of any k orthonormal vectors lie below the eigenvalues of the same rank (:math:`\theta_i \le \lambda_i \le
+    R`). The values need only that: they are the run's Ritz values, taken before the vectors are projected off
+    the null directions and orthonormalised again (which moves them by the square of the vectors' tiny null
+    components).
     :func:`~wdbound.estimators.quadrature_interval.atom_slack` computes it. It is a k/d share of f's
     variation: negligible at the dimensions where the three-term recurrence runs (d of 10^5 and more). The
     vectors need not be eigenvectors for the bound to hold; the nearer they are, the fewer outliers the
