@@ -15,8 +15,8 @@ as the tool's memory plan does.
 Each Table I cell evaluates its own form: the AdamW form with the AdamW checkpoint's inputs (eta, lambda, b, rho)
 and the l2-Adam form with the l2-Adam checkpoint's. For every (spectrum, d, budget, seed) and both forms it prints
 the estimate, the interval, the exact value, whether it is covered and the relative half-width; then one summary
-line per (spectrum, d, budget): coverage and median half-width per form. HVPs count the density run and the
-spectrum's two ends (as ``wdbound err`` spends them).
+line per (spectrum, d, budget): coverage and median half-width per form. HVPs count the density run, the
+spectrum's two ends and, with ``--top-k``, the top-k run (as ``wdbound err`` spends them).
 
     .venv/bin/python benchmarks/scale_synthetic.py [--dims 10000,100000,1000000] [--seeds 3]
 """

@@ -315,8 +315,9 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     the support is then None.
 
     When the memory plan runs the density with the three-term recurrence and has room for them, the Ritz vectors
-    ``top``'s run kept are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP; at most ``RITZ_MAX_SHARE`` of
-    the dimensions): the returned deflation carries them (its probes then do not estimate the diagonal).
+    ``top``'s run kept are projected off too and come back as atoms (:class:`RitzDeflation`, no HVP; at most
+    ``RITZ_MAX_SHARE`` of the dimensions): the returned deflation carries them (its probes then do not estimate
+    the diagonal).
     """
     support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
                                 restart=memory.ends_restart if memory is not None else None) if ends else None)
