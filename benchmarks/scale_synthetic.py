@@ -40,6 +40,7 @@ from wdbound.estimators.hutchinson import rademacher
 from wdbound.curvature import ProjectedOperator
 from wdbound.estimators.lanczos import (LanczosMemory, RitzDeflation, hvp_precision, run_lanczos, slq_from_run,
                                        spectral_support, top_eigenvalues)
+from wdbound.estimators.quadrature_interval import RADAU_POINTS
 from wdbound.memory import RESTART_TOP
 from wdbound.spectrum import SpectrumSettings
 from wdbound.synthetic import KnownSpectrumOperator, published_spectrum, repeated_spectrum
@@ -82,13 +83,15 @@ def split_null(eigenvalues: np.ndarray, null: int) -> np.ndarray:
 
 
 def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: int, steps: int, seed: int,
-               full_operator: bool, full_basis: float, null: int = 0, top_k: int = 0) -> list[dict]:
+               full_operator: bool, full_basis: float, null: int = 0, top_k: int = 0,
+               radau: tuple[int, ...] = (RADAU_POINTS,)) -> list[dict]:
     """One SLQ run on ``Qᵀ diag(eigenvalues) Q`` with ``null`` more dimensions deflated as exact zeros (the
     probes projected off them, as the tool does with zero rows and the logit shift).
 
     ``top_k`` > 0: first the tool's top-eigenvalue run (thick restart, as the low-memory plan runs it), which
     also gives the support's top end; a three-term density run then has its converged Ritz vectors projected off
-    (``RitzDeflation``, as ``wdbound`` does). Its HVPs are counted."""
+    (``RitzDeflation``, as ``wdbound`` does). Its HVPs are counted. Each of ``radau`` (Radau points per probe
+    refining the bracket; 0: the Gauss nodes only) gives its own rows from the same run."""
     operator = KnownSpectrumOperator(eigenvalues, seed=seed)
     dim = len(eigenvalues) + null
     target = operator if full_operator else RotatedStarts(operator)
@@ -114,14 +117,18 @@ def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: i
     rows = []
     for form, inputs in forms.items():
         p = BoundInputs(**{**inputs.to_json(), "d": dim})
-        cor = corollary3_from_slq(slq, form, p, support.bounds(), shift_directions=0)
         exact = corollary3_exact(np.concatenate([eigenvalues, np.zeros(null)]), form, p).err_mean
-        interval = cor.err_mean_interval
-        rows.append({"form": form, "estimate": cor.err_mean, "interval": interval.to_json(), "exact": exact,
-                     "covered": interval.contains(exact), "relative_half_width": interval.half_width / abs(exact),
-                     "estimate_error": (cor.err_mean - exact) / exact, "hvps": target.matvecs,
-                     "lanczos": "low-memory" if low_memory else "full", "top_k": top_k,
-                     "ritz_deflated": ritz.count if ritz is not None else 0, "seconds": seconds})
+        for points in radau:
+            begin = time.perf_counter()
+            cor = corollary3_from_slq(slq, form, p, support.bounds(), shift_directions=0, radau_points=points)
+            interval = cor.err_mean_interval
+            rows.append({"form": form, "estimate": cor.err_mean, "interval": interval.to_json(), "exact": exact,
+                         "covered": interval.contains(exact),
+                         "relative_half_width": interval.half_width / abs(exact),
+                         "estimate_error": (cor.err_mean - exact) / exact, "hvps": target.matvecs,
+                         "lanczos": "low-memory" if low_memory else "full", "top_k": top_k,
+                         "ritz_deflated": ritz.count if ritz is not None else 0, "radau_points": points,
+                         "seconds": seconds, "bracket_seconds": time.perf_counter() - begin})
     return rows
 
 
@@ -141,6 +148,8 @@ def main() -> None:
                         help="rotate the zoo's exact null directions into the bulk instead of deflating them as "
                              "the tool does on a real model (the setting of the first measurements: harder than "
                              "what the tool faces)")
+    parser.add_argument("--radau", default=str(RADAU_POINTS),
+                        help="comma list: Radau points per probe refining each bracket (0: the Gauss nodes only)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale_synthetic.json"))
     args = parser.parse_args()
     zoo_eigenvalues, zoo_null, adamw_inputs = zoo_inputs(args.checkpoint)
@@ -151,6 +160,7 @@ def main() -> None:
                              sigma_floor=1e-6)
     forms = {"adamw": adamw_inputs, "l2-adam": l2_inputs}
     budgets = [name for name in BUDGETS if name in args.budgets.split(",")]
+    radau = tuple(int(x) for x in args.radau.split(","))
     results = []
     print("| spectrum | d | budget | seed | form | HVPs | estimate [interval] | exact | covered | half-width |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -164,18 +174,20 @@ def main() -> None:
                 group = []
                 for seed in range(args.seeds):
                     for row in run_budget(eigenvalues, forms, probes, steps, seed, args.full_operator,
-                                          args.full_basis, null, top_k):
+                                          args.full_basis, null, top_k, radau):
                         row.update(spectrum=kind, d=dim, budget=name, seed=seed)
                         group.append(row)
                         lo, hi = row["interval"]
-                        print(f"| {kind} | {dim} | {name} top-k {top_k} ({row['ritz_deflated']} deflated) | {seed} | "
+                        print(f"| {kind} | {dim} | {name} top-k {top_k} ({row['ritz_deflated']} deflated) "
+                              f"radau {row['radau_points']} | {seed} | "
                               f"{row['form']} | {row['hvps']} | "
                               f"{row['estimate']:.4f} [{lo:.4f}, {hi:.4f}] | {row['exact']:.4f} | "
                               f"{'yes' if row['covered'] else 'NO'} | {100 * row['relative_half_width']:.2f}% |",
                               flush=True)
-                for form in forms:
-                    rows = [r for r in group if r["form"] == form]
-                    print(f"summary {kind} d={dim} {name} top-k {top_k} {rows[0]['lanczos']} {form}: HVPs "
+                for form, points in ((form, points) for form in forms for points in radau):
+                    rows = [r for r in group if r["form"] == form and r["radau_points"] == points]
+                    print(f"summary {kind} d={dim} {name} top-k {top_k} radau {points} {rows[0]['lanczos']} {form}: "
+                          f"bracket {statistics.median(r['bracket_seconds'] for r in rows):.1f} s, HVPs "
                           f"{rows[0]['hvps']}, coverage "
                           f"{sum(r['covered'] for r in rows)}/{len(rows)}, median half-width "
                           f"{100 * statistics.median(r['relative_half_width'] for r in rows):.2f}%, median |estimate "

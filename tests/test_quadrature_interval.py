@@ -10,7 +10,8 @@ from wdbound.bounds import (BoundInputs, corollary3_exact, corollary3_from_slq, 
 from wdbound.curvature import DenseOperator
 from wdbound.estimators.hutchinson import rademacher
 from wdbound.estimators.lanczos import lanczos, slq_from_run, spectral_support
-from wdbound.estimators.quadrature_interval import Interval, PiecewiseMonotone, probe_brackets
+from wdbound.estimators.quadrature_interval import (Interval, PiecewiseMonotone, probe_brackets,
+                                                    radau_distribution_bounds)
 
 P = BoundInputs(d=400, n=1437, b=64, eta=1e-4, lam=5e-2, rho=0.125, sigma_floor=1e-6)
 
@@ -87,6 +88,68 @@ def test_bracket_narrows_with_steps_and_is_a_point_after_breakdown():
     assert run.complete.all()
     lower, upper = probe_brackets(run, f, (0.0, 5.0))
     assert np.array_equal(lower, upper)
+
+
+def _dense_radau(alphas, betas, n, t):
+    """The n-point Gauss-Radau rule with a node at t, from a dense eigendecomposition (Golub's modification)."""
+    a, b = alphas[:n].copy(), betas[:n - 1]
+    inner = np.diag(a[:n - 1] - t) + np.diag(b[:n - 2], 1) + np.diag(b[:n - 2], -1)
+    a[n - 1] = t + b[n - 2] ** 2 * np.linalg.inv(inner)[-1, -1]
+    theta, vectors = np.linalg.eigh(np.diag(a) + np.diag(b, 1) + np.diag(b, -1))
+    return theta, vectors[0] ** 2
+
+
+@pytest.mark.parametrize("steps", [6, 25, 80])
+def test_radau_distribution_bounds_hold_for_the_exact_measure_and_match_a_dense_rule(steps):
+    """The Chebyshev-Markov-Stieltjes bounds at points between the Gauss nodes, against the probe's exact spectral
+    measure (from the dense eigenvectors), at points near zero (both signs) and across the spectrum."""
+    matrix, ev = hard_matrix(seed=steps)
+    values, vectors = np.linalg.eigh(matrix.numpy())
+    z = rademacher(2, 400, torch.Generator().manual_seed(steps), torch.float64)
+    run = slq_from_run(lanczos(DenseOperator(matrix), z, steps), 400)
+    rng = np.random.default_rng(steps)
+    points = np.concatenate([np.geomspace(1e-9, 80, 40), -np.geomspace(1e-9, 1e-2, 20), rng.uniform(-1e-3, 80, 20)])
+    checked = 0
+    for p in range(2):
+        mass = (z[p].numpy() @ vectors) ** 2 / float(z[p] @ z[p])
+        for t in points:
+            bounds = radau_distribution_bounds(run.alphas[p], run.betas[p], steps, t, run.nodes[p])
+            if bounds is None:
+                continue
+            below, up_to = bounds
+            assert below <= mass[values < t].sum() + 1e-12 and mass[values <= t].sum() <= up_to + 1e-12
+            theta, weights = _dense_radau(run.alphas[p], run.betas[p], steps, t)
+            k = int(np.argmin(np.abs(theta - t)))
+            assert below == pytest.approx(weights[:k].sum(), abs=1e-10)
+            assert up_to == pytest.approx(weights[:k + 1].sum(), abs=1e-10)
+            checked += 1
+    assert checked >= 100
+
+
+def test_radau_points_narrow_the_bracket_and_stay_inside_the_gauss_bracket():
+    """Refined brackets: inside the Gauss-node bracket (points=0, which is Σ w_k [min, max] of f over the cells
+    [θ_{k-1}, θ_{k+1}]), still containing the exact quadratic form, and narrower."""
+    matrix, ev = hard_matrix(seed=7)
+    values, vectors = np.linalg.eigh(matrix.numpy())
+    z = rademacher(4, 400, torch.Generator().manual_seed(7), torch.float64)
+    run = slq_from_run(lanczos(DenseOperator(matrix), z, 60), 400)
+    support = (float(ev.min()), float(ev.max()))
+    coeff = (z.numpy() @ vectors) ** 2
+    for f in (corollary3_integrand("adamw", P), corollary3_integrand("l2-adam", P), logdet_integrand(P.lam, 1e-6)):
+        gauss_low, gauss_high = probe_brackets(run, f, support, points=0)
+        cells = []
+        for p, (w, t) in enumerate(zip(run.weights, run.nodes)):
+            left = np.concatenate([[support[0]], t[:-1]])
+            right = np.concatenate([t[1:], [support[1]]])
+            fmin, fmax = f.extremes(left, right)
+            cells.append((run.norms_sq[p] * np.sum(w * fmin), run.norms_sq[p] * np.sum(w * fmax)))
+        np.testing.assert_allclose(np.array(cells), np.stack([gauss_low, gauss_high], 1), rtol=1e-12)
+        low, high = probe_brackets(run, f, support)
+        exact = coeff @ f(values)
+        slack = 1e-9 * np.abs(exact).max()
+        assert np.all(gauss_low <= low + slack) and np.all(high <= gauss_high + slack)
+        assert np.all(low <= exact + slack) and np.all(exact <= high + slack)
+        assert np.mean(high - low) < 0.95 * np.mean(gauss_high - gauss_low)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import WdboundError
-from .estimators.quadrature_interval import (Interval, PiecewiseMonotone, bounded_stderr, spanned_interval,
-                                             trace_interval)
+from .estimators.quadrature_interval import (RADAU_POINTS, Interval, PiecewiseMonotone, bounded_stderr,
+                                             spanned_interval, trace_interval)
 from .stats import mean_stderr
 
 
@@ -150,7 +150,7 @@ def corollary3_integrand(form: str, p: BoundInputs) -> PiecewiseMonotone:
 
 
 def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float, float] | None = None,
-                        shift_directions: int | None = 0) -> Corollary3:
+                        shift_directions: int | None = 0, radau_points: int = RADAU_POINTS) -> Corollary3:
     """err from an SLQ run of H (``wdbound.estimators.SLQ``): per probe ``Σ_k w_k h(x(|θ_k|))`` scaled to d
     (plus the deflated zero rows as exact zeros), averaged over probes; stderr from the probe spread (below
     SAMPLE_STDERR_MIN_PROBES probes with ``support``: from the variance bound, as in the interval).
@@ -158,7 +158,8 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     Rademacher probes of the density run (``shift_directions`` logit-shift directions projected off; None: use
     only the probes' spread) is :func:`~wdbound.estimators.quadrature_interval.trace_interval`'s. A probe
     whose Krylov space is the whole deflated space gives err from all the eigenvalues, with no probe error
-    (:func:`~wdbound.estimators.quadrature_interval.spanned_interval`)."""
+    (:func:`~wdbound.estimators.quadrature_interval.spanned_interval`). ``radau_points``: the Radau points per
+    probe that refine each probe's bracket (:func:`~wdbound.estimators.quadrature_interval.probe_bracket`)."""
     f = corollary3_integrand(form, p)
     spanned = spanned_interval(density, f) if shift_directions is not None else None
     total, stderr = (spanned.estimate, 0.0) if spanned is not None else mean_stderr(density.quadrature(f))
@@ -170,7 +171,8 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     else:
         nodes, weights = density.measure()
         below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
-    interval = (trace_interval(density, f, support, shift_directions=shift_directions, stderr=bound).affine(1 / p.d)
+    interval = (trace_interval(density, f, support, shift_directions=shift_directions, stderr=bound,
+                               points=radau_points).affine(1 / p.d)
                 if support is not None else None)
     return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval)
 

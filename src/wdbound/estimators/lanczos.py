@@ -374,6 +374,13 @@ class SLQ:
         extra = n - int(round(self.space_dim))
         return np.sort(theta[np.argsort(weights, kind="stable")[extra:]])
 
+    @cached_property
+    def radau_cache(self) -> dict[tuple[int, float], tuple[float, float]]:
+        """Distribution bounds at extra points, ``(probe, t) -> (below, up_to)``, as
+        :func:`~wdbound.estimators.quadrature_interval.radau_distribution_bounds` computed them: they depend on
+        the probe's tridiagonal only, so every integrand bracketed on this run reuses them."""
+        return {}
+
     def exact_probe(self, probe: int) -> bool:
         """Whether probe ``probe``'s recursion broke down (or spanned the space): its quadrature is then exact."""
         return bool(self.complete[probe]) if self.complete is not None else False
