@@ -121,7 +121,8 @@ def test_err_bad_inputs_exit_2_nothing_written(tiny_checkpoint, tmp_path, capsys
 
 @pytest.mark.parametrize("mode", [["--exact", "auto"], ["--exact", "off", "--rtol", "0"]])
 def test_err_cache_reuse_and_sweeps(tiny_checkpoint, tmp_path, capsys, isolated_cache, mode):
-    base = ["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80", *mode]
+    base = ["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80", "--theorem-probes", "2",
+            "--theorem-steps", "8", *mode]
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     code, out, err = run_cli([*base, "--json", first], capsys)
     assert code == 0, err

@@ -86,8 +86,9 @@ def test_same_seed_same_bytes(tiny_checkpoint, tmp_path, capsys):
     for command in ("spectrum", "err"):
         for run in (1, 2):
             out = tmp_path / f"{command}.json"  # the same path: the JSON names its .diagonal.npy
+            small = ["--theorem-probes", "2", "--theorem-steps", "8"] if command == "err" else []
             code, _, err = run_cli([command, tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80",
-                                    "--exact", "off", "--no-cache", "--json", out], capsys)
+                                    "--exact", "off", "--no-cache", *small, "--json", out], capsys)
             assert code == 0, err
             texts[command, run] = strip_run_state(out.read_text())
         assert texts[command, 1] == texts[command, 2], command
@@ -95,7 +96,8 @@ def test_same_seed_same_bytes(tiny_checkpoint, tmp_path, capsys):
     a, b = tmp_path / "c1.json", tmp_path / "c2.json"
     for out in (a, b):
         code, _, err = run_cli(["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80",
-                                "--exact", "off", "--json", out], capsys)
+                                "--exact", "off", "--theorem-probes", "2", "--theorem-steps", "8", "--json", out],
+                               capsys)
         assert code == 0, err
     first, second = json.loads(a.read_text()), json.loads(b.read_text())
     for form in ("adamw", "l2-adam"):
