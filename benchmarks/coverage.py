@@ -10,7 +10,14 @@ half-width per form.
 The exact eigenvalues are read from the spectrum cache when ``wdbound table`` (``make demo``) has computed
 them with its default settings, so a coverage run after the demo costs only the SLQ part.
 
+The summary also reads Table I's findings off the rows: per (model, epochs, schedule), the AdamW-trained
+checkpoint in the AdamW form against the l2-Adam-trained one in the l2-Adam form, as ``wdbound table --exact
+off`` pairs them (its cells are these SLQ runs, bit for bit: same settings, same seed). A finding is resolved
+when the two intervals are disjoint; it is resolved wrongly when the order they show is not the exact one.
+``--summarise FILE`` prints that summary for a saved JSON without running anything.
+
     .venv/bin/python benchmarks/coverage.py [CKPT ...] [--theorem] [--hvp double-backward]
+    .venv/bin/python benchmarks/coverage.py --summarise benchmarks/results/coverage-zoo-radau-20261203.json
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from wdbound.analysis import analyse, bound_figures, bound_inputs
 from wdbound.bounds import FORMS, corollary3_exact
 from wdbound.cache import Cache, NoCache
 from wdbound.spectrum import SpectrumSettings
+from wdbound.table import family_variant, model_label
+
+FINDING_GAP = 0.04  # issue 30, goal 3: findings whose exact values differ by more than this must be resolved
 
 # `wdbound table`'s defaults, so the dense spectrum it cached is found again.
 TABLE_SETTINGS = SpectrumSettings(probes=defaults.TABLE_PROBES, steps=defaults.TABLE_STEPS, top_k=1,
@@ -46,7 +56,12 @@ def main() -> None:
                         help="folder of <checkpoint>.npz files holding exact eigenvalues (array 'ev'), instead of "
                              "the dense Hessian")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coverage.json"))
+    parser.add_argument("--summarise", type=Path, default=None, help="print the summary of a saved JSON and stop")
     args = parser.parse_args()
+    if args.summarise is not None:
+        rows = json.loads(args.summarise.read_text())["rows"]
+        print(summary(rows, any("theorem_covered" in r for r in rows)))
+        return
     paths = args.checkpoints or sorted(Path("checkpoints").glob("*.pt"))
     slq_settings = SpectrumSettings(probes=args.probes, steps=args.steps, top_k=1, hvp=args.hvp,
                                     diagonal="exact" if args.theorem else "hutchinson")
@@ -90,6 +105,11 @@ def main() -> None:
                   + theorem, flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": slq_settings.__dict__, "rows": rows}, indent=1))
+    print(summary(rows, args.theorem))
+
+
+def summary(rows: list[dict], theorem: bool) -> str:
+    """Coverage and median half-width per form, then Table I's findings (:func:`findings`)."""
     covered = sum(r["covered"] for r in rows)
     line = (f"\nerr/d covered {covered}/{len(rows)}, median relative half-width "
             f"{100 * statistics.median(r['relative_half_width'] for r in rows):.2f}%, HVPs per checkpoint at most "
@@ -98,9 +118,52 @@ def main() -> None:
         mine = [r for r in rows if r["form"] == form]
         line += (f"\n  {form}: covered {sum(r['covered'] for r in mine)}/{len(mine)}, median half-width "
                  f"{100 * statistics.median(r['relative_half_width'] for r in mine):.2f}%")
-    if args.theorem:
+    if theorem:
         line += f"; Theorem term covered {sum(r['theorem_covered'] for r in rows)}/{len(rows)}"
-    print(line)
+    found = findings(rows)
+    if found:
+        line += "\n\n| finding | AdamW [interval] | l2-Adam [interval] | exact | exact gap | resolved | right |"
+        line += "\n|---|---|---|---|---|---|---|"
+        for f in found:
+            line += (f"\n| {f['group']} | {f['adamw']:.3f} [{f['adamw_interval'][0]:.3f}, {f['adamw_interval'][1]:.3f}] "
+                     f"| {f['l2']:.3f} [{f['l2_interval'][0]:.3f}, {f['l2_interval'][1]:.3f}] "
+                     f"| {f['exact_adamw']:.3f} vs {f['exact_l2']:.3f} | {100 * f['exact_gap']:+.2f}% "
+                     f"| {'yes' if f['resolved'] else 'no'} | {'—' if not f['resolved'] else 'yes' if f['right'] else 'NO'} |")
+        wide = [f for f in found if abs(f["exact_gap"]) > FINDING_GAP]
+        line += (f"\n\nfindings resolved {sum(f['resolved'] for f in found)}/{len(found)}, wrongly "
+                 f"{sum(f['resolved'] and not f['right'] for f in found)}; of the {len(wide)} whose exact values differ "
+                 f"by more than {100 * FINDING_GAP:.0f}%: {sum(f['resolved'] and f['right'] for f in wide)} resolved")
+    return line
+
+
+def findings(rows: list[dict]) -> list[dict]:
+    """Table I's comparisons in the rows: per (model, epochs, schedule), the AdamW-trained checkpoint's AdamW-form
+    row against the l2-Adam-trained one's l2-Adam-form row. Model, epochs and optimizer are read from each
+    checkpoint's metadata (``checkpoints/<name>`` unless the row records a path); ``exact_gap`` is
+    (exact l2 − exact AdamW) / exact AdamW."""
+    cells = {}
+    for r in rows:
+        path = Path(r.get("path") or Path("checkpoints") / r["checkpoint"])
+        if not path.exists():
+            continue
+        ckpt = load_checkpoint(path, dtype=torch.float64)
+        family, variant = family_variant(ckpt.optimizer_name or "")
+        if family is not None and family == r["form"]:
+            label = model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs"))
+            group = f"{label}, {(ckpt.meta.get('train') or {}).get('epochs', 0)} ep, {variant}"
+            cells[group, family] = r
+    out = []
+    for group in sorted({g for g, _ in cells}):
+        a, l2 = cells.get((group, "adamw")), cells.get((group, "l2-adam"))
+        if a is None or l2 is None:
+            continue
+        (a_lo, a_hi), (l_lo, l_hi) = a["interval"], l2["interval"]
+        resolved = a_hi < l_lo or l_hi < a_lo
+        out.append({"group": group, "adamw": a["err_mean"], "l2": l2["err_mean"], "adamw_interval": a["interval"],
+                    "l2_interval": l2["interval"], "exact_adamw": a["exact"], "exact_l2": l2["exact"],
+                    "exact_gap": (l2["exact"] - a["exact"]) / a["exact"], "resolved": resolved,
+                    "right": resolved and (a_hi < l_lo) == (a["exact"] < l2["exact"])})
+    return out
 
 
 if __name__ == "__main__":
