@@ -318,6 +318,8 @@ def test_three_term_run_with_top_ritz_vectors_projected_off_covers(seed):
     ritz = RitzDeflation.from_top(top, precision=hvp_precision(op))
     assert ritz.count == top.span.rank and np.allclose(ritz.vectors @ ritz.vectors.T, np.eye(ritz.count), atol=1e-12)
     np.testing.assert_allclose(ritz.values[:5], top.values, rtol=1e-9)
+    assert RitzDeflation.from_top(top, max_count=ritz.count - 1) is None  # over the cap: nothing is built
+    assert RitzDeflation.from_top(top, max_count=ritz.count).count == ritz.count
 
     def draw(count):
         return ritz.project(rademacher(count, d, generator, torch.float64))

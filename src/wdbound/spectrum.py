@@ -324,8 +324,9 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
     if memory is not None and memory.ritz and not memory.full(probes, steps, operator.dim):
-        ritz = RitzDeflation.from_top(top, deflation.project_null, precision=hvp_precision(operator))
-        if ritz is not None and ritz.count <= RITZ_MAX_SHARE * (operator.dim - deflation.null_count):
+        ritz = RitzDeflation.from_top(top, deflation.project_null, precision=hvp_precision(operator),
+                                      max_count=int(RITZ_MAX_SHARE * (operator.dim - deflation.null_count)))
+        if ritz is not None:
             deflation = deflation.with_ritz(ritz)
 
     def draw(count: int) -> torch.Tensor:

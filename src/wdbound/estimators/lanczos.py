@@ -695,7 +695,8 @@ class RitzDeflation:
 
     @classmethod
     def from_top(cls, top: TopEigen, project: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 precision: float = 0.0, tol: float = math.inf) -> "RitzDeflation | None":
+                 precision: float = 0.0, tol: float = math.inf,
+                 max_count: int | None = None) -> "RitzDeflation | None":
         """The Ritz pairs of ``top``'s run (its basis ``top.span`` with the projected matrix and last β), largest
         first: by default every vector the run kept at its end (the wanted top-k, and the largest others a
         thick restart keeps with them), else those whose residual norm is within ``tol`` × their value.
@@ -704,7 +705,7 @@ class RitzDeflation:
         ``project`` (the null-space deflation) is applied before the vectors are orthonormalised, so they lie in
         the space the SLQ probes live in. ``precision``: the HVPs' relative rounding
         (:func:`hvp_precision`); each value may be off by sqrt(n) · precision · ‖T‖. None when the run kept no
-        basis or nothing qualifies."""
+        basis, nothing qualifies, or more than ``max_count`` qualify (checked before any vector is built)."""
         span = top.span
         if span is None or span.projected is None or span.residual is None or span.mix is not None:
             return None
@@ -712,7 +713,7 @@ class RitzDeflation:
         residuals = np.abs(span.residual * vectors[-1])
         keep = np.flatnonzero(residuals <= tol * np.maximum(np.abs(theta), 1e-300))
         keep = keep[np.argsort(theta[keep])[::-1]]
-        if not len(keep):
+        if not len(keep) or (max_count is not None and len(keep) > max_count):
             return None
         basis = span.basis
         coefficients = torch.from_numpy(vectors[:, keep].T.copy()).to(basis.device, basis.dtype)
