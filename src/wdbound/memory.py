@@ -452,8 +452,9 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
             block = min(probes, probe_chunk)
             while block >= 1:
                 top = restart * dim * vec + extra + trace(block)
-                # the density run's vectors, beside the top-k basis (kept for the trace) and the Ritz vectors
-                lanczos = 4 * block * dim * vec + (restart * dim * vec + extra // 2 if ritz else 0)
+                # the density run's vectors, beside the top-k basis (alive through the density run: kept for
+                # the trace, and the Ritz vectors are made from it) and the Ritz vectors when projected off
+                lanczos = 4 * block * dim * vec + restart * dim * vec + extra // 2
                 plan = MemoryPlan(budget, budget_source, baseline, model, data_bytes(chunk),
                                   activations(block, chunk), lanczos, top, diagonal, "low-memory", block, chunk,
                                   restart, ritz=ritz)
