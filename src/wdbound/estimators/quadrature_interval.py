@@ -205,9 +205,10 @@ def probe_bracket(run, probe: int, f: PiecewiseMonotone, support: tuple[float, f
     n = int(run.lengths[probe])
     cumulative = np.cumsum(w)
     xs, below, up_to = t, cumulative - w, cumulative
+    cells = _cells(run, probe, support)
     if points > 0 and run.rule == "probe" and n >= 3:
         extra = []
-        for x in radau_points(run, probe, f, support, points):
+        for x in radau_points(run, probe, f, support, points, cells):
             key = (probe, float(x))
             if key not in run.radau_cache:
                 run.radau_cache[key] = radau_distribution_bounds(run.alphas[probe], run.betas[probe], n, x, t)
@@ -220,7 +221,7 @@ def probe_bracket(run, probe: int, f: PiecewiseMonotone, support: tuple[float, f
             up_to = np.concatenate([up_to, np.minimum(e[:, 2] + RADAU_MASS_SLACK, 1.0)])
             order = np.argsort(xs, kind="stable")
             xs, below, up_to = xs[order], below[order], up_to[order]
-    left, right = _cells(run, probe, support)
+    left, right = cells
     return coupled_bracket(xs, below, up_to, f, (float(left[0]), float(right[-1])))
 
 
@@ -280,14 +281,15 @@ def radau_distribution_bounds(alphas: np.ndarray, betas: np.ndarray, n: int, t: 
 
 
 def radau_points(run, probe: int, f: PiecewiseMonotone, support: tuple[float, float],
-                 points: int = RADAU_POINTS) -> np.ndarray:
+                 points: int = RADAU_POINTS, cells: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Where :func:`probe_bracket` reads Radau bounds for ``f``: :data:`RADAU_PER_GAP` points in each of the
     ``points // RADAU_PER_GAP`` gaps between consecutive nodes (the support's ends included) that the widest
     cells ``[θ_{k-1}, θ_{k+1}]`` cover (width ``w_k · (max f − min f)``), spaced evenly in
     ``asinh(x / s)`` (``s``: ``f``'s smallest non-zero breakpoint, e.g. the floor: even in log |x| far from
-    zero, linear near it), plus ``f``'s breakpoints inside those gaps. Points on a node are dropped."""
+    zero, linear near it), plus ``f``'s breakpoints inside those gaps. Points on a node are dropped.
+    ``cells``: the probe's :func:`_cells`, when the caller has them."""
     t, w = run.nodes[probe], run.weights[probe]
-    left, right = _cells(run, probe, support)
+    left, right = cells if cells is not None else _cells(run, probe, support)
     fmin, fmax = f.extremes(left, right)
     width = w * (fmax - fmin)
     xs = np.concatenate([[left[0]], t, [right[-1]]])
