@@ -465,8 +465,8 @@ def plan_memory(*, dim: int, probes: int, steps: int, top_k: int, hvp_bytes: int
                 break
             chunk = max(1, chunk // 2)
     top = restart * dim * vec + trace(1)
-    smallest = MemoryPlan(budget, budget_source, baseline, model, data_bytes(1), activations(1, 1), 4 * dim * vec,
-                          top, diagonal, "low-memory", 1, 1, restart)
+    smallest = MemoryPlan(budget, budget_source, baseline, model, data_bytes(1), activations(1, 1),
+                          4 * dim * vec + restart * dim * vec, top, diagonal, "low-memory", 1, 1, restart)
     raise WdboundError(f"the analysis needs at least ~{human_bytes(smallest.peak)} (in use "
                        f"{human_bytes(baseline)}, model {human_bytes(model)}, "
                        f"top-k basis {human_bytes(top)}, one HVP pass ~{human_bytes(smallest.activations)}) but the "
