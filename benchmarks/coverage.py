@@ -59,8 +59,7 @@ def main() -> None:
     parser.add_argument("--summarise", type=Path, default=None, help="print the summary of a saved JSON and stop")
     args = parser.parse_args()
     if args.summarise is not None:
-        rows = json.loads(args.summarise.read_text())["rows"]
-        print(summary(rows, any("theorem_covered" in r for r in rows)))
+        print(summary(json.loads(args.summarise.read_text())["rows"]))
         return
     paths = args.checkpoints or sorted(Path("checkpoints").glob("*.pt"))
     slq_settings = SpectrumSettings(probes=args.probes, steps=args.steps, top_k=1, hvp=args.hvp,
@@ -105,11 +104,12 @@ def main() -> None:
                   + theorem, flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": slq_settings.__dict__, "rows": rows}, indent=1))
-    print(summary(rows, args.theorem))
+    print(summary(rows))
 
 
-def summary(rows: list[dict], theorem: bool) -> str:
-    """Coverage and median half-width per form, then Table I's findings (:func:`findings`)."""
+def summary(rows: list[dict]) -> str:
+    """Coverage and median half-width per form (and of the Theorem term, when the rows have it), then Table I's
+    findings (:func:`findings`)."""
     covered = sum(r["covered"] for r in rows)
     line = (f"\nerr/d covered {covered}/{len(rows)}, median relative half-width "
             f"{100 * statistics.median(r['relative_half_width'] for r in rows):.2f}%, HVPs per checkpoint at most "
@@ -118,7 +118,7 @@ def summary(rows: list[dict], theorem: bool) -> str:
         mine = [r for r in rows if r["form"] == form]
         line += (f"\n  {form}: covered {sum(r['covered'] for r in mine)}/{len(mine)}, median half-width "
                  f"{100 * statistics.median(r['relative_half_width'] for r in mine):.2f}%")
-    if theorem:
+    if any("theorem_covered" in r for r in rows):
         line += f"; Theorem term covered {sum(r['theorem_covered'] for r in rows)}/{len(rows)}"
     found = findings(rows)
     if found:
@@ -141,16 +141,19 @@ def findings(rows: list[dict]) -> list[dict]:
     row against the l2-Adam-trained one's l2-Adam-form row. Model, epochs and optimizer are read from each
     checkpoint's metadata (``checkpoints/<name>`` unless the row records a path); ``exact_gap`` is
     (exact l2 − exact AdamW) / exact AdamW."""
+    groups = {}  # checkpoint path -> (group, family): each checkpoint loaded once for both of its rows
     cells = {}
     for r in rows:
         path = Path(r.get("path") or Path("checkpoints") / r["checkpoint"])
         if not path.exists():
             continue
-        ckpt = load_checkpoint(path, dtype=torch.float64)
-        family, variant = family_variant(ckpt.optimizer_name or "")
-        if family is not None and family == r["form"]:
+        if path not in groups:
+            ckpt = load_checkpoint(path, dtype=torch.float64)
+            family, variant = family_variant(ckpt.optimizer_name or "")
             label = model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs"))
-            group = f"{label}, {(ckpt.meta.get('train') or {}).get('epochs', 0)} ep, {variant}"
+            groups[path] = (f"{label}, {(ckpt.meta.get('train') or {}).get('epochs', 0)} ep, {variant}", family)
+        group, family = groups[path]
+        if family is not None and family == r["form"]:
             cells[group, family] = r
     out = []
     for group in sorted({g for g, _ in cells}):
