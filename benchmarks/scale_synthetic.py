@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,58 @@ def split_null(eigenvalues: np.ndarray, null: int) -> np.ndarray:
     return np.sort(eigenvalues[order[null:]])
 
 
-def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: int, steps: int, seed: int,
-               full_operator: bool, full_basis: float, null: int = 0, top_k: int = 0,
-               radau: tuple[int, ...] = (RADAU_POINTS,)) -> list[dict]:
+@dataclass(frozen=True)
+class KnownSpectra:
+    """The benchmark's operators: the zoo checkpoint's spectrum without its exact null directions (tiled by
+    :meth:`make`), how many of those it has, and each Table I cell's bound inputs (``forms``)."""
+
+    zoo_bulk: np.ndarray
+    zoo_null: int
+    zoo_dim: int
+    forms: dict[str, BoundInputs]
+
+    @classmethod
+    def load(cls, checkpoint: Path, l2_checkpoint: Path, deflate: bool = True) -> "KnownSpectra":
+        """From the AdamW checkpoint (its exact spectrum and AdamW inputs) and the l2-Adam one (its inputs).
+        ``deflate`` False rotates the zoo's null directions into the bulk."""
+        eigenvalues, null, adamw_inputs = zoo_inputs(checkpoint)
+        null = null if deflate else 0
+        l2_inputs = bound_inputs(load_checkpoint(l2_checkpoint, dtype=torch.float64), rho=None, tau=0.05,
+                                 sigma_floor=1e-6)
+        return cls(split_null(eigenvalues, null), null, len(eigenvalues), {"adamw": adamw_inputs, "l2-adam": l2_inputs})
+
+    def make(self, kind: str, dim: int) -> tuple[np.ndarray, int]:
+        """The eigenvalues of spectrum ``kind`` (zoo, resnet, vit) at dimension ``dim``, and how many more
+        dimensions are exact null directions deflated as the tool deflates them."""
+        if kind != "zoo":
+            return published_spectrum(kind, dim), 0
+        null = round(dim * self.zoo_null / self.zoo_dim)
+        return repeated_spectrum(self.zoo_bulk, dim - null), null
+
+
+@dataclass(frozen=True)
+class DensityRun:
+    """One density run on a known spectrum, as ``wdbound err`` makes it: the SLQ, the spectrum's ends, the HVPs
+    it spent (the top-k run's included), its seconds, whether it used the three-term recurrence, and how many
+    top Ritz vectors it had projected off."""
+
+    slq: object
+    support: tuple[float, float]
+    dim: int
+    hvps: int
+    seconds: float
+    low_memory: bool
+    ritz_deflated: int
+
+
+def density_run(eigenvalues: np.ndarray, probes: int, steps: int, seed: int, full_operator: bool,
+                full_basis: float, null: int = 0, top_k: int = 0) -> DensityRun:
     """One SLQ run on ``Qᵀ diag(eigenvalues) Q`` with ``null`` more dimensions deflated as exact zeros (the
     probes projected off them, as the tool does with zero rows and the logit shift).
 
     ``top_k`` > 0: first the tool's top-eigenvalue run (thick restart, as the low-memory plan runs it), which
     also gives the support's top end; a three-term density run then has its converged Ritz vectors projected off
-    (``RitzDeflation``, as ``wdbound`` does). Its HVPs are counted. Each of ``radau`` (Radau points per probe
-    refining the bracket; 0: the Gauss nodes only) gives its own rows from the same run."""
+    (``RitzDeflation``, as ``wdbound`` does). Its HVPs are counted."""
     operator = KnownSpectrumOperator(eigenvalues, seed=seed)
     dim = len(eigenvalues) + null
     target = operator if full_operator else RotatedStarts(operator)
@@ -113,22 +156,31 @@ def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: i
     slq = slq_from_run(run_lanczos(density_operator, draw, probes, min(steps, operator.dim), memory), dim,
                        null_weight=null, space_dim=operator.dim, precision=hvp_precision(operator), ritz=ritz)
     support = spectral_support(target, torch.Generator().manual_seed(seed), top)
-    seconds = time.perf_counter() - start
+    return DensityRun(slq, support.bounds(), dim, target.matvecs, time.perf_counter() - start, low_memory,
+                      ritz.count if ritz is not None else 0)
+
+
+def run_budget(eigenvalues: np.ndarray, forms: dict[str, BoundInputs], probes: int, steps: int, seed: int,
+               full_operator: bool, full_basis: float, null: int = 0, top_k: int = 0,
+               radau: tuple[int, ...] = (RADAU_POINTS,)) -> list[dict]:
+    """The rows of one :func:`density_run`: each form's err/d interval against its exact value, once for each
+    of ``radau`` (Radau points per probe refining the bracket; 0: the Gauss nodes only)."""
+    run = density_run(eigenvalues, probes, steps, seed, full_operator, full_basis, null, top_k)
     rows = []
     for form, inputs in forms.items():
-        p = BoundInputs(**{**inputs.to_json(), "d": dim})
+        p = BoundInputs(**{**inputs.to_json(), "d": run.dim})
         exact = corollary3_exact(np.concatenate([eigenvalues, np.zeros(null)]), form, p).err_mean
         for points in radau:
             begin = time.perf_counter()
-            cor = corollary3_from_slq(slq, form, p, support.bounds(), shift_directions=0, radau_points=points)
+            cor = corollary3_from_slq(run.slq, form, p, run.support, shift_directions=0, radau_points=points)
             interval = cor.err_mean_interval
             rows.append({"form": form, "estimate": cor.err_mean, "interval": interval.to_json(), "exact": exact,
                          "covered": interval.contains(exact),
                          "relative_half_width": interval.half_width / abs(exact),
-                         "estimate_error": (cor.err_mean - exact) / exact, "hvps": target.matvecs,
-                         "lanczos": "low-memory" if low_memory else "full", "top_k": top_k,
-                         "ritz_deflated": ritz.count if ritz is not None else 0, "radau_points": points,
-                         "seconds": seconds, "bracket_seconds": time.perf_counter() - begin})
+                         "estimate_error": (cor.err_mean - exact) / exact, "hvps": run.hvps,
+                         "lanczos": "low-memory" if run.low_memory else "full", "top_k": top_k,
+                         "ritz_deflated": run.ritz_deflated, "radau_points": points,
+                         "seconds": run.seconds, "bracket_seconds": time.perf_counter() - begin})
     return rows
 
 
@@ -152,13 +204,8 @@ def main() -> None:
                         help="comma list: Radau points per probe refining each bracket (0: the Gauss nodes only)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale_synthetic.json"))
     args = parser.parse_args()
-    zoo_eigenvalues, zoo_null, adamw_inputs = zoo_inputs(args.checkpoint)
-    if args.no_deflate:
-        zoo_null = 0
-    zoo_bulk = split_null(zoo_eigenvalues, zoo_null)
-    l2_inputs = bound_inputs(load_checkpoint(args.l2_checkpoint, dtype=torch.float64), rho=None, tau=0.05,
-                             sigma_floor=1e-6)
-    forms = {"adamw": adamw_inputs, "l2-adam": l2_inputs}
+    spectra = KnownSpectra.load(args.checkpoint, args.l2_checkpoint, deflate=not args.no_deflate)
+    forms = spectra.forms
     budgets = [name for name in BUDGETS if name in args.budgets.split(",")]
     radau = tuple(int(x) for x in args.radau.split(","))
     results = []
@@ -166,9 +213,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for kind in args.spectra.split(","):
         for dim in (int(x) for x in args.dims.split(",")):
-            null = round(dim * zoo_null / len(zoo_eigenvalues)) if kind == "zoo" else 0
-            eigenvalues = (repeated_spectrum(zoo_bulk, dim - null) if kind == "zoo"
-                           else published_spectrum(kind, dim))
+            eigenvalues, null = spectra.make(kind, dim)
             for name, top_k in ((b, int(k)) for b in budgets for k in args.top_k.split(",")):
                 probes, steps = BUDGETS[name]
                 group = []
