@@ -39,7 +39,7 @@ from wdbound.bounds import BoundInputs, corollary3_exact, corollary3_from_slq
 from wdbound.cache import Cache
 from wdbound.estimators.hutchinson import rademacher
 from wdbound.curvature import ProjectedOperator
-from wdbound.estimators.lanczos import (LanczosMemory, RitzDeflation, hvp_precision, run_lanczos, slq_from_run,
+from wdbound.estimators.lanczos import (SLQ, LanczosMemory, RitzDeflation, hvp_precision, run_lanczos, slq_from_run,
                                        spectral_support, top_eigenvalues)
 from wdbound.estimators.quadrature_interval import RADAU_POINTS
 from wdbound.memory import RESTART_TOP
@@ -118,7 +118,7 @@ class DensityRun:
     it spent (the top-k run's included), its seconds, whether it used the three-term recurrence, and how many
     top Ritz vectors it had projected off."""
 
-    slq: object
+    slq: SLQ
     support: tuple[float, float]
     dim: int
     hvps: int
