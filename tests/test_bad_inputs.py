@@ -154,6 +154,8 @@ FLAG_CASES = [
     (["err", "{ckpt}", "--theorem-steps", "0"], "--theorem-steps"),
     (["spectrum", "{ckpt}", "--probes", "-3"], "--probes"), (["spectrum", "{ckpt}", "--steps", "-1"], "--steps"),
     (["spectrum", "{ckpt}", "--steps", "5000"], "--steps"), (["spectrum", "{ckpt}", "--top-k", "0"], "--top-k"),
+    (["spectrum", "{ckpt}", "--top-k", "5000", "--no-cache"], "more than d"),  # d = 1,210
+    (["spectrum", "{ckpt}", "--top-k", "301", "--no-cache"], "can certify"),  # a Lanczos run's 300-step cap
     (["spectrum", "{ckpt}", "--max-samples", "0"], "--max-samples"),
     (["spectrum", "{ckpt}", "--lanczos", "sideways"], "--lanczos"),
     (["spectrum", "{ckpt}", "--memory", "1KB"], "--memory"),

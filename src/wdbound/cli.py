@@ -353,7 +353,7 @@ class Opt:
     steps = typer.Option(None, help=f"Lanczos steps m per probe (default: {defaults.STEPS}, at most d).")
     theorem_probes = typer.Option(defaults.THEOREM_PROBES, help="Probes of each Theorem 6/7 Lanczos run (their stderr is the probes' spread).")
     theorem_steps = typer.Option(defaults.THEOREM_STEPS, help="Lanczos steps of each Theorem 6/7 run.")
-    top_k = typer.Option(defaults.TOP_K, help="How many largest eigenvalues to report.")
+    top_k = typer.Option(defaults.TOP_K, help="How many largest eigenvalues to report (at most 300 from Lanczos; up to d with --exact on).")
     diag_probes = typer.Option(0, help="Extra Hutchinson probes for the diagonal, on top of the k SLQ probes.")
     err_diag_probes = typer.Option(None, "--diag-probes", help="Extra Hutchinson probes for the diagonal of Q, on top of the k SLQ probes (default: as many as make --theorem-probes samples when the diagonal is estimated, i.e. above 20,000 parameters with --diagonal auto).")
     seed = typer.Option(0, help="Seed of every random probe.")

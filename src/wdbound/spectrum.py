@@ -618,6 +618,13 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         raise WdboundError(f"steps = {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
                            "has at most d dimensions)", "steps")
     settings = settings.for_dim(operator.dim)
+    if settings.top_k > operator.dim:
+        raise WdboundError(f"top-k = {settings.top_k} is more than d = {operator.dim} parameters (the Hessian has d "
+                           "eigenvalues)", "top_k")
+    if not settings.exact and settings.top_k > defaults.TOP_MAX_STEPS:
+        raise WdboundError(f"top-k = {settings.top_k} is more than the {defaults.TOP_MAX_STEPS} eigenvalues a top-k "
+                           f"Lanczos run of at most {defaults.TOP_MAX_STEPS} steps can certify (the dense Hessian, "
+                           f"--exact on, gives any top-k up to d <= {EXACT_MAX_DIM:,})", "top_k")
     if settings.exact and operator.dim > EXACT_MAX_DIM:
         raise WdboundError(f"the exact spectrum needs a dense {operator.dim}x{operator.dim} Hessian "
                            f"({human_bytes(8 * operator.dim**2)} in float64, ~3x that with eigvalsh); the limit is "
@@ -702,14 +709,16 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         run, density, deflation, top, span = shared.run, shared.slq, shared.deflation, shared.union.top, \
             shared.union.span
         if not top.converged:  # the union did not certify top-k within the steps: a Lanczos run of its own
-            top = top_eigenvalues(operator, settings.top_k, generator, restart=restart)
+            top = top_eigenvalues(operator, settings.top_k, generator, restart=restart,
+                                  max_steps=defaults.TOP_MAX_STEPS)
         support = (spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top,
                                     restart=memory.ends_restart if memory is not None else None)
                    if settings.ends else None)
     else:
         # The deflated trace's Krylov space is the top-k run's: at least TRACE_SPAN_STEPS steps make it a good one.
         span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0
-        top = top_eigenvalues(operator, settings.top_k, generator, restart=restart, min_steps=span_steps)
+        top = top_eigenvalues(operator, settings.top_k, generator, restart=restart, min_steps=span_steps,
+                              max_steps=defaults.TOP_MAX_STEPS)
         run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps,
                                                             settings.seed, generator, top, memory, ends=settings.ends)
         span = top.span
@@ -799,7 +808,7 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
     # A low-memory density run with top Ritz vectors projected off leaves its probes to the SLQ: the trace and
     # the diagonal then take as many plain probes (counted whatever the plan; only an upper estimate here).
-    return ((0 if single else min(300, dim) + settings.probes) + (150 if settings.ends else 0) + 5
+    return ((0 if single else min(defaults.TOP_MAX_STEPS, dim) + settings.probes) + (150 if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes
             + (max(settings.trace_probes, defaults.TRACE_MAX_PROBES) + (0 if single else defaults.TRACE_SPAN_STEPS)
                if settings.trace == "deflated" else 0)
