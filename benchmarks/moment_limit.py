@@ -34,7 +34,7 @@ from scipy.linalg import eigh_tridiagonal
 
 from scale_synthetic import BUDGETS, KnownSpectra, density_run
 from wdbound.bounds import BoundInputs, corollary3_exact, corollary3_from_slq, corollary3_integrand
-from wdbound.estimators.quadrature_interval import PiecewiseMonotone, probe_bracket, radau_points
+from wdbound.estimators.quadrature_interval import PiecewiseMonotone, last_pivot, probe_bracket, radau_points
 
 BETA_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -63,10 +63,8 @@ def moment_family_values(alphas: np.ndarray, betas: np.ndarray, n: int, f: Piece
     low, high = support
     tol = 1e-12 * max(abs(low), abs(high))
     for t in ts:
-        pivot = a[0] - t  # the last pivot of the LDLᵀ of T_n − tI = 1 / [(T_n − tI)⁻¹]_nn
-        for k in range(1, n):
-            pivot = a[k] - t - b[k - 1] ** 2 / pivot
-        if not np.isfinite(pivot) or pivot == 0.0:
+        pivot = last_pivot(a, b, n, t)  # 1 / [(T_n − tI)⁻¹]_nn
+        if pivot is None:
             continue
         for factor in factors:
             beta = factor * last

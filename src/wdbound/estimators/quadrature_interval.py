@@ -225,6 +225,28 @@ def probe_bracket(run, probe: int, f: PiecewiseMonotone, support: tuple[float, f
     return coupled_bracket(xs, below, up_to, f, (float(left[0]), float(right[-1])))
 
 
+def last_pivot(alphas: np.ndarray, betas: np.ndarray, k: int, t: float) -> float | None:
+    r"""The last pivot of the :math:`LDL^T` factorisation of :math:`T_k - tI` (:math:`T_k`: the leading
+    :math:`k \times k` block of the tridiagonal ``alphas``, ``betas``), i.e.
+    :math:`1 / [(T_k - tI)^{-1}]_{kk}`; None where it is zero or not finite (``t`` an eigenvalue of
+    :math:`T_k`). An intermediate zero pivot gives an infinite next one and the recurrence goes on from it
+    (the Sturm-sequence convention), which is the right limit.
+
+    >>> import numpy as np
+    >>> a, b = np.array([2.0, 3.0, 1.0]), np.array([1.0, 0.5])
+    >>> T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
+    >>> bool(np.isclose(last_pivot(a, b, 3, 0.7), 1 / np.linalg.inv(T - 0.7 * np.eye(3))[2, 2]))
+    True
+    >>> last_pivot(np.array([1.0]), np.array([]), 1, 1.0) is None
+    True
+    """
+    pivot = np.float64(alphas[0]) - t
+    with np.errstate(divide="ignore"):
+        for i in range(1, k):
+            pivot = alphas[i] - t - betas[i - 1] ** 2 / pivot
+    return float(pivot) if np.isfinite(pivot) and pivot != 0.0 else None
+
+
 def radau_distribution_bounds(alphas: np.ndarray, betas: np.ndarray, n: int, t: float,
                               nodes: np.ndarray) -> tuple[float, float] | None:
     r"""``(below, up_to)`` with :math:`\text{below} \le \mu((-\infty, t))` and
@@ -254,10 +276,8 @@ def radau_distribution_bounds(alphas: np.ndarray, betas: np.ndarray, n: int, t: 
     """
     a = np.array(alphas[:n], dtype=np.float64)
     b = np.array(betas[:n - 1], dtype=np.float64)
-    pivot = a[0] - t  # the last pivot of the LDLᵀ of T_{n-1} - tI: 1 / [(T_{n-1} - tI)^{-1}]_{n-1,n-1}
-    for k in range(1, n - 1):
-        pivot = a[k] - t - b[k - 1] ** 2 / pivot
-    if not np.isfinite(pivot) or pivot == 0.0:
+    pivot = last_pivot(a, b, n - 1, t)
+    if pivot is None:
         return None
     shift = t + b[n - 2] ** 2 / pivot - a[n - 1]
     a[n - 1] += shift
