@@ -332,3 +332,44 @@ def test_three_term_run_with_top_ritz_vectors_projected_off_covers(seed):
         cor = corollary3_from_slq(run, form, p, support, shift_directions=0)
         assert cor.err_mean_interval.contains(exact), (seed, form, cor.err_mean_interval, exact)
         assert abs(cor.err_mean - exact) <= 0.05 * exact
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mass_below_floor_interval_covers_the_exact_count(seed):
+    """The mass with |σ| <= floor, a count of exact eigenvalues over d, inside the SLQ interval: on a spectrum
+    with 10 % below 1e-6 and 40 % in (1e-6, 1e-2) (floor 1e-6, where the Gauss nodes cannot place it), and with
+    a floor of 1e-3 inside the near-zero cluster; 2 probes with the variance bound, as the defaults run."""
+    from wdbound.bounds import mass_below_floor_interval
+    from wdbound.synthetic import KnownSpectrumOperator
+
+    _, ev = hard_matrix(d=1500, seed=seed)
+    op = KnownSpectrumOperator(ev, seed=seed + 1)
+    support = (float(ev.min()), float(ev.max()))
+    z = rademacher(2, 1500, torch.Generator().manual_seed(seed), torch.float64)
+    run = slq_from_run(lanczos(op, z, 120), 1500)
+    for floor in (1e-6, 1e-3):
+        exact = float(np.mean(np.abs(ev) <= floor))
+        mass = mass_below_floor_interval(run, floor, support)
+        assert mass.contains(exact), (floor, mass, exact)
+        assert 0.0 <= mass.low <= mass.high <= 1.0 and mass.high - mass.low < 0.9
+        gauss = float(np.mean([np.sum(w[np.abs(t) <= floor]) for w, t in zip(run.weights, run.nodes)]))
+        assert mass.low <= gauss <= mass.high
+
+
+def test_mass_below_floor_interval_is_the_count_for_a_spanning_probe():
+    """A probe whose Krylov space is the whole deflated space knows every eigenvalue: the interval is the exact
+    count (50 deflated zero rows included) with no width."""
+    from wdbound.bounds import mass_below_floor_interval
+    from wdbound.estimators.lanczos import hvp_precision
+
+    matrix, ev = hard_matrix(d=300, seed=2)
+    big = torch.zeros(350, 350, dtype=torch.float64)
+    keep = torch.ones(350, dtype=torch.bool)
+    keep[torch.randperm(350, generator=torch.Generator().manual_seed(0))[:50]] = False
+    big[keep[:, None] & keep[None, :]] = matrix.reshape(-1)
+    z = rademacher(1, 350, torch.Generator().manual_seed(1), torch.float64) * keep
+    run = slq_from_run(lanczos(DenseOperator(big), z, 350), 350, null_weight=50.0, space_dim=300,
+                       precision=hvp_precision(DenseOperator(big)))
+    exact = (np.sum(np.abs(ev) <= 1e-6) + 50) / 350
+    mass = mass_below_floor_interval(run, 1e-6, (float(ev.min()), float(ev.max())))
+    assert mass.low == pytest.approx(exact, abs=1e-12) and mass.high == pytest.approx(exact, abs=1e-12)

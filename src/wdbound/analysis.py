@@ -409,6 +409,7 @@ class BoundFigures:
     near_zero: NearZero | None = None  # exact: how the near-null spectrum was handled
     theorem: TheoremFigures | None = None  # absent when only Corollary 3 was asked for (the table)
     slq: "BoundFigures | None" = None  # exact: the SLQ figures of the same run
+    mass_below_floor_interval: Interval | None = None  # SLQ: covers the exact mass with |σ| <= floor
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -427,7 +428,9 @@ class BoundFigures:
                     "err_mean_quadrature_change": self.err_mean_quadrature_change, "phi": self.phi,
                     "mass_below_floor": self.mass_below_floor, "zero_rows": self.zero_rows})
         if self.method == "slq":
-            out.update({"logit_shift": self.logit_shift, "probes": self.probes, "steps": self.steps})
+            out.update({"logit_shift": self.logit_shift, "probes": self.probes, "steps": self.steps,
+                        "mass_below_floor_interval": (self.mass_below_floor_interval.to_json()
+                                                      if self.mass_below_floor_interval else None)})
         if self.near_zero is not None:
             out["near_zero"] = self.near_zero.to_json()
         if self.theorem is not None:
@@ -473,7 +476,8 @@ def _slq_figures(analysis: Analysis, form: str, inputs: BoundInputs) -> BoundFig
     return BoundFigures(form, "slq", cor.err_sum, cor.err_sum_stderr, cor.err_mean, cor.err_mean_stderr,
                         cor.err_mean_interval, quadrature_change(spectrum.slq, form, inputs), cor.phi,
                         cor.mass_below_floor, int(len(spectrum.zero_rows)), logit_shift=spectrum.shift_directions,
-                        probes=int(len(spectrum.slq.nodes)), steps=int(spectrum.slq.alphas.shape[1]), theorem=theorem)
+                        probes=int(len(spectrum.slq.nodes)), steps=int(spectrum.slq.alphas.shape[1]), theorem=theorem,
+                        mass_below_floor_interval=cor.mass_below_floor_interval)
 
 
 def reuses_density(settings: SpectrumSettings) -> bool:

@@ -117,9 +117,10 @@ class Corollary3:
     err_mean: float  # err_sum / d: the Table I column
     err_mean_stderr: float
     phi: float
-    mass_below_floor: float  # spectral mass with |θ| < sigma_floor
+    mass_below_floor: float  # spectral mass with |θ| <= sigma_floor (raised to the floor)
     exact: bool
     err_mean_interval: Interval | None = None  # covers the exact err/d (SLQ only; exact values are points)
+    mass_below_floor_interval: Interval | None = None  # covers the exact mass with |σ| <= floor (SLQ only)
 
 
 def _signed(values) -> tuple[float, ...]:
@@ -149,6 +150,36 @@ def corollary3_integrand(form: str, p: BoundInputs) -> PiecewiseMonotone:
     return PiecewiseMonotone(lambda t: h(x_of_sigma(floored(t, p.sigma_floor), form, p)), _signed(turns))
 
 
+def floor_indicator(sigma_floor: float) -> PiecewiseMonotone:
+    """σ ↦ 1 where |σ| <= ``sigma_floor``, else 0: its trace over d is the spectral mass raised to the floor.
+
+    The set is closed, so the function is monotone on each closed piece between its breakpoints ±floor (its
+    extremes over an interval are then at the interval's ends and the breakpoints inside, as
+    :class:`~wdbound.estimators.quadrature_interval.PiecewiseMonotone` needs).
+
+    >>> f = floor_indicator(1e-6)
+    >>> f(np.array([-1e-6, 0.0, 5e-7, 2e-6])).tolist(), f.extremes(np.array([-1.0]), np.array([1.0]))
+    ([1.0, 1.0, 1.0, 0.0], (array([0.]), array([1.])))
+    """
+    return PiecewiseMonotone(lambda t: (np.abs(t) <= sigma_floor).astype(np.float64),
+                             (-float(sigma_floor), float(sigma_floor)))
+
+
+def mass_below_floor_interval(density, sigma_floor: float, support: tuple[float, float],
+                              shift_directions: int | None = 0, radau_points: int = RADAU_POINTS) -> Interval:
+    """An interval that covers the spectral mass with |σ| <= ``sigma_floor`` (a share of d, zero rows
+    included), from the same SLQ run, ends and probe error as err/d's interval, clipped to [share of the
+    deflated zero rows, 1] (each zero row is an exact zero eigenvalue). The Gauss rule alone cannot place the
+    mass near zero: its point estimate is only the nodes' weight there."""
+    f = floor_indicator(sigma_floor)
+    bound = bounded_stderr(density, f, support, shift_directions)
+    mass = trace_interval(density, f, support, shift_directions=shift_directions, stderr=bound,
+                          points=radau_points).affine(1 / density.dim)
+    known = float(density.null_weight) / density.dim
+    estimate = min(max(mass.estimate, known), 1.0)
+    return Interval(estimate, min(max(mass.low, known), estimate), max(min(mass.high, 1.0), estimate))
+
+
 def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float, float] | None = None,
                         shift_directions: int | None = 0, radau_points: int = RADAU_POINTS) -> Corollary3:
     """err from an SLQ run of H (``wdbound.estimators.SLQ``): per probe ``Σ_k w_k h(x(|θ_k|))`` scaled to d
@@ -167,14 +198,16 @@ def corollary3_from_slq(density, form: str, p: BoundInputs, support: tuple[float
     stderr = stderr if bound is None else bound
     eigenvalues = density.spanned_eigenvalues() if spanned is not None else None
     if eigenvalues is not None:  # every eigenvalue known: the mass below the floor is a count
-        below = (float(np.sum(np.abs(eigenvalues) < p.sigma_floor)) + density.null_weight) / density.dim
+        below = (float(np.sum(np.abs(eigenvalues) <= p.sigma_floor)) + density.null_weight) / density.dim
     else:
         nodes, weights = density.measure()
-        below = float(weights[np.abs(nodes) < p.sigma_floor].sum())
+        below = float(weights[np.abs(nodes) <= p.sigma_floor].sum())
     interval = (trace_interval(density, f, support, shift_directions=shift_directions, stderr=bound,
                                points=radau_points).affine(1 / p.d)
                 if support is not None else None)
-    return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval)
+    mass = (mass_below_floor_interval(density, p.sigma_floor, support, shift_directions, radau_points)
+            if support is not None else None)
+    return Corollary3(form, total, stderr, total / p.d, stderr / p.d, phi(total, p), below, False, interval, mass)
 
 
 def quadrature_change(density, form: str, p: BoundInputs) -> float:
@@ -192,7 +225,7 @@ def quadrature_change(density, form: str, p: BoundInputs) -> float:
 def corollary3_exact(eigenvalues: np.ndarray, form: str, p: BoundInputs) -> Corollary3:
     """err from the exact eigenvalues."""
     total = float(np.sum(h(x_of_sigma(floored(eigenvalues, p.sigma_floor), form, p))))
-    below = float(np.mean(np.abs(eigenvalues) < p.sigma_floor))
+    below = float(np.mean(np.abs(eigenvalues) <= p.sigma_floor))
     return Corollary3(form, total, 0.0, total / p.d, 0.0, phi(total, p), below, True, Interval.point(total / p.d))
 
 

@@ -631,7 +631,8 @@ def render_err(report, name: str, settings) -> None:
         table.add_row("  stderr over probes", *[f"{figures[f].err_mean_stderr:.2g}" for f in forms])
     table.add_row("err (sum over d)", *[f"{figures[f].err_sum:.6g}" for f in forms])
     table.add_row("Phi (Corollary 3)", *[f"{figures[f].phi:.6g}" for f in forms])
-    table.add_row("mass below sigma floor", *[f"{figures[f].mass_below_floor:.4g}" for f in forms])
+    table.add_row("mass below sigma floor", *[_interval(figures[f].mass_below_floor,
+                                                        figures[f].mass_below_floor_interval, 4) for f in forms])
     if all(figures[f].theorem is not None for f in forms):
         table.add_row("Theorem term (Q = diag(H)^-1/2)", *[_theorem(figures[f]) for f in forms])
         table.add_row("Phi (Theorem)", *[f"{figures[f].theorem.phi:.6g}" for f in forms])
