@@ -83,6 +83,8 @@ def test_malicious_pickle_runs_nothing(tmp_path, capsys):
     code, out, err = run_cli(["summary", evil], capsys)
     assert code == 2 and not marker.exists()
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # torch's own advice (load with weights_only=False) would run the file's code: not passed on
+    assert "refused by the weights-only unpickler" in err and "False" not in err
 
 
 def test_bad_files_one_line_exit_2(tiny_checkpoint, tmp_path, capsys):

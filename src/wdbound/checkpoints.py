@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,14 +184,29 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def _short(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    r"""The cause of a failed load in one line. torch's weights-only refusal is reduced to the unpickler's own
+    reason (its preamble suggests ``weights_only=False``, which would run the file's code).
+
+    >>> _short(ValueError("Weights only load failed. ... WeightsUnpickler error: \n\nUnsupported operand 149\n\nCheck"))
+    'refused by the weights-only unpickler: Unsupported operand 149'
+    >>> _short(EOFError())
+    'EOFError'
+    """
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "Weights only load failed" in message:
+        reason = message.split("WeightsUnpickler error:", 1)[1].strip().splitlines() if "WeightsUnpickler error:" \
+            in message else []
+        return "refused by the weights-only unpickler" + (f": {reason[0].strip()[:120]}" if reason else "")
+    text = message.strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first[:160]
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what matters
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a pickle, or a pickle with forbidden globals
         raise WdboundError(f"{path}: not a loadable checkpoint ({_short(exc)}); only tensors and plain data are accepted") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
