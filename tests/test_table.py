@@ -53,27 +53,49 @@ def test_duplicate_cell_kept_out_of_table():
 
 
 def test_findings():
-    found = {(f["epochs"], f["variant"]): f for f in findings(layout(ROWS))}
+    found = {(f.epochs, f.variant): f for f in findings(layout(ROWS))}
     const, dec = found[(10, "constant")], found[(10, "decaying")]
-    assert const["err_holds"] is True and const["acc_holds"] is True and const["err_resolved"] is True
+    assert const.err_holds is True and const.acc_holds is True and const.err_resolved is True
     # The rows' intervals are +/- 4 stderr: [3.36, 3.44] and [3.76, 3.84] are disjoint.
-    assert const["err_gap"] == pytest.approx(0.40) and const["err_adamw_interval"] == pytest.approx([3.36, 3.44])
-    assert dec["err_holds"] is False and dec["acc_holds"] is False
-    assert found[(40, "constant")]["err_holds"] is None
+    assert const.err_gap == pytest.approx(0.40) and const.adamw.err_interval == pytest.approx((3.36, 3.44))
+    assert dec.err_holds is False and dec.acc_holds is False
+    assert found[(40, "constant")].err_holds is None and not found[(40, "constant")].paired
+    entry = const.to_json()
+    assert entry["err_adamw_interval"] == pytest.approx([3.36, 3.44]) and entry["err_gap"] == pytest.approx(0.40)
+    assert set(entry) == {"model", "epochs", "variant", "err_adamw", "err_l2", "err_gap", "err_adamw_interval",
+                          "err_l2_interval", "exact", "err_holds", "err_resolved", "acc_adamw", "acc_l2",
+                          "acc_holds"}
+    assert found[(40, "constant")].to_json() == {"model": "net", "epochs": 40, "variant": "constant",
+                                                 "err_holds": None, "acc_holds": None}
+    json.dumps([f.to_json() for f in found.values()])
 
 
 def test_findings_resolved_only_when_intervals_disjoint():
     a = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.1, 3.7))  # overlap: gap positive, not resolved
     l2 = _row("net", 10, "l2-adam", 3.80, 0.69, interval=(3.6, 4.0))
-    (f,) = [x for x in findings(layout([a, l2])) if x["variant"] == "constant"]
-    assert f["err_holds"] is True and f["err_resolved"] is False and f["exact"] is False
+    (f,) = [x for x in findings(layout([a, l2])) if x.variant == "constant"]
+    assert f.err_holds is True and f.err_resolved is False and f.exact is False
     a = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.1, 3.59))
-    (f,) = [x for x in findings(layout([a, l2])) if x["variant"] == "constant"]
-    assert f["err_resolved"] is True
+    (f,) = [x for x in findings(layout([a, l2])) if x.variant == "constant"]
+    assert f.err_resolved is True
     a = _row("net", 10, "adamw", 3.40, 0.70, interval=(3.4, 3.4), method="exact")
     l2 = _row("net", 10, "l2-adam", 3.80, 0.69, interval=(3.8, 3.8), method="exact")
     found = findings(layout([a, l2]))
-    assert found[0]["exact"] is True and "1 of 1 are resolved (1 from exact spectra)" in summary_counts(found)
+    assert found[0].exact is True and "1 of 1 are resolved (1 from exact spectra)" in summary_counts(found)
+
+
+def test_findings_without_accuracy():
+    """A checkpoint whose accuracy is unknown (labels that are not class indices) still gets its err/d
+    comparison; the accuracy verdict is None and every format says so instead of failing."""
+    a = _row("net", 10, "adamw", 3.40, None)
+    l2 = _row("net", 10, "l2-adam", 3.80, 0.69)
+    lay = layout([a, l2])
+    found = findings(lay)
+    assert found[0].err_holds is True and found[0].acc_holds is None
+    assert "Accuracy AdamW >= l2-Adam holds in 0 of 0." in summary_counts(found)
+    md = markdown(lay, found, "s", [], layout_name="long")
+    assert "acc not known for both" in md and f"3.400 [3.360, 3.440]; {DASH}" in md
+    assert f"3.400 [3.360, 3.440]" in markdown(lay, found, "s", [], layout_name="paper")
 
 
 def test_long_layout():

@@ -314,49 +314,95 @@ def paper_grid() -> tuple[list[str], list[list[str]]]:
     return header, [err_row, acc_row]
 
 
-def findings(layout_: Layout) -> list[dict]:
-    """Per (model, epochs) and variant: does err_AdamW < err_l2-Adam hold, and does AdamW's accuracy reach l2-Adam's?
-    ``holds`` is None when a partner is missing. A finding is resolved only when the two err/d intervals are
-    disjoint (each covers its exact value; exact cells are points)."""
-    out = []
-    for group in layout_.groups:
-        for variant in VARIANTS:
-            a = layout_.cells.get((*group, "adamw", variant))
-            l2 = layout_.cells.get((*group, "l2-adam", variant))
-            entry = {"model": group[0], "epochs": group[1], "variant": variant}
-            if a is None or l2 is None:
-                entry.update(err_holds=None, acc_holds=None)
-            else:
-                gap = l2.err_mean - a.err_mean
-                (a_lo, a_hi), (l_lo, l_hi) = a.err_interval, l2.err_interval
-                entry.update(err_adamw=a.err_mean, err_l2=l2.err_mean, err_gap=gap,
-                             err_adamw_interval=[a_lo, a_hi], err_l2_interval=[l_lo, l_hi],
-                             exact=bool(a.method == "exact" and l2.method == "exact"),
-                             err_holds=bool(gap > 0), err_resolved=bool(a_hi < l_lo or l_hi < a_lo),
-                             acc_adamw=a.test_acc, acc_l2=l2.test_acc,
-                             acc_holds=bool(a.test_acc >= l2.test_acc))
-            out.append(entry)
-    return out
+@dataclass(frozen=True)
+class Finding:
+    """One comparison of Table I: in a (model, epochs) group and a weight-decay ``variant``, the AdamW-trained
+    checkpoint's err/d (AdamW form) against the l2-Adam-trained one's (l2-Adam form), and their accuracies.
+    ``adamw`` / ``l2`` is None when that checkpoint is missing; then nothing is compared (every verdict None).
+    A verdict is resolved only when both cells are exact or their err/d intervals are disjoint (each interval
+    covers its exact value: docs/intervals.md)."""
+
+    model: str
+    epochs: int
+    variant: str  # "constant" / "decaying"
+    adamw: TableRow | None = None
+    l2: TableRow | None = None
+
+    @property
+    def paired(self) -> bool:
+        """Both checkpoints are there (and both have a bound form)."""
+        return self.adamw is not None and self.l2 is not None
+
+    @property
+    def err_gap(self) -> float | None:
+        """err_l2-Adam − err_AdamW (err/d; positive: the paper's finding)."""
+        return self.l2.err_mean - self.adamw.err_mean if self.paired else None
+
+    @property
+    def err_holds(self) -> bool | None:
+        """err_AdamW < err_l2-Adam, on the estimates."""
+        return bool(self.err_gap > 0) if self.paired else None
+
+    @property
+    def exact(self) -> bool:
+        """Both cells come from dense Hessians (points, no interval)."""
+        return self.paired and self.adamw.method == "exact" and self.l2.method == "exact"
+
+    @property
+    def err_resolved(self) -> bool | None:
+        """The two err/d intervals are disjoint, so the sign of the gap is that of the exact values."""
+        if not self.paired:
+            return None
+        (a_lo, a_hi), (l_lo, l_hi) = self.adamw.err_interval, self.l2.err_interval
+        return bool(a_hi < l_lo or l_hi < a_lo)
+
+    @property
+    def acc_holds(self) -> bool | None:
+        """AdamW's test accuracy reaches l2-Adam's (None when either accuracy is unknown)."""
+        if not self.paired or self.adamw.test_acc is None or self.l2.test_acc is None:
+            return None
+        return bool(self.adamw.test_acc >= self.l2.test_acc)
+
+    def to_json(self) -> dict:
+        """An entry of ``table1.json``'s ``findings``."""
+        entry = {"model": self.model, "epochs": self.epochs, "variant": self.variant}
+        if not self.paired:
+            return {**entry, "err_holds": None, "acc_holds": None}
+        return {**entry, "err_adamw": self.adamw.err_mean, "err_l2": self.l2.err_mean, "err_gap": self.err_gap,
+                "err_adamw_interval": list(self.adamw.err_interval), "err_l2_interval": list(self.l2.err_interval),
+                "exact": self.exact, "err_holds": self.err_holds, "err_resolved": self.err_resolved,
+                "acc_adamw": self.adamw.test_acc, "acc_l2": self.l2.test_acc, "acc_holds": self.acc_holds}
 
 
-def finding_lines(found: list[dict]) -> list[str]:
+def findings(layout_: Layout) -> list[Finding]:
+    """Every Table I comparison of the layout: per (model, epochs) group and variant, one :class:`Finding`."""
+    return [Finding(model, epochs, variant, layout_.cells.get((model, epochs, "adamw", variant)),
+                    layout_.cells.get((model, epochs, "l2-adam", variant)))
+            for model, epochs in layout_.groups for variant in VARIANTS]
+
+
+def finding_lines(found: list[Finding]) -> list[str]:
     """One sentence per finding: does err_AdamW < err_l2-Adam hold, is it resolved, and the accuracies."""
     lines = []
     for f in found:
-        head = f"{f['model']}, {f['epochs']} ep, {f['variant']}:"
-        if f["err_holds"] is None:
+        head = f"{f.model}, {f.epochs} ep, {f.variant}:"
+        if not f.paired:
             lines.append(f"{head} partner missing, no comparison")
             continue
-        verdict = "holds" if f["err_holds"] else "does NOT hold"
-        if f["exact"]:
+        verdict = "holds" if f.err_holds else "does NOT hold"
+        if f.exact:
             how = "exact spectra"
         else:
-            how = ("intervals disjoint: resolved" if f["err_resolved"]
+            how = ("intervals disjoint: resolved" if f.err_resolved
                    else "intervals overlap: NOT resolved by these settings")
-        acc = "holds" if f["acc_holds"] else "does NOT hold"
-        lines.append(f"{head} err_AdamW < err_l2-Adam {verdict} ({_with_interval(f['err_adamw'], f['err_adamw_interval'])}"
-                     f" vs {_with_interval(f['err_l2'], f['err_l2_interval'])}, gap {f['err_gap']:+.3f}; {how}); "
-                     f"acc AdamW >= l2-Adam {acc} ({100 * f['acc_adamw']:.1f} vs {100 * f['acc_l2']:.1f})")
+        if f.acc_holds is None:
+            acc = "acc not known for both (labels are not class indices)"
+        else:
+            acc = (f"acc AdamW >= l2-Adam {'holds' if f.acc_holds else 'does NOT hold'} "
+                   f"({_acc(f.adamw.test_acc)} vs {_acc(f.l2.test_acc)})")
+        lines.append(f"{head} err_AdamW < err_l2-Adam {verdict} ({_with_interval(f.adamw.err_mean, f.adamw.err_interval)}"
+                     f" vs {_with_interval(f.l2.err_mean, f.l2.err_interval)}, "
+                     f"gap {f.err_gap:+.3f}; {how}); {acc}")
     return lines
 
 
@@ -377,14 +423,15 @@ def exactness_line(rows: list[TableRow]) -> str:
     return (f"Exact (dense Hessian): {', '.join(exact) or 'none'}. SLQ with intervals: {', '.join(slq) or 'none'}.")
 
 
-def summary_counts(found: list[dict]) -> str:
+def summary_counts(found: list[Finding]) -> str:
     """One sentence: how many comparisons hold, and how many of those are resolved (exact or disjoint)."""
-    pairs = [f for f in found if f["err_holds"] is not None]
-    resolved = [f for f in pairs if f["exact"] or f["err_resolved"]]
-    return (f"err_AdamW < err_l2-Adam holds in {sum(f['err_holds'] for f in pairs)} of {len(pairs)} cell pairs; "
-            f"{len(resolved)} of {len(pairs)} are resolved ({sum(f['exact'] for f in pairs)} from exact spectra), "
-            f"of which {sum(f['err_holds'] for f in resolved)} hold. "
-            f"Accuracy AdamW >= l2-Adam holds in {sum(f['acc_holds'] for f in pairs)} of {len(pairs)}.")
+    pairs = [f for f in found if f.paired]
+    resolved = [f for f in pairs if f.exact or f.err_resolved]
+    known = [f for f in pairs if f.acc_holds is not None]
+    return (f"err_AdamW < err_l2-Adam holds in {sum(f.err_holds for f in pairs)} of {len(pairs)} cell pairs; "
+            f"{len(resolved)} of {len(pairs)} are resolved ({sum(f.exact for f in pairs)} from exact spectra), "
+            f"of which {sum(f.err_holds for f in resolved)} hold. "
+            f"Accuracy AdamW >= l2-Adam holds in {sum(f.acc_holds for f in known)} of {len(known)}.")
 
 
 LONG_COLUMNS = (("adamw", "constant", "AdamW"), ("adamw", "decaying", "AdamW-D"), ("l2-adam", "constant", "l2-Adam"),
@@ -402,7 +449,7 @@ def long_grid(layout_: Layout) -> tuple[list[str], list[list[str]]]:
             if cell is None or cell.err_mean is None:
                 row.append(DASH)
                 continue
-            row.append(f"{_err_cell(cell)}; {_acc(cell.test_acc)}%")
+            row.append(f"{_err_cell(cell)}; {DASH if cell.test_acc is None else _acc(cell.test_acc) + '%'}")
         rows.append(row)
     return header, rows
 
@@ -429,7 +476,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(layout_: Layout, found: list[dict], settings_line: str, failures: list[str], note: str = "",
+def markdown(layout_: Layout, found: list[Finding], settings_line: str, failures: list[str], note: str = "",
              layout_name: str = "paper") -> str:
     """``table1.md``: the table in ``layout_name``, the settings, the findings, every optimizer (when some are
     outside Table I), failures and the paper's table for comparison."""
@@ -555,7 +602,7 @@ class TableReport:
     wall_seconds: float
     settings: TableSettings
     layout: Layout
-    findings: list[dict]
+    findings: list[Finding]
     layout_used: str
     made_by: dict = field(default_factory=dict)  # provenance.made_by(): release and commit of the code
 
@@ -583,7 +630,7 @@ class TableReport:
 
     def to_json(self) -> dict:
         """``table1.json``."""
-        return {"made_by": self.made_by, "cells": [r.to_json() for r in self.rows], "findings": self.findings,
+        return {"made_by": self.made_by, "cells": [r.to_json() for r in self.rows], "findings": [f.to_json() for f in self.findings],
                 "failures": self.failures,
                 "interrupted": bool(self.interrupted),
                 "settings": {**self.settings.to_json(), "layout": self.layout_used},
