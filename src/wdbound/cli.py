@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__, defaults
-from .errors import Interrupted, WdboundError
+from .errors import Interrupted, WdboundError, about
 from .progress import Observer
 
 # torch.jit's deprecation notice fires on import of torchvision; it says nothing about the user's run.
@@ -257,7 +257,7 @@ class BarObserver(Observer):
             self.bar.update(self.task, info=label)
 
     def failed(self, label: str, error: WdboundError) -> None:
-        print_error(WdboundError(f"{label}: {error}", error.param))
+        print_error(about(label, error))
 
 
 # ---------------------------------------------------------------- scale-freeness

@@ -31,6 +31,19 @@ class WdboundError(Exception):
         super().__init__(message)
 
 
+def about(label: str, error: WdboundError) -> WdboundError:
+    """``error`` as said about ``label`` (a checkpoint of a batch): prefixed with it, unless the message already
+    starts with it.
+
+    >>> str(about("a.pt", WdboundError("corrupt"))), str(about("a.pt", WdboundError("a.pt is a plain state_dict")))
+    ('a.pt: corrupt', 'a.pt is a plain state_dict')
+    """
+    text = str(error)
+    if text.startswith((f"{label}:", f"{label} ")):
+        return error
+    return WdboundError(f"{label}: {text}", error.param)
+
+
 class Interrupted(BaseException):
     """SIGINT (Ctrl-C) or SIGTERM arrived: unwind (atomic writes clean up, finished cache entries stay) and exit
     with ``code`` (130 or 143, the shell's 128 + signal). A BaseException, like KeyboardInterrupt, so no

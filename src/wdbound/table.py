@@ -26,7 +26,7 @@ from .analysis import BoundFigures, Refinement, bound_inputs, evaluate
 from .bounds import BoundInputs
 from .checkpoints import load_checkpoint
 from .curvature import resolve_dtype
-from .errors import Interrupted, WdboundError
+from .errors import Interrupted, WdboundError, about
 from .optim import bound_form
 from .progress import Observer
 from .provenance import made_by, stamp
@@ -694,7 +694,7 @@ def run_table(paths: "list[Path | RunSpec]", settings: TableSettings, *, cache=N
                 # and the dense Hessian (up to 0.8 GB at d = 10,000) go with the checkpoint.
                 spectra.append((row, replace(spectrum, extra={})))
             except WdboundError as exc:
-                failures.append(f"{Path(path).name}: {exc}")
+                failures.append(str(about(Path(path).name, exc)))
                 observer.failed(Path(path).name, exc)
             observer.item(Path(path).name)
         except (KeyboardInterrupt, Interrupted) as exc:
