@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import defaults
 from .bounds import (FORMS, BoundInputs, ExactTheoremParts, corollary3_exact, corollary3_from_slq,
                      corollary3_integrand, exact_theorem_parts, log_q, quadrature_change, theorem_from_exact_parts,
                      theorem_from_runs, TheoremTerm)
@@ -84,7 +85,7 @@ def _theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, pr
     trace = slq_from_run(run_lanczos(target, lambda count: draw(count) * q_half, probes, steps, memory),
                          operator.dim, null_weight=float((q_half**2 * ~keep).sum()))
     if form == "adamw" or support is None:
-        support = spectral_support(target, generator,
+        support = spectral_support(target, generator, max_steps=defaults.ENDS_MAX_STEPS,
                                    restart=memory.ends_restart if memory is not None else None).bounds()
     return TheoremRuns(form, floor, float(lq.sum()), diag_floored, logdet, trace, tuple(support))
 

@@ -438,7 +438,7 @@ def spectrum(
     top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
     dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to --top-rtol) or float64 (small eigenvalues to full precision; what err uses)."),
     hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact,
-    ends: bool = typer.Option(defaults.SPECTRUM_ENDS, "--ends/--no-ends", help="Also find the lower end of the spectrum (up to 150 HVPs; err's quadrature intervals need it; recorded as 'support')."),
+    ends: bool = typer.Option(defaults.SPECTRUM_ENDS, "--ends/--no-ends", help=f"Also find the lower end of the spectrum (up to {defaults.ENDS_MAX_STEPS} HVPs; err's quadrature intervals need it; recorded as 'support')."),
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,

@@ -30,6 +30,7 @@ THEOREM_STEPS = 80
 EXACT_CROSSCHECK_STEPS = 80
 TOP_K = 5
 TOP_MAX_STEPS = 300  # the top-k Lanczos run's step cap: it can certify at most this many eigenvalues
+ENDS_MAX_STEPS = 150  # the Lanczos run on -H for the spectrum's lower end (the quadrature intervals' support)
 TRACE_RTOL = 0.01  # library default (err, the API): deflated Hutchinson probes until the trace's stderr <= this * trace
 TRACE_PROBES = 8  # ... a first block of this many, then as many as its standard error says are missing
 TRACE_MAX_PROBES = 128  # ... at most this many

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .defaults import TOP_MAX_STEPS  # the unrestarted top-eigenvalue run keeps up to this many vectors
 from .errors import WdboundError
 from .estimators.lanczos import VECTOR_DTYPE, LanczosMemory
 
@@ -48,7 +49,6 @@ ACTIVATION_SAFETY = 1.5  # leaf-module outputs miss functional ops (residual add
 KEPT_GRAPH_FACTOR = 2.0  # kept gradient graph / activation estimate (measured 1.9x the leaf outputs on ResNet-18)
 RESTART_TOP = 20  # Lanczos vectors kept by the thick-restart top-eigenvalue run (top-k up to 9)
 RESTART_ENDS = 12  # ... by the runs for the spectrum's ends
-TOP_MAX_STEPS = 300  # the unrestarted top-eigenvalue run keeps up to this many vectors
 LANCZOS_MODES = ("auto", "full", "low-memory")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
           "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}

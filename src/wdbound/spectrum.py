@@ -320,6 +320,7 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     the diagonal).
     """
     support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
+                                max_steps=defaults.ENDS_MAX_STEPS,
                                 restart=memory.ends_restart if memory is not None else None) if ends else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
@@ -712,6 +713,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
             top = top_eigenvalues(operator, settings.top_k, generator, restart=restart,
                                   max_steps=defaults.TOP_MAX_STEPS)
         support = (spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top,
+                                    max_steps=defaults.ENDS_MAX_STEPS,
                                     restart=memory.ends_restart if memory is not None else None)
                    if settings.ends else None)
     else:
@@ -808,7 +810,7 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
     # A low-memory density run with top Ritz vectors projected off leaves its probes to the SLQ: the trace and
     # the diagonal then take as many plain probes (counted whatever the plan; only an upper estimate here).
-    return ((0 if single else min(defaults.TOP_MAX_STEPS, dim) + settings.probes) + (150 if settings.ends else 0) + 5
+    return ((0 if single else min(defaults.TOP_MAX_STEPS, dim) + settings.probes) + (defaults.ENDS_MAX_STEPS if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes
             + (max(settings.trace_probes, defaults.TRACE_MAX_PROBES) + (0 if single else defaults.TRACE_SPAN_STEPS)
                if settings.trace == "deflated" else 0)
