@@ -183,6 +183,12 @@ def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
     for _, line in frame.iterrows():
         assert line["method"] == "slq" and line["err_mean_low"] <= exact[line["checkpoint"]] <= line["err_mean_high"]
     assert "| model, epochs | AdamW | AdamW-D | l2-Adam | l2-Adam-D |" in (slq_out / "table1.md").read_text()
+    # Each SLQ cell says how its HVPs split: the top-1 run, both ends (the top run's steps included), the SLQ.
+    for cell in json.loads((slq_out / "table1.json").read_text())["cells"]:
+        support = cell["support"]
+        assert 0 < cell["top_steps"] <= support["steps"] and support["low"] < 0 < cell["top_eigenvalue"]
+        assert cell["top_eigenvalue"] <= support["high"] and cell["hvps"] >= support["steps"] + 6 * 20
+    assert all(c["top_steps"] == 0 for c in payload["cells"])  # exact: from the dense Hessian
     bad = tmp_path / "bad"
     code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", bad, "--layout", "wide"], capsys)
     assert code == 2 and "--layout" in err and not bad.exists()

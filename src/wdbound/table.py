@@ -27,6 +27,7 @@ from .bounds import BoundInputs
 from .checkpoints import load_checkpoint
 from .curvature import resolve_dtype
 from .errors import Interrupted, WdboundError, about
+from .estimators.lanczos import Support
 from .optim import bound_form
 from .progress import Observer
 from .provenance import made_by, stamp
@@ -104,6 +105,8 @@ class TableRow:
     figures: BoundFigures | None = None
     refinement: Refinement | None = None
     test_acc_source: str = "recorded"  # recorded in the checkpoint, runs file, measured on the test split, none
+    top_steps: int = 0  # Lanczos steps (HVPs) of the top eigenvalue's run (0: from the dense Hessian)
+    support: Support | None = None  # the spectrum's ends the err/d interval used, and the steps they took
 
     @property
     def err_mean(self) -> float | None:
@@ -129,7 +132,8 @@ class TableRow:
                "update_iqr_log2": self.update_iqr_log2, "top_eigenvalue": self.top_eigenvalue,
                "top_residual": self.top_residual, "trace": self.trace, "trace_stderr": self.trace_stderr,
                "probes": self.probes, "steps": self.steps, "seed": self.seed, "dtype": self.dtype,
-               "split": self.split, "hvps": self.hvps, "cached": self.cached,
+               "split": self.split, "hvps": self.hvps, "cached": self.cached, "top_steps": self.top_steps,
+               "support": self.support.to_json() if self.support is not None else None,
                **(self.inputs.to_json() if self.inputs is not None else {}),
                "spectrum_provenance": self.spectrum_provenance}
         if self.figures is not None:  # the refined run's probes / steps replace the settings' (SLQ)
@@ -205,7 +209,7 @@ def evaluate_row(path: "Path | RunSpec", settings: SpectrumSettings, *, rho: flo
                    settings.dtype,
                    settings.split, evaluation.analysis.hvps, spectrum.cached, inputs, spectrum.provenance,
                    evaluation.figures.get(form), evaluation.analysis.refinement if form is not None else None,
-                   source)
+                   source, int(spectrum.top.steps), spectrum.support)
     return row, spectrum
 
 
