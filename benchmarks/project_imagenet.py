@@ -9,7 +9,7 @@ the memory plan's unit), the memory plan of ``wdbound spectrum`` and ``wdbound e
 under torch.compile 1.1-2.9x), and the GPU sustains ``UTILISATION`` of its dense float32 peak (TF32 off,
 wdbound's default) or of its TF32 peak (``--tf32``).
 
-    .venv/bin/python benchmarks/project_imagenet.py [--images 50000] [--ends-spent N]
+    .venv/bin/python benchmarks/project_imagenet.py [--images 50000] [--measured-extra N]
 
 The Table I cell is counted at its caps (the top-1 run at most 300 steps, the lower end at most 150).
 ``--measured-extra N`` also projects it with the density run as planned and the rest at what a real cell spent
@@ -66,8 +66,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/project_imagenet.json"))
     parser.add_argument("--measured-extra", type=int, default=None,
                         help="HVPs a real Table I cell spent besides its density run (the top-1 run, the lower end, "
-                             "the zero rows and the logit shift; capped at "
-                             f"{defaults.TOP_MAX_STEPS} + {defaults.ENDS_MAX_STEPS} + 6): also project a cell at that")
+                             "the zero rows and the logit shift): also project a cell at that")
     args = parser.parse_args()
     out = {"assumptions": {"hvp_over_forward": HVP_OVER_FORWARD, "utilisation": UTILISATION, "gpus": GPUS,
                            "images": args.images, "measured_extra_hvps": args.measured_extra}}
@@ -88,7 +87,8 @@ def main() -> None:
         entry = {"d": dim, "forward_flops": flops, "activation_floats": acts, "plans": {}, "hvps": {
             "spectrum": expected_hvps(spectrum, dim), "err": err_hvps(err, dim), "table cell": cell_hvps(cell, dim)}}
         if args.measured_extra is not None:  # the density run as planned, the rest as a real cell spent it
-            entry["hvps"]["table cell, measured extra"] = cell.probes * min(cell.for_dim(dim).steps, dim) + args.measured_extra
+            density = cell.for_dim(dim)  # probes and steps as the plan fixes them for d (steps at most d)
+            entry["hvps"]["table cell, measured extra"] = density.probes * density.steps + args.measured_extra
         commands = list(entry["hvps"])
         for gpus in (1, 8):
             per_gpu_images = -(-args.images // gpus)

@@ -95,7 +95,7 @@ def test_findings_without_accuracy():
     assert "Accuracy AdamW >= l2-Adam holds in 0 of 0." in summary_counts(found)
     md = markdown(lay, found, "s", [], layout_name="long")
     assert "acc not known for both" in md and f"3.400 [3.360, 3.440]; {DASH}" in md
-    assert f"3.400 [3.360, 3.440]" in markdown(lay, found, "s", [], layout_name="paper")
+    assert "3.400 [3.360, 3.440]" in markdown(lay, found, "s", [], layout_name="paper")
 
 
 def test_long_layout():
