@@ -68,6 +68,42 @@ def test_hessian_against_torch_func(loss):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+class TokenNet(nn.Module):
+    """Integer token ids in (an embedding), mean-pooled, tied output projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(9, 4)
+        self.mix = nn.Linear(4, 4)
+
+    def forward(self, tokens):
+        return torch.tanh(self.mix(self.embed(tokens).mean(1))) @ self.embed.weight.T
+
+
+def test_integer_inputs_stay_integer_and_the_hessian_matches_finite_differences():
+    # Token ids must reach the model as integers (before the fix they were cast to the operator's float
+    # dtype and the embedding refused them). Reference: central differences of autograd gradients.
+    torch.manual_seed(0)
+    model = TokenNet().double()
+    tokens, y = torch.randint(0, 9, (30, 5)), torch.randint(0, 9, (30,))
+    H = wdbound.Hessian(model, (tokens, y))
+    params = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def gradient(v):
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(v, params)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(tokens), y).backward()
+        return torch.cat([p.grad.reshape(-1) for p in params])
+
+    eps = 1e-6  # truncation ~eps^2 |third derivative|, rounding ~1e-16 / eps
+    columns = [(gradient(flat + eps * e) - gradient(flat - eps * e)) / (2 * eps)
+               for e in torch.eye(H.dim, dtype=torch.float64)]
+    reference = torch.stack(columns).numpy()
+    assert np.allclose(H.dense(), reference, rtol=0, atol=1e-7 * np.abs(reference).max())
+
+
 def _copy(model, state):
     clone = Net()
     clone.load_state_dict(state)

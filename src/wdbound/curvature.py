@@ -328,8 +328,12 @@ class HessianOperator:
         subset = self.local if self.local is not None else self.subset
         for inputs, labels in iterate_batches(self.dataset, self.batch_size, max_samples=self.max_samples,
                                               subset=subset, workers=self.workers):
-            labels = labels.to(self.device, self.dtype) if labels.is_floating_point() else labels.to(self.device)
-            yield inputs.to(self.device, self.dtype), labels
+            yield self._placed(inputs), self._placed(labels)
+
+    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on the operator's device; floating point in its dtype, integer (token ids, class
+        labels) left integer."""
+        return tensor.to(self.device, self.dtype) if tensor.is_floating_point() else tensor.to(self.device)
 
     def chunks(self):
         """``(inputs, labels)`` chunks on the device, in a fixed order."""
