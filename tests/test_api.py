@@ -138,6 +138,11 @@ def test_parameter_subset_and_data_forms():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     assert np.allclose(wdbound.Hessian(model, loader).exact().eigenvalues,
                        wdbound.Hessian(model, (x, y)).exact().eigenvalues, atol=1e-12)
+    # A Dataset's floating targets (regression) are stacked as they are, not cast to class labels.
+    targets = torch.randn(len(y), 5, generator=torch.Generator().manual_seed(1))
+    regression = wdbound.Hessian(model, torch.utils.data.TensorDataset(x, targets), loss=nn.MSELoss()).dense()
+    assert np.array_equal(regression, wdbound.Hessian(model, (x, targets), loss=nn.MSELoss()).dense())
+    assert np.allclose(regression, _dense(model, x, targets, nn.MSELoss()).numpy(), atol=1e-12)
 
 
 def test_bad_inputs_are_wdbound_errors():
@@ -150,6 +155,21 @@ def test_bad_inputs_are_wdbound_errors():
         wdbound.Hessian(model, (x, y), params=["nope"])
     with pytest.raises(WdboundError, match="data must be"):
         wdbound.Hessian(model, [1, 2, 3])
+
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"x": x[i], "y": y[i]}
+
+    with pytest.raises(WdboundError, match="Dataset item must be an .input, target. pair, got a dict"):
+        wdbound.Hessian(model, Dicts())
+    with pytest.raises(WdboundError, match="DataLoader batch must be an .input, target. pair, got a dict"):
+        wdbound.Hessian(model, torch.utils.data.DataLoader(Dicts(), batch_size=8))
+    triples = torch.utils.data.TensorDataset(x, y, y)
+    with pytest.raises(WdboundError, match="got a tuple of 3"):
+        wdbound.Hessian(model, triples)
     with raises_param("eta"):
         wdbound.err(wdbound.Hessian(model, (x, y)), eta=0.0, lam=0.1, b=8, n=10)
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numbers
+
 import numpy as np
 import torch
 from torch import nn
@@ -53,10 +55,31 @@ def _as_dataset(data) -> Dataset:
         batches = list(data)
         if not batches:
             raise WdboundError("data: the DataLoader yields no batch")
+        for batch in batches:
+            _check_pair(batch, "DataLoader batch", tensors=True)
         return ArrayDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
     if isinstance(data, Dataset):
+        if len(data) == 0:
+            raise WdboundError("data: the Dataset is empty")
+        _check_pair(data[0], "Dataset item")
         return data
     raise WdboundError(f"data must be (inputs, targets) tensors, a Dataset or a DataLoader, not {type(data).__name__}")
+
+
+def _check_pair(item, what: str, tensors: bool = False) -> None:
+    """``item`` must be an ``(input, target)`` pair: a tensor input and a tensor (or, per item, a number) target.
+
+    >>> _check_pair({"x": 1}, "Dataset item")
+    Traceback (most recent call last):
+    ...
+    wdbound.errors.WdboundError: data: each Dataset item must be an (input, target) pair, got a dict
+    """
+    targets = (torch.Tensor,) if tensors else (torch.Tensor, numbers.Number)
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)
+            and isinstance(item[1], targets)):
+        kind = f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list)) else \
+            f"a {type(item).__name__}"
+        raise WdboundError(f"data: each {what} must be an (input, target) pair, got {kind}")
 
 
 class _NotebookRepr:

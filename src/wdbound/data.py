@@ -252,7 +252,8 @@ def _imagefolder(root: Path, split: str, image_size: int) -> Dataset:
 
 def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Generator | None = None,
                     max_samples: int | None = None, subset: torch.Tensor | None = None, workers: int = 0):
-    """Yield ``(inputs [B, C, H, W], labels [B] int64)`` batches.
+    """Yield ``(inputs [B, C, H, W], labels [B] int64)`` batches (a generic dataset's floating targets keep
+    their dtype and shape: :func:`_stack_targets`).
 
     With ``generator`` the order is a seeded random permutation (training);
     without, the dataset order (evaluation). ``max_samples`` keeps the first N
@@ -284,4 +285,16 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Gener
             yield dataset.images[index], dataset.labels[index]
         else:
             items = [dataset[int(i)] for i in index]
-            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+            yield torch.stack([x for x, _ in items]), _stack_targets([y for _, y in items])
+
+
+def _stack_targets(targets: list) -> torch.Tensor:
+    """One batch's targets: class labels (ints, integer tensors) as int64, floating targets (regression, soft
+    labels) stacked in their own dtype and shape.
+
+    >>> _stack_targets([1, 2]).dtype, _stack_targets([torch.tensor([0.5, 0.5])] * 3).shape
+    (torch.int64, torch.Size([3, 2]))
+    """
+    stacked = (torch.stack(targets) if all(isinstance(t, torch.Tensor) for t in targets)
+               else torch.as_tensor(targets))
+    return stacked if stacked.is_floating_point() else stacked.to(torch.int64)
