@@ -157,6 +157,10 @@ FLAG_CASES = [
     (["spectrum", "{ckpt}", "--top-k", "5000", "--no-cache"], "more than d"),  # d = 1,210
     (["spectrum", "{ckpt}", "--top-k", "301", "--no-cache"], "can certify"),  # a Lanczos run's 300-step cap
     (["spectrum", "{ckpt}", "--max-samples", "0"], "--max-samples"),
+    (["spectrum", "{ckpt}", "--seed", "-1"], "--seed"),
+    (["spectrum", "{ckpt}", "--seed", "99999999999999999999999"], "--seed"),  # was an overflow traceback
+    (["err", "{ckpt}", "--subset-seed", "-3"], "--subset-seed"),
+    (["train", "--seed", "-2", "--out", "{tmp}/o/t.pt"], "--seed"),
     (["spectrum", "{ckpt}", "--lanczos", "sideways"], "--lanczos"),
     (["spectrum", "{ckpt}", "--memory", "1KB"], "--memory"),
     (["spectrum", "{ckpt}", "--data", "imagefolder:/nonexistent/folder"], "--data"),

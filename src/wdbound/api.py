@@ -36,7 +36,7 @@ from . import defaults
 from .bounds import FORMS, BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
 from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype
 from .data import ArrayDataset
-from .errors import WdboundError
+from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
@@ -164,6 +164,7 @@ class Hessian:
                  seed: int = 0, keep_graph: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise WdboundError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        check_seed(seed)
         self.operator = HessianOperator(model, _as_dataset(data), batch_size=batch_size,
                                         device=resolve_device(device), dtype=resolve_dtype(dtype), mode=hvp,
                                         loss_fn=loss, params=params)

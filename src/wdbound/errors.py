@@ -31,6 +31,22 @@ class WdboundError(Exception):
         super().__init__(message)
 
 
+SEED_MAX = 2**32 - 1  # seeds are integers in [0, SEED_MAX]: NumPy's range; torch's streams add small offsets
+
+
+def check_seed(value: int, name: str = "seed", param: str = "seed") -> None:
+    """Raise a one-line :class:`WdboundError` unless ``value`` is an integer in ``[0, SEED_MAX]``.
+
+    >>> check_seed(7)
+    >>> check_seed(-1)
+    Traceback (most recent call last):
+    ...
+    wdbound.errors.WdboundError: seed = -1 must be an integer in [0, 4294967295]
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise WdboundError(f"{name} = {value} must be an integer in [0, {SEED_MAX}]", param)
+
+
 def about(label: str, error: WdboundError) -> WdboundError:
     """``error`` as said about ``label`` (a checkpoint of a batch): prefixed with it, unless the message already
     starts with it.

@@ -32,7 +32,7 @@ from .cache import Cache, cache_key
 from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
                         sequential_numpy_blas, set_tf32, zero_rows)
 from .data import load_dataset
-from .errors import WdboundError
+from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
@@ -129,6 +129,8 @@ class SpectrumSettings:
                                    ("batch size", self.batch_size, "hvp_batch_size")):
             if value < 1:
                 raise WdboundError(f"{name} = {value} must be >= 1", param)
+        check_seed(self.seed)
+        check_seed(self.subset_seed, "subset seed", "subset_seed")
         if self.theorem_probes < 2:
             raise WdboundError(f"theorem probes = {self.theorem_probes} must be >= 2 (the Theorem intervals take "
                                "their standard error from the probes' spread)", "theorem_probes")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import DataSpec, iterate_batches, load_dataset, num_classes
-from .errors import WdboundError
+from .errors import WdboundError, check_seed
 from .models import build_model, count_parameters
 from .optim import lr_at, make_optimizer, optimizer_spec
 from .provenance import library_versions
@@ -99,6 +99,7 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
         raise WdboundError(f"epochs = {config.epochs} must be >= 1", "epochs")
     if config.batch_size < 1:
         raise WdboundError(f"batch size = {config.batch_size} must be >= 1", "batch_size")
+    check_seed(config.seed)
     train_set = load_dataset(config.data, "train", config.image_size)
     test_set = load_dataset(config.data, "test", config.image_size)
     arch_kwargs = dict(config.arch_kwargs)
