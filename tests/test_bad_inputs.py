@@ -144,6 +144,9 @@ FLAG_CASES = [
     (["err", "{ckpt}", "--rho", "0"], "rho"), (["err", "{ckpt}", "--rho", "-1"], "rho"),
     (["err", "{ckpt}", "--tau", "0"], "tau"), (["err", "{ckpt}", "--tau", "1"], "tau"),
     (["err", "{ckpt}", "--tau", "1.5"], "tau"), (["err", "{ckpt}", "--lr", "0"], "--lr"),
+    # each non-finite value is named by its own flag (they all used to blame --lr)
+    (["err", "{ckpt}", "--rho", "inf"], "--rho"), (["err", "{ckpt}", "--tau", "nan"], "--tau"),
+    (["err", "{ckpt}", "--sigma-floor", "nan"], "--sigma-floor"),
     (["err", "{ckpt}", "--lr", "-1e-3"], "--lr"), (["err", "{ckpt}", "--wd", "-1"], "--wd"),
     (["err", "{ckpt}", "--batch-size", "0"], "--batch-size"), (["err", "{ckpt}", "--n-train", "-5"], "--n-train"),
     (["err", "{ckpt}", "--probes", "0"], "--probes"), (["err", "{ckpt}", "--steps", "0"], "--steps"),

@@ -53,17 +53,30 @@ class BoundInputs:
     x_norm_sq: float = 0.0  # ||x*||^2
 
     def validate(self) -> None:
-        """Raise a one-line :class:`WdboundError` naming the input when η, b, n, ρ or the σ-floor is not > 0, λ < 0, τ is outside (0, 1) or a value is not finite."""
+        """Raise a one-line :class:`WdboundError` naming the input when η, b, n, ρ or the σ-floor is not > 0, λ or
+        ‖x*‖² is < 0, τ is outside (0, 1) or a value is not finite.
+
+        >>> BoundInputs(d=10, n=100, b=8, eta=1e-3, lam=0.1, rho=float("inf")).validate()
+        Traceback (most recent call last):
+        ...
+        wdbound.errors.WdboundError: rho = inf is not finite
+        """
+        for name, value, param in (("eta", self.eta, "eta"), ("lambda", self.lam, "lam"), ("rho", self.rho, "rho"),
+                                   ("tau", self.tau, "tau"), ("sigma floor", self.sigma_floor, "sigma_floor"),
+                                   ("||x*||^2", self.x_norm_sq, "x_norm_sq")):
+            if not math.isfinite(value):
+                raise WdboundError(f"{name} = {value:g} is not finite", param)
         checks = [(self.eta > 0, f"eta = {self.eta:g} must be > 0", "eta"),
                   (self.lam >= 0, f"lambda = {self.lam:g} must be >= 0", "lam"),
                   (self.b >= 1, f"b = {self.b} must be >= 1", "b"),
                   (self.n >= 1, f"n = {self.n} must be >= 1", "n"),
                   (self.rho > 0, f"rho = {self.rho:g} must be > 0", "rho"),
                   (0 < self.tau < 1, f"tau = {self.tau:g} must lie in (0, 1)", "tau"),
-                  (self.sigma_floor > 0, f"sigma floor = {self.sigma_floor:g} must be > 0", "sigma_floor")]
+                  (self.sigma_floor > 0, f"sigma floor = {self.sigma_floor:g} must be > 0", "sigma_floor"),
+                  (self.x_norm_sq >= 0, f"||x*||^2 = {self.x_norm_sq:g} must be >= 0", "x_norm_sq")]
         for ok, message, param in checks:
-            if not (ok and all(math.isfinite(v) for v in (self.eta, self.lam, self.rho, self.tau, self.sigma_floor))):
-                raise WdboundError(message if not ok else f"non-finite input ({message.split(' ')[0]})", param)
+            if not ok:
+                raise WdboundError(message, param)
 
     def to_json(self) -> dict:
         """The inputs by name."""
