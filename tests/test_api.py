@@ -172,6 +172,19 @@ def test_bad_inputs_are_wdbound_errors():
         wdbound.Hessian(model, triples)
     with raises_param("eta"):
         wdbound.err(wdbound.Hessian(model, (x, y)), eta=0.0, lam=0.1, b=8, n=10)
+    H = wdbound.Hessian(model, (x, y))
+    # sizes and types out of range: one-line errors naming the parameter, not IndexError/ValueError/TypeError
+    # from inside (and no silently empty or truncated top-k)
+    for call, param in ((lambda: H.top_eigenvalues(0), "top_k"), (lambda: H.top_eigenvalues(-2), "top_k"),
+                        (lambda: H.top_eigenvalues(H.dim + 1), "top_k"), (lambda: H.trace(0), "probes"),
+                        (lambda: H.diagonal(0), "probes"), (lambda: H.density(probes=0), "probes"),
+                        (lambda: H.density(steps=0), "steps"), (lambda: H.density(steps=H.dim + 1), "steps"),
+                        (lambda: wdbound.err(H, eta=1e-3, lam=0.1, b=8.5, n=10), "b"),
+                        (lambda: wdbound.err(H, eta="0.1", lam=0.1, b=8, n=10), "eta"),
+                        (lambda: wdbound.Hessian(model, (x, y), seed=-1), "seed"),
+                        (lambda: wdbound.Hessian(model, (x, torch.full_like(y, 7))), "loss")):
+        with raises_param(param):
+            call()
 
 
 def test_mse_loss_keeps_the_logit_shift_directions():

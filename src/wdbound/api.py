@@ -40,7 +40,7 @@ from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
-from .spectrum import auto_kept_graph, deflated_density, resolve_exact
+from .spectrum import auto_kept_graph, check_sizes, deflated_density, resolve_exact
 
 
 def _as_dataset(data) -> Dataset:
@@ -80,6 +80,12 @@ def _check_pair(item, what: str, tensors: bool = False) -> None:
         kind = f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list)) else \
             f"a {type(item).__name__}"
         raise WdboundError(f"data: each {what} must be an (input, target) pair, got {kind}")
+
+
+def _check_probes(probes: int) -> None:
+    """At least one probe, a whole number (one-line :class:`WdboundError` otherwise)."""
+    if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < 1:
+        raise WdboundError(f"probes = {probes!r} must be an integer >= 1", "probes")
 
 
 class _NotebookRepr:
@@ -185,11 +191,14 @@ class Hessian:
         return torch.Generator().manual_seed(self.seed + offset)
 
     def top_eigenvalues(self, k: int = 5) -> TopEigen:
-        """The k largest eigenvalues by Lanczos, each with a residual bound on its error."""
+        """The k largest eigenvalues by Lanczos, each with a residual bound on its error (1 <= k <= d, and at
+        most the 300 a Lanczos run of at most 300 steps can certify)."""
+        check_sizes(self.dim, top_k=k)
         return top_eigenvalues(self.operator, k, self._generator())
 
     def trace(self, probes: int = 16) -> TraceEstimate:
         """Hutchinson's trace with its standard error."""
+        _check_probes(probes)
         return hutchinson(self.operator, probes, self._generator(3))[0]
 
     def diagonal(self, probes: int | None = 16) -> DiagonalEstimate:
@@ -197,12 +206,15 @@ class Hessian:
         if probes is None:
             exact = diagonal_by_columns(self.operator).double().cpu().numpy()
             return DiagonalEstimate(exact, np.zeros_like(exact), 0)
+        _check_probes(probes)
         return hutchinson(self.operator, probes, self._generator(3))[1]
 
     def density(self, probes: int = defaults.PROBES, steps: int | None = None) -> Density:
         """SLQ with exact null directions deflated (zero rows, logit shift) and the spectrum's ends; the defaults
         are ``wdbound err``'s (``steps`` None: defaults.STEPS, at most d)."""
+        _check_probes(probes)
         steps = min(defaults.STEPS, self.dim) if steps is None else steps
+        check_sizes(self.dim, steps=steps)
         generator = self._generator()
         top = top_eigenvalues(self.operator, 1, generator)
         _, run, support, deflation = deflated_density(self.operator, probes, steps, self.seed, generator, top)

@@ -28,6 +28,7 @@ monotone between known breakpoints, which is all the bracket needs.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,14 @@ class BoundInputs:
         ...
         wdbound.errors.WdboundError: rho = inf is not finite
         """
+        for name, value in (("d", self.d), ("n", self.n), ("b", self.b)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise WdboundError(f"{name} = {value!r} must be a whole number", name)
+        for name, value, param in (("eta", self.eta, "eta"), ("lambda", self.lam, "lam"), ("rho", self.rho, "rho"),
+                                   ("tau", self.tau, "tau"), ("sigma floor", self.sigma_floor, "sigma_floor"),
+                                   ("||x*||^2", self.x_norm_sq, "x_norm_sq")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise WdboundError(f"{name} = {value!r} must be a number", param)
         for name, value, param in (("eta", self.eta, "eta"), ("lambda", self.lam, "lam"), ("rho", self.rho, "rho"),
                                    ("tau", self.tau, "tau"), ("sigma floor", self.sigma_floor, "sigma_floor"),
                                    ("||x*||^2", self.x_norm_sq, "x_norm_sq")):

@@ -313,7 +313,7 @@ class HessianOperator:
         try:
             with torch.no_grad():
                 value = self.loss(self.params, inputs, labels)
-        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # timm asserts on input shapes
+        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError, KeyError) as exc:  # timm asserts on shapes; a label past the classes
             raise WdboundError(f"the model or the loss failed on the first chunk of the evaluation data: "
                                f"{(str(exc).splitlines() or [type(exc).__name__])[0][:160]}", "loss") from None
         if not isinstance(value, torch.Tensor) or value.ndim != 0:

@@ -617,17 +617,9 @@ def compute_spectrum(ckpt: Checkpoint, settings: SpectrumSettings,
         return hit
     with allocation_phase("loading the model and the evaluation data"):
         operator = build_operator(ckpt, settings)
-    if settings.steps is not None and settings.steps > operator.dim:
-        raise WdboundError(f"steps = {settings.steps} is more than d = {operator.dim} parameters (a Krylov space "
-                           "has at most d dimensions)", "steps")
+    check_sizes(operator.dim, steps=settings.steps)
     settings = settings.for_dim(operator.dim)
-    if settings.top_k > operator.dim:
-        raise WdboundError(f"top-k = {settings.top_k} is more than d = {operator.dim} parameters (the Hessian has d "
-                           "eigenvalues)", "top_k")
-    if not settings.exact and settings.top_k > defaults.TOP_MAX_STEPS:
-        raise WdboundError(f"top-k = {settings.top_k} is more than the {defaults.TOP_MAX_STEPS} eigenvalues a top-k "
-                           f"Lanczos run of at most {defaults.TOP_MAX_STEPS} steps can certify (the dense Hessian, "
-                           f"--exact on, gives any top-k up to d <= {EXACT_MAX_DIM:,})", "top_k")
+    check_sizes(operator.dim, top_k=settings.top_k, exact=settings.exact)
     if settings.exact and operator.dim > EXACT_MAX_DIM:
         raise WdboundError(f"the exact spectrum needs a dense {operator.dim}x{operator.dim} Hessian "
                            f"({human_bytes(8 * operator.dim**2)} in float64, ~3x that with eigvalsh); the limit is "
@@ -776,6 +768,35 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
                     support, deflation.to_json(),
                     extra={"operator": operator, "dense": dense, "generator": generator, "zero_mask": null,
                            "plan": plan, "deflation": deflation})
+
+
+def check_sizes(dim: int, *, steps: int | None = None, top_k: int | None = None, exact: bool = False) -> None:
+    """Raise a one-line :class:`WdboundError` when Lanczos ``steps`` or ``top_k`` do not fit a Hessian of ``dim``
+    parameters: at least 1 each, steps at most d, top-k at most d and (without the dense Hessian, ``exact``)
+    at most the ``TOP_MAX_STEPS`` values a top-k run can certify. None: not checked.
+
+    >>> check_sizes(10, steps=11)
+    Traceback (most recent call last):
+    ...
+    wdbound.errors.WdboundError: steps = 11 is more than d = 10 parameters (a Krylov space has at most d dimensions)
+    """
+    if steps is not None:
+        if steps < 1:
+            raise WdboundError(f"steps = {steps} must be >= 1", "steps")
+        if steps > dim:
+            raise WdboundError(f"steps = {steps} is more than d = {dim} parameters (a Krylov space has at most d "
+                               "dimensions)", "steps")
+    if top_k is None:
+        return
+    if top_k < 1:
+        raise WdboundError(f"top-k = {top_k} must be >= 1", "top_k")
+    if top_k > dim:
+        raise WdboundError(f"top-k = {top_k} is more than d = {dim} parameters (the Hessian has d eigenvalues)",
+                           "top_k")
+    if not exact and top_k > defaults.TOP_MAX_STEPS:
+        raise WdboundError(f"top-k = {top_k} is more than the {defaults.TOP_MAX_STEPS} eigenvalues a top-k "
+                           f"Lanczos run of at most {defaults.TOP_MAX_STEPS} steps can certify (the dense Hessian, "
+                           f"--exact on, gives any top-k up to d <= {EXACT_MAX_DIM:,})", "top_k")
 
 
 def exact_top(eigenvalues: np.ndarray, k: int) -> TopEigen:
