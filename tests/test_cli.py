@@ -34,6 +34,17 @@ def test_train_is_deterministic_and_summary_lists_it(tmp_path, capsys):
     assert train["wd_schedule"]["name"] == "exponential" and train["eta"] > 1e-4
     code, out, _ = run_cli(["summary", tmp_path], capsys)
     assert code == 0 and "run0.pt" in out and "l2-adam-d" in out
+    # --json: the printed rows as numbers, and a file that does not load listed (exit 2, the JSON still written)
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    listing = tmp_path / "listing" / "summary.json"
+    listing.parent.mkdir()
+    code, out, err = run_cli(["summary", tmp_path, "--json", listing], capsys)
+    payload = json.loads(listing.read_text())
+    assert code == 2 and "broken.pt" in err and [f["path"] for f in payload["failures"]] == [str(tmp_path / "broken.pt")]
+    row = payload["checkpoints"][0]
+    assert row["path"] == str(paths[0]) and row["optimizer"] == "l2-adam-d" and row["epochs"] == 2
+    assert row["lam"] == train["lam"] and row["eta"] == train["eta"] and row["batch_size"] == train["batch_size"]
+    assert row["params"] == sum(t.numel() for t in a["state_dict"].values()) and len(row["sha256"]) == 64
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ import json
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from torch import nn
 
 from .errors import WdboundError
 from .io_utils import atomic_path, sha256_file
-from .models import arch_arguments, build_model, infer_arch_kwargs
+from .models import arch_arguments, build_model, count_parameters, infer_arch_kwargs
 
 FORMAT = "wdbound/1"
 _FACTS = ("eta", "lam", "batch_size", "n_train")
@@ -83,6 +83,45 @@ def optimizer_name(meta: dict[str, Any]) -> str | None:
     """The optimizer name recorded in checkpoint metadata (None for a plain state_dict)."""
     name = (meta.get("optimizer") or {}).get("name")
     return None if name is None else str(name)
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """One row of ``wdbound summary``: what a checkpoint records (None where it does not record it)."""
+
+    path: str
+    arch: str
+    optimizer: str | None
+    params: int  # d, the trainable parameters
+    epochs: int | None
+    eta: float | None  # the last learning rate
+    lam: float | None  # the last weight decay
+    batch_size: int | None
+    n_train: int | None
+    test_acc: float | None  # a fraction
+    sha256: str
+
+    def to_json(self) -> dict:
+        """The row by field name."""
+        return asdict(self)
+
+
+def summarise(path: str | Path) -> CheckpointSummary:
+    """Load ``path`` (safely, :func:`load_checkpoint`) and read off its :class:`CheckpointSummary`; a file that
+    does not load is a one-line :class:`WdboundError`."""
+    ckpt = load_checkpoint(path)
+    train, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
+
+    def number(value, kind):
+        try:
+            return None if value is None else kind(value)
+        except (TypeError, ValueError):
+            return None
+
+    return CheckpointSummary(str(path), str(ckpt.meta["arch"]), ckpt.optimizer_name, count_parameters(ckpt.model),
+                             number(train.get("epochs"), int), number(train.get("eta"), float),
+                             number(train.get("lam"), float), number(train.get("batch_size"), int),
+                             number(train.get("n_train"), int), number(metrics.get("test_acc"), float), ckpt.sha256)
 
 
 def checkpoint_paths(paths: list[Path]) -> list[Path]:
