@@ -116,10 +116,16 @@ def test_check_passes_untouched_and_fails_edited_baseline(tiny_checkpoint, tmp_p
     metric = data["checkpoints"][0]["metrics"]["err_mean"]
     metric["value"] += 10 * 4 * 2**0.5 * metric["stderr"]
     baseline.write_text(json.dumps(data))
-    code, out, err = run_cli(["check", "--baseline", baseline, "--junit", junit], capsys)
+    report = tmp_path / "check.json"
+    code, out, err = run_cli(["check", "--baseline", baseline, "--junit", junit, "--json", report], capsys)
     assert code == 1 and "err_mean" in err and "FAIL" in out
     xml = junit.read_text()
     assert 'failures="1"' in xml and "<failure" in xml and "err_mean" in xml
+    payload = json.loads(report.read_text())  # the printed table as JSON, with the settings behind it
+    assert payload["passed"] is False and payload["settings"] == data["settings"]
+    failed = [r for r in payload["results"] if not r["passed"]]
+    assert [r["metric"] for r in failed] == ["err_mean"] and failed[0]["baseline"] == metric["value"]
+    assert failed[0]["difference"] == pytest.approx(failed[0]["now"] - failed[0]["baseline"])
     # An explicit per-metric tolerance wider than the edit makes it pass again.
     data["tolerances"] = {"err_mean": {"abs": 100.0}}
     baseline.write_text(json.dumps(data))

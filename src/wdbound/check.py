@@ -280,6 +280,14 @@ class CheckReport:
         """The comparisons as JUnit XML."""
         return junit_xml(self.results, self.seconds)
 
+    def to_json(self, baseline: "Baseline") -> dict:
+        """``wdbound check --json``: every comparison (baseline, now, difference, tolerance and its rule, verdict),
+        the verdict, the checkpoints whose bytes changed, and the baseline's settings that produced the values."""
+        return {"baseline": str(baseline.path), "settings": baseline.data.get("settings"),
+                "passed": not self.failed, "checkpoints": self.checkpoints, "seconds": self.seconds,
+                "worst_relative_drift": self.worst_relative_drift, "changed_files": self.changed_files,
+                "results": [{**asdict(r), "difference": r.difference, "passed": r.passed} for r in self.results]}
+
 
 def run_check(baseline: Baseline, *, checkpoints: list[Path] = (), device: str = "auto", memory: str = "auto",
               observer: Observer | None = None) -> CheckReport:

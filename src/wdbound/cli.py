@@ -831,6 +831,7 @@ def check(
     baseline: Path = typer.Option(Path("reports/baseline.json"), help="Baseline JSON (format wdbound-baseline/1)."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline (atomically) with the values computed now and say what changed; creates it if missing."),
     junit: Optional[Path] = typer.Option(None, help="Also write the results as JUnit XML (one testcase per checkpoint and metric)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every comparison (baseline, now, difference, tolerance and its rule, verdict) with the baseline's settings as JSON."),
     probes: int = typer.Option(defaults.CHECK_PROBES, help="New baselines only: SLQ probes k."),
     steps: int = typer.Option(defaults.CHECK_STEPS, help="New baselines only: Lanczos steps m."),
     seed: int = typer.Option(0, help="New baselines only: seed of every probe."),
@@ -843,9 +844,10 @@ def check(
     from dataclasses import replace as with_
 
     from .check import Baseline, run_check, verify_table
-    from .io_utils import check_output, write_text_atomic
+    from .io_utils import check_output, write_json_atomic, write_text_atomic
 
     check_output(junit)
+    check_output(json_path)
     chosen = list(checkpoints or [])
     base = Baseline.open(baseline, update=update, checkpoints=chosen, probes=probes, steps=steps, seed=seed,
                          max_samples=max_samples)
@@ -863,6 +865,8 @@ def check(
         report = with_(report, results=report.results + tabled.results, seconds=report.seconds + tabled.seconds)
     if junit is not None:
         say(f"wrote {write_text_atomic(junit, report.junit())}")
+    if json_path is not None:
+        say(f"wrote {write_json_atomic(json_path, report.to_json(base))}")
     if update:
         base.updated(report).write()
         say(f"wrote {baseline}: {len(report.recorded)} checkpoints; {len(report.changed)} metric values changed"
