@@ -1,5 +1,8 @@
+import pickle
 import warnings
 from contextlib import contextmanager
+
+import numpy as np
 import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
@@ -58,3 +61,16 @@ def raises_param(param, match=None):
     with pytest.raises(WdboundError, match=match) as info:
         yield info
     assert info.value.param == param, (info.value.param, str(info.value))
+
+
+def write_cifar_batches(root, n=6):
+    """A CIFAR-10 python-format folder of ``n`` random 3x32x32 images per batch under ``root``."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n)),
+                 b"batch_label": name.encode()}
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+    return folder

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, write_cifar_batches
 
 
 class _Evil:
@@ -181,6 +181,7 @@ FLAG_CASES = [
     (["train", "--batch-size", "0", "--out", "{tmp}/o/t.pt"], "--batch-size"),
     (["train", "--optimizer", "sgd", "--out", "{tmp}/o/t.pt"], "--optimizer"),
     (["train", "--data", "imagefolder:/nonexistent", "--out", "{tmp}/o/t.pt"], "--data"),
+    (["train", "--data", "cifar10:{tmp}/cifar", "--epochs", "1", "--out", "{tmp}/o/t.pt"], "cannot take the inputs"),
     (["train", "--arch", "alexnet", "--out", "{tmp}/o/t.pt"], "--arch"),
     (["train", "--model", "alexnet", "--out", "{tmp}/o/t.pt"], "--arch"),
     (["train", "--model", "digits-cnn", "--arch", "digits-vit", "--out", "{tmp}/o/t.pt"], "--arch"),
@@ -200,6 +201,7 @@ def flag_env(tmp_path, tiny_checkpoint):
     (tmp_path / "not-cifar").mkdir()
     (tmp_path / "not-cifar" / "test_batch").write_bytes(b"nonsense")
     (tmp_path / "empty-dir").mkdir()
+    write_cifar_batches(tmp_path / "cifar")  # 3x32x32 images: digits-mlp (8x8) cannot take them
     (tmp_path / "garbage.json").write_bytes(b"\x00\xffnot json")
     (tmp_path / "version.json").write_text(json.dumps({"format": "wdbound-baseline/99", "checkpoints": []}))
     (tmp_path / "shape.json").write_text(json.dumps({"format": "wdbound-baseline/1", "checkpoints": {"a": 1},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import raises_param
+from conftest import raises_param, write_cifar_batches
 from wdbound import WdboundError, load_dataset
 from wdbound.data import DataSpec
 
@@ -21,20 +21,8 @@ def test_digits_split_is_fixed_and_stratified():
     assert always_zero > 0  # the pixels that make zero Hessian rows
 
 
-def _write_cifar_py(root, n=6):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n)),
-                 b"batch_label": name.encode()}
-        with open(folder / name, "wb") as handle:
-            pickle.dump(batch, handle, protocol=2)
-    return folder
-
-
 def test_cifar10_python_format(tmp_path):
-    folder = _write_cifar_py(tmp_path)
+    folder = write_cifar_batches(tmp_path)
     train, test = load_dataset(f"cifar10:{tmp_path}", "train"), load_dataset(f"cifar10:{tmp_path}", "test")
     assert (len(train), len(test)) == (30, 6)
     x, y = test[2]
@@ -58,7 +46,7 @@ def test_cifar10_binary_format(tmp_path):
 def test_cifar10_refuses_code_in_pickles_and_missing_data(tmp_path):
     import os
 
-    folder = _write_cifar_py(tmp_path)
+    folder = write_cifar_batches(tmp_path)
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -82,9 +70,19 @@ def test_imagefolder(tmp_path):
             (tmp_path / split / label).mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(np.full((40, 48, 3), 60 * i, dtype=np.uint8)).save(tmp_path / split / label / f"{i}.png")
+    # other colour modes are converted to RGB
+    Image.fromarray(np.full((20, 30), 90, dtype=np.uint8)).convert("L").save(tmp_path / "test" / "dog" / "grey.png")
+    Image.fromarray(np.full((20, 30, 3), 90, dtype=np.uint8)).convert("RGBA").save(tmp_path / "test" / "dog" / "alpha.png")
     test = load_dataset(f"imagefolder:{tmp_path}", "test", image_size=16)
     x, y = test[3]
-    assert len(test) == 4 and x.shape == (3, 16, 16) and y == 1
+    assert len(test) == 6 and x.shape == (3, 16, 16) and y == 1
+    assert all(test[i][0].shape == (3, 16, 16) for i in range(len(test)))
+    # a file that does not decode: one line naming it (it was PIL's UnidentifiedImageError traceback)
+    (tmp_path / "test" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    broken = load_dataset(f"imagefolder:{tmp_path}", "test", image_size=16)
+    index = [i for i, (path, _) in enumerate(broken.inner.samples) if path.endswith("broken.png")][0]
+    with raises_param("data", match="broken.png: not a readable image"):
+        broken[index]
 
 
 @pytest.mark.parametrize("spec", ["mnist", "cifar10", "digits:/x", "imagefolder:"])

@@ -218,6 +218,8 @@ def _cifar10(root: Path, split: str) -> ArrayDataset:
 # ---------------------------------------------------------------- ImageFolder
 
 class _IntLabels(Dataset):
+    """An image dataset's items with ``int`` labels; a file that does not decode is a one-line error naming it."""
+
     def __init__(self, inner: Dataset) -> None:
         self.inner = inner
         self.classes = getattr(inner, "classes", [])
@@ -226,7 +228,13 @@ class _IntLabels(Dataset):
         return len(self.inner)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.inner[index]
+        try:
+            image, label = self.inner[index]
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError (an OSError), truncated
+            samples = getattr(self.inner, "samples", None)
+            where = samples[index][0] if samples is not None else f"item {index}"
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            raise WdboundError(f"{where}: not a readable image ({type(exc).__name__}: {reason})", "data") from None
         return image, int(label)
 
 

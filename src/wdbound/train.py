@@ -86,6 +86,21 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512) -> tuple[float, f
     return total_loss / count, correct / count
 
 
+def check_takes_inputs(model: nn.Module, dataset, config: TrainConfig) -> None:
+    """One example of ``dataset`` through ``model`` (eval mode, no gradient: no state or random stream moves);
+    an architecture that cannot take the data's inputs is a one-line :class:`WdboundError` instead of a
+    traceback from the first training step."""
+    example = dataset[0][0]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[None].to(next(model.parameters()).dtype))
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise WdboundError(f"{config.model} cannot take the inputs of {config.data} (one example has shape "
+                           f"{tuple(example.shape)}): {reason}", "arch") from None
+
+
 def train(config: TrainConfig, on_step: StepCallback | None = None,
           on_epoch: Callable[[int, nn.Module], None] | None = None) -> tuple[nn.Module, dict]:
     """Train deterministically on CPU; return the model and the checkpoint contents.
@@ -109,6 +124,7 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
     if config.dtype not in dtypes:
         raise WdboundError(f"unknown dtype {config.dtype!r}; use float32 or float64", "dtype")
     model = build_model(config.model, **arch_kwargs).to(dtypes[config.dtype])
+    check_takes_inputs(model, train_set, config)
     names = {param: name for name, param in model.named_parameters()}
     unknown = set(config.grad_scale) - set(names.values())
     if unknown:
