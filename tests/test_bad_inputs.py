@@ -176,6 +176,8 @@ FLAG_CASES = [
     (["table", "{ckpt}", "--format", "docx"], "--format"),
     (["table", "{tmp}/empty-dir"], "no checkpoint"),
     (["updates", "{ckpt}", "--plot", "{tmp}/afile/p.png"], "afile"),
+    (["updates", "{ckpt}", "--plot", "{tmp}/u.doc"], "not an image format"),  # was a traceback after the work
+    (["spectrum", "{ckpt}", "--plot", "{tmp}/p.txt"], "not an image format"),
     (["train", "--epochs", "0", "--out", "{tmp}/o/t.pt"], "--epochs"),
     (["train", "--lr", "-1", "--out", "{tmp}/o/t.pt"], "--lr"),
     (["train", "--batch-size", "0", "--out", "{tmp}/o/t.pt"], "--batch-size"),

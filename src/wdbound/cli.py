@@ -460,11 +460,12 @@ def spectrum(
     """Hessian spectrum of a checkpoint: top eigenvalues, SLQ density, trace and diagonal (+ exact with --exact)."""
     from .io_utils import check_output, write_json_atomic
     from .models import count_parameters
-    from .plots import plot_density
+    from .plots import check_plot_path, plot_density
     from .spectrum import analyse_spectrum, per_layer_json, per_layer_spectra, resolve_exact, write_spectrum_json
 
     check_output(json_path)
     check_output(plot)
+    check_plot_path(plot)
     ckpt = load(checkpoint, arch, arch_kwarg, None, None, None, None, dtype, model_factory)
     settings = spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype,
                                  hvp, hvp_batch_size, resolve_exact(exact, count_parameters(ckpt.model)), backend,
@@ -784,11 +785,12 @@ def updates(
     """Histograms of |update|/lr = |m_hat/(sqrt(v_hat)+eps)| per coordinate, log2 bins from 2^-27 to 1."""
     from .checkpoints import checkpoint_paths, read_meta
     from .io_utils import check_output, write_json_atomic
-    from .plots import plot_updates
+    from .plots import check_plot_path, plot_updates
     from .updates import checkpoint_entry, updates_json
 
     check_output(json_path)
     check_output(plot)
+    check_plot_path(plot)
     entries = [checkpoint_entry(read_meta(path), path) for path in checkpoint_paths(paths)]
     render_updates(entries, per_layer)
     if plot is not None:

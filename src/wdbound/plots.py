@@ -36,13 +36,39 @@ def _pyplot(headless: bool = True):
     return plt
 
 
+def check_plot_path(path) -> None:
+    """Refuse, before any work, a plot path whose suffix matplotlib cannot write (``.txt``, ``.doc``): a
+    one-line :class:`~wdbound.errors.WdboundError` listing the formats it can. None or no suffix (PNG): fine.
+
+    >>> check_plot_path("spec.svg")
+    >>> check_plot_path("spec.txt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    wdbound.errors.WdboundError: cannot plot to spec.txt: .txt is not an image format; use one of ..., png, ...
+    """
+    if path is None:
+        return
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if not suffix:
+        return
+    from matplotlib.figure import Figure
+
+    from .errors import WdboundError
+
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    if suffix not in formats:
+        raise WdboundError(f"cannot plot to {path}: .{suffix} is not an image format; use one of "
+                           f"{', '.join(formats)}", "plot")
+
+
 def save_figure(fig, path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix, PNG without one) and close it."""
     from .io_utils import atomic_path
 
     path = Path(path)
+    check_plot_path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
     _pyplot().close(fig)
     return path
 
