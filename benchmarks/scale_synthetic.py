@@ -40,10 +40,10 @@ from wdbound.cache import Cache
 from wdbound.estimators.hutchinson import rademacher
 from wdbound.curvature import ProjectedOperator
 from wdbound.estimators.lanczos import (SLQ, LanczosMemory, RitzDeflation, hvp_precision, run_lanczos, slq_from_run,
-                                       spectral_support, top_eigenvalues)
+                                       top_eigenvalues)
 from wdbound.estimators.quadrature_interval import RADAU_POINTS
 from wdbound.memory import RESTART_TOP
-from wdbound.spectrum import SpectrumSettings
+from wdbound.spectrum import SpectrumSettings, spectrum_ends
 from wdbound.synthetic import KnownSpectrumOperator, published_spectrum, repeated_spectrum
 
 BUDGETS = {"16x80 (before issue 30)": (16, 80), "2x160": (2, 160), "2x320": (2, 320), "2x640": (2, 640),
@@ -155,7 +155,11 @@ def density_run(eigenvalues: np.ndarray, probes: int, steps: int, seed: int, ful
 
     slq = slq_from_run(run_lanczos(density_operator, draw, probes, min(steps, operator.dim), memory), dim,
                        null_weight=null, space_dim=operator.dim, precision=hvp_precision(operator), ritz=ritz)
-    support = spectral_support(target, torch.Generator().manual_seed(seed), top)
+    # The support as the tool finds it: the top from the top-k run (or a top-1 run), the bottom from the density
+    # run itself when it has converged there, else a run on -H.
+    top = top if top is not None else top_eigenvalues(target, 1, torch.Generator().manual_seed(seed), tol=1e-4,
+                                                      max_steps=150, refined=False)
+    support = spectrum_ends(target, slq, top, seed)
     return DensityRun(slq, support.bounds(), dim, target.matvecs, time.perf_counter() - start, low_memory,
                       ritz.count if ritz is not None else 0)
 

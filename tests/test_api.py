@@ -104,6 +104,20 @@ def test_integer_inputs_stay_integer_and_the_hessian_matches_finite_differences(
     assert np.allclose(H.dense(), reference, rtol=0, atol=1e-7 * np.abs(reference).max())
 
 
+def test_density_reads_the_lower_end_off_its_own_run_when_it_has_converged():
+    # A long density run has converged at the bottom: L comes from it (no run on -H) and holds the exact
+    # smallest eigenvalue; a short one has not, and the run on -H is made as before.
+    model, x, y = _setup(1)
+    H = wdbound.Hessian(model, (x, y))
+    ev = H.exact().eigenvalues
+    long = H.density(probes=2, steps=120)
+    assert long.support.low_from == "density run" and long.provenance["support"]["low_from"] == "density run"
+    assert ev[0] - 1e-9 * abs(ev).max() <= long.support.low <= ev[0]
+    assert long.support.steps < H.density(probes=2, steps=6).support.steps  # the top-1 run's steps only
+    short = H.density(probes=2, steps=6)
+    assert short.support.low_from == "lanczos on -H" and short.support.low <= ev[0]
+
+
 def _copy(model, state):
     clone = Net()
     clone.load_state_dict(state)

@@ -36,8 +36,8 @@ from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
-from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Support, hvp_precision, lanczos,
-                                 run_lanczos, slq_from_run, spectral_support)
+from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Support, density_low_end, hvp_precision,
+                                 lanczos, run_lanczos, slq_from_run, spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes,
@@ -321,9 +321,6 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
     ``RITZ_MAX_SHARE`` of the dimensions): the returned deflation carries them (its probes then do not estimate
     the diagonal).
     """
-    support = (spectral_support(operator, torch.Generator().manual_seed(seed + 1), top,
-                                max_steps=defaults.ENDS_MAX_STEPS,
-                                restart=memory.ends_restart if memory is not None else None) if ends else None)
     deflation = Deflation.find(operator, zero_rows(operator, generator), float(abs(top.values).max()),
                                torch.Generator().manual_seed(seed + 2))
     if memory is not None and memory.ritz and not memory.full(probes, steps, operator.dim):
@@ -336,9 +333,21 @@ def deflated_density(operator, probes: int, steps: int, seed: int, generator: to
         return deflation.project(rademacher(count, operator.dim, generator, operator.dtype, operator.device))
 
     run = run_lanczos(deflation.operator(operator), draw, probes, steps, memory)
-    return run, slq_from_run(run, operator.dim, null_weight=deflation.null_count,
-                             space_dim=operator.dim - deflation.null_count, precision=hvp_precision(operator),
-                             ritz=deflation.ritz), support, deflation
+    density = slq_from_run(run, operator.dim, null_weight=deflation.null_count,
+                           space_dim=operator.dim - deflation.null_count, precision=hvp_precision(operator),
+                           ritz=deflation.ritz)
+    support = spectrum_ends(operator, density, top, seed, memory) if ends else None
+    return run, density, support, deflation
+
+
+def spectrum_ends(operator, density: SLQ, top: TopEigen, seed: int, memory: LanczosMemory | None = None) -> Support:
+    """The support ``[L, R]`` of the quadrature intervals: R from ``top``'s run, L from the density run itself
+    when one of its probes has converged at the bottom (:func:`~wdbound.estimators.lanczos.density_low_end`: no
+    HVP), else from a Lanczos run on ``-H`` of at most ``ENDS_MAX_STEPS`` steps (its own stream, ``seed + 1``)."""
+    high = float(top.values[0] + top.residuals[0])
+    return spectral_support(operator, torch.Generator().manual_seed(seed + 1), top, max_steps=defaults.ENDS_MAX_STEPS,
+                            restart=memory.ends_restart if memory is not None else None,
+                            low=density_low_end(density, high, hvp_precision(operator)))
 
 
 @dataclass(frozen=True)
@@ -706,10 +715,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         if not top.converged:  # the union did not certify top-k within the steps: a Lanczos run of its own
             top = top_eigenvalues(operator, settings.top_k, generator, restart=restart,
                                   max_steps=defaults.TOP_MAX_STEPS)
-        support = (spectral_support(operator, torch.Generator().manual_seed(settings.seed + 1), top,
-                                    max_steps=defaults.ENDS_MAX_STEPS,
-                                    restart=memory.ends_restart if memory is not None else None)
-                   if settings.ends else None)
+        support = spectrum_ends(operator, density, top, settings.seed, memory) if settings.ends else None
     else:
         # The deflated trace's Krylov space is the top-k run's: at least TRACE_SPAN_STEPS steps make it a good one.
         span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0

@@ -915,10 +915,11 @@ class Support:
     low: float
     high: float
     steps: int  # Lanczos steps spent on the two ends
+    low_from: str = "lanczos on -H"  # or "density run": its own converged bottom Ritz value (density_low_end)
 
     def to_json(self) -> dict:
         """The ends and how they were found."""
-        return {"low": self.low, "high": self.high, "steps": self.steps}
+        return {"low": self.low, "high": self.high, "steps": self.steps, "low_from": self.low_from}
 
     def bounds(self) -> tuple[float, float]:
         """(L, R): an interval containing every eigenvalue."""
@@ -926,19 +927,61 @@ class Support:
 
 
 def spectral_support(operator, generator: torch.Generator, top: TopEigen | None = None, *,
-                     rtol: float = 1e-4, max_steps: int = 150, restart: int | None = None) -> Support:
+                     rtol: float = 1e-4, max_steps: int = 150, restart: int | None = None,
+                     low: float | None = None) -> Support:
     """Ends of the spectrum for the quadrature intervals (``wdbound.estimators.quadrature_interval``).
 
     Each end is a Lanczos Ritz value from a random start, minus (bottom) or plus (top) its
     residual, the residual driven below ``rtol`` times the spectral radius (``restart``: at most that
     many Lanczos vectors, see :func:`top_eigenvalues`). The extreme Ritz
     values converge first (Kaniel–Paige), and a random start misses an extreme eigenvector with
-    probability zero; ``top`` reuses a finished top-eigenvalue run.
+    probability zero; ``top`` reuses a finished top-eigenvalue run. ``low``: a bottom end found already
+    (:func:`density_low_end`), so no run on ``-H`` is made.
     """
     if top is None:
         top = top_eigenvalues(operator, 1, generator, tol=rtol, max_steps=max_steps, restart=restart, refined=False)
     high = float(top.values[0] + top.residuals[0])
+    if low is not None:
+        return Support(min(low, high), high, int(top.steps), "density run")
     bottom = top_eigenvalues(_Negated(operator), 1, generator, tol=rtol, atol=rtol * abs(high),
                              max_steps=max_steps, restart=restart, refined=False)
     low = float(-(bottom.values[0] + bottom.residuals[0]))
     return Support(min(low, high), high, int(top.steps + bottom.steps))
+
+
+def density_low_end(run: "SLQ", high: float, precision: float, rtol: float = 1e-4) -> float | None:
+    """The bottom end of the spectrum the density run has found itself, or None (then :func:`spectral_support`
+    makes its run on ``-H``).
+
+    For each probe, the smallest Ritz value θ of its leading ``n − 1`` steps (whose next off-diagonal β is
+    known) has residual ``r = β |s_last|``: an eigenvalue lies within ``r`` of θ. When ``r <= rtol · |high|``
+    (the criterion of the run on ``-H``), ``θ − r − sqrt(n) · precision · ‖T‖`` (the HVPs' rounding) is that
+    probe's end; the result is the lowest over such probes, None when no probe converged there (fewer than 3
+    steps, or a short run). After the defaults' 1,280 steps the residuals on the zoo are ~1e-48 (docs/intervals.md).
+    The run's operator is the one its probes saw (null directions and deflated Ritz vectors projected off),
+    whose spectrum is what the run's quadrature brackets.
+
+    >>> import numpy as np
+    >>> H = np.diag(np.linspace(-1.0, 4.0, 30))
+    >>> from wdbound.curvature import DenseOperator
+    >>> op = DenseOperator(torch.from_numpy(H))
+    >>> slq = slq_from_run(lanczos(op, torch.ones(1, 30, dtype=torch.float64), 30), 30)
+    >>> low = density_low_end(slq, 4.0, 0.0)  # at most -1, the smallest eigenvalue, and within its residual
+    >>> bool(-1.0 - 1e-6 <= low <= -1.0)
+    True
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    ends = []
+    for p in range(len(run.lengths)):
+        n = int(run.lengths[p])
+        if n < 3:
+            continue
+        a = np.asarray(run.alphas[p, :n - 1], dtype=np.float64)
+        b = np.asarray(run.betas[p, :n - 2], dtype=np.float64)
+        value, vector = eigh_tridiagonal(a, b, select="i", select_range=(0, 0), lapack_driver="stebz")
+        reach = abs(float(run.betas[p, n - 2])) * abs(float(vector[-1, 0]))
+        if reach <= rtol * abs(high):
+            norm = float(np.max(np.abs(a) + np.r_[np.abs(b), 0.0] + np.r_[0.0, np.abs(b)]))
+            ends.append(float(value[0]) - reach - math.sqrt(n) * precision * norm)
+    return min(ends) if ends else None
