@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from wdbound.synthetic import KnownSpectrumOperator, RandomOrthogonal, published_spectrum, repeated_spectrum
+from wdbound.synthetic import (KnownSpectrumOperator, RandomOrthogonal, grown_spectrum, published_spectrum,
+                               repeated_spectrum)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 7, 64, 1001])
@@ -50,3 +51,18 @@ def test_spectra_shapes():
         assert 0.15 < negative < 0.5 and np.median(np.abs(ev)) < 1e-2 * ev.max()
     with pytest.raises(ValueError, match="unknown spectrum shape"):
         published_spectrum("lstm", 10)
+
+
+def test_a_grown_spectrum_tiles_the_bulk_and_keeps_each_outlier_once():
+    values = np.sort(np.random.default_rng(1).standard_normal(200))
+    values[-3:] = [50.0, 70.0, 90.0]
+    grown = grown_spectrum(values, 10_000, outliers=3)
+    assert len(grown) == 10_000 and sorted(grown[-3:]) == [50.0, 70.0, 90.0]
+    assert np.sum(grown > 10) == 3  # the outliers once, where repeated_spectrum has 150 of them
+    assert np.sum(repeated_spectrum(values, 10_000) > 10) == 150
+    bulk = np.sort(grown[:-3])  # the bulk's quantiles are the small spectrum's, to the jitter
+    assert np.allclose(np.quantile(bulk, [0.1, 0.5, 0.9]), np.quantile(values[:-3], [0.1, 0.5, 0.9]), rtol=0.05, atol=0.02)
+    with pytest.raises(ValueError):
+        grown_spectrum(values, 100, outliers=3)
+    with pytest.raises(ValueError):
+        grown_spectrum(values, 10_000, outliers=200)

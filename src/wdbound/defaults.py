@@ -17,8 +17,9 @@ SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to i
 # zero, which shrinks with the steps, not with the probes; a probe's own spread is small (relative standard error
 # about sqrt(2/d) x the spread of the integrand) and, below SAMPLE_STDERR_MIN_PROBES probes, bounded from the same
 # quadrature instead of measured (estimators/quadrature_interval.py). One probe x 1,280 steps, plus the ends of
-# the spectrum (top-1 and <= 150 steps): about 1,450 HVPs for both bound forms; measured narrower than 2 x 640
-# and 16 x 80 at every size tried (docs/intervals.md).
+# the spectrum (top-1, and the lower end read off the density run or <= 150 steps on -H): 1,293-1,299 HVPs for
+# both bound forms on the zoo's MLPs and ViTs; measured narrower than 2 x 640 and 16 x 80 at every size tried
+# (docs/intervals.md).
 PROBES = 1
 STEPS = 1280  # at most d (a Krylov space has at most d dimensions)
 # The Theorem 6/7 runs (Lanczos on A and H started from Q^1/2 z): their probes are not plain Rademacher vectors,
