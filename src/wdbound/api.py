@@ -22,10 +22,9 @@ True
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable
-
-import numbers
 
 import numpy as np
 import torch
