@@ -52,7 +52,8 @@ def main() -> None:
     images, labels = load_digits(return_X_y=True)
     x, y = torch.tensor(images / 16.0, dtype=torch.float32), torch.tensor(labels)
     rows = []
-    print("| model | d | test acc. | form | SLQ err/d [interval] | exact | covered | half-width | seconds SLQ / exact |")
+    print("| model | d | test acc. | form | SLQ err/d [interval] | exact | covered | half-width "
+          "| seconds SLQ / exact |")
     print("|---|---:|---:|---|---|---:|---|---:|---|")
     for kind in args.models.split(","):
         torch.manual_seed(args.seed)
@@ -84,7 +85,8 @@ def main() -> None:
             rows.append(row)
             print(f"| {kind} | {hessian.dim:,} | {100 * accuracy:.1f} % | {form} | {slq.err_mean:.4f} "
                   f"[{interval.low:.4f}, {interval.high:.4f}] | {exact:.4f} | {'yes' if row['covered'] else 'NO'} | "
-                  f"{100 * row['relative_half_width']:.2f} % | {timings['off']:.0f} / {timings['on']:.0f} |", flush=True)
+                  f"{100 * row['relative_half_width']:.2f} % | {timings['off']:.0f} / {timings['on']:.0f} |",
+                  flush=True)
     print(f"\ncovered {sum(r['covered'] for r in rows)}/{len(rows)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")

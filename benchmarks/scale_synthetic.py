@@ -107,7 +107,7 @@ class KnownSpectra:
         return cls(split_null(eigenvalues, null), null, len(eigenvalues), {"adamw": adamw_inputs, "l2-adam": l2_inputs})
 
     def make(self, kind: str, dim: int) -> tuple[np.ndarray, int]:
-        """The eigenvalues of spectrum ``kind`` (zoo, resnet, vit) at dimension ``dim``, and how many more
+        """The eigenvalues of spectrum ``kind`` (zoo, zoo-grown, resnet, vit) at dimension ``dim``, and how many more
         dimensions are exact null directions deflated as the tool deflates them."""
         if kind not in ("zoo", "zoo-grown"):
             return published_spectrum(kind, dim), 0

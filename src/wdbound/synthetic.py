@@ -7,9 +7,10 @@ Rademacher probe sees a dense matrix (its spectral weights :math:`(v_i^\top z)^2
 not concentrated on coordinate axes).
 
 The spectra (:func:`repeated_spectrum`, :func:`grown_spectrum`, :func:`published_spectrum`) are the zoo's exact
-spectra tiled with a relative jitter (every eigenvalue, or the bulk with the C outliers kept once), and shapes read off published Hessian densities of trained image classifiers: a bulk
-concentrated at zero with a share of small negative eigenvalues, a power-law tail, and about C outliers at the top
-(Ghorbani, Krishnan & Xiao, ICML 2019; Papyan, JMLR 2020; Yao et al., PyHessian 2020).
+spectra tiled with a relative jitter (every eigenvalue, or the bulk with the C outliers kept once), and shapes
+read off published Hessian densities of trained image classifiers: a bulk concentrated at zero with a share of
+small negative eigenvalues, a power-law tail, and about C outliers at the top (Ghorbani, Krishnan & Xiao,
+ICML 2019; Papyan, JMLR 2020; Yao et al., PyHessian 2020).
 
 >>> import numpy as np, torch
 >>> eigenvalues = np.array([-1.0, 0.0, 0.5, 2.0, 3.0])
