@@ -151,7 +151,7 @@ FLAG_CASES = [
     (["err", "{ckpt}", "--batch-size", "0"], "--batch-size"), (["err", "{ckpt}", "--n-train", "-5"], "--n-train"),
     (["err", "{ckpt}", "--probes", "0"], "--probes"), (["err", "{ckpt}", "--steps", "0"], "--steps"),
     (["err", "{ckpt}", "--steps", "100000"], "--steps"), (["err", "{ckpt}", "--sigma-floor", "-1"], "floor"),
-    (["err", "{ckpt}", "--form", "sgd"], "--form"), (["err", "{ckpt}", "--optimizer", "sgd"], "--form"), (["err", "{ckpt}", "--sweep", "rho"], "--sweep"),
+    (["err", "{ckpt}", "--form", "sgd"], "--form"), (["err", "{ckpt}", "--optimizer", "sgd"], "--optimizer"), (["err", "{ckpt}", "--sweep", "rho"], "--sweep"),
     (["err", "{ckpt}", "--rtol", "2"], "--rtol"), (["err", "{ckpt}", "--memory", "lots"], "--memory"),
     (["err", "{ckpt}", "--theorem-probes", "1"], "--theorem-probes"),
     (["err", "{ckpt}", "--theorem-steps", "0"], "--theorem-steps"),

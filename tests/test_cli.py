@@ -234,7 +234,7 @@ def test_err_intervals_cover_exact_on_a_shipped_checkpoint(tmp_path, capsys):
 @pytest.mark.slow
 def test_err_adaptive_rtol_meets_target_or_says_cap(tiny_checkpoint, tmp_path, capsys):
     base = ["err", tiny_checkpoint, "--exact", "off", "--probes", "4", "--steps", "10", "--max-samples", "100",
-            "--form", "adamw"]
+            "--optimizer", "adamw"]
     capped = tmp_path / "capped.json"
     code, out, err = run_cli([*base, "--rtol", "0.001", "--max-hvps", "100", "--json", capped], capsys)
     assert code == 0, err
@@ -359,16 +359,27 @@ def test_err_on_a_parameter_block(tiny_checkpoint, tmp_path, capsys):
     assert payload["adamw"]["method"] == "exact" and np.isfinite(payload["adamw"]["err_mean"])
 
 
-def test_deprecated_spellings_still_work_and_say_so(tiny_checkpoint, tmp_path, capsys):
-    """err --optimizer (now --form) and train --model (now --arch): same result as the new spelling, plus one
-    warning line naming the new flag."""
+def test_err_optimizer_is_the_card_spelling_and_form_its_old_one(tiny_checkpoint, tmp_path, capsys):
+    """err --optimizer NAME takes any training rule (its bound form) with no warning; --form, the old spelling,
+    gives the same numbers and says so; train --model (now --arch) likewise."""
     common = ["err", tiny_checkpoint, "--probes", "2", "--steps", "5", "--exact", "on", "--no-cache"]
-    code, new_out, err = run_cli([*common, "--form", "adamw", "--json", tmp_path / "new.json"], capsys)
-    assert code == 0 and "deprecated" not in err
-    code, old_out, err = run_cli([*common, "--optimizer", "adamw", "--json", tmp_path / "old.json"], capsys)
-    assert code == 0 and "warning: --optimizer is deprecated here; use --form adamw" in err
-    new, old = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("new", "old"))
-    assert new["adamw"]["err_mean"] == pytest.approx(old["adamw"]["err_mean"], rel=1e-13) and "l2-adam" not in old
+    outs = {}
+    for name, flags in {"adamw": ["--optimizer", "adamw"], "adamw-d": ["--optimizer", "adamw-d"],
+                        "adams": ["--optimizer", "adams"], "old": ["--form", "adamw"]}.items():
+        code, _, err = run_cli([*common, *flags, "--json", tmp_path / f"{name}.json"], capsys)
+        assert code == 0, err
+        assert ("note: --form is now spelled --optimizer adamw" in err) == (name == "old")
+        assert "warning" not in err and "deprecated" not in err
+        outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    for name, payload in outs.items():
+        assert "l2-adam" not in payload
+        assert payload["adamw"]["err_mean"] == pytest.approx(outs["adamw"]["adamw"]["err_mean"], rel=1e-13)
+    code, out, _ = run_cli([*common, "--optimizer", "adal", "--json", tmp_path / "adal.json"], capsys)
+    payload = json.loads((tmp_path / "adal.json").read_text())
+    assert code == 0 and "adamw" not in payload and np.isfinite(payload["l2-adam"]["err_mean"])
+    assert "counterfactual" in out and "l2-Adam (Thm 7) shown here" in out
+    code, _, err = run_cli([*common, "--optimizer", "sgd"], capsys)
+    assert code == 2 and "unknown optimizer 'sgd'" in err and "--optimizer" in err and "--form" not in err
     code, _, err = run_cli(["train", "--model", "digits-mlp", "--arch-kwarg", "hidden=4", "--epochs", "1",
                             "--out", tmp_path / "t.pt"], capsys)
     assert code == 0 and "warning: --model is deprecated here; use --arch digits-mlp" in err

@@ -102,7 +102,7 @@ def test_table_of_plain_state_dicts_from_a_runs_file(tmp_path, capsys):
 
     code, _, err = run_cli(["err", tmp_path / "digits-cnn-l2-adam.pt", "--arch", "digits-cnn", "--arch-kwarg",
                             "channels=2", "--lr", "3e-3", "--wd", "1e-3", "--batch-size", "64", "--n-train", "1437",
-                            "--form", "l2-adam", "--no-cache", "--json", tmp_path / "err.json"], capsys)
+                            "--optimizer", "l2-adam", "--no-cache", "--json", tmp_path / "err.json"], capsys)
     assert code == 0, err
     figures = json.loads((tmp_path / "err.json").read_text())["l2-adam"]
     assert figures["err_mean"] == pytest.approx(cells["digits-cnn-l2-adam.pt"]["err_mean"], rel=1e-10)

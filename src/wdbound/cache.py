@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import zipfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,51 @@ class WriteOnlyCache(Cache):
     def get(self, key: str):
         """Always a miss (a multi-process run reads no cache)."""
         return None
+
+
+LAST_SPECTRUM = "last-spectrum.json"
+
+
+@dataclass(frozen=True)
+class LastSpectrum:
+    """The most recent ``wdbound spectrum`` run, recorded beside the cache so that ``wdbound err`` without a
+    checkpoint evaluates the same checkpoint on the same data: the checkpoint's absolute path, when it ran
+    (ISO 8601, UTC), and the options that say which model and which evaluation set (by their option names).
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> LastSpectrum.read(root) is None
+    True
+    >>> _ = LastSpectrum("/tmp/a.pt", "2026-12-06T06:00:00+00:00", {"data": "digits", "split": "test"}).write(root)
+    >>> LastSpectrum.read(root).options["split"]
+    'test'
+    """
+
+    checkpoint: str
+    when: str
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def now(cls, checkpoint: str | Path, options: dict) -> "LastSpectrum":
+        """A record of a run of ``checkpoint`` finishing now."""
+        return cls(str(Path(checkpoint).resolve()), datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   dict(options))
+
+    def write(self, root: str | Path) -> Path:
+        """Write the record into the cache folder ``root`` (atomically); returns its path."""
+        path = Path(root) / LAST_SPECTRUM
+
+        def save(tmp) -> None:
+            Path(tmp).write_text(json.dumps(asdict(self), indent=1, default=str))
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(path, save)
+
+    @classmethod
+    def read(cls, root: str | Path) -> "LastSpectrum | None":
+        """The record in cache folder ``root``, or None when there is none or it does not parse."""
+        try:
+            raw = json.loads((Path(root) / LAST_SPECTRUM).read_text())
+            return cls(str(raw["checkpoint"]), str(raw["when"]), dict(raw.get("options") or {}))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None

@@ -69,6 +69,23 @@ def bound_form(optimizer: str) -> str | None:
     return spec.family if spec is not None else None
 
 
+def bound_forms(optimizer: str) -> tuple[str, ...]:
+    """The bound forms ``wdbound err --optimizer NAME`` evaluates: ``both`` gives both forms; a training rule gives
+    the form of its bound (Theorem 6 for adamw, adamw-d, adamprox, adams; Theorem 7 for l2-adam, l2-adam-d,
+    adal). An unknown name is a one-line error listing the accepted ones.
+
+    >>> bound_forms("adamw-d"), bound_forms("adal"), bound_forms("both")
+    (('adamw',), ('l2-adam',), ('adamw', 'l2-adam'))
+    """
+    if optimizer == "both":
+        return ("adamw", "l2-adam")
+    spec = OPTIMIZERS.get(optimizer)
+    if spec is None:
+        raise WdboundError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}, or both",
+                           "optimizer")
+    return (spec.family,)
+
+
 def optimizer_spec(name: str) -> OptimizerSpec:
     """The spec of an optimizer name; an unknown name is a one-line error listing the known ones."""
     try:
