@@ -177,9 +177,10 @@ def test_bad_inputs_are_wdbound_errors():
         def __getitem__(self, i):
             return {"x": x[i], "y": y[i]}
 
-    with pytest.raises(WdboundError, match="Dataset item must be an .input, target. pair, got a dict"):
+    # A dict item or batch is Hugging Face's convention: keyword inputs plus a "labels" key, which these lack.
+    with pytest.raises(WdboundError, match="a dict batch needs a 'labels' key .the targets., got keys .'x', 'y'."):
         wdbound.Hessian(model, Dicts())
-    with pytest.raises(WdboundError, match="DataLoader batch must be an .input, target. pair, got a dict"):
+    with pytest.raises(WdboundError, match="a dict batch needs a 'labels' key"):
         wdbound.Hessian(model, torch.utils.data.DataLoader(Dicts(), batch_size=8))
     triples = torch.utils.data.TensorDataset(x, y, y)
     with pytest.raises(WdboundError, match="got a tuple of 3"):
@@ -295,13 +296,17 @@ def test_python_err_equals_the_cli_on_a_checkpoint(tiny_checkpoint, tmp_path, ca
     x = torch.stack([data[i][0] for i in chosen])
     y = torch.tensor([data[i][1] for i in chosen])
     facts = ckpt.facts()
-    python = wdbound.err(wdbound.Hessian(ckpt.model, (x, y)), eta=facts.eta, lam=facts.lam, b=facts.batch_size,
-                         n=facts.n_train, rho=cli["inputs"]["rho"])
+    H = wdbound.Hessian(ckpt.model, (x, y))
+    exact = H.exact()
+    spent = H.operator.matvecs
+    # The API's defaults are the CLI's: rho = 1/sqrt(input dimension), and the dense Hessian just built is reused.
+    python = wdbound.err(H, eta=facts.eta, lam=facts.lam, b=facts.batch_size, n=facts.n_train)
+    assert H.operator.matvecs == spent and python["adamw"].inputs.rho == cli["inputs"]["rho"] == 0.125
+    assert exact.trace == pytest.approx(float(np.trace(H.dense())), rel=1e-12)
     for form in ("adamw", "l2-adam"):
         assert python[form].err_mean == pytest.approx(cli[form]["err_mean"], rel=1e-9)
         assert python[form].theorem_term == pytest.approx(cli[form]["theorem_term"], rel=1e-9)
         assert python[form].phi == pytest.approx(cli[form]["phi"], rel=1e-9)
-    H = wdbound.Hessian(ckpt.model, (x, y))
     for text in (repr(H.top_eigenvalues(2)), repr(H.trace(4)), repr(H.diagonal(None)), repr(H.density(2, 5)),
                  repr(H.exact())):
         assert "\n" not in text and len(text) < 300
@@ -327,3 +332,82 @@ def test_a_model_that_asserts_on_its_input_is_a_one_line_error():
     with pytest.raises(WdboundError, match="doesn't match model") as info:
         Hessian(Picky(), (torch.randn(8, 5), torch.randint(0, 2, (8,))))
     assert info.value.param == "loss" and "\n" not in str(info.value)
+
+
+def test_api_trace_is_the_spectrum_command_s(tiny_checkpoint, tmp_path, capsys):
+    """Hessian.trace() is `wdbound spectrum`'s estimator at its defaults (the deflated trace of the single pass),
+    not plain Hutchinson: the same number from the same seed, dtype and data, and within 3 stderr of exact."""
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "spectrum.json"
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--no-cache", "--json", out], capsys)
+    assert code == 0, err
+    cli = json.loads(out.read_text())["trace"]
+    ckpt = wdbound.load_checkpoint(tiny_checkpoint)
+    H = wdbound.Hessian(ckpt.model, wdbound.load_dataset("digits", "test"), dtype="float32", progress=False)
+    api = H.trace()
+    assert api.method == cli["method"] == "krylov-deflated hutchinson"
+    assert api.estimate == pytest.approx(cli["estimate"], rel=1e-5)
+    exact = float(np.trace(wdbound.Hessian(ckpt.model, wdbound.load_dataset("digits", "test")).dense()))
+    assert abs(api.estimate - exact) <= 3 * api.stderr + 1e-4 * abs(exact)
+    plain = H.trace(16, method="hutchinson")
+    assert plain.method == "hutchinson" and len(plain.samples) == 16
+
+
+def _hf_reference(model, flat_names, call, labels):
+    """The dense Hessian of the mean token / image cross-entropy by torch.autograd.functional.hessian (not
+    torch.func.hessian: wrong for affine LayerNorm under torch 2.14.1, docs/decisions.md)."""
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in flat_names]
+    numels = [params[n].numel() for n in flat_names]
+    flat = torch.cat([params[n].detach().reshape(-1) for n in flat_names])
+
+    def loss(vector):
+        tensors = {n: t.view(s) for n, t, s in zip(flat_names, vector.split(numels), shapes)}
+        logits = call(tensors).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100)
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "vit"])
+def test_hugging_face_models_through_the_api(kind, digits_test):
+    """A tiny transformers GPT-2 (dict batch with input_ids, per-token logits, -100 ignored) and ViT (eager
+    attention, ImageClassifierOutput.logits) through wdbound.Hessian with the default loss: the dense Hessian
+    equals autograd's, and err() runs with the CLI's default rho."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                         attn_implementation="eager", bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(config).double().eval()
+        ids = torch.randint(0, 13, (6, 8))
+        labels = torch.cat([ids[:, 1:], torch.full((6, 1), -100)], 1)  # next-token targets, last one ignored
+        batches = torch.utils.data.DataLoader([{"input_ids": i, "labels": t} for i, t in zip(ids, labels)],
+                                              batch_size=4)
+        H = wdbound.Hessian(model, batches, progress=False)
+        inputs = {"input_ids": ids}
+    else:
+        config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=8,
+                                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                        num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                        attn_implementation="eager")
+        model = transformers.ViTForImageClassification(config).double().eval()
+        x = torch.stack([digits_test[i][0] for i in range(40)]).double()
+        labels = torch.tensor([digits_test[i][1] for i in range(40)])
+        H = wdbound.Hessian(model, ({"pixel_values": x}, labels), progress=False)
+        inputs = {"pixel_values": x}
+    reference = _hf_reference(model, H.operator.names,
+                              lambda tensors: torch.func.functional_call(model, tensors, (), inputs), labels)
+    dense = torch.from_numpy(H.dense())
+    assert dense.shape == reference.shape and H.dim > 800
+    assert (dense - reference).abs().max() <= 1e-9 * reference.abs().max()
+    top = H.top_eigenvalues(1)
+    assert top.values[0] == pytest.approx(float(torch.linalg.eigvalsh(reference)[-1]), rel=1e-8)
+    result = wdbound.err(H, eta=1e-3, lam=0.05, b=8, n=1000, optimizer="adamw")
+    assert list(result) == ["adamw"] and result["adamw"].method == "exact"
+    assert result["adamw"].inputs.rho == pytest.approx(1 / math.sqrt(H.input_dim))

@@ -22,7 +22,9 @@ True
 
 from __future__ import annotations
 
+import math
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,37 +34,57 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import defaults
-from .bounds import FORMS, BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
+from .bounds import BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
 from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype
-from .data import ArrayDataset
+from .data import ArrayDataset, cat_inputs, first_tensor, input_rows, stack_inputs
 from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
-from .spectrum import auto_kept_graph, check_sizes, deflated_density, resolve_exact
+from .spectrum import auto_kept_graph, check_sizes, deflated_density, expected_hvps, resolve_exact
 
 
 def _as_dataset(data) -> Dataset:
-    """``(inputs, targets)`` tensors, a ``Dataset`` of such pairs, or a ``DataLoader`` (its batches, in order)."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    """``(inputs, targets)`` tensors (inputs may be a dict of tensors: keyword inputs), a ``Dataset`` of such
+    pairs, or a ``DataLoader`` (its batches, in order). A dict batch or item with a ``"labels"`` key (Hugging
+    Face's convention) is split into the keyword inputs and the targets."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) and \
+            (isinstance(data[0], torch.Tensor) or _tensor_dict(data[0])):
         inputs, targets = data
-        if inputs.shape[0] != targets.shape[0] or inputs.shape[0] == 0:
-            raise WdboundError(f"data: inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must be "
-                               "non-empty and of one length")
+        if input_rows(inputs) != targets.shape[0] or targets.shape[0] == 0:
+            raise WdboundError(f"data: inputs of {input_rows(inputs)} rows and targets {tuple(targets.shape)} must "
+                               "be non-empty and of one length")
         return ArrayDataset(inputs, targets)
     if isinstance(data, DataLoader):
-        batches = list(data)
+        batches = [_labelled(batch) for batch in data]
         if not batches:
             raise WdboundError("data: the DataLoader yields no batch")
         for batch in batches:
             _check_pair(batch, "DataLoader batch", tensors=True)
-        return ArrayDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+        return ArrayDataset(cat_inputs([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
     if isinstance(data, Dataset):
         if len(data) == 0:
             raise WdboundError("data: the Dataset is empty")
+        if isinstance(data[0], dict):
+            items = [_labelled(data[i]) for i in range(len(data))]
+            return ArrayDataset(stack_inputs([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items]))
         _check_pair(data[0], "Dataset item")
         return data
     raise WdboundError(f"data must be (inputs, targets) tensors, a Dataset or a DataLoader, not {type(data).__name__}")
+
+
+def _tensor_dict(value) -> bool:
+    """A non-empty dict of tensors (keyword inputs)."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _labelled(item):
+    """A dict batch or item with a ``"labels"`` key as ``(the other keys, labels)``; anything else unchanged."""
+    if isinstance(item, dict) and "labels" in item:
+        return {k: v for k, v in item.items() if k != "labels"}, item["labels"]
+    if isinstance(item, dict):
+        raise WdboundError(f"data: a dict batch needs a 'labels' key (the targets), got keys {sorted(item)}")
+    return item
 
 
 def _check_pair(item, what: str, tensors: bool = False) -> None:
@@ -74,8 +96,8 @@ def _check_pair(item, what: str, tensors: bool = False) -> None:
     wdbound.errors.WdboundError: data: each Dataset item must be an (input, target) pair, got a dict
     """
     targets = (torch.Tensor,) if tensors else (torch.Tensor, numbers.Number)
-    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)
-            and isinstance(item[1], targets)):
+    if not (isinstance(item, (tuple, list)) and len(item) == 2
+            and (isinstance(item[0], torch.Tensor) or _tensor_dict(item[0])) and isinstance(item[1], targets)):
         kind = f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list)) else \
             f"a {type(item).__name__}"
         raise WdboundError(f"data: each {what} must be an (input, target) pair, got {kind}")
@@ -162,11 +184,17 @@ class Hessian:
         Keep the gradient graph between products (double backward, about half the cost of a product on
         small models; memory of the whole evaluation set's graph). None: when it takes at most a quarter of
         the free memory.
+    progress:
+        Show a progress bar on stderr during long computations (the dense Hessian, the density), as the CLI does.
+
+    The model may return a tensor of logits, a Hugging Face ``ModelOutput`` (its ``.logits``) or a dict with a
+    ``"logits"`` key; the default loss takes classes on the last axis, so per-token logits ``[B, T, V]`` with
+    targets ``[B, T]`` (already aligned, -100 ignored) give a language model's mean token cross-entropy.
     """
 
     def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, device: str | torch.device = "auto",
                  dtype: str | torch.dtype = "float64", params=None, batch_size: int = 512, hvp: str = "auto",
-                 seed: int = 0, keep_graph: bool | None = None) -> None:
+                 seed: int = 0, keep_graph: bool | None = None, progress: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise WdboundError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         check_seed(seed)
@@ -174,11 +202,16 @@ class Hessian:
                                         device=resolve_device(device), dtype=resolve_dtype(dtype), mode=hvp,
                                         loss_fn=loss, params=params)
         self.operator.use_kept_graph(auto_kept_graph(self.operator) if keep_graph is None else keep_graph)
-        self.seed = seed
+        self.seed, self.show_progress = seed, progress
+        self._dense: np.ndarray | None = None
+        self._exact: ExactSpectrum | None = None
+        first_input, _ = self.operator.dataset[0]
+        self.input_dim = int(first_tensor(first_input).numel())
         self.provenance = {"loss": getattr(loss, "__name__", None) or type(loss).__name__ if loss else
                            "mean cross-entropy", "dtype": str(self.operator.dtype).removeprefix("torch."),
                            "device": str(self.operator.device), "hvp": hvp,
                            "seed": seed, "n_eval": self.operator.n_eval, "d": self.operator.dim,
+                           "input_dim": self.input_dim,
                            "parameters": list(self.operator.names)}
 
     @property
@@ -195,15 +228,40 @@ class Hessian:
         check_sizes(self.dim, top_k=k)
         return top_eigenvalues(self.operator, k, self._generator())
 
-    def trace(self, probes: int = 16) -> TraceEstimate:
-        """Hutchinson's trace with its standard error."""
-        _check_probes(probes)
-        return hutchinson(self.operator, probes, self._generator(3))[0]
+    def spectrum(self, **overrides):
+        """Everything ``wdbound spectrum`` computes, with its defaults (the one owner:
+        :func:`wdbound.spectrum.spectrum_command_settings`) on this Hessian's dtype and seed: top-k with error
+        bounds, the density, the deflated trace, the diagonal; ``overrides`` are SpectrumSettings fields
+        (``top_k=10``, ``probes=8``). Returns a :class:`wdbound.spectrum.Spectrum`."""
+        from .spectrum import estimate_spectrum, spectrum_command_settings
+
+        settings = spectrum_command_settings(**{"dtype": str(self.operator.dtype).removeprefix("torch."),
+                                                "seed": self.seed, **overrides})
+        settings.validate()
+        with self._progress("spectrum", expected_hvps(settings, self.dim)):
+            return estimate_spectrum(self.operator, settings)
+
+    def trace(self, probes: int | None = None, method: str = defaults.SPECTRUM_TRACE) -> TraceEstimate:
+        """The trace with its standard error, by ``wdbound spectrum``'s estimator: ``deflated`` (exact on the
+        Krylov space of the spectrum's single pass, Hutchinson on the rest, sampled until its standard error
+        is within the spectrum's target; ``probes``: the first block) or ``hutchinson`` (``probes`` plain
+        Rademacher probes, default 16)."""
+        if method == "hutchinson":
+            probes = 16 if probes is None else probes
+            _check_probes(probes)
+            return hutchinson(self.operator, probes, self._generator(3))[0]
+        if method != "deflated":
+            raise WdboundError(f"unknown trace method {method!r}; use deflated or hutchinson", "trace")
+        if probes is not None:
+            _check_probes(probes)
+        return self.spectrum(**({} if probes is None else {"trace_probes": probes})).trace
 
     def diagonal(self, probes: int | None = 16) -> DiagonalEstimate:
-        """Bekas et al.'s diagonal with per-entry standard errors; ``probes=None``: exact (d HVPs)."""
+        """Bekas et al.'s diagonal with per-entry standard errors; ``probes=None``: exact (d HVPs, or read off
+        the dense Hessian when it was built)."""
         if probes is None:
-            exact = diagonal_by_columns(self.operator).double().cpu().numpy()
+            exact = np.diagonal(self._dense).copy() if self._dense is not None else \
+                diagonal_by_columns(self.operator).double().cpu().numpy()
             return DiagonalEstimate(exact, np.zeros_like(exact), 0)
         _check_probes(probes)
         return hutchinson(self.operator, probes, self._generator(3))[1]
@@ -215,22 +273,48 @@ class Hessian:
         steps = min(defaults.STEPS, self.dim) if steps is None else steps
         check_sizes(self.dim, steps=steps)
         generator = self._generator()
-        top = top_eigenvalues(self.operator, 1, generator)
-        _, run, support, deflation = deflated_density(self.operator, probes, steps, self.seed, generator, top)
+        with self._progress("density", probes * steps + defaults.TOP_MAX_STEPS):
+            top = top_eigenvalues(self.operator, 1, generator)
+            _, run, support, deflation = deflated_density(self.operator, probes, steps, self.seed, generator, top)
         return Density(run, support, {**self.provenance, "probes": probes, "steps": steps,
                                       "deflation": deflation.to_json(), "support": support.to_json(),
                                       "hvp_fallback": self.operator.fallback})
 
     def exact(self, max_dim: int = 20_000) -> ExactSpectrum:
-        """Eigenvalues and diagonal of the dense Hessian (d HVPs; refused above ``max_dim`` parameters)."""
+        """Eigenvalues and diagonal of the dense Hessian (d HVPs the first time; refused above ``max_dim``
+        parameters). The dense Hessian is kept: :meth:`dense`, :meth:`diagonal` and :func:`err` reuse it."""
         if self.dim > max_dim:
             raise WdboundError(f"the dense Hessian of {self.dim} parameters is above the limit {max_dim}", "exact")
-        matrix = dense_matrix(self.operator).double()
-        return ExactSpectrum(torch.linalg.eigvalsh(matrix).cpu().numpy(), torch.diagonal(matrix).cpu().numpy())
+        if self._exact is None:
+            matrix = self.dense()
+            self._exact = ExactSpectrum(np.linalg.eigvalsh(matrix), np.diagonal(matrix).copy())
+        return self._exact
 
     def dense(self) -> np.ndarray:
-        """The dense Hessian [d, d] (float64)."""
-        return dense_matrix(self.operator).double().cpu().numpy()
+        """The dense Hessian [d, d] (float64), built once (d HVPs) and kept."""
+        if self._dense is None:
+            with self._progress("dense Hessian", self.dim):
+                self._dense = dense_matrix(self.operator).double().cpu().numpy()
+        return self._dense
+
+    @contextmanager
+    def _progress(self, label: str, total: int):
+        """A progress bar over the HVPs of one computation (nothing with ``progress=False``)."""
+        if not self.show_progress:
+            yield
+            return
+        from .progress import BarObserver, progress_bar
+
+        before, previous = self.operator.matvecs, self.operator.on_matvecs
+        with progress_bar() as bar:
+            observer = BarObserver(bar)
+            observer.start(label, total)
+            self.operator.on_matvecs = observer.hvps
+            try:
+                yield
+            finally:
+                self.operator.on_matvecs = previous
+                observer.done(self.operator.matvecs - before)
 
 
 @dataclass(frozen=True, repr=False)
@@ -258,34 +342,42 @@ class ErrResult(_NotebookRepr):
         return f"ErrResult({self.form}: err/d = {self.err_mean:.6g} {where}, Phi = {self.phi:.6g})"
 
 
-def err(source, *, eta: float, lam: float, b: int, n: int, form: str = "both", rho: float = 0.125,
-        tau: float = 0.05, sigma_floor: float = 1e-6, x_norm_sq: float | None = None,
-        exact: str = "auto", optimizer: str | None = None) -> dict[str, ErrResult]:
+def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "both", rho: float | None = None,
+        tau: float = defaults.TAU, sigma_floor: float = defaults.SIGMA_FLOOR, x_norm_sq: float | None = None,
+        exact: str = "auto", form: str | None = None) -> dict[str, ErrResult]:
     """Corollary 3's err/d (with its interval) for ``source``: a :class:`Hessian` (``exact`` auto/on/off as in
-    ``wdbound err``) or a :class:`Density` (SLQ). ``form``: adamw, l2-adam or both (``optimizer`` is its old,
-    deprecated name). Returns one :class:`ErrResult` per form."""
-    if optimizer is not None:
+    ``wdbound err``; a dense Hessian already built by :meth:`Hessian.exact` is reused) or a :class:`Density`
+    (SLQ). ``optimizer``: whose bound, as ``wdbound err --optimizer``: a training rule (adamw, adamw-d,
+    adamprox, adams: Theorem 6's form; l2-adam, l2-adam-d, adal: Theorem 7's) or both; ``form`` is its old
+    name. ``rho`` None: 1/sqrt(input dimension), the CLI's default, with the input dimension the size of one
+    example's input. Returns one :class:`ErrResult` per bound form."""
+    from .optim import bound_forms
+
+    if form is not None:
         import warnings
 
-        warnings.warn("wdbound.err(optimizer=...) is deprecated; use form=...", DeprecationWarning, stacklevel=2)
-        form = optimizer
-    forms = list(FORMS) if form == "both" else [form]
-    if any(f not in FORMS for f in forms):
-        raise WdboundError(f"unknown bound form {form!r}; use adamw, l2-adam or both", "form")
+        warnings.warn("wdbound.err(form=...) is the old name of optimizer=...", DeprecationWarning, stacklevel=2)
+        optimizer = form
+    forms = list(bound_forms(optimizer))
     if isinstance(source, Hessian):
-        d = source.dim
+        d, input_dim = source.dim, source.input_dim
         norm = float(source.operator.params.double().square().sum()) if x_norm_sq is None else x_norm_sq
     elif isinstance(source, Density):
-        d, norm = source.slq.dim, (0.0 if x_norm_sq is None else x_norm_sq)
+        d, input_dim = source.slq.dim, source.provenance.get("input_dim")
+        norm = 0.0 if x_norm_sq is None else x_norm_sq
     else:
         raise WdboundError(f"err needs a wdbound.Hessian or a Density, not {type(source).__name__}")
+    if rho is None:
+        if not input_dim:
+            raise WdboundError("the default rho is 1/sqrt(input dimension), which this density does not record; "
+                               "give rho", "rho")
+        rho = 1.0 / math.sqrt(input_dim)
     inputs = BoundInputs(d=d, n=n, b=b, eta=eta, lam=lam, rho=rho, tau=tau, sigma_floor=sigma_floor, x_norm_sq=norm)
     inputs.validate()
     results = {}
-    use_exact = isinstance(source, Hessian) and resolve_exact(exact, d)
-    if use_exact:
+    if isinstance(source, Hessian) and resolve_exact(exact, d):
         matrix = source.dense()
-        eigenvalues = np.linalg.eigvalsh(matrix)
+        eigenvalues = source.exact().eigenvalues
         for form in forms:
             cor = corollary3_exact(eigenvalues, form, inputs)
             results[form] = ErrResult(form, "exact", cor.err_mean, cor.err_mean_interval, cor.err_sum, cor.phi,

@@ -41,7 +41,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from .data import evaluation_subset, iterate_batches
+from .data import evaluation_subset, first_tensor, iterate_batches, take
 from .errors import WdboundError
 
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
@@ -175,6 +175,39 @@ def resolve_dtype(name: "str | torch.dtype") -> torch.dtype:
     return dtypes[name]
 
 
+def logits_of(output) -> torch.Tensor:
+    """The logits in a model's output: the output itself when it is a tensor, else its ``.logits`` (a Hugging
+    Face ``ModelOutput``), its ``"logits"`` key, or the first element of a tuple.
+
+    >>> logits_of({"logits": torch.zeros(2, 3)}).shape, logits_of((torch.ones(1), None)).tolist()
+    (torch.Size([2, 3]), [1.0])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise WdboundError(f"the model returned a {type(output).__name__} without logits (a tensor, .logits or a "
+                           "'logits' key): give a loss that takes it", "loss")
+    return logits
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of a chunk: classes on the last axis of ``logits``; per-token logits ``[B, T, V]``
+    with labels ``[B, T]`` (a language model, targets already aligned with the positions) are averaged over
+    every token whose label is not -100 (Hugging Face's ignore index).
+
+    >>> round(cross_entropy(torch.zeros(2, 3, 4), torch.tensor([[0, 1, -100], [2, 3, 0]])).item(), 6)
+    1.386294
+    """
+    if logits.ndim > 2 and labels.shape == logits.shape[:-1] and not labels.is_floating_point():
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(logits, labels)
+
+
 class HessianOperator:
     """Hessian of the mean cross-entropy of ``model`` over ``dataset`` at the model's parameters.
 
@@ -234,7 +267,7 @@ class HessianOperator:
                                else "the model has no trainable parameters", "params")
         self.fallback: str | None = None  # why forward-over-reverse was given up for double backward
         self.dense_batched: bool | None = None  # dense builds: vmapped backward passes (set by dense_columns)
-        self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -267,7 +300,7 @@ class HessianOperator:
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         first_inputs, _ = next(iterate_batches(dataset, 1))
         local_count = self.n_eval if self.local is None else len(self.local)
-        self.resident = first_inputs[0].numel() * local_count * torch.finfo(dtype).bits // 8 <= CACHE_BYTES
+        self.resident = first_tensor(first_inputs)[0].numel() * local_count * torch.finfo(dtype).bits // 8 <= CACHE_BYTES
         if self.resident:
             self._cache = list(self._stream())
         self._check_loss()
@@ -330,9 +363,11 @@ class HessianOperator:
                                               subset=subset, workers=self.workers):
             yield self._placed(inputs), self._placed(labels)
 
-    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` on the operator's device; floating point in its dtype, integer (token ids, class
-        labels) left integer."""
+    def _placed(self, tensor):
+        """``tensor`` (or each tensor of a dict of keyword inputs) on the operator's device; floating point in
+        its dtype, integer (token ids, attention masks, class labels) left integer."""
+        if isinstance(tensor, dict):
+            return {key: self._placed(value) for key, value in tensor.items()}
         return tensor.to(self.device, self.dtype) if tensor.is_floating_point() else tensor.to(self.device)
 
     def chunks(self):
@@ -348,7 +383,9 @@ class HessianOperator:
     def loss(self, flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean loss (default cross-entropy) of one chunk at parameters ``flat`` [d]."""
         tensors = {**self.unflatten(flat), **self.frozen, **self.buffers}
-        return self.loss_fn(functional_call(self.model, tensors, (inputs,)), labels)
+        if isinstance(inputs, dict):
+            return self.loss_fn(logits_of(functional_call(self.model, tensors, (), inputs)), labels)
+        return self.loss_fn(logits_of(functional_call(self.model, tensors, (inputs,))), labels)
 
     # ---- products
 
@@ -702,7 +739,8 @@ def _head_linear(operator: "HessianOperator") -> tuple[str, nn.Linear] | None:
     try:
         inputs, _ = next(operator.chunks())
         with torch.no_grad():
-            logits = operator.model(inputs[:2])
+            first = take(inputs, slice(0, 2))
+            logits = logits_of(operator.model(**first) if isinstance(first, dict) else operator.model(first))
     finally:
         handle.remove()
     return (name, head) if seen and seen[-1].shape == logits.shape and torch.equal(seen[-1], logits) else None

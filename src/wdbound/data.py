@@ -75,20 +75,68 @@ class DataSpec:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
 
 
-class ArrayDataset(Dataset):
-    """In-memory images ``[N, C, H, W]`` float32 with integer labels ``[N]``."""
+def take(inputs, index):
+    """Rows ``index`` of a model input: a tensor ``[N, ...]`` or a dict of them (keyword inputs, as Hugging Face
+    models take: ``input_ids``, ``attention_mask``, ``pixel_values``).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} differ in length")
+    >>> take({"input_ids": torch.arange(6).view(3, 2)}, torch.tensor([2]))["input_ids"].tolist()
+    [[4, 5]]
+    """
+    if isinstance(inputs, dict):
+        return {key: value[index] for key, value in inputs.items()}
+    return inputs[index]
+
+
+def stack_inputs(items: list):
+    """One batch of per-example model inputs: tensors stacked, or dicts of tensors stacked key by key."""
+    if isinstance(items[0], dict):
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    return torch.stack(items)
+
+
+def cat_inputs(batches: list):
+    """Batches of model inputs (tensors or dicts of tensors) joined along the example axis."""
+    if isinstance(batches[0], dict):
+        return {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+    return torch.cat(batches)
+
+
+def input_rows(inputs) -> int:
+    """How many examples a batch of model inputs holds (the first axis; of every tensor of a dict)."""
+    if isinstance(inputs, dict):
+        rows = {int(value.shape[0]) for value in inputs.values()}
+        if len(rows) != 1:
+            raise WdboundError(f"data: the input tensors differ in length ({sorted(rows)})")
+        return rows.pop()
+    return int(inputs.shape[0])
+
+
+def input_numel(inputs) -> int:
+    """Numbers in a batch of model inputs (a tensor, or every tensor of a dict)."""
+    return sum(int(v.numel()) for v in inputs.values()) if isinstance(inputs, dict) else int(inputs.numel())
+
+
+def first_tensor(inputs) -> torch.Tensor:
+    """The input tensor whose size stands for the input dimension: the tensor itself, or a dict's first."""
+    return next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+
+
+class ArrayDataset(Dataset):
+    """In-memory inputs ``[N, ...]`` (images ``[N, C, H, W]``, or a dict of tensors for keyword inputs) with
+    targets ``[N, ...]`` (integer labels, or floating targets)."""
+
+    def __init__(self, images, labels: torch.Tensor) -> None:
+        if input_rows(images) != labels.shape[0]:
+            raise ValueError(f"inputs of {input_rows(images)} rows and labels {tuple(labels.shape)} differ in length")
         self.images = images
         self.labels = labels
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
+    def __getitem__(self, index: int):
+        label = self.labels[index]
+        return take(self.images, index), (int(label) if label.ndim == 0 and not label.is_floating_point() else label)
 
 
 def evaluation_subset(size: int, count: int | None, seed: int) -> torch.Tensor | None:
@@ -290,10 +338,10 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, generator: torch.Gener
     for start in range(0, total, batch_size):
         index = order[start:start + batch_size]
         if isinstance(dataset, ArrayDataset):
-            yield dataset.images[index], dataset.labels[index]
+            yield take(dataset.images, index), dataset.labels[index]
         else:
             items = [dataset[int(i)] for i in index]
-            yield torch.stack([x for x, _ in items]), _stack_targets([y for _, y in items])
+            yield stack_inputs([x for x, _ in items]), _stack_targets([y for _, y in items])
 
 
 def _stack_targets(targets: list) -> torch.Tensor:

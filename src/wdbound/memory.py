@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import input_numel, take
 from .defaults import TOP_MAX_STEPS  # the unrestarted top-eigenvalue run keeps up to this many vectors
 from .errors import WdboundError
 from .estimators.lanczos import VECTOR_DTYPE, LanczosMemory
@@ -274,7 +275,7 @@ def current_bytes(device: torch.device) -> int:
         return peak_bytes(device)
 
 
-def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
+def activation_floats(model: nn.Module, example) -> int:
     """Floats produced by the leaf modules in one forward pass of one example (the activation memory unit)."""
     total = 0
 
@@ -287,11 +288,12 @@ def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
     handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(example[:1])
+            one = take(example, slice(0, 1))
+            model(**one) if isinstance(one, dict) else model(one)
     finally:
         for handle in handles:
             handle.remove()
-    return total + example[:1].numel()
+    return total + input_numel(one)
 
 
 @dataclass(frozen=True)

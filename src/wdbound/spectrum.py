@@ -31,7 +31,7 @@ from .defaults import DIAGONAL_EXACT_MAX_DIM, EXACT_AUTO_MAX_DIM, EXACT_MAX_DIM,
 from .cache import Cache, cache_key
 from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
                         sequential_numpy_blas, set_tf32, zero_rows)
-from .data import load_dataset
+from .data import input_numel, load_dataset, take
 from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
@@ -464,14 +464,14 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     else:
         baseline = current_bytes(operator.device)
         budget, source = parse_memory(settings.memory), "--memory"
-    example = next(operator.chunks())[0][:1]
+    example = take(next(operator.chunks())[0], slice(0, 1))
     activation = activation_floats(operator.model, example)
     exact_chunk = 256 if settings.exact else (64 if settings.exact_diagonal_for(operator.dim) else 0)
     graph = kept_graph_size(operator, activation)
 
     def planned(probe_chunk: int) -> MemoryPlan:
         return plan_memory(dim=operator.dim, probes=settings.probes, steps=settings.steps, top_k=settings.top_k,
-                           hvp_bytes=torch.finfo(operator.dtype).bits // 8, example_floats=example.numel(),
+                           hvp_bytes=torch.finfo(operator.dtype).bits // 8, example_floats=input_numel(example),
                            activation_per_example=activation, n_eval=operator.n_eval,
                            data_resident=operator.resident, hvp_chunk=operator.batch_size,
                            probe_chunk=probe_chunk, budget=budget, budget_source=source, mode=settings.lanczos,
@@ -526,7 +526,7 @@ def kept_graph_size(operator: HessianOperator, activation_per_example: int | Non
     if not (operator.resident and (operator.auto_mode or operator.mode == "double-backward")):
         return 0
     if activation_per_example is None:
-        activation_per_example = activation_floats(operator.model, next(operator.chunks())[0][:1])
+        activation_per_example = activation_floats(operator.model, take(next(operator.chunks())[0], slice(0, 1)))
     local = operator.n_eval if operator.local is None else len(operator.local)
     return kept_graph_bytes(activation_per_example, local, torch.finfo(operator.dtype).bits // 8)
 
