@@ -43,6 +43,8 @@ from .models import arch_arguments, build_model, count_parameters, infer_arch_kw
 
 FORMAT = "wdbound/1"
 _FACTS = ("eta", "lam", "batch_size", "n_train")
+FACT_NAMES = {"eta": "eta (the last learning rate)", "lam": "lambda (the last weight decay)",
+              "batch_size": "b (the minibatch size)", "n_train": "n (the training-set size)"}
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,14 @@ def training_facts(meta: dict[str, Any]) -> TrainingFacts:
     """Read η, λ, b and n from metadata; a missing or invalid one is an error naming that parameter."""
     train = meta.get("train") or {}
     values: dict[str, Any] = {}
+    missing = [key for key in _FACTS if train.get(key) is None]
+    if missing:
+        names = [FACT_NAMES[k] for k in missing]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        raise WdboundError(f"the checkpoint does not record {listed}, which the bounds need", missing[0],
+                           tuple(missing))
     for key in _FACTS:
         value = train.get(key)
-        if value is None:
-            raise WdboundError(f"the checkpoint does not record {key}", key)
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -188,7 +194,12 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     if arch is not None:
         meta["arch"] = arch
     if not meta.get("arch"):
-        raise WdboundError(f"{path} is a plain state_dict without an architecture", "arch")
+        from .models import fitting_architectures
+
+        fits = fitting_architectures(state_dict)
+        raise WdboundError(f"{path} is a plain state_dict without an architecture"
+                           + (f"; it fits {' and '.join(fits)}" if fits else "; no registered architecture fits its "
+                              "keys and shapes (a model factory may)"), "arch")
     if meta.get("format") == "state_dict" and not str(meta["arch"]).startswith("factory:"):
         # a plain state_dict: what its shapes say (classes, stem, widths, image size), under any given arguments
         inferred = infer_arch_kwargs(meta["arch"], state_dict)
@@ -312,12 +323,18 @@ def _fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch:
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
+        from .models import fitting_architectures
+
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
-        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}{hint}", "arch")
+        fits = fitting_architectures(state_dict, exclude=arch)
+        advice = (f"; it fits {' and '.join(fits)}" if fits else
+                  hint if arch == "digits-mlp" or "depth" in takes else
+                  "; no registered architecture fits its keys (a model factory may)")
+        raise WdboundError(f"{path}: state_dict does not fit arch {arch!r}: {'; '.join(parts)}{advice}", "arch")
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise WdboundError(

@@ -19,14 +19,17 @@ class WdboundError(Exception):
         What is wrong, phrased for the user.
     param:
         The library's name of the parameter that fixes it, if there is one (e.g. ``eta``).
+    params:
+        All the parameters that fix it, when several do (e.g. every missing training fact); default ``(param,)``.
 
     >>> exc = WdboundError("eta = 0 must be > 0", "eta")
     >>> str(exc), exc.param
     ('eta = 0 must be > 0', 'eta')
     """
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, params: tuple[str, ...] = ()) -> None:
         self.param = param
+        self.params = tuple(params) or ((param,) if param else ())
         self.reason = message
         super().__init__(message)
 
@@ -57,7 +60,7 @@ def about(label: str, error: WdboundError) -> WdboundError:
     text = str(error)
     if text.startswith((f"{label}:", f"{label} ")):
         return error
-    return WdboundError(f"{label}: {text}", error.param)
+    return WdboundError(f"{label}: {text}", error.param, error.params)
 
 
 class Interrupted(BaseException):

@@ -96,6 +96,33 @@ def infer_arch_kwargs(arch: str, state_dict: StateDict) -> dict:
         return {}
 
 
+def fitting_architectures(state_dict: StateDict, exclude: str | None = None) -> list[str]:
+    """The registered architectures (not ``exclude``) whose model, with the arguments read off the shapes, has
+    exactly this state_dict's keys and shapes. Models are built on the ``meta`` device: no memory, no init.
+
+    >>> fitting_architectures(digits_mlp(hidden=8).state_dict())
+    ['digits-mlp']
+    """
+    shapes = {key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")}
+    fits = []
+    for name in available():
+        if name == exclude:
+            continue
+        try:
+            with torch.device("meta"):
+                model = build_model(name, **infer_arch_kwargs(name, state_dict))
+        except (WdboundError, TypeError, ValueError, RuntimeError):
+            continue
+        if {key: tuple(value.shape) for key, value in model.state_dict().items()} == shapes:
+            fits.append(name)
+    return fits
+
+
+def is_digits_arch(arch: str) -> bool:
+    """Whether ``arch`` is one of the digits zoo's architectures (the only ones the embedded data suits)."""
+    return str(arch).startswith("digits-") and str(arch) in _REGISTRY
+
+
 def _shape(state_dict: StateDict, key: str) -> tuple[int, ...]:
     return tuple(state_dict[key].shape)
 

@@ -425,8 +425,18 @@ def single_pass(operator, settings: SpectrumSettings, generator: torch.Generator
 
 
 def evaluation_data(ckpt: Checkpoint, settings: SpectrumSettings) -> str:
-    """The data spec the Hessian is evaluated on: the flag, else the checkpoint's training data."""
-    return settings.data or (ckpt.meta.get("train") or {}).get("data") or "digits"
+    """The data spec the Hessian is evaluated on: the flag, else the checkpoint's training data, else (a digits
+    zoo architecture only) the embedded digits. Any other model without either is a one-line error: it never
+    silently gets 8x8 digits."""
+    from .models import is_digits_arch
+
+    chosen = settings.data or (ckpt.meta.get("train") or {}).get("data")
+    if chosen:
+        return chosen
+    if is_digits_arch(ckpt.meta.get("arch", "")):
+        return "digits"
+    raise WdboundError(f"{ckpt.path.name} records no training data and {ckpt.meta.get('arch')} is not a digits "
+                       "architecture: name the data to evaluate on (cifar10:PATH, imagefolder:PATH or digits)", "data")
 
 
 def loss_function(spec: str):

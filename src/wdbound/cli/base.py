@@ -55,10 +55,12 @@ def print_error(exc: BaseException | str) -> None:
     the library named a parameter; control characters that came in with the input (a key, a path) are shown
     escaped, so the error stays one line."""
     text = str(exc)
-    param = getattr(exc, "param", None)
     flags = RUNNING["flags"]
-    if param and flag_of(param) not in text and (flags is None or flag_of(param) in flags):
-        text = f"{text} (pass {flag_of(param)})"
+    params = getattr(exc, "params", None) or (getattr(exc, "param", None),)
+    wanted = [flag_of(p) for p in params if p]
+    hints = [f for f in wanted if f not in text and (flags is None or f in flags)]
+    if hints:
+        text = f"{text} (pass {', '.join(hints)})"
     text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
     err_console.print(f"error: {text}", highlight=False, soft_wrap=True, markup=False)
 
