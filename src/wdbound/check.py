@@ -276,6 +276,17 @@ class CheckReport:
         """The comparisons whose value moved at all (what ``--update`` changes)."""
         return [r for r in self.results if r.difference != 0]
 
+    def to_pandas(self):
+        """Every comparison as a ``pandas.DataFrame``: checkpoint, metric, baseline, now, difference, tolerance,
+        its rule (``reason``) and whether it passed."""
+        import pandas as pd
+
+        return pd.DataFrame([{"checkpoint": r.checkpoint, "metric": r.metric, "baseline": r.baseline, "now": r.now,
+                              "difference": r.difference, "tolerance": r.tolerance, "reason": r.reason,
+                              "passed": r.passed} for r in self.results],
+                            columns=["checkpoint", "metric", "baseline", "now", "difference", "tolerance", "reason",
+                                     "passed"])
+
     def junit(self) -> str:
         """The comparisons as JUnit XML."""
         return junit_xml(self.results, self.seconds)

@@ -381,7 +381,7 @@ def plot_updates(entries: list, path, *, per_layer: bool = False) -> None:
     histograms overlaid (fraction of coordinates per bin); with ``per_layer`` one panel per checkpoint with a
     line per layer coloured by depth; and, for checkpoints that recorded histograms during training, one
     panel each with up to six epochs."""
-    from .updates import BINS, LOW_EXP
+    from .stats import BINS, LOW_EXP
 
     plt = _pyplot()
     x = np.arange(BINS) + LOW_EXP  # bin i is labelled by its upper log2 edge

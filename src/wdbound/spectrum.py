@@ -224,6 +224,31 @@ class Spectrum:
                  else float(np.abs(self.slq.measure()[0]).max()))
         return -NEGATIVE_MASS_RESOLUTION * scale
 
+    def to_pandas(self):
+        """The summary ``wdbound spectrum`` prints, as a ``pandas.DataFrame`` with columns ``quantity``,
+        ``value``, ``error`` (a residual bound or one standard error; 0 where exact) and ``kind``: each top
+        eigenvalue, the trace, the negative mass, the zero rows, the logit-shift directions, the diagonal's mean
+        and its non-positive and exactly-zero entries, and (with the dense Hessian) the exact top and trace."""
+        import pandas as pd
+
+        exact_top = self.provenance.get("top_from") == "dense Hessian"
+        rows = [(f"lambda_{i + 1}", float(v), 0.0 if exact_top else float(b), "exact" if exact_top else
+                 "residual bound") for i, (v, b) in enumerate(zip(self.top.values, self.top.bounds))]
+        diag = self.diagonal.summary()
+        rows += [("trace", self.trace.estimate, self.trace.stderr, self.trace.method),
+                 ("negative mass", self.negative_mass, math.nan, "SLQ"),
+                 ("negative mass below -1e-3 lambda_max", self.resolved_negative_mass, math.nan, "SLQ"),
+                 ("zero rows", float(len(self.zero_rows)), 0.0, "exact"),
+                 ("logit-shift directions", float(self.shift_directions), 0.0, "exact"),
+                 ("diagonal mean", float(diag["mean"]), math.nan, "exact" if not self.diagonal.probes else
+                  "hutchinson"),
+                 ("diagonal entries <= 0", float(diag["nonpositive"]), math.nan, "count"),
+                 ("diagonal entries exactly 0", float(diag["exact_zero"]), 0.0, "exact")]
+        if self.exact_eigenvalues is not None:
+            rows += [("exact lambda_max", float(self.exact_eigenvalues[-1]), 0.0, "exact"),
+                     ("exact trace", float(self.exact_eigenvalues.sum()), 0.0, "exact")]
+        return pd.DataFrame(rows, columns=["quantity", "value", "error", "kind"])
+
     def to_json(self, diagonal_path: str | None = None) -> dict:
         """Every figure with its provenance (``wdbound spectrum --json``); ``diagonal_path`` names the .npy of the diagonal."""
         out = {

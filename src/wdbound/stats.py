@@ -18,6 +18,11 @@ import math
 
 import numpy as np
 
+# The update-magnitude histograms' log2 bins (wdbound.updates counts, wdbound.plots draws):
+# [<= 2^LOW_EXP], 27 interior bins, [>= 1].
+LOW_EXP = -27
+BINS = 29
+
 
 def mean_stderr(samples, single: float = math.nan) -> tuple[float, float]:
     """Mean of ``samples`` [k] and its standard error ``std(ddof=1) / sqrt(k)``.

@@ -14,8 +14,6 @@ every output format and the files (:meth:`TableReport.write`).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -518,17 +516,16 @@ def markdown(layout_: Layout, found: list[Finding], settings_line: str, failures
 
 def to_csv(rows: list[TableRow], made: dict | None = None) -> str:
     """``table1.csv``: one line per row, the columns of CSV_FIELDS (empty where a row has no value), the last
-    two the release and commit that made it (:func:`wdbound.provenance.made_by`)."""
-    buffer = io.StringIO()
-    fields = CSV_FIELDS + ["wdbound_version", "commit"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    two the release and commit that made it (:func:`wdbound.provenance.made_by`); written by pandas."""
+    import pandas as pd
+
     made = made or {}
     commit = (made.get("commit") or "") + ("+dirty" if made.get("commit") and made.get("dirty") else "")
-    for row in rows:
-        cell = {**row.to_json(), "wdbound_version": made.get("wdbound"), "commit": commit}
-        writer.writerow({k: ("" if cell.get(k) is None else cell.get(k)) for k in fields})
-    return buffer.getvalue()
+    fields = CSV_FIELDS + ["wdbound_version", "commit"]
+    # Object columns keep each value as Python wrote it (an int stays 64, not 64.0, beside an empty cell).
+    frame = pd.DataFrame([{**row.to_json(), "wdbound_version": made.get("wdbound"), "commit": commit}
+                          for row in rows], columns=fields, dtype=object)
+    return frame.to_csv(index=False, na_rep="", lineterminator="\n")
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
@@ -640,6 +637,24 @@ class TableReport:
                 "settings": {**self.settings.to_json(), "layout": self.layout_used},
                 "exact_checkpoints": [r.checkpoint for r in self.rows if r.method == "exact"],
                 "wall_seconds": self.wall_seconds, "paper": PAPER}
+
+    def to_pandas(self):
+        """Table I as a ``pandas.DataFrame``: one row per checkpoint, every number of ``table1.json``'s cells as
+        a column (nested fields flattened with dots: ``support.low``, ``inputs`` as ``d``, ``eta``, ...).
+
+        The markdown and LaTeX files are laid out by hand (Table I's paired columns, booktabs rules); the CSV
+        is this frame's columns of CSV_FIELDS, written by pandas."""
+        import pandas as pd
+
+        cells = [{k: v for k, v in r.to_json().items() if k != "spectrum_provenance"} for r in self.rows]
+        return pd.json_normalize(cells, sep=".") if cells else pd.DataFrame(columns=CSV_FIELDS)
+
+    def findings_to_pandas(self):
+        """The findings (one row per model and epochs: err/d and accuracy of both families and variants, the
+        gap, whether the paper's ordering holds and is resolved) as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.json_normalize([f.to_json() for f in self.findings], sep=".")
 
     def text(self, fmt: str) -> str:
         """The table as ``md``, ``csv`` or ``tex``."""

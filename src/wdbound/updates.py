@@ -26,9 +26,7 @@ import torch
 from .checkpoints import optimizer_name
 from .errors import WdboundError
 from .optim import adam_direction
-
-LOW_EXP = -27
-BINS = 29  # [<= 2^-27], 27 interior bins, [>= 1]
+from .stats import BINS, LOW_EXP  # noqa: F401 - the bins are shared with the plots; re-exported here
 
 
 def bin_labels() -> list[str]:
@@ -146,6 +144,30 @@ class UpdateEntry:
                 "layers": self.layers, "depths": self.depths,
                 "layer_stats": {name: st.to_json() for name, st in self.layer_stats.items()},
                 "over_training": self.over_training}
+
+
+    def to_pandas(self):
+        """The histograms as a long ``pandas.DataFrame``: one row per (layer, bin) with ``checkpoint``,
+        ``optimizer``, ``layer`` (``"all"`` for the total), ``depth``, ``bin`` (its label), ``log2_upper`` (the
+        bin's upper log2 edge), ``count`` and ``fraction`` (of that layer's coordinates)."""
+        return updates_to_pandas([self])
+
+
+def updates_to_pandas(entries: list["UpdateEntry"]):
+    """:meth:`UpdateEntry.to_pandas` of several entries, stacked (``wdbound updates --json`` as a frame)."""
+    import pandas as pd
+
+    labels = bin_labels()
+    rows = []
+    for entry in entries:
+        for layer, counts, depth in [("all", entry.total, None)] + [
+                (name, counts, entry.depths.get(name)) for name, counts in entry.layers.items()]:
+            total = sum(counts) or 1
+            rows += [{"checkpoint": entry.checkpoint, "optimizer": entry.optimizer, "layer": layer, "depth": depth,
+                      "bin": labels[i], "log2_upper": LOW_EXP + i, "count": int(c), "fraction": c / total}
+                     for i, c in enumerate(counts)]
+    return pd.DataFrame(rows, columns=["checkpoint", "optimizer", "layer", "depth", "bin", "log2_upper", "count",
+                                       "fraction"])
 
 
 def histogram_entry(label: str, layers: dict[str, list[int]], records: list[dict], *, path: str | None = None,
