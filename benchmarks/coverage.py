@@ -36,7 +36,7 @@ from wdbound.analysis import analyse, bound_figures, bound_inputs
 from wdbound.bounds import FORMS, corollary3_exact
 from wdbound.cache import Cache, NoCache
 from wdbound.spectrum import SpectrumSettings
-from wdbound.table import family_variant, model_label
+from wdbound.tables import family_variant, model_label
 
 FINDING_GAP = 0.04  # issue 30, goal 3: findings whose exact values differ by more than this must be resolved
 

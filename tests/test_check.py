@@ -42,7 +42,7 @@ def test_compare_and_junit():
 def test_metrics_of_a_table_row():
     from wdbound.analysis import BoundFigures
     from wdbound.bounds import BoundInputs
-    from wdbound.table import TableRow
+    from wdbound.tables import TableRow
 
     figures = BoundFigures("adamw", "slq", 500.0, 8.0, 5.0, 0.08, None, 0.0, 3.0, 0.0, 0)
     inputs = BoundInputs(d=100, n=1000, b=16, eta=1e-3, lam=0.05, rho=0.1)

@@ -8,7 +8,7 @@ from wdbound.estimators.quadrature_interval import Interval
 from wdbound.plots import (BINS_PER_DECADE, density_figure, density_grid, exact_log_spectrum, log_axis, plot_table,
                            plot_updates, slq_log_spectrum, table_plots)
 from wdbound.stats import gaussian_smooth
-from wdbound.table import TableRow
+from wdbound.tables import TableRow
 from wdbound.updates import histogram_entry
 
 

@@ -9,7 +9,8 @@ Public API::
 
     H = wdbound.Hessian(model, (inputs, targets), loss=None)   # any nn.Module, any mean loss
     H.top_eigenvalues(5); H.trace(); H.diagonal(); H.density(); H.exact()
-    wdbound.err(H, eta=1e-4, lam=5e-2, b=64, n=1437, rho=0.125)     # Corollary 3 per form
+    wdbound.err(H, eta=1e-4, lam=5e-2, b=64, n=1437, optimizer="adamw")   # Corollary 3 of that optimizer's form
+    report = wdbound.table("checkpoints/")   # Table I as `wdbound table` makes it; report.to_pandas()
 
 The CLI's loss is the mean cross-entropy over the chosen split; the Python API takes any mean loss.
 """
@@ -19,8 +20,8 @@ __version__ = "0.2.0"
 from .checkpoints import Checkpoint, TrainingFacts, load_checkpoint, save_checkpoint  # noqa: E402
 from .data import load_dataset  # noqa: E402
 from .errors import WdboundError  # noqa: E402
-from .api import Density, ErrResult, ExactSpectrum, Hessian, err  # noqa: E402
+from .api import Density, ErrResult, ExactSpectrum, Hessian, err, table  # noqa: E402
 from .updates import UpdateRecorder  # noqa: E402
 
 __all__ = ["Checkpoint", "Density", "ErrResult", "ExactSpectrum", "Hessian", "TrainingFacts", "UpdateRecorder", "WdboundError",
-           "__version__", "err", "load_checkpoint", "load_dataset", "save_checkpoint"]
+           "__version__", "err", "load_checkpoint", "load_dataset", "save_checkpoint", "table"]

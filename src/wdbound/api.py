@@ -392,4 +392,35 @@ def err(source, *, eta: float, lam: float, b: int, n: int, optimizer: str = "bot
     return results
 
 
-__all__ = ["Density", "ErrResult", "ExactSpectrum", "Hessian", "err"]
+def table(paths=(), *, runs=None, out=None, progress: bool = True, cache: bool = True, cache_dir=None,
+          rho: float | None = None, tau: float = defaults.TAU, sigma_floor: float = defaults.SIGMA_FLOOR,
+          exact: str = "auto", layout: str = "auto", formats=("md", "csv", "tex"), plots: bool = True,
+          arch: str | None = None, arch_kwargs: dict | None = None, model_factory: str | None = None,
+          optimizer: str | None = None, lr: float | None = None, wd: float | None = None,
+          batch_size: int | None = None, n_train: int | None = None, epochs: int | None = None, **spectrum):
+    """Table I on checkpoints, as ``wdbound table`` makes it: the same defaults (:func:`wdbound.tables.table_settings`),
+    the same cache, the same report. ``paths``: checkpoint files or folders; ``runs``: a runs file; ``out``: a
+    folder to write table1.{json,md,csv,tex} and the plots into (None: write nothing); ``spectrum``: settings
+    such as ``probes``, ``steps``, ``data``, ``max_samples``, ``dtype``. Returns the
+    :class:`wdbound.tables.TableReport` (``.to_pandas()``, ``.findings_to_pandas()``, ``.write(folder)``)."""
+    from .cache import Cache, NoCache
+    from .progress import BarObserver, Observer, progress_bar
+    from .tables import run_table, table_items, table_settings
+
+    settings = table_settings(rho=rho, tau=tau, sigma_floor=sigma_floor, exact=exact, layout=layout,
+                              formats=formats, plots=plots, **spectrum)
+    items = table_items([paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else list(paths),
+                        runs, arch=arch, arch_kwargs=arch_kwargs, model_factory=model_factory, optimizer=optimizer,
+                        lr=lr, wd=wd, batch_size=batch_size, n_train=n_train, epochs=epochs)
+    store = Cache(cache_dir) if cache else NoCache()
+    if progress:
+        with progress_bar() as bar:
+            report = run_table(items, settings, cache=store, observer=BarObserver(bar))
+    else:
+        report = run_table(items, settings, cache=store, observer=Observer())
+    if out is not None:
+        report.write(out)
+    return report
+
+
+__all__ = ["Density", "ErrResult", "ExactSpectrum", "Hessian", "err", "table"]

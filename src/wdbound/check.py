@@ -132,7 +132,7 @@ def junit_xml(results: list[Comparison], seconds: float) -> str:
 
 
 def metrics_of(row) -> dict:
-    """The checked figures of one :class:`wdbound.table.TableRow`, each with its stderr."""
+    """The checked figures of one :class:`wdbound.tables.TableRow`, each with its stderr."""
     out = {"top_eigenvalue": {"value": row.top_eigenvalue, "stderr": row.top_residual},
            "trace": {"value": row.trace, "stderr": row.trace_stderr}}
     if row.figures is not None:  # optimizers outside Table I have no bound form
@@ -305,7 +305,7 @@ def run_check(baseline: Baseline, *, checkpoints: list[Path] = (), device: str =
     """Recompute the figures of the baseline's checkpoints (all, or ``checkpoints``) with its settings and seeds,
     never from the cache (a code change must show), and compare them with the recorded ones."""
     from .cache import NoCache
-    from .table import evaluate_row
+    from .tables import evaluate_row
 
     observer = observer or Observer()
     entries = baseline.select(checkpoints)
@@ -356,7 +356,7 @@ def verify_table(path: Path, *, cells: int = 4, device: str = "auto", memory: st
     from .cache import NoCache
     from .io_utils import sha256_file
     from .spectrum import SpectrumSettings
-    from .table import evaluate_row
+    from .tables import evaluate_row
 
     observer = observer or Observer()
     path = Path(path)

@@ -313,7 +313,7 @@ def plot_model_comparison(model: str, entries: list, path) -> None:
 def plot_table(rows: list, path, *, stamp: str = "") -> Path:
     """Table I as a figure: per model, err/d of each (epochs, constant / decaying λ) cell, AdamW and ℓ2-Adam
     side by side (points; SLQ cells with their covering interval, exact cells as points), and below it the test
-    accuracy. ``rows`` are :class:`wdbound.table.TableRow` s (those without a Table I family are left out);
+    accuracy. ``rows`` are :class:`wdbound.tables.TableRow` s (those without a Table I family are left out);
     ``stamp`` (version and commit) is printed in the corner."""
     plt = _pyplot()
     cells = [r for r in rows if r.family in _FAMILY_COLOURS and r.err_mean is not None]

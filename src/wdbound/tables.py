@@ -591,6 +591,37 @@ class TableSettings:
                 "tau": self.tau, "sigma_floor": self.sigma_floor, "exact": self.exact}
 
 
+TABLE_SPECTRUM = dict(top_k=1, diagonal="hutchinson", probes=defaults.TABLE_PROBES, steps=defaults.TABLE_STEPS)
+
+
+def table_settings(*, rho: float | None = None, tau: float = defaults.TAU, sigma_floor: float = defaults.SIGMA_FLOOR,
+                   exact: str = "auto", layout: str = "auto", formats=TABLE_FORMATS, plots: bool = True,
+                   **spectrum) -> TableSettings:
+    """The validated settings of a table: ``wdbound table``'s defaults (the one owner, read by the CLI and
+    :func:`wdbound.tables`), with ``spectrum`` any :class:`~wdbound.spectrum.SpectrumSettings` field (``probes``,
+    ``steps``, ``data``, ``max_samples``, ``dtype``, ...)."""
+    settings = TableSettings(SpectrumSettings(**{**TABLE_SPECTRUM, **spectrum}), rho, tau, sigma_floor, exact,
+                             layout, tuple(formats), plots)
+    settings.validate()
+    return settings
+
+
+def table_items(paths=(), runs=None, **shared) -> list[RunSpec]:
+    """What a table evaluates: each checkpoint under ``paths`` (files or folders) and each row of the runs file
+    ``runs``, with ``shared`` (arch, arch_kwargs, model_factory, optimizer, lr, wd, batch_size, n_train,
+    epochs: :class:`~wdbound.runs.RunSpec` fields) filling what a file or row leaves empty."""
+    from .checkpoints import checkpoint_paths
+    from .runs import read_runs
+
+    if shared.get("arch") is not None and shared.get("model_factory") is not None:
+        raise WdboundError("give either arch or a model factory, not both", "model_factory")
+    if not paths and runs is None:
+        raise WdboundError("name checkpoints (or a folder of them) or a runs file", "paths")
+    base = RunSpec(Path(), **shared)
+    items = [RunSpec(p).with_defaults(base) for p in checkpoint_paths(list(paths))] if paths else []
+    return items + [run.with_defaults(base) for run in (read_runs(runs) if runs is not None else [])]
+
+
 @dataclass(frozen=True)
 class TableReport:
     """A finished (or interrupted) table: its rows and spectra, what failed, and everything derived."""

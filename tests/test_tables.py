@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 from wdbound.analysis import BoundFigures
 from wdbound.estimators.quadrature_interval import Interval
-from wdbound.table import (DASH, CSV_FIELDS, TableRow, family_variant, findings, grid, latex, layout, long_grid,
+from wdbound.tables import (DASH, CSV_FIELDS, TableRow, family_variant, findings, grid, latex, layout, long_grid,
                            markdown, model_label, resolve_layout, summary_counts, to_csv)
 
 
