@@ -1,4 +1,4 @@
-"""The `--compile` lever of issue 16, measured: a torch.compile'd HVP against the eager ones, side by side.
+"""The `--compile` lever, measured: a torch.compile'd HVP against the eager ones, side by side.
 
     python benchmarks/compile_hvp.py                       # digits-mlp, digits-cnn (shipped checkpoints)
     python benchmarks/compile_hvp.py --resnet-n 8          # + ResNet-18 (CIFAR stem) on 8 random 32x32 images

@@ -38,7 +38,7 @@ from wdbound.cache import Cache, NoCache
 from wdbound.spectrum import SpectrumSettings
 from wdbound.tables import family_variant, model_label
 
-FINDING_GAP = 0.04  # issue 30, goal 3: findings whose exact values differ by more than this must be resolved
+FINDING_GAP = 0.04  # findings whose exact values differ by more than this must be resolved
 
 # `wdbound table`'s defaults, so the dense spectrum it cached is found again.
 TABLE_SETTINGS = SpectrumSettings(probes=defaults.TABLE_PROBES, steps=defaults.TABLE_STEPS, top_k=1,

@@ -1,4 +1,4 @@
-"""The dense Hessian of a zoo checkpoint, built four ways, side by side (issue 32: `make demo` cold).
+"""The dense Hessian of a zoo checkpoint, built four ways, side by side (`make demo` cold).
 
     python benchmarks/dense_build.py                          # one checkpoint per zoo architecture
     python benchmarks/dense_build.py --columns 256 --ckpt checkpoints/digits-vit-adamw-e40.pt
@@ -6,7 +6,7 @@
 For each checkpoint, in one process, the same ``--columns`` unit vectors (float64, the test split) go through:
 
 * ``loop``: double backward, one backward pass per column through the chunk's gradient graph (the build
-  before issue 32);
+  before the kept-graph build);
 * ``kept-loop``: the same through a gradient graph built once and kept;
 * ``kept-batched``: the kept graph with ``is_grads_batched`` (``--chunk`` columns vmapped through one pass);
 * ``fwd-rev``: vmapped forward-over-reverse (``torch.func.jvp`` of ``grad``), ``--chunk`` columns per pass;

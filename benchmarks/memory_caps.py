@@ -1,5 +1,5 @@
 """`spectrum`, `err` and `table` on a torchvision ResNet-18 and a timm ViT-S/16 under an address-space cap, as in a
-container or a cluster job (issue 31): the plan line each run printed (which limit `--memory auto` used), its
+container or a cluster job: the plan line each run printed (which limit `--memory auto` used), its
 exit code, its planned peak and the peak it measured.
 
 Weights are random (no download here) and written with ``wdbound.save_checkpoint`` (training facts included, so

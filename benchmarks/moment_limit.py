@@ -1,4 +1,4 @@
-"""How narrow can an err/d interval from one Lanczos run be? A lower bound on what its moments allow (issue 30).
+"""How narrow can an err/d interval from one Lanczos run be? A lower bound on what its moments allow.
 
 A probe's m Lanczos steps fix the first 2m moments of its spectral measure μ_z (degrees 0 … 2m−1) and nothing
 else. Any bracket built from them, ours or another, must contain ∫ f dν for every measure ν on the spectrum's

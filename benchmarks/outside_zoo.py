@@ -1,4 +1,4 @@
-"""err/d intervals on architectures the zoo does not have: SLQ at the defaults against the dense Hessian (issue 30).
+"""err/d intervals on architectures the zoo does not have: SLQ at the defaults against the dense Hessian.
 
 Each model is trained here on the digits (1,437 training images, AdamW, lr 3e-3, weight decay 0.05, batch 64,
 ``--epochs``), then ``wdbound.err(Hessian(model, test split), exact="off")`` (1 probe x 1,280 steps, the

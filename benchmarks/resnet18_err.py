@@ -1,4 +1,4 @@
-"""One real architecture end to end on this CPU (issue 30): a ResNet-18 trained here, then
+"""One real architecture end to end on this CPU: a ResNet-18 trained here, then
 ``wdbound err --exact off`` on 256 of its 32x32 test images.
 
 No data set or weights can be downloaded here, so the script makes both: the digits images upsampled to

@@ -1,5 +1,5 @@
 """err/d intervals at d = 10^4, 10^5, 10^6 on operators whose eigenvalues are known: half-width and coverage
-against HVPs, for every SLQ budget tried (issue 30).
+against HVPs, for every SLQ budget tried.
 
 Spectra (``wdbound.synthetic``): a zoo checkpoint's exact spectrum tiled with a 1e-3 relative jitter (``zoo``,
 from the dense Hessian of ``--checkpoint``; every eigenvalue repeated, its 10 outliers too), the same with only
@@ -49,7 +49,7 @@ from wdbound.spectrum import SpectrumSettings, spectrum_ends
 from wdbound.synthetic import KnownSpectrumOperator, grown_spectrum, published_spectrum, repeated_spectrum
 
 ZOO_CLASSES = 10  # the digits: ``zoo-grown`` keeps this many outliers once
-BUDGETS = {"16x80 (before issue 30)": (16, 80), "2x160": (2, 160), "2x320": (2, 320), "2x640": (2, 640),
+BUDGETS = {"16x80 (the earlier default)": (16, 80), "2x160": (2, 160), "2x320": (2, 320), "2x640": (2, 640),
            "1x640": (1, 640), "1x1280 (default)": (1, 1280)}
 
 

@@ -20,8 +20,8 @@ DIFFERENT_DEFAULTS = {
     ("--wd", "train"): _TRAINS, ("--wd", "scale-freeness"): _TRAINS + " (AdamW's 0.05 for the paired runs)",
     ("--data", "train"): _TRAINS, ("--data", "scale-freeness"): _TRAINS,
     ("--epochs", "train"): _TRAINS, ("--epochs", "scale-freeness"): _TRAINS + " (short paired runs)",
-    ("--optimizer", "train"): "the training rule to train with (train) ...",
-    ("--optimizer", "scale-freeness"): "... and the training rules to compare (a comma list)",
+    ("--optimizer", "train"): "the training rule to train with",
+    ("--optimizer", "table"): "each checkpoint records its rule; the flag only fills plain state_dicts",
     ("--eps", "scale-freeness"): "Adam's epsilon values to compare (a comma list)",
     ("--out", "train"): "required: the checkpoint to write",
     ("--exact", "spectrum"): "spectrum is the estimator (off); err and table use the dense Hessian where it is "

@@ -27,7 +27,7 @@ Kept gradient graph (``keep_graph``, decided by the memory plan)
     on the vector: it is built once per chunk on the first product and every later product is one
     backward pass through it (``retain_graph``), the way PyHessian handles a single batch. Same
     operations, same values; measured on the digits CNN (float32, 2 CPU cores) a product costs about
-    half as much (see docs/decisions.md, "Speed (issue 16)"). Memory: the saved tensors of the forward
+    half as much (see docs/decisions.md, "Speed"). Memory: the saved tensors of the forward
     and first backward pass of the whole evaluation set, held until :meth:`HessianOperator.release_graph`.
 """
 
@@ -545,7 +545,7 @@ def sequential_numpy_blas():
 
     After each call OpenBLAS keeps its threads spinning for a while; torch's OpenMP threads, which compute
     the next HVP, then share the cores with them. On 2 CPU cores this made each digits-cnn HVP inside
-    ``wdbound spectrum`` cost 10 ms against 6.4 ms alone (docs/decisions.md, "Speed (issue 16)"). The NumPy
+    ``wdbound spectrum`` cost 10 ms against 6.4 ms alone (docs/decisions.md, "Speed"). The NumPy
     work there is eigendecompositions of matrices of at most a few hundred rows, which one thread does as
     fast. An MKL or OpenMP shared with torch is left alone (no spinning pool of its own).
     """
@@ -570,7 +570,7 @@ class _AffineEvalBatchNorm:
     input and of ``weight`` and ``bias`` (so the same gradient and Hessian), the same parameters, buffers and
     state-dict keys. ``F.batch_norm`` differentiates twice through ``native_batch_norm_backward``, a formula
     written for training mode (batch statistics); on the digits CNN (float32, 2 CPU cores) that double
-    backward was a quarter of an HVP (docs/decisions.md, "Speed (issue 16)"). Training mode (never used by
+    backward was a quarter of an HVP (docs/decisions.md, "Speed"). Training mode (never used by
     the operator) keeps the original forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

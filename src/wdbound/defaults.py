@@ -12,7 +12,7 @@ import math
 TAU = 0.05  # confidence: the bound holds with probability 1 - tau
 SIGMA_FLOOR = 1e-6  # singular values (and H_ii of Q) below this are raised to it, and the mass is reported
 
-# Stochastic Lanczos quadrature of `wdbound err`, `wdbound table` and the API's density (issue 30): spend on
+# Stochastic Lanczos quadrature of `wdbound err`, `wdbound table` and the API's density: spend on
 # resolution, not on probes. The interval's width at these budgets is the quadrature bracket over the mass near
 # zero, which shrinks with the steps, not with the probes; a probe's own spread is small (relative standard error
 # about sqrt(2/d) x the spread of the integrand) and, below SAMPLE_STDERR_MIN_PROBES probes, bounded from the same
@@ -41,7 +41,7 @@ REFINE_BUDGET = 0  # the adaptive SLQ adds no HVPs unless --max-hvps allows them
 
 # `wdbound spectrum` (no bound is computed from it): float32 HVPs (Lanczos vectors, recurrences and quadrature
 # stay float64), 2 to 5 probes by the dimension x at most 40 steps, no run for the spectrum's lower end. Chosen from accuracy targets measured
-# against exact spectra (docs/decisions.md, "Speed (issue 16)"): density W1 / lambda_max below PyHessian's default
+# against exact spectra (docs/decisions.md, "Speed"): density W1 / lambda_max below PyHessian's default
 # density, top-5 to 1e-3 (PyHessian's own tolerance, unbounded there), trace to 10 % (deflated Hutchinson, >= 8 samples).
 SPECTRUM_PROBES = 5  # at most (spectrum_probes); with the exact atoms: W1 <= 5.1e-4 on 10 seeds of digits-cnn
 SPECTRUM_MIN_PROBES = 2  # at least: two probes give the density and the diagonal a spread, and the trace two
@@ -50,7 +50,7 @@ SPECTRUM_STEPS = 40  # at most; the single pass stops earlier once its targets a
 SPECTRUM_DTYPE = "float32"
 SPECTRUM_TRACE = "deflated"
 SPECTRUM_ENDS = False
-# The single pass (issue 16): top-k, the deflation space of the trace and the density all from the SLQ probes'
+# The single pass: top-k, the deflation space of the trace and the density all from the SLQ probes'
 # Krylov spaces. Every SPECTRUM_CHECK_EVERY steps: stop when every top-k residual bound <= SPECTRUM_TOP_RTOL x
 # |value| and the density moved by W1 <= SPECTRUM_DENSITY_TOL x lambda_max since the previous check.
 SINGLE_PASS = True
@@ -58,7 +58,7 @@ SPECTRUM_TOP_RTOL = 1e-3
 # The trace of `spectrum`: its standard error <= 10 % of |trace|, and at least TRACE_PROBES (8) samples. The first 8
 # samples already give +/- 2.6 % on digits-cnn, +/- 1.8 % on digits-mlp and +/- 6.7 % on a trained ResNet-18 (32
 # images), where a 5 % target took 24 samples (22 HVPs, 40 % of the run) and 1 % took 128; PyHessian's default
-# trace carries an implied +/- 7 %, 5.6 % and 20 % on the same models (docs/decisions.md, "Speed (issue 16)").
+# trace carries an implied +/- 7 %, 5.6 % and 20 % on the same models (docs/decisions.md, "Speed").
 # `--trace-rtol 0.01` for a tighter one (err's own trace target is 1 %).
 SPECTRUM_TRACE_RTOL = 0.10
 # Stop once the density moved by W1 <= this x lambda_max between two checks. Two estimates each within e of the
@@ -105,7 +105,7 @@ def spectrum_probes(dim: int) -> int:
     below ``SPECTRUM_SAMPLING_TOL`` × the range, whatever the spectrum, kept between ``SPECTRUM_MIN_PROBES`` and
     ``SPECTRUM_PROBES``: the cap (5) decides below d = 100,000, where it is what measured enough on the zoo, and
     2 probes suffice from d = 250,000 (ResNet-18: 11 M). Fewer probes also certify top-k with fewer HVPs: the
-    single pass's union then holds fewer, longer Krylov spaces (docs/decisions.md, "Speed (issue 16)").
+    single pass's union then holds fewer, longer Krylov spaces (docs/decisions.md, "Speed").
 
     >>> spectrum_probes(2_000), spectrum_probes(150_000), spectrum_probes(11_000_000)
     (5, 4, 2)

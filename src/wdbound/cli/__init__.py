@@ -10,6 +10,38 @@ from ..progress import LogProgress, console, err_console  # noqa: F401 - LogProg
 from . import training, summary, spectrum, err, table, updates, check  # noqa: F401 - registers the commands
 from .base import app, flag_of, print_error, say  # noqa: F401
 
+
+def _explain_different_defaults() -> None:
+    """Where a flag's default differs from the analysis commands' on purpose, its help says why in one clause
+    (the reasons are :data:`wdbound.cli_reference.DIFFERENT_DEFAULTS`, the one owner). Each command gets its own
+    copy of the option, so a shared option's help is not changed for the other commands."""
+    import copy
+    import inspect
+
+    import typer
+
+    from ..cli_reference import DIFFERENT_DEFAULTS
+
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        callback = info.callback
+        defaults = list(callback.__defaults__ or ())
+        params = [p for p in inspect.signature(callback).parameters.values() if p.default is not inspect.Parameter.empty]
+        for i, param in enumerate(params):
+            option = param.default
+            if not isinstance(option, typer.models.OptionInfo):
+                continue
+            flag = next((d for d in option.param_decls if d.startswith("--")), "--" + param.name.replace("_", "-"))
+            reason = DIFFERENT_DEFAULTS.get((flag, name))
+            if reason:
+                option = copy.copy(option)
+                option.help = f"{option.help} (Default differs from err's here: {reason}.)"
+                defaults[i] = option
+        callback.__defaults__ = tuple(defaults)
+
+
+_explain_different_defaults()
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Run the CLI. Bad input is one line on stderr and exit code 2 (SystemExit). Under torchrun with several
     processes, rank 0 alone prints and writes (see :mod:`wdbound.distributed`)."""

@@ -8,7 +8,6 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .. import defaults
 from .base import app, console, err_console, say
 from .options import Opt, load_from, make_cache, settings_from
 from ..progress import BarObserver, progress_bar
@@ -21,36 +20,25 @@ def spectrum(
     ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt wdbound/1, .safetensors, or a plain state_dict with --arch)."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: Optional[int] = typer.Option(None, help=f"SLQ Rademacher probes k (density, the single pass, the Hutchinson diagonal). Default: from the dimension d, the fewest (at least {defaults.SPECTRUM_MIN_PROBES}, at most {defaults.SPECTRUM_PROBES}) whose worst-case density sampling error W1 <= {defaults.SPECTRUM_SAMPLING_TOL:g} x the spectrum's range: {defaults.SPECTRUM_PROBES} below d = 100,000 (on the zoo: W1 below PyHessian's default density on 9 of 10 seeds), 2 from d = 250,000 (docs/decisions.md)."),
-    steps: int = typer.Option(defaults.SPECTRUM_STEPS, help="Lanczos steps m per SLQ probe (at most, with --single-pass: the run stops when the targets below are met)."),
-    single_pass: bool = typer.Option(defaults.SINGLE_PASS, "--single-pass/--separate-top", help="Single pass (default): top-k, the trace's deflation space and the density all from the SLQ probes' Krylov spaces (Rayleigh-Ritz on their union, each value with an error bound: its residual, tightened by the gap to the other Ritz values; a separate top-k Lanczos run only if the union cannot certify top-k). It keeps the probes' bases: the memory plan caps its steps to what fits, and it is off with --lanczos low-memory. --separate-top: a top-k Lanczos run of its own first."),
-    top_rtol: float = typer.Option(defaults.SPECTRUM_TOP_RTOL, help="Single pass: target for the top-k error bounds, |theta - lambda| <= top-rtol x |theta| (the residual r, or r^2/gap when the gap to the other Ritz values exceeds 10 r: Parlett 1998, 11.7; the gap is estimated from the Ritz values, as Lanczos codes do)."),
-    density_tol: float = typer.Option(defaults.SPECTRUM_DENSITY_TOL, help=f"Single pass: every {defaults.SPECTRUM_CHECK_EVERY} steps, stop once top-k is certified and the density (converged Ritz pairs as exact atoms) moved by W1 <= density-tol x lambda_max since the last check (two estimates within e of the density are <= 2e apart: the default aims at W1 ~1e-3 x lambda_max; 0: all --steps)."),
-    top_k: int = Opt.top_k, diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device,
-    dtype: str = typer.Option(defaults.SPECTRUM_DTYPE, help="HVP precision: float32 (default here, an overview: 5x faster HVPs through convolutions on CPU; Lanczos vectors, recurrences and quadrature stay float64; top-k residuals certified to --top-rtol) or float64 (small eigenvalues to full precision; what err uses)."),
-    hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact_overview,
-    ends: bool = typer.Option(defaults.SPECTRUM_ENDS, "--ends/--no-ends", help=f"Also find the lower end of the spectrum (up to {defaults.ENDS_MAX_STEPS} HVPs; err's quadrature intervals need it; recorded as 'support')."),
-    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
-    model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
-    cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
-    memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
-    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed, trace: str = Opt.trace,
-    trace_probes: int = Opt.trace_probes,
-    trace_rtol: float = typer.Option(defaults.SPECTRUM_TRACE_RTOL, help=f"Accuracy target of the deflated trace: the SLQ probes' own leave-one-out samples and a first block up to --trace-probes, then the probes its standard error says are missing (at most {defaults.TRACE_MAX_PROBES} in all), until it is <= trace-rtol x |trace| (0: one block)."),
-    per_layer: bool = typer.Option(False, "--per-layer", help="One spectrum per parameter tensor (its diagonal Hessian block; with --params, the matching ones): top-1, trace, density."),
-    backend: str = typer.Option("wdbound", help="wdbound (default) or pyhessian: PyHessian 0.1's estimators on the same model, data and loss, for a cross-check (pip install 'wdbound[pyhessian]')."),
+    probes: Optional[int] = Opt.spectrum_probes, steps: int = Opt.spectrum_steps, single_pass: bool = Opt.spectrum_single_pass,
+    top_rtol: float = Opt.spectrum_top_rtol, density_tol: float = Opt.spectrum_density_tol, top_k: int = Opt.top_k,
+    diag_probes: int = Opt.diag_probes, seed: int = Opt.seed, device: str = Opt.device, dtype: str = Opt.spectrum_dtype,
+    hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact_overview, ends: bool = Opt.spectrum_ends,
+    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg, model_factory: Optional[str] = Opt.model_factory,
+    loss: str = Opt.loss, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache, memory: str = Opt.memory,
+    lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params, workers: int = Opt.workers,
+    subset_seed: int = Opt.subset_seed, trace: str = Opt.trace, trace_probes: int = Opt.trace_probes,
+    trace_rtol: float = Opt.spectrum_trace_rtol, per_layer: bool = Opt.spectrum_per_layer, backend: str = Opt.spectrum_backend,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
 ) -> None:
     """Hessian spectrum of a checkpoint: top eigenvalues, SLQ density, trace and diagonal (+ exact with --exact)."""
     from ..io_utils import check_output, write_json_atomic
     from ..models import count_parameters
-    from ..plots import check_plot_path, plot_density
-    from ..spectrum import analyse_spectrum, per_layer_json, per_layer_spectra, resolve_exact, write_spectrum_json
+    from ..plots import check_plot_path
+    from ..spectrum import analyse_spectrum, per_layer_json, per_layer_spectra, resolve_exact
 
-    check_output(json_path)
-    check_output(plot)
-    check_plot_path(plot)
+    check_output(json_path), check_output(plot), check_plot_path(plot)
     opts = dict(ctx.params)
     ckpt = load_from(opts)
     settings = settings_from(opts, keys=SPECTRUM_KEYS, diagonal="hutchinson",
@@ -66,8 +54,16 @@ def spectrum(
             say(f"wrote {write_json_atomic(json_path, per_layer_json(ckpt, settings, result))}")
         return
     render_spectrum(result)
+    write_spectrum_outputs(result, plot, json_path, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
+
+
+def write_spectrum_outputs(result, plot: Optional[Path], json_path: Optional[Path], title: str) -> None:
+    """The density plot and the JSON (plus the diagonal's .npy) when asked, each written atomically."""
+    from ..plots import plot_density
+    from ..spectrum import write_spectrum_json
+
     if plot is not None:
-        plot_density(result, plot, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
+        plot_density(result, plot, title)
         say(f"wrote {plot}")
     if json_path is not None:
         say("wrote {} and {}".format(*write_spectrum_json(result, json_path)))
@@ -104,29 +100,12 @@ def render_layers(layers, label: str) -> None:
 
 def render_spectrum(result) -> None:
     """The figures of one spectrum, with the zero rows, the logit shift and the exact values when present."""
-    top = ", ".join(f"{v:.6g}" for v in result.top.values)
     diag = result.diagonal.summary()
     nodes, _ = result.slq.measure()
     say(f"d = {result.d} parameters, n_eval = {result.n_eval} examples ({result.provenance['settings']['split']} split)")
     backend = result.provenance.get("backend", "wdbound")
-    if result.provenance.get("top_from") == "dense Hessian":
-        say(f"top {len(result.top.values)} eigenvalues: {top}  (exact: eigenvalues of the dense Hessian)")
-    elif backend == "wdbound":
-        source = ("Rayleigh-Ritz on the union of the SLQ probes' Krylov spaces, "
-                  if result.provenance.get("top_from") == "slq union" else "Lanczos, ")
-        say(f"top {len(result.top.values)} eigenvalues: {top}  ({source}{result.top.steps} steps, "
-            f"error bound <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'}; "
-            f"largest {max(float(b) for b in result.top.bounds):.1e})")
-    else:
-        say(f"backend {backend}: {result.provenance.get('note', '')}")
-        say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
-    reused = result.provenance.get("trace_leave_one_out") or 0
-    if result.trace.method == "exact":
-        say(f"trace: {result.trace.estimate:.6g} (exact: the dense Hessian's diagonal summed)")
-    else:
-        say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (one standard error; "
-            f"{result.trace.method}, {len(result.trace.samples)} probes"
-            + (f", {reused} of them the SLQ probes, deflated leave-one-out" if reused else "") + ")")
+    say_top(result, backend)
+    say_trace(result)
     say(f"SLQ ({result.provenance['settings']['probes']} probes): Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; negative eigenvalue mass {100 * result.negative_mass:.2f}% "
         f"({100 * result.resolved_negative_mass:.2f}% below -1e-3 x lambda_max; nearer 0 the side is within the "
         "quadrature's resolution)")
@@ -147,3 +126,31 @@ def render_spectrum(result) -> None:
             f"{int((result.exact_diagonal == 0).sum())} zero diagonal entries")
     say(f"{result.hvps} HVPs in {result.wall_seconds:.1f} s" + (" (from the cache; key "
         f"{result.provenance.get('cache_key')})" if result.cached else ""))
+
+
+def say_top(result, backend: str) -> None:
+    """The top-k line: the values and where they come from (dense Hessian, Lanczos with its error bound, or a
+    cross-check backend)."""
+    top = ", ".join(f"{v:.6g}" for v in result.top.values)
+    if result.provenance.get("top_from") == "dense Hessian":
+        say(f"top {len(result.top.values)} eigenvalues: {top}  (exact: eigenvalues of the dense Hessian)")
+    elif backend == "wdbound":
+        source = ("Rayleigh-Ritz on the union of the SLQ probes' Krylov spaces, "
+                  if result.provenance.get("top_from") == "slq union" else "Lanczos, ")
+        say(f"top {len(result.top.values)} eigenvalues: {top}  ({source}{result.top.steps} steps, "
+            f"error bound <= {result.top.tol:g}*|theta|: {'converged' if result.top.converged else 'NOT converged'}; "
+            f"largest {max(float(b) for b in result.top.bounds):.1e})")
+    else:
+        say(f"backend {backend}: {result.provenance.get('note', '')}")
+        say(f"top {len(result.top.values)} eigenvalues: {top}  (power iteration, relative change <= 1e-3)")
+
+
+def say_trace(result) -> None:
+    """The trace line: exact, or the estimate with one standard error and how it was sampled."""
+    reused = result.provenance.get("trace_leave_one_out") or 0
+    if result.trace.method == "exact":
+        say(f"trace: {result.trace.estimate:.6g} (exact: the dense Hessian's diagonal summed)")
+    else:
+        say(f"trace: {result.trace.estimate:.6g} +/- {result.trace.stderr:.2g} (one standard error; "
+            f"{result.trace.method}, {len(result.trace.samples)} probes"
+            + (f", {reused} of them the SLQ probes, deflated leave-one-out" if reused else "") + ")")

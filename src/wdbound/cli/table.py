@@ -23,8 +23,7 @@ def table(
     runs: Optional[Path] = typer.Option(None, help="A runs file (.csv or .toml), one row per checkpoint: path, arch, arch_kwargs, model_factory, optimizer, lr, wd, batch_size, n_train, epochs, label, test_acc (docs/runs.md). The flags below fill what a row leaves empty."),
     out: Path = typer.Option(Path("reports"), help="Folder for table1.{md,csv,tex,json} and the plots."),
     format: str = typer.Option("md,csv,tex", "--format", help="Comma-separated subset of md, csv, tex (JSON is always written)."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write density plots per checkpoint and one comparison per model."),
-    rho: Optional[float] = Opt.rho, tau: float = Opt.tau, sigma_floor: float = Opt.sigma_floor,
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write density plots per checkpoint and one comparison per model."), rho: Optional[float] = Opt.rho, tau: float = Opt.tau, sigma_floor: float = Opt.sigma_floor,
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
     probes: int = typer.Option(defaults.TABLE_PROBES, help="SLQ probes k per checkpoint (as `err`: few, long Lanczos runs; the zoo is exact under --exact auto)."),
     steps: Optional[int] = typer.Option(defaults.TABLE_STEPS, help=f"Lanczos steps m per probe (default: {defaults.STEPS}, at most d)."),
@@ -35,16 +34,14 @@ def table(
     layout_name: str = typer.Option("auto", "--layout", help="Markdown layout: long (one row per model and epochs), paper (Table I's column pairs), or auto (long above three groups). The LaTeX keeps the paper's."),
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg, model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     optimizer: Optional[str] = typer.Option(None, help="The training rule of plain state_dicts (adamw, adamw-d, l2-adam, l2-adam-d, adamprox, adams, adal): it picks the bound form and Table I's column."),
-    lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size, n_train: Optional[int] = Opt.n_train,
-    epochs: Optional[int] = typer.Option(None, help="Training length in epochs of plain state_dicts (Table I's row)."),
+    lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size, n_train: Optional[int] = Opt.n_train, epochs: Optional[int] = typer.Option(None, help="Training length in epochs of plain state_dicts (Table I's row)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write table1.json (every cell, finding and setting) at this path."),
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
     from ..io_utils import check_output, check_output_folder, write_json_atomic
     from ..tables import run_table, table_items, table_settings
 
-    check_output_folder(out)
-    check_output(json_path)
+    check_output_folder(out), check_output(json_path)
     opts = dict(ctx.params)
     settings = table_settings(rho=rho, tau=tau, sigma_floor=sigma_floor, exact=exact, layout=layout_name, plots=plots,
                               formats=[f.strip() for f in format.split(",") if f.strip()], **spectrum_options(opts))
