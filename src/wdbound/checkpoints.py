@@ -43,8 +43,8 @@ from .models import arch_arguments, build_model, count_parameters, infer_arch_kw
 
 FORMAT = "wdbound/1"
 _FACTS = ("eta", "lam", "batch_size", "n_train")
-FACT_NAMES = {"eta": "eta (the last learning rate)", "lam": "lambda (the last weight decay)",
-              "batch_size": "b (the minibatch size)", "n_train": "n (the training-set size)"}
+FACT_NAMES = {"eta": "eta (the last learning rate)", "lam": "lam (lambda, the last weight decay)",
+              "batch_size": "batch_size (b, the minibatch size)", "n_train": "n_train (n, the training-set size)"}
 
 
 @dataclass(frozen=True)

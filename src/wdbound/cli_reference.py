@@ -74,10 +74,11 @@ def commands() -> list[tuple[str, object]]:
 
 
 def flags(command) -> dict[str, object]:
-    """The options of a command by their first long spelling (``--probes``)."""
+    """The options of a command by their first long spelling (``--probes``); hidden ones (an old spelling kept
+    for old scripts, which says so when used) are not part of the vocabulary."""
     out = {}
     for param in command.params:
-        if param.param_type_name == "option":
+        if param.param_type_name == "option" and not getattr(param, "hidden", False):
             name = next((o for o in param.opts if o.startswith("--")), param.opts[0])
             out[name] = param
     return out

@@ -122,8 +122,8 @@ class BarObserver(Observer):
     """The library's progress drawn on a rich bar (or ``[progress]`` lines off a terminal), the memory plan on
     stderr, failed items as one error line each."""
 
-    def __init__(self, bar, items_label: str = "checkpoints") -> None:
-        self.bar, self.items_label = bar, items_label
+    def __init__(self, bar, items_label: str = "checkpoints", on_failed=None) -> None:
+        self.bar, self.items_label, self.on_failed = bar, items_label, on_failed
         self.task = self.overall = None
         self.planned: tuple[str, int | None] = ("", None)
 
@@ -156,6 +156,9 @@ class BarObserver(Observer):
     def failed(self, label: str, error) -> None:
         from .errors import about
 
+        if self.on_failed is not None:  # the CLI's one-line error, with the flag that fixes it
+            self.on_failed(about(label, error))
+            return
         err_console.print(f"error: {about(label, error)}", highlight=False, soft_wrap=True, markup=False)
 
 

@@ -40,8 +40,8 @@ def check(
     base = Baseline.open(baseline, update=update, checkpoints=chosen, probes=probes, steps=steps, seed=seed,
                          max_samples=max_samples)
     with progress_bar() as bar:
-        report = run_check(base, checkpoints=chosen, device=device, memory=memory, observer=BarObserver(bar))
-        tabled = (verify_table(table, cells=table_cells, device=device, memory=memory, observer=BarObserver(bar))
+        report = run_check(base, checkpoints=chosen, device=device, memory=memory, observer=BarObserver(bar, on_failed=print_error))
+        tabled = (verify_table(table, cells=table_cells, device=device, memory=memory, observer=BarObserver(bar, on_failed=print_error))
                   if table is not None else None)
     render_check(report, baseline)
     if tabled is not None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .. import defaults
 from ..errors import WdboundError
-from .base import app, console, err_console, say
+from .base import app, console, err_console, print_error, say
 from .options import Opt, load_from, make_cache, settings_from
 from ..progress import BarObserver, progress_bar
 
@@ -52,7 +52,7 @@ def err(
     settings = err_settings(opts, inputs.d)
     with progress_bar() as bar:
         report = evaluate_err(ckpt, settings, inputs, forms, sweeps=sweeps, cache=make_cache(cache_dir, no_cache),
-                              observer=BarObserver(bar), label=ckpt.path.name)
+                              observer=BarObserver(bar, on_failed=print_error), label=ckpt.path.name)
     render_err(report, ckpt.path.name, settings)
     if json_path is not None:
         say(f"wrote {write_json_atomic(json_path, report.to_json())}")
@@ -86,10 +86,19 @@ def with_last_spectrum(ctx: typer.Context) -> dict:
         if name in opts and ctx.get_parameter_source(name) == click_default(ctx) and opts[name] != value:
             opts[name] = value
             taken.append(name.replace("_", "-"))
-    err_console.print(f"checkpoint {last.checkpoint}, from the `wdbound spectrum` run of {last.when}"
+    err_console.print(f"checkpoint {shown_path(last.checkpoint)}, from the `wdbound spectrum` run of "
+                      f"{last.when.replace('T', ' ').replace('+00:00', ' UTC')}"
                       + (f" (its {', '.join('--' + t for t in taken)})" if taken else ""),
                       highlight=False, markup=False, soft_wrap=True)
     return opts
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the working folder when it lies inside it, else as recorded (absolute)."""
+    import os
+
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def click_default(ctx: typer.Context):

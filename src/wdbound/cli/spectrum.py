@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .base import app, console, err_console, say
+from .base import app, console, err_console, print_error, say
 from .options import Opt, load_from, make_cache, settings_from
 from ..progress import BarObserver, progress_bar
 
@@ -46,7 +46,7 @@ def spectrum(
     cache = make_cache(cache_dir, no_cache)
     with progress_bar() as bar:
         run = per_layer_spectra if per_layer else analyse_spectrum
-        result = run(ckpt, settings, cache, BarObserver(bar))
+        result = run(ckpt, settings, cache, BarObserver(bar, on_failed=print_error))
     record_run(opts)
     if per_layer:
         render_layers(result, checkpoint.name)
@@ -77,8 +77,11 @@ def record_run(opts: dict) -> None:
     """Record this run beside the cache for ``wdbound err`` without a checkpoint; a cache folder that cannot be
     written is said in one warning line (the spectrum itself is done)."""
     from ..cache import LastSpectrum, default_cache_dir
+    from ..distributed import is_main
     from .options import RECORDED
 
+    if not is_main():  # under torchrun, rank 0 alone writes
+        return
     try:
         LastSpectrum.now(opts["checkpoint"], {name: opts[name] for name in RECORDED}).write(
             opts["cache_dir"] or default_cache_dir())

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .. import defaults
-from .base import app, console, parse_kwargs, say
+from .base import app, console, parse_kwargs, print_error, say
 from .options import Opt, make_cache
 from ..progress import BarObserver, progress_bar
 
@@ -49,7 +49,7 @@ def table(
                         model_factory=model_factory, optimizer=optimizer, lr=lr, wd=wd, batch_size=batch_size,
                         n_train=n_train, epochs=epochs)
     with progress_bar() as bar:
-        report = run_table(items, settings, cache=make_cache(cache_dir, no_cache), observer=BarObserver(bar))
+        report = run_table(items, settings, cache=make_cache(cache_dir, no_cache), observer=BarObserver(bar, on_failed=print_error))
     if report.failures and not report.rows and not report.interrupted:
         raise typer.Exit(2)  # every checkpoint failed (each said why): no empty table is written
     render_table(report, out)
