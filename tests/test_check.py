@@ -209,3 +209,12 @@ def test_table_cells_to_verify_prefers_one_per_model():
     assert [c["model"] for c in chosen[:3]] == ["cnn", "mlp", "vit"] and all(c["method"] == "exact" for c in chosen)
     assert len(chosen) == 4 and len({c["checkpoint"] for c in chosen}) == 4
     assert table_cells_to_verify(cells, 0) == []
+
+
+def test_check_report_to_pandas_one_row_per_comparison():
+    results = [Comparison("a.pt", "err_mean/adamw", 2.0, 2.0 + 1e-9, 1e-6, "rtol"),
+               Comparison("a.pt", "top_eigenvalue", 1.0, 1.5, 1e-6, "rtol")]
+    frame = CheckReport(results, {}, [], 1.0, 1).to_pandas()
+    assert list(frame["passed"]) == [True, False]
+    assert frame["difference"].tolist() == pytest.approx([1e-9, 0.5])
+    assert not frame.groupby("checkpoint")["passed"].all()["a.pt"]

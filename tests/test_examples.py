@@ -27,3 +27,6 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         assert exact[form].method == "exact" and low <= exact[form].err_mean <= high  # the interval covers
     assert namespace["fig"] is not None and (tmp_path / "updates.png").read_bytes()[:4] == b"\x89PNG"
     assert namespace["top"].converged
+    summary, small = namespace["summary"], namespace["small"]
+    assert summary.loc[summary.quantity == "lambda_1", "value"].item() == pytest.approx(namespace["top"].values[0], rel=1e-3)
+    assert set(small.index) >= {"all"} and ((small >= 0) & (small <= 1)).all()

@@ -323,3 +323,13 @@ def test_the_single_pass_comes_before_a_kept_graph_at_every_probe_block(monkeypa
         op = HessianOperator(model, data, dtype=torch.float32)
         chosen = memory_plan(op, replace(settings, memory=f"{budget}B"))
         assert chosen.single_pass_steps and not chosen.keep_graph and chosen.probe_block == 1
+
+
+def test_spectrum_to_pandas_is_what_the_command_prints():
+    """The summary frame's rows are the spectrum's own figures (top-k with its bounds, trace, zero rows)."""
+    H = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0, 0.0], dtype=torch.float64))
+    result = estimate_spectrum(DenseOperator(H), SpectrumSettings(probes=2, steps=6, top_k=2, exact=True))
+    frame = result.to_pandas().set_index("quantity")
+    assert frame.loc["lambda_1", "value"] == pytest.approx(3.0) and frame.loc["lambda_2", "value"] == pytest.approx(2.0)
+    assert frame.loc["trace", "value"] == pytest.approx(6.5) and frame.loc["exact trace", "value"] == pytest.approx(6.5)
+    assert frame.loc["lambda_1", "kind"] == "exact"

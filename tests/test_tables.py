@@ -192,3 +192,37 @@ def test_table_end_to_end(tiny_checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad"
     code, _, err = run_cli(["table", folder / "tiny-adamw.pt", "--out", bad, "--layout", "wide"], capsys)
     assert code == 2 and "--layout" in err and not bad.exists()
+
+
+def test_csv_by_pandas_equals_the_standard_library_writer():
+    """table1.csv is written by pandas; its bytes are what csv.DictWriter writes from the same cells (empty
+    cells for None, Python's repr of floats, ints kept ints beside empty cells)."""
+    import csv
+    import io
+
+    made = {"wdbound": "9.9", "commit": "0123abcd", "dirty": True}
+    rows = ROWS + [TableRow("bare.pt", "net", 10, "sgd")]  # no figures: many empty cells
+    fields = CSV_FIELDS + ["wdbound_version", "commit"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        cell = {**row.to_json(), "wdbound_version": "9.9", "commit": "0123abcd+dirty"}
+        writer.writerow({k: ("" if cell.get(k) is None else cell.get(k)) for k in fields})
+    assert to_csv(rows, made) == buffer.getvalue()
+
+
+def test_report_to_pandas_has_every_number_of_table1_json():
+    from wdbound.spectrum import SpectrumSettings
+    from wdbound.tables import TableSettings, build_report
+
+    report = build_report(ROWS, TableSettings(SpectrumSettings()))
+    frame = report.to_pandas()
+    assert len(frame) == len(ROWS) and list(frame["checkpoint"]) == [r.checkpoint for r in ROWS]
+    for cell, (_, row) in zip(report.to_json()["cells"], frame.iterrows()):
+        for key, value in cell.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert row[key] == pytest.approx(value, nan_ok=True), key
+    assert frame.groupby("family")["err_mean"].mean()["l2-adam"] == pytest.approx((3.80 + 3.30) / 2)
+    found = report.findings_to_pandas()
+    assert len(found) == len(report.findings) and "err_holds" in found.columns or len(found.columns) > 3

@@ -152,3 +152,16 @@ def test_update_recorder_needs_adam_moments():
         p.grad = torch.ones(2)
         sgd.step()
         UpdateRecorder(sgd).record(1)
+
+
+def test_entry_to_pandas_counts_and_fractions_per_layer_and_bin():
+    from wdbound.updates import histogram_entry
+
+    layers = {"0.weight": [0] * (BINS - 1) + [4], "0.bias": [2] + [0] * (BINS - 2) + [2]}
+    frame = histogram_entry("x.pt", layers, [], optimizer="adamw").to_pandas()
+    assert len(frame) == 3 * BINS and set(frame["layer"]) == {"all", "0.weight", "0.bias"}
+    totals = frame.groupby("layer")["count"].sum()
+    assert totals["all"] == 8 and totals["0.weight"] == 4 and totals["0.bias"] == 4
+    assert frame.groupby("layer")["fraction"].sum().tolist() == pytest.approx([1.0, 1.0, 1.0])
+    top = frame[(frame.layer == "all") & (frame.bin == bin_labels()[-1])]
+    assert top["count"].item() == 6 and top["log2_upper"].item() == 1

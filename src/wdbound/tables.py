@@ -522,10 +522,12 @@ def to_csv(rows: list[TableRow], made: dict | None = None) -> str:
     made = made or {}
     commit = (made.get("commit") or "") + ("+dirty" if made.get("commit") and made.get("dirty") else "")
     fields = CSV_FIELDS + ["wdbound_version", "commit"]
-    # Object columns keep each value as Python wrote it (an int stays 64, not 64.0, beside an empty cell).
-    frame = pd.DataFrame([{**row.to_json(), "wdbound_version": made.get("wdbound"), "commit": commit}
-                          for row in rows], columns=fields, dtype=object)
-    return frame.to_csv(index=False, na_rep="", lineterminator="\n")
+    # Object columns keep each value as Python wrote it (an int stays 64, not 64.0, beside an empty cell); a
+    # missing value is an empty cell, a NaN figure stays "nan".
+    cells = [{**row.to_json(), "wdbound_version": made.get("wdbound"), "commit": commit} for row in rows]
+    frame = pd.DataFrame([{k: ("" if cell.get(k) is None else cell.get(k)) for k in fields} for cell in cells],
+                         columns=fields, dtype=object)
+    return frame.to_csv(index=False, na_rep="nan", lineterminator="\n")
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
