@@ -15,7 +15,7 @@ Public API::
 The CLI's loss is the mean cross-entropy over the chosen split; the Python API takes any mean loss.
 """
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402
 
 from .checkpoints import Checkpoint, TrainingFacts, load_checkpoint, save_checkpoint  # noqa: E402
 from .data import load_dataset  # noqa: E402

@@ -352,7 +352,7 @@ def verify_table(path: Path, *, cells: int = 4, device: str = "auto", memory: st
     every cell's checkpoint is the file it was made from (SHA-256), and ``cells`` exact cells (one per model
     first) recomputed now, never from the cache, give the same err/d, top eigenvalue and test accuracy
     (relative TABLE_CELL_RTOL). Each comparison is a :class:`Comparison` (release and files as 0/1 metrics)."""
-    from . import __version__
+    from ._version import __version__
     from .cache import NoCache
     from .io_utils import sha256_file
     from .spectrum import SpectrumSettings

@@ -10,30 +10,8 @@ name has one meaning, and where the meaning is the same the default is the same 
 
 from __future__ import annotations
 
-# Flags whose default differs from the analysis commands' (err's, else table's, else train's) on purpose:
-# (flag, command) -> why. Everything else that two commands share has one default.
-_TRAINS = "it trains a model, so it needs a value; err and table only override what a checkpoint records"
-DIFFERENT_DEFAULTS = {
-    ("--arch", "train"): _TRAINS, ("--arch", "scale-freeness"): _TRAINS,
-    ("--batch-size", "train"): _TRAINS, ("--batch-size", "scale-freeness"): _TRAINS,
-    ("--lr", "train"): _TRAINS, ("--lr", "scale-freeness"): _TRAINS,
-    ("--wd", "train"): _TRAINS, ("--wd", "scale-freeness"): _TRAINS + " (AdamW's 0.05 for the paired runs)",
-    ("--data", "train"): _TRAINS, ("--data", "scale-freeness"): _TRAINS,
-    ("--epochs", "train"): _TRAINS, ("--epochs", "scale-freeness"): _TRAINS + " (short paired runs)",
-    ("--optimizer", "train"): "the training rule to train with",
-    ("--optimizer", "table"): "each checkpoint records its rule; the flag only fills plain state_dicts",
-    ("--eps", "scale-freeness"): "Adam's epsilon values to compare (a comma list)",
-    ("--out", "train"): "required: the checkpoint to write",
-    ("--exact", "spectrum"): "spectrum is the estimator (off); err and table use the dense Hessian where it is "
-                             "cheap (auto)",
-    ("--probes", "spectrum"): "spectrum's single pass: 2-5 probes by d for the density, top-k and trace; err and "
-                              "table spend on one long run for the bound integrals",
-    ("--steps", "spectrum"): "as --probes: 40 steps per probe, stopped early by the accuracy targets",
-    ("--dtype", "spectrum"): "float32 HVPs for the density and top-k; the bounds' small eigenvalues need float64",
-    ("--diag-probes", "spectrum"): "no extra probes (0); err adds up to 16 when Q's diagonal is estimated (auto)",
-    ("--probes", "check"): "a baseline is recorded with 4 short runs so CI checks the whole zoo in minutes",
-    ("--steps", "check"): "as --probes",
-}
+from .cli.options import DIFFERENT_DEFAULTS  # noqa: E402 - the reasons live beside the options
+
 REFERENCE_COMMANDS = ("err", "table", "train")
 
 

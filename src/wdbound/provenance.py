@@ -17,7 +17,7 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     # str(): torch.__version__ is a str subclass that weights_only loading refuses.
     return {"wdbound": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
@@ -37,7 +37,7 @@ def made_by() -> dict:
     "dirty": bool}``. The commit is read with git from the package's source folder when it is a git checkout
     (an editable install); ``dirty`` says that the sources (``src/``) differ from that commit. Outside a
     checkout (a wheel install) the commit is None."""
-    from . import __version__
+    from ._version import __version__
 
     source = Path(__file__).resolve().parent
     commit, dirty = None, False

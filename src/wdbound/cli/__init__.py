@@ -13,14 +13,14 @@ from .base import app, flag_of, print_error, say  # noqa: F401
 
 def _explain_different_defaults() -> None:
     """Where a flag's default differs from the analysis commands' on purpose, its help says why in one clause
-    (the reasons are :data:`wdbound.cli_reference.DIFFERENT_DEFAULTS`, the one owner). Each command gets its own
+    (the reasons are :data:`wdbound.cli.options.DIFFERENT_DEFAULTS`, the one owner). Each command gets its own
     copy of the option, so a shared option's help is not changed for the other commands."""
     import copy
     import inspect
 
     import typer
 
-    from ..cli_reference import DIFFERENT_DEFAULTS
+    from .options import DIFFERENT_DEFAULTS
 
     for info in app.registered_commands:
         name = info.name or info.callback.__name__.replace("_", "-")

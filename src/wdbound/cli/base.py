@@ -7,7 +7,7 @@ import warnings
 from typing import List
 
 import typer
-from .. import __version__
+from .._version import __version__
 from ..errors import WdboundError
 from ..progress import console, err_console
 
