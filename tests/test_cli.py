@@ -383,3 +383,45 @@ def test_err_optimizer_is_the_card_spelling_and_form_its_old_one(tiny_checkpoint
     code, _, err = run_cli(["train", "--model", "digits-mlp", "--arch-kwarg", "hidden=4", "--epochs", "1",
                             "--out", tmp_path / "t.pt"], capsys)
     assert code == 0 and "warning: --model is deprecated here; use --arch digits-mlp" in err
+
+
+def test_err_without_a_checkpoint_takes_the_last_spectrum_run(tiny_checkpoint, tmp_path, capsys, isolated_cache):
+    """The card's second command: no checkpoint, the most recent `spectrum` run's checkpoint and evaluation
+    options (a flag given to err wins), said on stderr; nothing recorded is one line naming the command."""
+    code, _, err = run_cli(["err", "--optimizer", "adamw"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "run `wdbound spectrum CKPT` first" in err
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--max-samples", "90", "--subset-seed", "3"], capsys)
+    assert code == 0, err
+    out = tmp_path / "err.json"
+    code, text, err = run_cli(["err", "--optimizer", "adamw", "--json", out], capsys)
+    assert code == 0, err
+    assert f"checkpoint {tiny_checkpoint}" in err and "(its --max-samples, --subset-seed)" in err
+    assert "warning" not in err and "AdamW (Thm 6) is its own bound form" in text
+    settings = json.loads(out.read_text())["inputs"]["spectrum"]["settings"]
+    assert settings["max_samples"] == 90 and settings["subset_seed"] == 3
+    code, _, err = run_cli(["err", "--optimizer", "l2-adam", "--max-samples", "80", "--json", out], capsys)
+    assert code == 0 and "(its --subset-seed)" in err
+    assert json.loads(out.read_text())["inputs"]["spectrum"]["settings"]["max_samples"] == 80
+
+
+def test_your_own_model_first_try(tmp_path, capsys):
+    """A plain torchvision-style ResNet-18 state_dict: without --arch the error names the architecture it fits;
+    with --arch and no facts, every missing fact and flag in one line; with the facts and no --data, one line
+    asking for the data (never the 8x8 digits)."""
+    import torch
+
+    from wdbound.models import build_model
+
+    path = tmp_path / "r18.pt"
+    torch.save(build_model("resnet18").state_dict(), path)
+    code, _, err = run_cli(["err", path], capsys)
+    assert code == 2 and "plain state_dict without an architecture; it fits resnet18 (pass --arch)" in err
+    code, _, err = run_cli(["err", path, "--arch", "resnet18"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    for fact, flag in (("eta", "--lr"), ("lam", "--wd"), ("batch_size", "--batch-size"), ("n_train", "--n-train")):
+        assert fact in err and flag in err
+    code, _, err = run_cli(["err", path, "--arch", "resnet18", "--lr", "1e-3", "--wd", "5e-2", "--batch-size",
+                            "128", "--n-train", "50000"], capsys)
+    assert code == 2 and "is not a digits architecture" in err and "(pass --data)" in err
+    code, _, err = run_cli(["summary", path], capsys)
+    assert code == 2 and "it fits resnet18" in err and "--arch" not in err
