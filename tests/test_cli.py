@@ -130,7 +130,7 @@ def test_err_bad_inputs_exit_2_nothing_written(tiny_checkpoint, tmp_path, capsys
     assert not out_json.exists()
 
 
-@pytest.mark.parametrize("mode", [["--exact", "auto"], ["--exact", "off", "--rtol", "0"]])
+@pytest.mark.parametrize("mode", [["--exact", "auto"], ["--exact", "off", "--rtol", "0", "--theorem", "on"]])
 def test_err_cache_reuse_and_sweeps(tiny_checkpoint, tmp_path, capsys, isolated_cache, mode):
     base = ["err", tiny_checkpoint, "--probes", "3", "--steps", "12", "--max-samples", "80", "--theorem-probes", "2",
             "--theorem-steps", "8", *mode]
@@ -425,3 +425,27 @@ def test_your_own_model_first_try(tmp_path, capsys):
     assert code == 2 and "is not a digits architecture" in err and "(pass --data)" in err
     code, _, err = run_cli(["summary", path], capsys)
     assert code == 2 and "it fits resnet18" in err and "--arch" not in err
+
+
+
+def test_err_at_its_defaults_spends_on_err_d_and_says_what_the_theorem_would_cost(tiny_checkpoint, tmp_path, capsys):
+    """Without the dense spectrum, `err` computes err/d (and what it prints) only: the Theorem 6/7 terms are
+    `--theorem on`, whose extra HVPs the output states; that count is what --theorem on then spends."""
+    base = ["err", tiny_checkpoint, "--exact", "off", "--max-samples", "100", "--no-cache"]
+    off, on = tmp_path / "off.json", tmp_path / "on.json"
+    code, out, err = run_cli([*base, "--json", off], capsys)
+    assert code == 0, err
+    payload = json.loads(off.read_text())
+    assert payload["theorem"]["computed"] is False and payload["adamw"].get("theorem_term") is None
+    extra = payload["theorem"]["extra_hvps"]
+    assert f"--theorem on adds at most {extra:,} HVPs" in out and "not computed" in out
+    spent_off = payload["inputs"]["spectrum"]["hvp_count"]
+    code, out, err = run_cli([*base, "--theorem", "on", "--json", on], capsys)
+    assert code == 0, err
+    with_theorem = json.loads(on.read_text())
+    assert with_theorem["theorem"]["computed"] is True and with_theorem["adamw"]["theorem_term"] > 0
+    for form in ("adamw", "l2-adam"):  # err/d does not depend on the Theorem runs
+        assert with_theorem[form]["err_mean"] == pytest.approx(payload[form]["err_mean"], rel=1e-12)
+    assert "HVPs this run" in out
+    spent_on = int(out.split("HVPs this run: ")[1].split()[0])
+    assert spent_off < spent_on <= spent_off + extra

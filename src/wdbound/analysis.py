@@ -495,8 +495,38 @@ def planned_hvps(settings: SpectrumSettings, dim: int, forms=(), floors=()) -> i
     if settings.exact:
         return expected_hvps(settings, dim)
     runs_per_floor = sum(2 if form == "adamw" or not reuses_density(settings) else 1 for form in forms)
-    return expected_hvps(settings, dim) + (runs_per_floor * len(floors) * settings.theorem_probes
-                                           * min(settings.theorem_steps, dim))
+    # AdamW's A = Q^1/2 H Q^1/2 has ends of its own: a Lanczos run of at most ENDS_MAX_STEPS per floor.
+    ends = sum(1 for form in forms if form == "adamw") * len(floors) * min(defaults.ENDS_MAX_STEPS, dim)
+    return expected_hvps(settings, dim) + ends + (runs_per_floor * len(floors) * settings.theorem_probes
+                                                  * min(settings.theorem_steps, dim))
+
+
+THEOREM_MODES = ("auto", "on", "off")
+
+
+def resolve_theorem(mode: str, exact: bool) -> bool:
+    """Whether ``err`` computes the Theorem 6/7 terms: ``on``, ``off``, or ``auto``: with the dense spectrum
+    (they then cost no HVP: eigendecompositions of the dense Hessian), not otherwise (their Lanczos runs and
+    Q's diagonal would cost several times err/d's HVPs; the output says how many).
+
+    >>> resolve_theorem("auto", True), resolve_theorem("auto", False), resolve_theorem("on", False)
+    (True, False, True)
+    """
+    if mode not in THEOREM_MODES:
+        raise WdboundError(f"unknown theorem mode {mode!r}; use auto, on or off", "theorem")
+    return mode == "on" or (mode == "auto" and exact)
+
+
+def theorem_extra_hvps(settings: SpectrumSettings, dim: int, forms=(), floors=(1e-6,)) -> int:
+    """The HVPs the Theorem 6/7 terms of ``forms`` would add to an SLQ ``err`` (their Lanczos runs at every
+    floor, and Q's diagonal: exact, d HVPs, under ``--diagonal auto`` up to DIAGONAL_EXACT_MAX_DIM, else the
+    extra Hutchinson probes); 0 with the dense spectrum."""
+    if settings.exact or not forms:
+        return 0
+    with_theorem = replace(settings, diagonal="auto")
+    diagonal = dim if with_theorem.exact_diagonal_for(dim) else defaults.q_diagonal_probes(
+        dim, settings.probes or 0, settings.theorem_probes, "auto")
+    return planned_hvps(settings, dim, forms, floors) - planned_hvps(settings, dim) + diagonal
 
 
 @dataclass(frozen=True)
@@ -574,6 +604,7 @@ class ErrReport:
     lam_reading: str | None  # how the checkpoint's lambda was read (AdamS: the effective decay)
     evaluation: Evaluation
     sweeps: dict[str, list[SweepRow]] = field(default_factory=dict)
+    theorem_extra_hvps: int = 0  # what the Theorem terms would have added when they were not computed
 
     @property
     def forms(self) -> list[str]:
@@ -596,6 +627,10 @@ class ErrReport:
                          "support": spectrum.support.to_json() if spectrum.support else None,
                          "interval": INTERVAL_NOTE}
         out["refinement"] = refinement.to_json() if refinement else None
+        computed = all(f.theorem is not None for f in self.figures.values())
+        out["theorem"] = {"computed": computed, "extra_hvps": None if computed else self.theorem_extra_hvps,
+                          "note": None if computed else "not computed (--theorem auto without the dense spectrum); "
+                          "--theorem on computes them for at most extra_hvps more HVPs"}
         if self.sweeps:
             out["sweeps"] = {name: [row.to_json() for row in rows] for name, rows in self.sweeps.items()}
         return out
@@ -603,7 +638,7 @@ class ErrReport:
 
 def evaluate_err(ckpt: Checkpoint, settings: SpectrumSettings, inputs: BoundInputs, forms=FORMS, *,
                  sweeps: list[tuple[str, list[float]]] = (), cache: Cache | None = None,
-                 observer: Observer | None = None, label: str = "") -> ErrReport:
+                 observer: Observer | None = None, label: str = "", theorem: bool = True) -> ErrReport:
     """Corollary 3 and the Theorem 6/7 terms of ``forms`` on ``ckpt`` (``wdbound err``), re-evaluated for every
     value of each sweep (``(name, values)`` from :func:`parse_sweep`; only a σ-floor sweep needs new Lanczos
     runs, prepared here in the same analysis)."""
@@ -614,12 +649,14 @@ def evaluate_err(ckpt: Checkpoint, settings: SpectrumSettings, inputs: BoundInpu
             raise WdboundError(f"unknown bound form {form!r}; use adamw or l2-adam", "optimizer")
     sweep_sets = {name: list(zip(values, sweep_inputs(inputs, name, values))) for name, values in sweeps}
     floors = {inputs.sigma_floor, *(p.sigma_floor for pairs in sweep_sets.values() for _, p in pairs)}
-    evaluation = evaluate(ckpt, settings, inputs, forms, floors=floors, cache=cache, observer=observer, label=label)
+    evaluation = evaluate(ckpt, settings, inputs, forms, floors=floors, cache=cache, observer=observer, label=label,
+                          theorem=theorem)
     trained_with = ckpt.optimizer_name
+    extra = 0 if theorem else theorem_extra_hvps(settings, inputs.d, forms, sorted(floors))
     return ErrReport(str(ckpt.path), trained_with, bound_form(str(trained_with)),
                      (ckpt.meta.get("train") or {}).get("lam_reading"), evaluation,
                      {name: [SweepRow(value, evaluation.figures_for(p)) for value, p in pairs]
-                      for name, pairs in sweep_sets.items()})
+                      for name, pairs in sweep_sets.items()}, extra)
 
 
 def parse_sweep(text: str) -> tuple[str, list[float]]:

@@ -27,9 +27,9 @@ def err(
                                              "(also tau, wd, lr); repeatable. Uses the same spectrum."),
     data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
     probes: int = Opt.probes, steps: Optional[int] = Opt.steps, diag_probes: Optional[int] = Opt.err_diag_probes,
-    seed: int = Opt.seed, theorem_probes: int = Opt.theorem_probes, theorem_steps: int = Opt.theorem_steps,
-    device: str = Opt.device, dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
-    exact: str = Opt.exact_auto, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
+    seed: int = Opt.seed, theorem_probes: int = Opt.theorem_probes, theorem_steps: int = Opt.theorem_steps, device: str = Opt.device,
+    dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
+    exact: str = Opt.exact_auto, theorem: str = Opt.theorem, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
     model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
@@ -49,10 +49,11 @@ def err(
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load_from(opts, lr=lr, wd=wd, batch_size=batch_size, n_train=n_train)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(opts["params"]))
-    settings = err_settings(opts, inputs.d)
+    settings, with_theorem = err_settings(opts, inputs.d)
     with progress_bar() as bar:
         report = evaluate_err(ckpt, settings, inputs, forms, sweeps=sweeps, cache=make_cache(cache_dir, no_cache),
-                              observer=BarObserver(bar, on_failed=print_error), label=ckpt.path.name)
+                              observer=BarObserver(bar, on_failed=print_error), label=ckpt.path.name,
+                              theorem=with_theorem)
     render_err(report, ckpt.path.name, settings)
     if json_path is not None:
         say(f"wrote {write_json_atomic(json_path, report.to_json())}")
@@ -107,14 +108,22 @@ def click_default(ctx: typer.Context):
 
 
 def err_settings(opts: dict, d: int):
-    """The validated SpectrumSettings of ``err``'s options for a model of ``d`` parameters."""
+    """The validated SpectrumSettings of ``err``'s options for a model of ``d`` parameters, and whether the
+    Theorem 6/7 terms are computed. Without them Q's diagonal is not needed: the spectrum's diagonal is then
+    the SLQ probes' Hutchinson estimate, which costs no HVP."""
+    from ..analysis import resolve_theorem
     from ..spectrum import resolve_exact
 
-    diag_probes = opts["diag_probes"]
-    if diag_probes is None:
-        diag_probes = defaults.q_diagonal_probes(d, opts["probes"], opts["theorem_probes"], opts["diagonal"])
-    return settings_from(opts, top_k=1, diag_probes=diag_probes, exact=resolve_exact(opts["exact"], d),
-                         keys=("diagonal", "rtol", "max_hvps", "theorem_probes", "theorem_steps"))
+    exact = resolve_exact(opts["exact"], d)
+    with_theorem = resolve_theorem(opts["theorem"], exact)
+    diagonal, diag_probes = opts["diagonal"], opts["diag_probes"]
+    if not with_theorem:
+        diagonal, diag_probes = "hutchinson", diag_probes or 0
+    elif diag_probes is None:
+        diag_probes = defaults.q_diagonal_probes(d, opts["probes"], opts["theorem_probes"], diagonal)
+    settings = settings_from(opts, top_k=1, diag_probes=diag_probes, exact=exact, diagonal=diagonal,
+                             keys=("rtol", "max_hvps", "theorem_probes", "theorem_steps"))
+    return settings, with_theorem
 
 
 FORM_TITLES = {"adamw": "AdamW (Thm 6)", "l2-adam": "l2-Adam (Thm 7)"}
@@ -133,6 +142,25 @@ def _theorem(figures, digits: int = 6) -> str:
 
 def render_err(report, name: str, settings) -> None:
     """The err table, the adaptive SLQ's outcome, the checkpoint's own form, the inputs and every sweep."""
+    spectrum = report.evaluation.spectrum
+    console.print(err_table(report, name))
+    render_refinement(report.evaluation.analysis.refinement, settings)
+    if report.theorem_extra_hvps:
+        say(f"Theorem 6/7 terms not computed: --theorem on adds at most {report.theorem_extra_hvps:,} HVPs "
+            "(their Lanczos runs and Q's diagonal)")
+    say_own_form(report)
+    p = report.evaluation.inputs
+    say(f"inputs: d={p.d} n={p.n} b={p.b} eta={p.eta:g} lambda={p.lam:g} rho={p.rho:g} tau={p.tau:g} "
+        f"sigma_floor={p.sigma_floor:g}; {len(spectrum.zero_rows)} exactly-zero Hessian rows deflated (exact zero "
+        f"eigenvalues); spectrum: {spectrum.hvps} HVPs, {spectrum.wall_seconds:.1f} s"
+        + (" (cached)" if spectrum.cached else "") + f"; HVPs this run: {report.evaluation.analysis.hvps}")
+    for sweep_name, rows in report.sweeps.items():
+        render_sweep(sweep_name, rows, report.forms)
+
+
+def err_table(report, name: str) -> Table:
+    """The figures of every form: err/d with its interval, err, Phi, the mass under the floor, the Theorem
+    term, and (exact) the SLQ cross-check and the near-null split."""
     forms, figures, spectrum = report.forms, report.figures, report.evaluation.spectrum
     exact = spectrum.exact_eigenvalues is not None
     method = "exact (dense Hessian)" if exact else "SLQ, [interval covering the exact value]"
@@ -152,6 +180,8 @@ def render_err(report, name: str, settings) -> None:
         table.add_row("Theorem term (Q = diag(H)^-1/2)", *[_theorem(figures[f]) for f in forms])
         table.add_row("Phi (Theorem)", *[f"{figures[f].theorem.phi:.6g}" for f in forms])
         table.add_row("H_ii raised to floor", *[str(figures[f].theorem.diag_floored) for f in forms])
+    else:
+        table.add_row("Theorem term (Q = diag(H)^-1/2)", *["not computed" for _ in forms])
     if exact:
         table.add_row("SLQ cross-check err_mean", *[_interval(figures[f].slq.err_mean, figures[f].slq.err_mean_interval)
                                                     for f in forms])
@@ -159,16 +189,7 @@ def render_err(report, name: str, settings) -> None:
         table.add_row("near-null: zero rows / logit shift / raised to floor",
                       *[f"{split.deflated_zero_rows} / {split.deflated_logit_shift} / {split.raised_to_floor}"
                         for _ in forms])
-    console.print(table)
-    render_refinement(report.evaluation.analysis.refinement, settings)
-    say_own_form(report)
-    p = report.evaluation.inputs
-    say(f"inputs: d={p.d} n={p.n} b={p.b} eta={p.eta:g} lambda={p.lam:g} rho={p.rho:g} tau={p.tau:g} "
-        f"sigma_floor={p.sigma_floor:g}; {len(spectrum.zero_rows)} exactly-zero Hessian rows deflated (exact zero "
-        f"eigenvalues); spectrum: {spectrum.hvps} HVPs, {spectrum.wall_seconds:.1f} s"
-        + (" (cached)" if spectrum.cached else "") + f"; HVPs this run: {report.evaluation.analysis.hvps}")
-    for sweep_name, rows in report.sweeps.items():
-        render_sweep(sweep_name, rows, forms)
+    return table
 
 
 def say_own_form(report) -> None:

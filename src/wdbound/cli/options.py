@@ -59,6 +59,7 @@ class Opt:
     hvp_batch_size = typer.Option(512, help="Examples per streamed HVP chunk (memory knob; results do not depend on it).")
     exact_overview = typer.Option("off", "--exact", help="Dense Hessian (models up to 20,000 parameters) for exact values: on, off, or auto (on up to 10,000 parameters).")
     exact_auto = typer.Option("auto", "--exact", help="Exact values from the dense Hessian: auto (up to 10,000 parameters, d HVPs), on (up to 20,000) or off (SLQ with intervals).")
+    theorem = typer.Option("auto", help="Theorem 6/7 terms: auto (computed when the spectrum is exact, where they cost no HVP; otherwise not, and the output says how many HVPs --theorem on would add), on or off.")
     diagonal = typer.Option("auto", help="Diagonal for Q = diag(H)^-1/2 of the Theorem term: exact (d HVPs), hutchinson, or auto (exact up to 20,000 parameters).")
     rtol = typer.Option(defaults.RTOL, help="Adaptive SLQ: add probes / Lanczos steps until each err/d interval's half-width is <= rtol * err/d (0: fixed settings).")
     max_hvps = typer.Option(None, help="HVPs the adaptive SLQ may add to reach --rtol (default 0: the planned HVPs are what the run spends); when hit, the output says so and gives the wider interval.")
