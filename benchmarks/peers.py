@@ -1,8 +1,9 @@
-"""wdbound against its 2026 peers, side by side in one process: hessian-eigenthings 1.0, PyHessian 0.1 and
-curvlinops, on top-5, trace, diagonal and density, at each tool's defaults and along a ladder of budgets,
-against the exact Hessian of zoo checkpoints.
+"""wdbound against its 2026 peers, side by side in one process: hessian-eigenthings 1.0 and PyHessian 0.1, on
+top-5, trace, diagonal and density, at each tool's defaults and along a ladder of budgets, against the exact
+Hessian of zoo checkpoints. (curvlinops takes every budget as a required argument, so it has no defaults to
+compare; its Hutch++ is the estimator eigenthings' trace runs. `compare.py` has its eigsh top-5.)
 
-    pip install 'hessian-eigenthings==1.0.0a5' curvlinops-for-pytorch pyhessian   # not in CI's install
+    pip install -e '.[peers]'   # benchmark extras (hessian-eigenthings 1.0, PyHessian), not in CI's install
     python benchmarks/peers.py                               # digits-mlp and digits-cnn, float64, 5 seeds
     python benchmarks/peers.py --models digits-cnn --dtype float32 --seeds 2
 
