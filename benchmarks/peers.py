@@ -72,6 +72,11 @@ def density_error(nodes, weights, exact_ev) -> float:
 class Ours:
     """wdbound through its Python API: the defaults a notebook user gets, and their ladder."""
 
+    TASKS = ("top5", "trace", "diagonal", "density")
+    LADDERS = {"trace": [(f"rtol {r}", r) for r in TRACE_RTOLS],
+               "density": [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS],
+               "diagonal": [(f"{p} probes", p) for p in DIAGONAL_PROBES]}
+
     def __init__(self, model, data, dtype) -> None:
         self.H = wdbound.Hessian(model, data, dtype=dtype, progress=False)
 
@@ -107,6 +112,10 @@ class Ours:
 
 class Eigenthings:
     """hessian-eigenthings 1.0 on the same model copy, data and loss (its HVPs counted on its operator)."""
+
+    TASKS = ("top5", "trace", "density")
+    LADDERS = {"trace": [(f"{m} mv", m) for m in TRACE_MATVECS],
+               "density": [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS]}
 
     def __init__(self, model, x, y) -> None:
         import hessian_eigenthings as he
@@ -163,28 +172,17 @@ def rows_for(name: str, args) -> list[dict]:
         print(f"{name:11s} {task:8s} {tool:12s} {str(budget):10s} error {error:9.2e}  {seconds:7.3f} s  "
               f"{hvps:7.1f} HVPs{'  (default)' if default else ''}", flush=True)
 
-    add("top5", "wdbound", "default", lambda s: ours.top5(exact, s), True)
-    add("trace", "wdbound", "default", lambda s: ours.trace(exact, s), True)
-    add("diagonal", "wdbound", "default", lambda s: ours.diagonal(exact, s), True)
-    add("density", "wdbound", "default", lambda s: ours.density(exact, s), True)
-    for rtol in TRACE_RTOLS:
-        add("trace", "wdbound", f"rtol {rtol}", lambda s, r=rtol: ours.trace(exact, s, r))
-    for budget in DENSITY_BUDGETS:
-        add("density", "wdbound", f"{budget[0]}x{budget[1]}", lambda s, b=budget: ours.density(exact, s, b))
-    for probes in DIAGONAL_PROBES:
-        add("diagonal", "wdbound", f"{probes} probes", lambda s, p=probes: ours.diagonal(exact, s, p))
+    runners = [("wdbound", ours)]
     try:
-        peer = Eigenthings(model, x, y)
+        runners.append(("eigenthings", Eigenthings(model, x, y)))
     except ImportError:
-        peer = None
-    if peer is not None:
-        add("top5", "eigenthings", "default", lambda s: peer.top5(exact, s), True)
-        add("trace", "eigenthings", "default", lambda s: peer.trace(exact, s), True)
-        add("density", "eigenthings", "default", lambda s: peer.density(exact, s), True)
-        for matvecs in TRACE_MATVECS:
-            add("trace", "eigenthings", f"{matvecs} mv", lambda s, m=matvecs: peer.trace(exact, s, m))
-        for budget in DENSITY_BUDGETS:
-            add("density", "eigenthings", f"{budget[0]}x{budget[1]}", lambda s, b=budget: peer.density(exact, s, b))
+        pass
+    for tool, runner in runners:
+        for task in runner.TASKS:
+            add(task, tool, "default", lambda s, t=task: getattr(runner, t)(exact, s), True)
+        for task, points in runner.LADDERS.items():
+            for label, value in points:
+                add(task, tool, label, lambda s, t=task, v=value: getattr(runner, t)(exact, s, v))
     found = pyhessian_defaults(model.float(), data, torch.device("cpu")) if args.pyhessian else None
     if found is not None:
         values, seconds, hvps = found
