@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import raises_param, train_checkpoint
+from wdbound import defaults
 from wdbound.analysis import (BoundFigures, NearZero, bound_inputs, evaluate, evaluate_err, parse_sweep,
                               planned_hvps, sweep_inputs)
 from wdbound.bounds import BoundInputs, theorem_exact
@@ -194,7 +195,8 @@ def test_near_zero_split_and_parse_sweep():
 def test_planned_hvps_counts_the_theorem_runs():
     s = SpectrumSettings(probes=4, steps=10, theorem_probes=3, theorem_steps=7)
     base = planned_hvps(s, 1000)
-    assert planned_hvps(s, 1000, ["adamw"], [1e-6]) == base + 2 * 3 * 7  # A: ln det and trace runs
+    ends = defaults.ENDS_MAX_STEPS  # A = Q^1/2 H Q^1/2 has ends of its own
+    assert planned_hvps(s, 1000, ["adamw"], [1e-6]) == base + 2 * 3 * 7 + ends  # A: ln det and trace runs
     assert planned_hvps(s, 1000, ["l2-adam"], [1e-6, 1e-8]) == base + 2 * 3 * 7  # H: trace run per floor
     assert planned_hvps(s, 1000, ["l2-adam"], [1e-6]) == base + 3 * 7  # ln det: the density run (4 >= 3 probes)
     few = SpectrumSettings(probes=2, steps=10, theorem_probes=3, theorem_steps=7)  # too few probes to reuse

@@ -211,7 +211,7 @@ def test_err_intervals_cover_exact_on_a_shipped_checkpoint(tmp_path, capsys):
     ckpt = Path(__file__).resolve().parent.parent / "checkpoints" / "digits-mlp-adamw-e40.pt"
     slq_json, exact_json = tmp_path / "slq.json", tmp_path / "exact.json"
     code, out, err = run_cli(["err", ckpt, "--exact", "off", "--rtol", "0", "--probes", "8", "--steps", "40",
-                              "--json", slq_json], capsys)
+                              "--theorem", "on", "--json", slq_json], capsys)
     assert code == 0, err
     assert "[" in out  # intervals printed beside the estimates
     code, out, err = run_cli(["err", ckpt, "--json", exact_json], capsys)  # --exact auto: d <= 10,000 -> exact

@@ -60,7 +60,7 @@ def test_two_processes_equal_one_for_err(tmp_path):
     for n in (1, 2):
         out = tmp_path / f"err{n}.json"
         proc = run(["err", CKPT, *SMALL, "--theorem-probes", "4", "--theorem-steps", "20", "--exact", "off", "--rtol",
-                    "0", "--diagonal", "hutchinson", "--json", out], tmp_path, n)
+                    "0", "--diagonal", "hutchinson", "--theorem", "on", "--json", out], tmp_path, n)
         assert proc.returncode == 0, proc.stderr[-2000:]
         results[n] = json.loads(out.read_text())
     for form in ("adamw", "l2-adam"):

@@ -290,8 +290,8 @@ def test_an_allocation_failure_is_one_line_exit_2_and_writes_nothing(phase_targe
 
     monkeypatch.setattr(phase_target, fail)
     out = tmp_path / "err.json"
-    code, _, err = run_cli(["err", tiny_checkpoint, "--exact", "off", "--steps", "20", "--no-cache", "--json", out],
-                           capsys)
+    code, _, err = run_cli(["err", tiny_checkpoint, "--exact", "off", "--theorem", "on", "--steps", "20", "--no-cache",
+                            "--json", out], capsys)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith("error: " + words), err
     assert err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err
