@@ -21,7 +21,8 @@ from .checkpoints import Checkpoint, TrainingFacts, load_checkpoint, save_checkp
 from .data import load_dataset  # noqa: E402
 from .errors import WdboundError  # noqa: E402
 from .api import Density, ErrResult, ExactSpectrum, Hessian, err, table  # noqa: E402
+from .monitor import Monitor  # noqa: E402
 from .updates import UpdateRecorder  # noqa: E402
 
-__all__ = ["Checkpoint", "Density", "ErrResult", "ExactSpectrum", "Hessian", "TrainingFacts", "UpdateRecorder", "WdboundError",
+__all__ = ["Checkpoint", "Density", "ErrResult", "ExactSpectrum", "Hessian", "Monitor", "TrainingFacts", "UpdateRecorder", "WdboundError",
            "__version__", "err", "load_checkpoint", "load_dataset", "save_checkpoint", "table"]

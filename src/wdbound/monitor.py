@@ -1,0 +1,250 @@
+r"""Curvature while a model trains: sharpness, Adam's preconditioned sharpness and the trace, recorded from any
+training loop without changing it.
+
+Adam-family optimizers step along :math:`P^{-1}\hat m` with :math:`P = \mathrm{diag}(\sqrt{\hat v_t}) + \epsilon`
+(bias-corrected second moment, :math:`\epsilon` outside the root). Cohen et al. (*Adaptive gradient methods at
+the edge of stability*, 2022) show that the **preconditioned sharpness** :math:`\lambda_{max}(P^{-1}H)` is what
+hovers near :math:`38/\eta` for Adam with :math:`\beta_1 = 0.9`. :math:`P^{-1}H` is similar to
+:math:`P^{-1/2} H P^{-1/2}`, a symmetric operator: its top eigenvalues come from the same Lanczos run, with the
+same residual bounds, as the sharpness :math:`\lambda_{max}(H)` itself.
+
+A record never changes training: the Hessian is taken on a copy of the model (eval mode, the chosen dtype),
+the optimizer's state is only read, and the global random states (torch, CUDA, NumPy, Python) are restored.
+
+>>> import torch
+>>> from torch import nn
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+>>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+>>> opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+>>> monitor = Monitor(model, opt, (x, y), every=2, quantities=("loss", "sharpness", "preconditioned_sharpness"))
+>>> for _ in range(4):
+...     opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step()
+...     record = monitor.step()
+>>> [r.step for r in monitor.records], monitor.records[-1].preconditioned_sharpness > monitor.records[-1].sharpness[0]
+([2, 4], True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import WdboundError
+
+QUANTITIES = ("loss", "sharpness", "preconditioned_sharpness", "trace")
+SCHEDULES = ("every", "log")
+
+
+@dataclass(frozen=True)
+class MonitorRecord:
+    """The curvature at one training step: each asked quantity (None when not asked) with its error bar (a
+    Lanczos residual bound for the eigenvalues, one standard error for the trace), the HVPs planned before it
+    started and spent, and its wall time."""
+
+    step: int
+    epoch: int | None
+    loss: float | None = None
+    sharpness: list[float] | None = None  # the top-k eigenvalues of H
+    sharpness_bound: list[float] | None = None
+    preconditioned_sharpness: float | None = None  # lambda_max(P^-1 H); the top-k in preconditioned_top
+    preconditioned_top: list[float] | None = None
+    preconditioned_bound: list[float] | None = None
+    trace: float | None = None
+    trace_stderr: float | None = None
+    planned_hvps: int = 0
+    hvps: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """Every field by name (one JSON Lines record)."""
+        return asdict(self)
+
+
+class Monitor:
+    """Records curvature during training: call :meth:`step` after each ``optimizer.step()`` (and, if you like,
+    :meth:`epoch_end`); a record is taken when the schedule says so.
+
+    Parameters
+    ----------
+    model, optimizer:
+        The model being trained and its optimizer (any ``torch.optim`` Adam-family optimizer for the
+        preconditioned sharpness: Adam, AdamW, or wdbound's AdamW, l2-Adam, AdamProx, AdamS, AdaL).
+    data:
+        The evaluation data of the Hessian: ``(inputs, targets)``, a ``Dataset`` or a ``DataLoader`` (as
+        :class:`wdbound.Hessian`); keep it small, it is what every record costs.
+    every, schedule:
+        ``schedule="every"``: a record every ``every`` steps; ``"log"``: at steps 1, 2, 4, 8, ... (``every`` unused).
+    quantities:
+        Any of ``loss``, ``sharpness``, ``preconditioned_sharpness``, ``trace``.
+    top_k:
+        How many top eigenvalues of H (and of P^-1 H) to record.
+    path:
+        A JSON Lines file: one record per line, appended and flushed as each record finishes.
+    loss, dtype, device, seed, batch_size:
+        As :class:`wdbound.Hessian` (the loss must return the mean over a batch).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, data, *, every: int = 100,
+                 schedule: str = "every", quantities=("loss", "sharpness", "preconditioned_sharpness"),
+                 top_k: int = 1, path: str | Path | None = None, loss=None, dtype: str = "float64",
+                 device: str = "auto", seed: int = 0, batch_size: int = 512) -> None:
+        unknown = [q for q in quantities if q not in QUANTITIES]
+        if unknown:
+            raise WdboundError(f"unknown quantities {', '.join(unknown)}; use {', '.join(QUANTITIES)}", "quantities")
+        if schedule not in SCHEDULES:
+            raise WdboundError(f"unknown schedule {schedule!r}; use every or log", "schedule")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise WdboundError(f"every = {every!r} must be an integer >= 1", "every")
+        if "preconditioned_sharpness" in quantities and optimizer is None:
+            raise WdboundError("the preconditioned sharpness needs the optimizer (its second moments)", "optimizer")
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.every, self.schedule, self.quantities, self.top_k = every, schedule, tuple(quantities), top_k
+        self.path = Path(path) if path is not None else None
+        self.options = dict(loss=loss, dtype=dtype, device=device, seed=seed, batch_size=batch_size)
+        self.steps, self.epoch = 0, None
+        self.records: list[MonitorRecord] = []
+
+    def due(self, step: int) -> bool:
+        """Whether the schedule records at ``step`` (1-based)."""
+        if self.schedule == "log":
+            return step & (step - 1) == 0
+        return step % self.every == 0
+
+    def step(self) -> MonitorRecord | None:
+        """Count one optimizer step; record when the schedule says so (returns the record, else None)."""
+        self.steps += 1
+        return self.record() if self.due(self.steps) else None
+
+    def epoch_end(self, epoch: int | None = None) -> MonitorRecord:
+        """Record now, labelled with ``epoch`` (default: one more than the last)."""
+        self.epoch = (0 if self.epoch is None else self.epoch + 1) if epoch is None else epoch
+        return self.record()
+
+    def planned_hvps(self) -> int:
+        """An upper bound of one record's HVPs: a top-k Lanczos run per eigenvalue quantity, the trace's."""
+        from . import defaults
+
+        runs = sum(q in self.quantities for q in ("sharpness", "preconditioned_sharpness"))
+        trace = (defaults.SPECTRUM_STEPS * defaults.SPECTRUM_PROBES + defaults.TRACE_MAX_PROBES
+                 if "trace" in self.quantities else 0)
+        return runs * defaults.TOP_MAX_STEPS + trace
+
+    def record(self) -> MonitorRecord:
+        """Take one record now (whatever the schedule), append it to ``records`` and to the JSON Lines file."""
+        states = _random_states()
+        try:
+            record = self._measure()
+        finally:
+            _restore_random_states(states)
+        self.records.append(record)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record.to_json()) + "\n")
+                handle.flush()
+        return record
+
+    def _measure(self) -> MonitorRecord:
+        from .api import Hessian
+        from .curvature import ScaledOperator
+        from .estimators import top_eigenvalues
+
+        start, planned = time.perf_counter(), self.planned_hvps()
+        H = Hessian(self.model, self.data, progress=False, params=self._trained_names(), **self.options)
+        values: dict = {}
+        if "loss" in self.quantities:
+            values["loss"] = _mean_loss(H)
+        if "sharpness" in self.quantities:
+            top = H.top_eigenvalues(self.top_k)
+            values.update(sharpness=[float(v) for v in top.values], sharpness_bound=[float(b) for b in top.bounds])
+        if "preconditioned_sharpness" in self.quantities:
+            scale = preconditioner_scale(self.optimizer, self.model, H.operator.names)
+            top = top_eigenvalues(ScaledOperator(H.operator, scale.to(H.operator.device, H.operator.dtype)),
+                                  self.top_k, torch.Generator().manual_seed(self.options["seed"] + 1))
+            values.update(preconditioned_sharpness=float(top.values[0]),
+                          preconditioned_top=[float(v) for v in top.values],
+                          preconditioned_bound=[float(b) for b in top.bounds])
+        if "trace" in self.quantities:
+            trace = H.trace()
+            values.update(trace=trace.estimate, trace_stderr=trace.stderr)
+        return MonitorRecord(self.steps, self.epoch, planned_hvps=planned, hvps=H.operator.matvecs,
+                             seconds=time.perf_counter() - start, **values)
+
+    def _trained_names(self) -> list[str]:
+        """The parameters the optimizer trains (the Hessian spans them; frozen ones are held fixed)."""
+        if self.optimizer is None:
+            return [n for n, p in self.model.named_parameters() if p.requires_grad]
+        trained = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) in trained]
+        if not names:
+            raise WdboundError("the optimizer trains none of the model's parameters", "optimizer")
+        return names
+
+    def to_pandas(self):
+        """The records as a ``pandas.DataFrame``, one row per record (lists kept as lists; ``sharpness`` also
+        as ``lambda_max``)."""
+        import pandas as pd
+
+        frame = pd.DataFrame([r.to_json() for r in self.records])
+        if len(frame) and "sharpness" in frame:
+            frame["lambda_max"] = [s[0] if s else math.nan for s in frame["sharpness"]]
+        return frame
+
+
+def preconditioner_scale(optimizer: torch.optim.Optimizer, model: nn.Module, names: list[str]) -> torch.Tensor:
+    r"""``P^{-1/2}`` as a flat vector [d] over the parameters ``names`` (the Hessian operator's order), with
+    :math:`P = \sqrt{\hat v_t} + \epsilon`, :math:`\hat v_t = v_t / (1 - \beta_2^t)` from each parameter's
+    optimizer state (``exp_avg_sq``, ``step``) and its group's ``betas`` and ``eps``. A parameter without
+    state (no step taken yet) is a one-line error."""
+    params = dict(model.named_parameters())
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    parts = []
+    for name in names:
+        param = params[name]
+        state, group = optimizer.state.get(param, {}), group_of.get(id(param))
+        if group is None or "exp_avg_sq" not in state or "step" not in state:
+            raise WdboundError(f"no Adam second moment for {name} yet: record after the optimizer's first step "
+                               "(an Adam-family optimizer)", "optimizer")
+        step = int(state["step"].item() if torch.is_tensor(state["step"]) else state["step"])
+        beta2, eps = group["betas"][1], group["eps"]
+        v_hat = state["exp_avg_sq"].detach().double() / (1 - beta2 ** step)
+        parts.append((v_hat.sqrt() + eps).rsqrt().reshape(-1))
+    return torch.cat(parts)
+
+
+def _mean_loss(H) -> float:
+    """The mean loss over the evaluation data at the current parameters (no gradient)."""
+    op = H.operator
+    total = 0.0
+    with torch.no_grad():
+        for inputs, labels in op.chunks():
+            total += float(op.loss(op.params, inputs, labels)) * labels.shape[0]
+    return total / op.n_eval
+
+
+def _random_states() -> dict:
+    """The global random states a record could touch."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _restore_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+__all__ = ["Monitor", "MonitorRecord", "preconditioner_scale"]

@@ -1,0 +1,103 @@
+"""wdbound.monitor: the preconditioned sharpness against a dense P^-1/2 H P^-1/2, records that never change
+training (bit for bit), the schedules, JSON Lines and pandas."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import wdbound
+from wdbound.errors import WdboundError
+from wdbound.monitor import Monitor, preconditioner_scale
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    data = wdbound.load_dataset("digits", "test")
+    x = torch.stack([data[i][0] for i in range(120)]).flatten(1)
+    y = torch.tensor([data[i][1] for i in range(120)])
+    model = nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10))
+    return model, x, y
+
+
+def _train(model, optimizer, x, y, steps, monitor=None):
+    model.train()
+    for i in range(steps):
+        optimizer.zero_grad()
+        batch = slice(8 * i % 120, 8 * i % 120 + 32)
+        loss = nn.functional.cross_entropy(nn.functional.dropout(model(x[batch]), 0.1), y[batch])
+        loss.backward()
+        optimizer.step()
+        if monitor is not None:
+            monitor.step()
+
+
+@pytest.mark.parametrize("rule", ["torch-adamw", "torch-adam-l2", "adamw", "l2-adam", "adams", "adal"])
+def test_preconditioned_sharpness_is_the_top_eigenvalue_of_the_dense_preconditioned_hessian(rule):
+    model, x, y = _setup()
+    if rule == "torch-adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    elif rule == "torch-adam-l2":
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=0.05)
+    else:
+        from wdbound.optim import make_optimizer
+
+        optimizer = make_optimizer(rule, model.parameters(), lr=3e-3, wd=0.05)
+    _train(model, optimizer, x, y, 6)
+    monitor = Monitor(model, optimizer, (x, y), quantities=("sharpness", "preconditioned_sharpness"), top_k=2)
+    record = monitor.record()
+    H = wdbound.Hessian(model, (x, y), progress=False).dense()
+    scale = preconditioner_scale(optimizer, model, [n for n, _ in model.named_parameters()]).numpy()
+    # By hand: P = sqrt(v_hat) + eps from the optimizer's own state.
+    state = optimizer.state[model[0].weight]
+    beta2, eps = optimizer.param_groups[0]["betas"][1], optimizer.param_groups[0]["eps"]
+    step = float(state["step"])
+    by_hand = 1 / np.sqrt(np.sqrt(state["exp_avg_sq"].double().numpy().ravel() / (1 - beta2 ** step)) + eps)
+    assert np.allclose(scale[: by_hand.size], by_hand, rtol=1e-12)
+    exact = np.linalg.eigvalsh(scale[:, None] * H * scale[None, :])
+    assert record.preconditioned_sharpness == pytest.approx(exact[-1], rel=1e-8)
+    assert record.preconditioned_top[1] == pytest.approx(exact[-2], rel=1e-6)
+    assert record.sharpness[0] == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-8)
+    assert all(b <= 1e-3 * abs(v) for v, b in zip(record.preconditioned_top, record.preconditioned_bound))
+
+
+def test_recording_never_changes_training_bit_for_bit(tmp_path):
+    """Two identical runs (dropout draws from the global RNG), one recording every step: the same parameters,
+    optimizer state, gradients, mode and RNG state."""
+    runs = []
+    for monitored in (False, True):
+        model, x, y = _setup(seed=3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        monitor = Monitor(model, optimizer, (x, y), every=1, path=tmp_path / "m.jsonl",
+                          quantities=("loss", "sharpness", "preconditioned_sharpness", "trace")) if monitored else None
+        _train(model, optimizer, x, y, 5, monitor)
+        runs.append((model, optimizer, torch.get_rng_state(), monitor))
+    (plain, plain_opt, plain_rng, _), (watched, watched_opt, watched_rng, monitor) = runs
+    assert watched.training and torch.equal(plain_rng, watched_rng)
+    for a, b in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+    for a, b in zip(plain_opt.state.values(), watched_opt.state.values()):
+        assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5] == [r.step for r in monitor.records]
+    assert all(r["hvps"] <= r["planned_hvps"] and r["trace_stderr"] >= 0 for r in lines)
+    frame = monitor.to_pandas()
+    assert len(frame) == 5 and frame["lambda_max"].tolist() == [r.sharpness[0] for r in monitor.records]
+
+
+def test_schedules_loss_and_bad_input():
+    model, x, y = _setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    log = Monitor(model, optimizer, (x, y), schedule="log", quantities=("loss",))
+    assert [s for s in range(1, 20) if log.due(s)] == [1, 2, 4, 8, 16]
+    record = log.record()
+    assert record.loss == pytest.approx(float(nn.functional.cross_entropy(model(x).double(), y)), rel=1e-6)
+    assert log.epoch_end().epoch == 0 and log.epoch_end(7).epoch == 7
+    with pytest.raises(WdboundError, match="record after the optimizer's first step"):
+        Monitor(model, optimizer, (x, y), quantities=("preconditioned_sharpness",)).record()
+    with pytest.raises(WdboundError, match="unknown quantities"):
+        Monitor(model, optimizer, (x, y), quantities=("hessian",))
+    with pytest.raises(WdboundError, match="every = 0"):
+        Monitor(model, optimizer, (x, y), every=0)
