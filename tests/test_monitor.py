@@ -101,3 +101,27 @@ def test_schedules_loss_and_bad_input():
         Monitor(model, optimizer, (x, y), quantities=("hessian",))
     with pytest.raises(WdboundError, match="every = 0"):
         Monitor(model, optimizer, (x, y), every=0)
+
+
+def test_err_over_training_equals_wdbound_err_at_the_optimizer_s_last_step():
+    """err/d of both forms in a record is wdbound.err on the same Hessian with the last step's eta and lambda
+    (AdaL: alpha / sqrt(t), read off wdbound's optimizer), exact below 10,000 parameters."""
+    from wdbound.monitor import last_eta_lam
+    from wdbound.optim import make_optimizer
+
+    model, x, y = _setup()
+    optimizer = make_optimizer("adal", model.parameters(), lr=3e-3, wd=0.05)
+    _train(model, optimizer, x, y, 4)
+    assert last_eta_lam(optimizer) == pytest.approx((3e-3 / 2, 0.05))  # the 4th step: alpha / sqrt(4)
+    with pytest.raises(WdboundError, match="minibatch size and training-set size"):
+        Monitor(model, optimizer, (x, y), quantities=("err",))
+    record = Monitor(model, optimizer, (x, y), quantities=("err",), batch_size_train=32, n_train=1437).record()
+    direct = wdbound.err(wdbound.Hessian(model, (x, y), progress=False), eta=3e-3 / 2, lam=0.05, b=32, n=1437)
+    for form in ("adamw", "l2-adam"):
+        assert record.err_mean[form] == pytest.approx(direct[form].err_mean, rel=1e-12)
+        low, high = record.err_interval[form]
+        assert low == high == pytest.approx(direct[form].err_mean, rel=1e-12)  # exact: a point
+    assert record.err_inputs["method"] == "exact" and record.err_inputs["rho"] == pytest.approx(0.125)
+    assert record.hvps <= record.planned_hvps
+    torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.02)
+    assert last_eta_lam(torch_opt) == (1e-3, 0.02)

@@ -41,7 +41,7 @@ from torch import nn
 
 from .errors import WdboundError
 
-QUANTITIES = ("loss", "sharpness", "preconditioned_sharpness", "trace")
+QUANTITIES = ("loss", "sharpness", "preconditioned_sharpness", "trace", "err")
 SCHEDULES = ("every", "log")
 
 
@@ -61,6 +61,9 @@ class MonitorRecord:
     preconditioned_bound: list[float] | None = None
     trace: float | None = None
     trace_stderr: float | None = None
+    err_mean: dict[str, float] | None = None  # err/d per bound form (adamw, l2-adam)
+    err_interval: dict[str, list[float]] | None = None  # each covers the exact value (a point when exact)
+    err_inputs: dict | None = None  # eta, lambda, b, n, rho and the method that produced err/d
     planned_hvps: int = 0
     hvps: int = 0
     seconds: float = 0.0
@@ -86,7 +89,11 @@ class Monitor:
     every, schedule:
         ``schedule="every"``: a record every ``every`` steps; ``"log"``: at steps 1, 2, 4, 8, ... (``every`` unused).
     quantities:
-        Any of ``loss``, ``sharpness``, ``preconditioned_sharpness``, ``trace``.
+        Any of ``loss``, ``sharpness``, ``preconditioned_sharpness``, ``trace``, ``err`` (err/d of both bound
+        forms with their intervals, as :func:`wdbound.err`: exact below 10,000 parameters, d HVPs a record).
+    batch_size_train, n_train:
+        b and n of the training run, which ``err`` needs; η and λ are read from the optimizer (the last step's:
+        wdbound's optimizers record them, torch's are their groups' ``lr`` and ``weight_decay``).
     top_k:
         How many top eigenvalues of H (and of P^-1 H) to record.
     path:
@@ -98,7 +105,8 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, data, *, every: int = 100,
                  schedule: str = "every", quantities=("loss", "sharpness", "preconditioned_sharpness"),
                  top_k: int = 1, path: str | Path | None = None, loss=None, dtype: str = "float64",
-                 device: str = "auto", seed: int = 0, batch_size: int = 512) -> None:
+                 device: str = "auto", seed: int = 0, batch_size: int = 512, batch_size_train: int | None = None,
+                 n_train: int | None = None) -> None:
         unknown = [q for q in quantities if q not in QUANTITIES]
         if unknown:
             raise WdboundError(f"unknown quantities {', '.join(unknown)}; use {', '.join(QUANTITIES)}", "quantities")
@@ -106,8 +114,12 @@ class Monitor:
             raise WdboundError(f"unknown schedule {schedule!r}; use every or log", "schedule")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise WdboundError(f"every = {every!r} must be an integer >= 1", "every")
-        if "preconditioned_sharpness" in quantities and optimizer is None:
-            raise WdboundError("the preconditioned sharpness needs the optimizer (its second moments)", "optimizer")
+        if ("preconditioned_sharpness" in quantities or "err" in quantities) and optimizer is None:
+            raise WdboundError("the preconditioned sharpness and err need the optimizer", "optimizer")
+        if "err" in quantities and (batch_size_train is None or n_train is None):
+            raise WdboundError("err needs the training run's minibatch size and training-set size", "n_train",
+                               ("batch_size_train", "n_train"))
+        self.facts = (batch_size_train, n_train)
         self.model, self.optimizer, self.data = model, optimizer, data
         self.every, self.schedule, self.quantities, self.top_k = every, schedule, tuple(quantities), top_k
         self.path = Path(path) if path is not None else None
@@ -138,7 +150,10 @@ class Monitor:
         runs = sum(q in self.quantities for q in ("sharpness", "preconditioned_sharpness"))
         trace = (defaults.SPECTRUM_STEPS * defaults.SPECTRUM_PROBES + defaults.TRACE_MAX_PROBES
                  if "trace" in self.quantities else 0)
-        return runs * defaults.TOP_MAX_STEPS + trace
+        dim = sum(p.numel() for n, p in self.model.named_parameters() if n in set(self._trained_names()))
+        err = (dim if dim <= defaults.EXACT_AUTO_MAX_DIM else defaults.PROBES * min(defaults.STEPS, dim)
+               + 2 * defaults.TOP_MAX_STEPS) if "err" in self.quantities else 0
+        return runs * defaults.TOP_MAX_STEPS + trace + err
 
     def record(self) -> MonitorRecord:
         """Take one record now (whatever the schedule), append it to ``records`` and to the JSON Lines file."""
@@ -178,8 +193,22 @@ class Monitor:
         if "trace" in self.quantities:
             trace = H.trace()
             values.update(trace=trace.estimate, trace_stderr=trace.stderr)
+        if "err" in self.quantities:
+            values.update(self._err(H))
         return MonitorRecord(self.steps, self.epoch, planned_hvps=planned, hvps=H.operator.matvecs,
                              seconds=time.perf_counter() - start, **values)
+
+    def _err(self, H) -> dict:
+        """err/d of both forms at the optimizer's last eta and lambda (as :func:`wdbound.err`)."""
+        from .api import err
+
+        eta, lam = last_eta_lam(self.optimizer)
+        found = err(H, eta=eta, lam=lam, b=self.facts[0], n=self.facts[1])
+        first = next(iter(found.values()))
+        return {"err_mean": {form: r.err_mean for form, r in found.items()},
+                "err_interval": {form: [r.err_mean_interval.low, r.err_mean_interval.high]
+                                 for form, r in found.items()},
+                "err_inputs": {**first.inputs.to_json(), "method": first.method}}
 
     def _trained_names(self) -> list[str]:
         """The parameters the optimizer trains (the Hessian spans them; frozen ones are held fixed)."""
@@ -223,6 +252,16 @@ def preconditioner_scale(optimizer: torch.optim.Optimizer, model: nn.Module, nam
     return torch.cat(parts)
 
 
+def last_eta_lam(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """η and λ of the optimizer's last step: wdbound's optimizers record them (``last_lr``, ``last_lam``: AdaL's
+    α/√t, the -D variants' c1 γ^(t−1), AdamS's effective decay); a torch optimizer's first group's ``lr`` and
+    ``weight_decay`` otherwise."""
+    if hasattr(optimizer, "last_lr") and hasattr(optimizer, "last_lam"):
+        return float(optimizer.last_lr), float(optimizer.last_lam)
+    group = optimizer.param_groups[0]
+    return float(group["lr"]), float(group.get("weight_decay", 0.0))
+
+
 def _mean_loss(H) -> float:
     """The mean loss over the evaluation data at the current parameters (no gradient)."""
     op = H.operator
@@ -247,4 +286,4 @@ def _restore_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-__all__ = ["Monitor", "MonitorRecord", "preconditioner_scale"]
+__all__ = ["Monitor", "MonitorRecord", "last_eta_lam", "preconditioner_scale"]
