@@ -52,12 +52,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def check_output(path: str | Path | None) -> None:
+def check_output(*paths: str | Path | None) -> None:
     """Refuse, before any work, an output path that cannot be written: a parent that is a regular file, a
-    folder without write permission, or an existing folder where a file is wanted. Creates nothing."""
-    if path is None:
-        return
-    target = Path(path)
+    folder without write permission, or an existing folder where a file is wanted. Creates nothing; None
+    (an output not asked for) passes."""
+    for path in paths:
+        if path is not None:
+            _check_one_output(Path(path))
+
+
+def _check_one_output(target: Path) -> None:
+    """:func:`check_output` of one path."""
     if target.is_dir():
         raise WdboundError(f"cannot write {target}: it is a folder")
     ancestor = target.parent

@@ -32,7 +32,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,6 @@ class MonitorRecord:
     planned_hvps: int = 0
     hvps: int = 0
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """Every field by name (one JSON Lines record)."""
@@ -150,7 +149,8 @@ class Monitor:
         runs = sum(q in self.quantities for q in ("sharpness", "preconditioned_sharpness"))
         trace = (defaults.SPECTRUM_STEPS * defaults.SPECTRUM_PROBES + defaults.TRACE_MAX_PROBES
                  if "trace" in self.quantities else 0)
-        dim = sum(p.numel() for n, p in self.model.named_parameters() if n in set(self._trained_names()))
+        trained = set(self._trained_names())
+        dim = sum(p.numel() for n, p in self.model.named_parameters() if n in trained)
         err = (dim if dim <= defaults.EXACT_AUTO_MAX_DIM else defaults.PROBES * min(defaults.STEPS, dim)
                + 2 * defaults.TOP_MAX_STEPS) if "err" in self.quantities else 0
         return runs * defaults.TOP_MAX_STEPS + trace + err
@@ -179,7 +179,7 @@ class Monitor:
         H = Hessian(self.model, self.data, progress=False, params=self._trained_names(), **self.options)
         values: dict = {}
         if "loss" in self.quantities:
-            values["loss"] = _mean_loss(H)
+            values["loss"] = H.operator.mean_loss()
         if "sharpness" in self.quantities:
             top = H.top_eigenvalues(self.top_k)
             values.update(sharpness=[float(v) for v in top.values], sharpness_bound=[float(b) for b in top.bounds])
@@ -260,16 +260,6 @@ def last_eta_lam(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
         return float(optimizer.last_lr), float(optimizer.last_lam)
     group = optimizer.param_groups[0]
     return float(group["lr"]), float(group.get("weight_decay", 0.0))
-
-
-def _mean_loss(H) -> float:
-    """The mean loss over the evaluation data at the current parameters (no gradient)."""
-    op = H.operator
-    total = 0.0
-    with torch.no_grad():
-        for inputs, labels in op.chunks():
-            total += float(op.loss(op.params, inputs, labels)) * labels.shape[0]
-    return total / op.n_eval
 
 
 def _random_states() -> dict:

@@ -35,7 +35,7 @@ def check(
     from ..check import Baseline, run_check, verify_table
     from ..io_utils import check_output
 
-    check_output(junit), check_output(json_path)
+    check_output(junit, json_path)
     chosen = list(checkpoints or [])
     base = Baseline.open(baseline, update=update, checkpoints=chosen, probes=probes, steps=steps, seed=seed,
                          max_samples=max_samples)

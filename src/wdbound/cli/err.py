@@ -84,7 +84,7 @@ def with_last_spectrum(ctx: typer.Context) -> dict:
     opts["checkpoint"] = Path(last.checkpoint)
     taken = []
     for name, value in last.options.items():
-        if name in opts and ctx.get_parameter_source(name) == click_default(ctx) and opts[name] != value:
+        if name in opts and ctx.get_parameter_source(name).name == "DEFAULT" and opts[name] != value:
             opts[name] = value
             taken.append(name.replace("_", "-"))
     err_console.print(f"checkpoint {shown_path(last.checkpoint)}, from the `wdbound spectrum` run of "
@@ -100,11 +100,6 @@ def shown_path(path: str) -> str:
 
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
-
-
-def click_default(ctx: typer.Context):
-    """The parameter source click reports for an option the user did not give."""
-    return type(ctx.get_parameter_source("checkpoint")).DEFAULT
 
 
 def err_settings(opts: dict, d: int):

@@ -123,20 +123,6 @@ def load(path: Path, arch, arch_kwarg, lr, wd, batch_size, n_train, dtype: str =
                            else None, lr=lr, wd=wd, batch_size=batch_size, n_train=n_train, dtype=resolve_dtype(dtype))
 
 
-def spectrum_settings(data, split, max_samples, probes, steps, top_k, diag_probes, seed, device, dtype, hvp,
-                      hvp_batch_size, exact, backend="wdbound", **more):
-    """The validated SpectrumSettings of the shared analysis flags."""
-    from ..spectrum import SpectrumSettings
-
-    settings = SpectrumSettings(data=data, split=split, max_samples=max_samples, probes=probes, steps=steps,
-                                top_k=top_k, diag_probes=diag_probes, seed=seed, device=device, dtype=dtype, hvp=hvp,
-                                batch_size=hvp_batch_size, exact=exact, backend=backend, **more)
-    settings.validate()
-    return settings
-
-
-
-
 # The options that say which model and which evaluation set a run used: `spectrum` records them beside the cache
 # and `err` without a checkpoint takes them (where its own are at their defaults).
 RECORDED = ("arch", "arch_kwarg", "model_factory", "data", "split", "max_samples", "subset_seed", "loss", "params",

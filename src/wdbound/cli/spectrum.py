@@ -38,7 +38,8 @@ def spectrum(
     from ..plots import check_plot_path
     from ..spectrum import analyse_spectrum, per_layer_json, per_layer_spectra, resolve_exact
 
-    check_output(json_path), check_output(plot), check_plot_path(plot)
+    check_output(json_path, plot)
+    check_plot_path(plot)
     opts = dict(ctx.params)
     ckpt = load_from(opts)
     settings = settings_from(opts, keys=SPECTRUM_KEYS, diagonal="hutchinson",

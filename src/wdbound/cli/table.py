@@ -41,10 +41,10 @@ def table(
     from ..io_utils import check_output, check_output_folder, write_json_atomic
     from ..tables import run_table, table_items, table_settings
 
-    check_output_folder(out), check_output(json_path)
-    opts = dict(ctx.params)
+    check_output_folder(out)
+    check_output(json_path)
     settings = table_settings(rho=rho, tau=tau, sigma_floor=sigma_floor, exact=exact, layout=layout_name, plots=plots,
-                              formats=[f.strip() for f in format.split(",") if f.strip()], **spectrum_options(opts))
+                              formats=[f.strip() for f in format.split(",") if f.strip()], **spectrum_options(ctx.params))
     items = table_items(paths, runs, arch=arch, arch_kwargs=parse_kwargs(arch_kwarg) if arch_kwarg else None,
                         model_factory=model_factory, optimizer=optimizer, lr=lr, wd=wd, batch_size=batch_size,
                         n_train=n_train, epochs=epochs)
