@@ -70,7 +70,7 @@ def test_recording_never_changes_training_bit_for_bit(tmp_path):
     for monitored in (False, True):
         model, x, y = _setup(seed=3)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        monitor = Monitor(model, optimizer, (x, y), every=1, path=tmp_path / "m.jsonl",
+        monitor = Monitor(model, optimizer, (x, y), every=1, path=tmp_path / "m.jsonl", budget=None,
                           quantities=("loss", "sharpness", "preconditioned_sharpness", "trace")) if monitored else None
         _train(model, optimizer, x, y, 5, monitor)
         runs.append((model, optimizer, torch.get_rng_state(), monitor))
@@ -101,6 +101,70 @@ def test_schedules_loss_and_bad_input():
         Monitor(model, optimizer, (x, y), quantities=("hessian",))
     with pytest.raises(WdboundError, match="every = 0"):
         Monitor(model, optimizer, (x, y), every=0)
+    with pytest.raises(WdboundError, match="budget = -1"):
+        Monitor(model, optimizer, (x, y), budget=-1)
+    with pytest.raises(WdboundError, match="updates needs the optimizer"):
+        Monitor(model, None, (x, y), quantities=("updates",))
+    assert Monitor(model, None, (x, y)).quantities == ("loss", "accuracy", "sharpness")  # the defaults it can
+    epochs = Monitor(model, optimizer, (x, y), schedule="epochs", quantities=("loss",))
+    assert not any(epochs.due(s) for s in range(1, 100))
+
+
+class _Clock:
+    """A fake ``time.perf_counter``: training steps and records take the seconds the test says."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_budget_holds_records_back_until_they_fit(monkeypatch):
+    """Every step trains 1 s; a record takes 3 s of (fake) time per call of the clock inside it. With a budget
+    of 10 %, a record every step cannot all be taken: each waits until 10 % of the training time covers it,
+    and the share of time in records stays within the budget after the first."""
+    import wdbound.monitor as monitor_module
+
+    clock = _Clock()
+    monkeypatch.setattr(monitor_module.time, "perf_counter", clock)
+    model, x, y = _setup()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    monitor = Monitor(model, optimizer, (x, y), every=1, quantities=("loss", "sharpness"), budget=0.1)
+    measure = monitor._measure
+
+    def slow_measure(due_step):
+        clock.now += 3.0
+        return measure(due_step)
+
+    monkeypatch.setattr(monitor, "_measure", slow_measure)
+    taken = []
+    for step in range(1, 201):
+        clock.now += 1.0  # one training step
+        if monitor.step() is not None:
+            taken.append(step)
+    assert taken[0] == 1  # the first record has no estimate: taken when due
+    assert 5 <= len(taken) <= 8  # ~ 0.1 x 200 s of training / 3 s a record
+    assert monitor.overhead() <= 0.1 + 3.0 / monitor.train_seconds
+    assert monitor.train_seconds == pytest.approx(199.0)  # the steps' time, the records' time left out
+    late = [r for r in monitor.records if r.due_step is not None]
+    assert late and all(r.due_step < r.step for r in late)  # held back from the step that asked for it
+    unbounded = Monitor(model, optimizer, (x, y), every=50, quantities=("loss",), budget=None)
+    assert [s for s in range(1, 201) if unbounded.step() is not None] == [50, 100, 150, 200]
+
+
+def test_accuracy_and_update_histograms():
+    from wdbound.updates import UpdateRecorder
+
+    model, x, y = _setup()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, optimizer, x, y, 3)
+    record = Monitor(model, optimizer, (x, y), quantities=("accuracy", "updates")).record()
+    model.eval()
+    assert record.accuracy == pytest.approx(float((model(x).argmax(1) == y).double().mean()), abs=1e-12)
+    assert record.updates == UpdateRecorder(optimizer, model).current()
+    assert sum(sum(c) for c in record.updates.values()) == sum(p.numel() for p in model.parameters())
+    assert record.hvps == 0 and "accuracy" in record.scalars()
 
 
 def test_err_over_training_equals_wdbound_err_at_the_optimizer_s_last_step():

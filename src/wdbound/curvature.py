@@ -208,6 +208,18 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
+def correct_and_counted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """How many targets of a chunk the argmax of ``logits`` gets right, and how many count (the labels of
+    :func:`cross_entropy`: per token for ``[B, T, V]`` logits, -100 ignored).
+
+    >>> correct_and_counted(torch.tensor([[[0., 1.], [1., 0.], [0., 1.]]]), torch.tensor([[1, 1, -100]]))
+    (1, 2)
+    """
+    predicted = logits.argmax(-1)
+    counted = labels != -100
+    return int(((predicted == labels) & counted).sum()), int(counted.sum())
+
+
 class HessianOperator:
     """Hessian of the mean cross-entropy of ``model`` over ``dataset`` at the model's parameters.
 
@@ -380,12 +392,16 @@ class HessianOperator:
         """A flat vector [d] as a {parameter name: tensor} dict of the parameters' shapes."""
         return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
 
-    def loss(self, flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean loss (default cross-entropy) of one chunk at parameters ``flat`` [d]."""
+    def logits(self, flat: torch.Tensor, inputs) -> torch.Tensor:
+        """The model's logits on one chunk at parameters ``flat`` [d]."""
         tensors = {**self.unflatten(flat), **self.frozen, **self.buffers}
         if isinstance(inputs, dict):
-            return self.loss_fn(logits_of(functional_call(self.model, tensors, (), inputs)), labels)
-        return self.loss_fn(logits_of(functional_call(self.model, tensors, (inputs,))), labels)
+            return logits_of(functional_call(self.model, tensors, (), inputs))
+        return logits_of(functional_call(self.model, tensors, (inputs,)))
+
+    def loss(self, flat: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss (default cross-entropy) of one chunk at parameters ``flat`` [d]."""
+        return self.loss_fn(self.logits(flat, inputs), labels)
 
     # ---- products
 
@@ -491,6 +507,19 @@ class HessianOperator:
             for x, y in self.chunks():
                 total += self.loss(self.params, x, y) * y.shape[0]
         return float(self._reduce(total) / self.n_eval)
+
+    def mean_accuracy(self) -> float | None:
+        """The fraction of evaluation targets the logits' argmax gets right (per token for a language model,
+        -100 ignored); None when the targets are not class indices (a custom loss on real-valued targets)."""
+        hits = torch.zeros(2, dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for x, y in self.chunks():
+                if y.is_floating_point():
+                    return None
+                hits += torch.tensor(correct_and_counted(self.logits(self.params, x), y), dtype=torch.float64,
+                                     device=self.device)
+        hits = self._reduce(hits)
+        return float(hits[0] / hits[1]) if hits[1] > 0 else None
 
 
 def _backward_rows(gradient: torch.Tensor, flat: torch.Tensor, vectors: torch.Tensor, per_pass: int,

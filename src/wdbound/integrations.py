@@ -1,6 +1,7 @@
-"""The monitor inside the frameworks people train with: a Hugging Face ``Trainer`` callback.
+"""The monitor inside the frameworks people train with: a Hugging Face ``Trainer`` callback and a Lightning
+callback.
 
-``transformers`` is optional: this module imports it, the rest of wdbound does not.
+``transformers`` and ``lightning`` are optional: this module imports them, the rest of wdbound does not.
 
     callback = HuggingFaceMonitor(eval_data, every=50, path="curvature.jsonl")
     Trainer(model=model, args=args, train_dataset=train, callbacks=[callback]).train()
@@ -20,6 +21,13 @@ try:
     from transformers import TrainerCallback as _Base
 except ImportError:  # pragma: no cover - without transformers the class cannot be used, and says so
     _Base = object
+try:
+    from lightning.pytorch import Callback as _LightningBase
+except ImportError:  # pragma: no cover - the standalone package of older releases, else unusable (and says so)
+    try:
+        from pytorch_lightning import Callback as _LightningBase
+    except ImportError:
+        _LightningBase = object
 
 
 class HuggingFaceMonitor(_Base):
@@ -55,5 +63,70 @@ class HuggingFaceMonitor(_Base):
             self.monitor.step()
         return control
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """With ``schedule="epochs"``: a record at each epoch's end."""
+        if self.monitor is not None and self.monitor.schedule == "epochs":
+            self.monitor.epoch_end(round(state.epoch) - 1 if state.epoch is not None else None)
+        return control
 
-__all__ = ["HuggingFaceMonitor"]
+    def on_train_end(self, args, state, control, **kwargs):
+        """Close the monitor's sinks."""
+        if self.monitor is not None:
+            self.monitor.close()
+        return control
+
+
+class LightningMonitor(_LightningBase):
+    """A Lightning ``Callback`` that records curvature with a :class:`~wdbound.monitor.Monitor`.
+
+        callback = LightningMonitor((x_eval, y_eval), every=50, tensorboard="runs/curvature")
+        lightning.Trainer(max_epochs=10, callbacks=[callback]).fit(module, loader)
+        callback.monitor.to_pandas()
+
+    Parameters
+    ----------
+    data:
+        The evaluation data of the Hessian, as :class:`wdbound.Hessian` takes it.
+    submodule:
+        The attribute of the ``LightningModule`` that maps inputs to logits (e.g. ``"net"``); default: the
+        module itself (its ``forward`` must then return the logits).
+    **monitor_options:
+        Passed to :class:`~wdbound.monitor.Monitor`.
+
+    The monitor counts optimizer steps (``trainer.global_step``), so gradient accumulation is counted as the
+    optimizer sees it; the first optimizer of ``configure_optimizers`` is the one read.
+    """
+
+    def __init__(self, data, submodule: str | None = None, **monitor_options) -> None:
+        if _LightningBase is object:
+            raise WdboundError("LightningMonitor needs lightning (pip install lightning)")
+        self.data, self.submodule, self.options = data, submodule, monitor_options
+        self.monitor: Monitor | None = None
+        self._seen_steps = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Build the monitor on the module (or its ``submodule``) and the trainer's first optimizer."""
+        if not trainer.optimizers:
+            raise WdboundError("the Lightning module configured no optimizer")
+        model = getattr(pl_module, self.submodule) if self.submodule else pl_module
+        self.monitor = Monitor(model, trainer.optimizers[0], self.data, **self.options)
+        self._seen_steps = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Count the optimizer steps taken since the last batch; the monitor records when its schedule says so."""
+        while self.monitor is not None and self._seen_steps < trainer.global_step:
+            self._seen_steps += 1
+            self.monitor.step()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """With ``schedule="epochs"``: a record at each epoch's end."""
+        if self.monitor is not None and self.monitor.schedule == "epochs":
+            self.monitor.epoch_end(trainer.current_epoch)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """Close the monitor's sinks."""
+        if self.monitor is not None:
+            self.monitor.close()
+
+
+__all__ = ["HuggingFaceMonitor", "LightningMonitor"]

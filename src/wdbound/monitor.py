@@ -18,7 +18,8 @@ the optimizer's state is only read, and the global random states (torch, CUDA, N
 >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
 >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
 >>> opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
->>> monitor = Monitor(model, opt, (x, y), every=2, quantities=("loss", "sharpness", "preconditioned_sharpness"))
+>>> monitor = Monitor(model, opt, (x, y), every=2, budget=None,
+...                   quantities=("loss", "sharpness", "preconditioned_sharpness"))
 >>> for _ in range(4):
 ...     opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step()
 ...     record = monitor.step()
@@ -28,7 +29,6 @@ the optimizer's state is only read, and the global random states (torch, CUDA, N
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -40,9 +40,13 @@ import torch
 from torch import nn
 
 from .errors import WdboundError
+from .sinks import sinks_for
 
-QUANTITIES = ("loss", "sharpness", "preconditioned_sharpness", "trace", "err")
-SCHEDULES = ("every", "log")
+QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness", "trace", "err", "updates")
+DEFAULT_QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness")
+NEEDS_OPTIMIZER = ("preconditioned_sharpness", "err", "updates")
+SCHEDULES = ("every", "log", "epochs")
+DEFAULT_BUDGET = 0.10  # the schedule's records may take at most this share of the training time
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class MonitorRecord:
     step: int
     epoch: int | None
     loss: float | None = None
+    accuracy: float | None = None  # fraction of the evaluation targets the argmax gets right
     sharpness: list[float] | None = None  # the top-k eigenvalues of H
     sharpness_bound: list[float] | None = None
     preconditioned_sharpness: float | None = None  # lambda_max(P^-1 H); the top-k in preconditioned_top
@@ -64,18 +69,43 @@ class MonitorRecord:
     err_mean: dict[str, float] | None = None  # err/d per bound form (adamw, l2-adam)
     err_interval: dict[str, list[float]] | None = None  # each covers the exact value (a point when exact)
     err_inputs: dict | None = None  # eta, lambda, b, n, rho and the method that produced err/d
+    updates: dict[str, list[int]] | None = None  # per parameter: counts of |m_hat/(sqrt(v_hat)+eps)| per log2 bin
     planned_hvps: int = 0
     hvps: int = 0
     seconds: float = 0.0
+    due_step: int | None = None  # the step the schedule asked for, when the time budget moved the record later
 
     def to_json(self) -> dict:
         """Every field by name (one JSON Lines record)."""
         return asdict(self)
 
+    def scalars(self) -> dict[str, float]:
+        """The record's numbers as flat scalars (what TensorBoard and W&B get): ``loss``, ``accuracy``,
+        ``lambda_1`` .. ``lambda_k`` and their ``_bound``, ``preconditioned_sharpness``, ``trace``,
+        ``err_mean/<form>`` with ``err_low/<form>`` and ``err_high/<form>``, ``hvps``, ``seconds``.
+
+        >>> MonitorRecord(3, None, loss=0.5, sharpness=[2.0], sharpness_bound=[1e-9], hvps=7).scalars()
+        {'loss': 0.5, 'lambda_1': 2.0, 'lambda_1_bound': 1e-09, 'hvps': 7.0, 'seconds': 0.0}
+        """
+        out: dict[str, float] = {}
+        for name in ("loss", "accuracy"):
+            if getattr(self, name) is not None:
+                out[name] = float(getattr(self, name))
+        for i, (value, bound) in enumerate(zip(self.sharpness or [], self.sharpness_bound or []), start=1):
+            out[f"lambda_{i}"], out[f"lambda_{i}_bound"] = float(value), float(bound)
+        for name in ("preconditioned_sharpness", "trace", "trace_stderr"):
+            if getattr(self, name) is not None:
+                out[name] = float(getattr(self, name))
+        for form, value in (self.err_mean or {}).items():
+            out[f"err_mean/{form}"] = float(value)
+            out[f"err_low/{form}"], out[f"err_high/{form}"] = (float(v) for v in self.err_interval[form])
+        out["hvps"], out["seconds"] = float(self.hvps), float(self.seconds)
+        return out
+
 
 class Monitor:
     """Records curvature during training: call :meth:`step` after each ``optimizer.step()`` (and, if you like,
-    :meth:`epoch_end`); a record is taken when the schedule says so.
+    :meth:`epoch_end`); a record is taken when the schedule says so and the time budget allows.
 
     Parameters
     ----------
@@ -86,61 +116,109 @@ class Monitor:
         The evaluation data of the Hessian: ``(inputs, targets)``, a ``Dataset`` or a ``DataLoader`` (as
         :class:`wdbound.Hessian`); keep it small, it is what every record costs.
     every, schedule:
-        ``schedule="every"``: a record every ``every`` steps; ``"log"``: at steps 1, 2, 4, 8, ... (``every`` unused).
+        ``schedule="every"``: a record every ``every`` steps; ``"log"``: at steps 1, 2, 4, 8, ... (``every``
+        unused); ``"epochs"``: only at :meth:`epoch_end`.
     quantities:
-        Any of ``loss``, ``sharpness``, ``preconditioned_sharpness``, ``trace``, ``err`` (err/d of both bound
-        forms with their intervals, as :func:`wdbound.err`: exact below 10,000 parameters, d HVPs a record).
+        Any of ``loss``, ``accuracy``, ``sharpness``, ``preconditioned_sharpness``, ``trace``, ``err`` (err/d of
+        both bound forms with their intervals, as :func:`wdbound.err`: exact below 10,000 parameters, d HVPs a
+        record), ``updates`` (the update-magnitude histograms of ``wdbound updates``, from the optimizer's
+        moments: no HVP). Default: loss, accuracy, sharpness and, with an optimizer, the preconditioned
+        sharpness.
+    budget:
+        The share of training time the schedule's records may take (default 0.10). The monitor times the
+        training between its calls and each record; a record the schedule asks for is taken when the time
+        spent so far on records plus this one's estimate (its planned HVPs at the last record's seconds per
+        HVP) stays within ``budget`` x the training time so far, else it waits for the first later step where
+        it fits (``due_step`` says which step asked for it). The first record has no estimate yet and is taken
+        when due. ``None``: every scheduled record, whatever it costs. Explicit :meth:`record` and
+        :meth:`epoch_end` calls always record.
     batch_size_train, n_train:
         b and n of the training run, which ``err`` needs; η and λ are read from the optimizer (the last step's:
         wdbound's optimizers record them, torch's are their groups' ``lr`` and ``weight_decay``).
     top_k:
         How many top eigenvalues of H (and of P^-1 H) to record.
-    path:
-        A JSON Lines file: one record per line, appended and flushed as each record finishes.
+    path, tensorboard, wandb, sinks:
+        Where records go as they finish (besides ``records``): a JSON Lines file, a TensorBoard log directory
+        (or ``SummaryWriter``), a W&B run (or True for the active run), and any objects with ``write(record)``
+        and ``close()`` (:mod:`wdbound.sinks`).
     loss, dtype, device, seed, batch_size:
         As :class:`wdbound.Hessian` (the loss must return the mean over a batch).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, data, *, every: int = 100,
-                 schedule: str = "every", quantities=("loss", "sharpness", "preconditioned_sharpness"),
-                 top_k: int = 1, path: str | Path | None = None, loss=None, dtype: str = "float64",
-                 device: str = "auto", seed: int = 0, batch_size: int = 512, batch_size_train: int | None = None,
-                 n_train: int | None = None) -> None:
+                 schedule: str = "every", quantities=None, budget: float | None = DEFAULT_BUDGET,
+                 top_k: int = 1, path: str | Path | None = None, tensorboard=None, wandb=None, sinks=(),
+                 loss=None, dtype: str = "float64", device: str = "auto", seed: int = 0, batch_size: int = 512,
+                 batch_size_train: int | None = None, n_train: int | None = None) -> None:
+        if quantities is None:
+            quantities = [q for q in DEFAULT_QUANTITIES if optimizer is not None or q not in NEEDS_OPTIMIZER]
         unknown = [q for q in quantities if q not in QUANTITIES]
         if unknown:
             raise WdboundError(f"unknown quantities {', '.join(unknown)}; use {', '.join(QUANTITIES)}", "quantities")
         if schedule not in SCHEDULES:
-            raise WdboundError(f"unknown schedule {schedule!r}; use every or log", "schedule")
+            raise WdboundError(f"unknown schedule {schedule!r}; use every, log or epochs", "schedule")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise WdboundError(f"every = {every!r} must be an integer >= 1", "every")
-        if ("preconditioned_sharpness" in quantities or "err" in quantities) and optimizer is None:
-            raise WdboundError("the preconditioned sharpness and err need the optimizer", "optimizer")
+        if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget):
+            raise WdboundError(f"budget = {budget!r} must be a share of the training time > 0, or None", "budget")
+        asked = [q for q in quantities if q in NEEDS_OPTIMIZER]
+        if asked and optimizer is None:
+            raise WdboundError(f"{', '.join(asked)} need{'s' if len(asked) == 1 else ''} the optimizer", "optimizer")
         if "err" in quantities and (batch_size_train is None or n_train is None):
             raise WdboundError("err needs the training run's minibatch size and training-set size", "n_train",
                                ("batch_size_train", "n_train"))
         self.facts = (batch_size_train, n_train)
         self.model, self.optimizer, self.data = model, optimizer, data
         self.every, self.schedule, self.quantities, self.top_k = every, schedule, tuple(quantities), top_k
-        self.path = Path(path) if path is not None else None
+        self.budget = budget
+        self.sinks = sinks_for(path, tensorboard, wandb, sinks)
         self.options = dict(loss=loss, dtype=dtype, device=device, seed=seed, batch_size=batch_size)
         self.steps, self.epoch = 0, None
         self.records: list[MonitorRecord] = []
+        self.train_seconds = 0.0  # training time between the monitor's calls (its own records excluded)
+        self.record_seconds = 0.0  # time spent in records
+        self._since: float | None = None  # when the monitor last returned to the training loop
+        self._waiting: int | None = None  # the step of a scheduled record the budget has held back
 
     def due(self, step: int) -> bool:
         """Whether the schedule records at ``step`` (1-based)."""
         if self.schedule == "log":
             return step & (step - 1) == 0
+        if self.schedule == "epochs":
+            return False
         return step % self.every == 0
 
     def step(self) -> MonitorRecord | None:
-        """Count one optimizer step; record when the schedule says so (returns the record, else None)."""
+        """Count one optimizer step; record when the schedule asks and the budget allows (returns the record,
+        else None)."""
+        self._count_training()
         self.steps += 1
-        return self.record() if self.due(self.steps) else None
+        if self.due(self.steps) and self._waiting is None:
+            self._waiting = self.steps
+        if self._waiting is None or not self.affordable():
+            self._since = time.perf_counter()
+            return None
+        due, self._waiting = self._waiting, None
+        return self.record(due_step=due if due != self.steps else None)
 
     def epoch_end(self, epoch: int | None = None) -> MonitorRecord:
         """Record now, labelled with ``epoch`` (default: one more than the last)."""
+        self._count_training()
         self.epoch = (0 if self.epoch is None else self.epoch + 1) if epoch is None else epoch
         return self.record()
+
+    def affordable(self) -> bool:
+        """Whether a record now keeps the records' share of the time within the budget (see ``budget``)."""
+        if self.budget is None or not self.records:
+            return True
+        last = self.records[-1]
+        per_hvp = last.seconds / max(last.hvps, 1)
+        estimate = max(self.planned_hvps(), 1) * per_hvp
+        return self.record_seconds + estimate <= self.budget * self.train_seconds
+
+    def overhead(self) -> float:
+        """The records' time over the training time so far (nan before any training was timed)."""
+        return self.record_seconds / self.train_seconds if self.train_seconds > 0 else math.nan
 
     def planned_hvps(self) -> int:
         """An upper bound of one record's HVPs: a top-k Lanczos run per eigenvalue quantity, the trace's."""
@@ -155,22 +233,34 @@ class Monitor:
                + 2 * defaults.TOP_MAX_STEPS) if "err" in self.quantities else 0
         return runs * defaults.TOP_MAX_STEPS + trace + err
 
-    def record(self) -> MonitorRecord:
-        """Take one record now (whatever the schedule), append it to ``records`` and to the JSON Lines file."""
+    def record(self, due_step: int | None = None) -> MonitorRecord:
+        """Take one record now (whatever the schedule and budget), append it to ``records`` and write it to
+        every sink."""
         states = _random_states()
+        start = time.perf_counter()
         try:
-            record = self._measure()
+            record = self._measure(due_step)
         finally:
             _restore_random_states(states)
         self.records.append(record)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record.to_json()) + "\n")
-                handle.flush()
+        for sink in self.sinks:
+            sink.write(record)
+        self.record_seconds += time.perf_counter() - start
+        self._since = time.perf_counter()
         return record
 
-    def _measure(self) -> MonitorRecord:
+    def close(self) -> None:
+        """Close the sinks (TensorBoard writers the monitor opened)."""
+        for sink in self.sinks:
+            sink.close()
+
+    def _count_training(self) -> None:
+        now = time.perf_counter()
+        if self._since is not None:
+            self.train_seconds += now - self._since
+        self._since = now
+
+    def _measure(self, due_step: int | None) -> MonitorRecord:
         from .api import Hessian
         from .curvature import ScaledOperator
         from .estimators import top_eigenvalues
@@ -180,6 +270,8 @@ class Monitor:
         values: dict = {}
         if "loss" in self.quantities:
             values["loss"] = H.operator.mean_loss()
+        if "accuracy" in self.quantities:
+            values["accuracy"] = H.operator.mean_accuracy()
         if "sharpness" in self.quantities:
             top = H.top_eigenvalues(self.top_k)
             values.update(sharpness=[float(v) for v in top.values], sharpness_bound=[float(b) for b in top.bounds])
@@ -195,8 +287,12 @@ class Monitor:
             values.update(trace=trace.estimate, trace_stderr=trace.stderr)
         if "err" in self.quantities:
             values.update(self._err(H))
+        if "updates" in self.quantities:
+            from .updates import UpdateRecorder
+
+            values["updates"] = UpdateRecorder(self.optimizer, self.model).current()
         return MonitorRecord(self.steps, self.epoch, planned_hvps=planned, hvps=H.operator.matvecs,
-                             seconds=time.perf_counter() - start, **values)
+                             seconds=time.perf_counter() - start, due_step=due_step, **values)
 
     def _err(self, H) -> dict:
         """err/d of both forms at the optimizer's last eta and lambda (as :func:`wdbound.err`)."""
