@@ -47,6 +47,22 @@ DEFAULT_QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness
 NEEDS_OPTIMIZER = ("preconditioned_sharpness", "err", "updates")
 SCHEDULES = ("every", "log", "epochs")
 DEFAULT_BUDGET = 0.10  # the schedule's records may take at most this share of the training time
+# What `wdbound train --curves` records: the over-training figure's quantities (err exact below 10,000 parameters).
+TRAIN_QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness", "err")
+
+
+def parse_schedule(text: str) -> tuple[str, int]:
+    """``(schedule, every)`` from a command-line spelling: ``log``, ``epochs`` or ``every:N``.
+
+    >>> parse_schedule("every:25"), parse_schedule("log")
+    (('every', 25), ('log', 1))
+    """
+    name, _, count = text.partition(":")
+    if name in ("log", "epochs") and not count:
+        return name, 1
+    if name == "every" and count.isdigit() and int(count) >= 1:
+        return name, int(count)
+    raise WdboundError(f"unknown schedule {text!r}; use log, epochs or every:N (N >= 1)", "curves")
 
 
 @dataclass(frozen=True)

@@ -422,3 +422,43 @@ def plot_updates(entries: list, path, *, per_layer: bool = False) -> None:
         ax.axis("off")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+CURVE_PANELS = (("sharpness", "lambda_max(H)"), ("preconditioned_sharpness", "lambda_max(P^-1 H)"),
+                ("adamw", "err/d, AdamW form (Thm 6)"), ("l2-adam", "err/d, l2-Adam form (Thm 7)"))
+
+
+def plot_curves(curves: list, path) -> Path:
+    """Curvature over training (:class:`wdbound.curves.Curve` s): one row per architecture, one column per
+    quantity (sharpness, Adam's preconditioned sharpness with Cohen et al.'s 38/η, err/d of both bound forms),
+    one line per run (its optimizer), steps on a log axis."""
+    from .curves import edge_of_stability
+
+    plt = _pyplot()
+    archs = list(dict.fromkeys(c.arch or c.label for c in curves))
+    fig, axes = plt.subplots(len(archs), len(CURVE_PANELS), figsize=(4.4 * len(CURVE_PANELS), 3.2 * len(archs)),
+                             squeeze=False)
+    for row, arch in zip(axes, archs):
+        runs = [c for c in curves if (c.arch or c.label) == arch]
+        for ax, (key, title) in zip(row, CURVE_PANELS):
+            for i, curve in enumerate(runs):
+                colour = plt.cm.tab10(i % 10)
+                steps = [r.step for r in curve.records]
+                if key == "sharpness":
+                    values = [r.sharpness[0] if r.sharpness else np.nan for r in curve.records]
+                elif key == "preconditioned_sharpness":
+                    values = [r.preconditioned_sharpness if r.preconditioned_sharpness is not None else np.nan
+                              for r in curve.records]
+                    ax.plot(steps, [edge_of_stability(r) for r in curve.records], "--", color=colour, lw=0.8,
+                            label=f"38/eta ({curve.optimizer or curve.label})")
+                else:
+                    values = [(r.err_mean or {}).get(key, np.nan) for r in curve.records]
+                ax.plot(steps, values, "o-", ms=3, color=colour, label=curve.optimizer or curve.label)
+            ax.set_xscale("log")
+            ax.set_title(f"{arch}: {title}", fontsize=9)
+            ax.set_xlabel("training step")
+            if key == "preconditioned_sharpness":
+                ax.set_yscale("log")
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -42,6 +42,7 @@ class TrainConfig:
     dtype: str = "float32"  # parameters and inputs (float64 for scale-freeness runs: no rounding drift)
     loss_scale: float = 1.0  # train on loss_scale * loss (scale-freeness)
     grad_scale: dict = field(default_factory=dict)  # parameter name -> factor on its gradient coordinates
+    curves: str | None = None  # record curvature over training (wdbound.Monitor): log, epochs or every:N
 
     def weight_decay(self) -> float:
         """λ (or c1) actually used: ``wd`` scaled by the weight-decay linear scaling rule when asked."""
@@ -70,6 +71,19 @@ def _update_histograms(optimizer, names: dict) -> dict[str, list[int]]:
     group = optimizer.param_groups[0]
     state = {names[param]: s for param, s in optimizer.state.items()}
     return optimizer_histograms(state, group["betas"], group["eps"])
+
+
+def _curves_monitor(config: TrainConfig, model: nn.Module, optimizer, test_set, n_train: int):
+    """The monitor of ``config.curves`` (None without): the over-training quantities on the test split in
+    float64, every scheduled record taken (no time budget: the curves are what was asked for)."""
+    if config.curves is None:
+        return None
+    from .monitor import TRAIN_QUANTITIES, Monitor, parse_schedule
+
+    schedule, every = parse_schedule(config.curves)
+    return Monitor(model, optimizer, test_set, schedule=schedule, every=every, budget=None,
+                   quantities=TRAIN_QUANTITIES, batch_size_train=config.batch_size, n_train=n_train,
+                   device="cpu", seed=config.seed)
 
 
 @torch.no_grad()
@@ -139,8 +153,11 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
     total_steps = steps_per_epoch * config.epochs
     step = 0
     recorded: list[dict] = []
+    monitor = _curves_monitor(config, model, optimizer, test_set, n_train)
     for epoch in range(config.epochs):
         model.train()
+        if monitor is not None:
+            monitor.epoch = epoch + 1  # records during an epoch carry its (1-based) number
         for inputs, labels in iterate_batches(train_set, config.batch_size, generator=generator):
             lr = lr_at(step, total_steps, schedule=config.schedule, lr=config.lr, lr_min=config.lr_min,
                        milestones=config.milestones)
@@ -154,8 +171,12 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
                     param.grad.mul_(config.grad_scale[name])
             optimizer.step()
             step += 1
+            if monitor is not None:
+                monitor.step()
             if on_step is not None:
                 on_step(step, total_steps, loss.item())
+        if monitor is not None and monitor.schedule == "epochs":
+            monitor.epoch_end(epoch + 1)
         if config.record_updates:
             recorded.append({"epoch": epoch + 1, "step": step,
                              "layers": _update_histograms(optimizer, names)})
@@ -206,6 +227,12 @@ def train(config: TrainConfig, on_step: StepCallback | None = None,
         },
         "metrics": {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc},
     }
+    if monitor is not None:
+        if not monitor.records or monitor.records[-1].step != step:
+            monitor.record()  # the trained model's own record closes every curve
+        contents["train"]["curves"] = {"schedule": config.curves, "quantities": list(monitor.quantities),
+                                       "data": f"{DataSpec.parse(config.data)} test split, all examples, float64",
+                                       "records": [r.to_json() for r in monitor.records]}
     if config.record_updates:
         contents["train"]["update_histograms"] = {"bins": "wdbound.updates (29 log2 bins, 2^-27 .. 1)",
                                                   "records": recorded}

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from ..errors import Interrupted, WdboundError
 from ..progress import LogProgress, console, err_console  # noqa: F401 - LogProgress is re-exported for tests and users
-from . import training, summary, spectrum, err, table, updates, check  # noqa: F401 - registers the commands
+from . import training, summary, spectrum, err, table, updates, check, curves  # noqa: F401 - registers the commands
 from .base import app, flag_of, print_error, say  # noqa: F401
 
 

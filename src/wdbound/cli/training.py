@@ -32,6 +32,7 @@ def train(
     adal_norm: str = typer.Option("global", help="AdaL only: l1 norm over the whole gradient (global, the paper) or per parameter tensor (tensor)."),
     scale_wd_with_batch: Optional[int] = typer.Option(None, help="Weight-decay linear scaling rule (SWD paper, Rule 2): use --wd * batch-size / BASE_BATCH."),
     eps: float = typer.Option(1e-8, help="Adam's epsilon (outside the square root)."),
+    curves: Optional[str] = typer.Option(None, help="Record curvature over training into the checkpoint (loss, accuracy, sharpness, Adam's preconditioned sharpness, err/d of both forms, on the test split): log (steps 1, 2, 4, ...), epochs, or every:N; the last step is always recorded. See `wdbound curves`."),
     out: Path = typer.Option(..., help="Checkpoint to write (.pt or .safetensors); written atomically."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the training facts (eta, lambda, b, n, schedule), the metrics and the configuration as JSON."),
 ) -> None:
@@ -46,7 +47,7 @@ def train(
     config = TrainConfig(model=model, optimizer=optimizer, data=data, epochs=epochs, lr=lr, wd=wd, wd_gamma=wd_gamma,
                          schedule=schedule, lr_min=lr_min, batch_size=batch_size, seed=seed,
                          arch_kwargs=parse_kwargs(arch_kwarg), image_size=image_size, record_updates=record_updates,
-                         adal_norm=adal_norm, wd_base_batch=scale_wd_with_batch, eps=eps)
+                         adal_norm=adal_norm, wd_base_batch=scale_wd_with_batch, eps=eps, curves=curves)
     net, contents = train_with_bar(config)
     save_checkpoint(out, net, **contents)
     metrics, facts = contents["metrics"], contents["train"]
@@ -76,7 +77,7 @@ def train_json(out: Path, config, contents: dict) -> dict:
 
     from ..provenance import library_versions
 
-    facts = {k: v for k, v in contents["train"].items() if k != "update_histograms"}
+    facts = {k: v for k, v in contents["train"].items() if k not in ("update_histograms", "curves")}
     return {"checkpoint": str(out), "arch": contents["arch"], "arch_kwargs": contents.get("arch_kwargs"),
             "optimizer": (contents["optimizer"] or {}).get("name") if isinstance(contents["optimizer"], dict)
             else contents["optimizer"], "train": facts, "metrics": contents["metrics"], "config": asdict(config),
