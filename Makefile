@@ -11,13 +11,14 @@ UPDATE_CKPTS := digits-mlp-adamw-e40.pt digits-mlp-l2-adam-e40.pt digits-mlp-dep
 venv:
 	@bash scripts/setup-venv.sh
 
-## The main job on the embedded default: train the digits zoo if missing, then Table I and the
-## update-magnitude histograms into reports/.
+## The main job on the embedded default: train the digits zoo if missing, then Table I, the
+## update-magnitude histograms and the curvature over training into reports/.
 demo: venv
 	@$(MAKE) --no-print-directory checkpoints
 	$(BIN)/wdbound table checkpoints/ --out reports/
 	$(BIN)/wdbound updates $(addprefix checkpoints/,$(UPDATE_CKPTS)) --per-layer --json reports/updates.json \
 		--plot reports/updates-depth.png
+	$(BIN)/wdbound curves checkpoints/ --plot reports/curves.png --json reports/curves.json
 
 ## Every test, slow end-to-end ones included. "No tests ran" (exit 5) fails.
 test: venv

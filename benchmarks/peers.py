@@ -1,11 +1,18 @@
-"""wdbound against its 2026 peers, side by side in one process: hessian-eigenthings 1.0 and PyHessian 0.1, on
-top-5, trace, diagonal and density, at each tool's defaults and along a ladder of budgets, against the exact
-Hessian of zoo checkpoints. (curvlinops takes every budget as a required argument, so it has no defaults to
-compare; its Hutch++ is the estimator eigenthings' trace runs. `compare.py` has its eigsh top-5.)
+"""wdbound against its 2026 peers, side by side in one process: hessian-eigenthings 1.0, PyHessian 0.1 and
+curvlinops 3, on top-5, trace, diagonal and density, at each tool's defaults and along a ladder of budgets,
+against the exact Hessian of zoo checkpoints and of a tiny Hugging Face GPT-2. curvlinops takes every budget
+as a required argument (it has no defaults), so it appears on the ladders only: XTrace for the trace, XDiag for
+the diagonal, SciPy's eigsh on its operator for top-5 (curvlinops' documented way), its Lanczos density.
+PyHessian takes a classification criterion and a dataloader of images: it runs on the zoo models only.
 
-    pip install -e '.[peers]'   # benchmark extras (hessian-eigenthings 1.0, PyHessian), not in CI's install
-    python benchmarks/peers.py                               # digits-mlp and digits-cnn, float64, 5 seeds
+    pip install -e '.[peers]'   # benchmark extras (hessian-eigenthings 1.0, PyHessian, curvlinops), not in CI
+    python benchmarks/peers.py                               # digits-mlp, digits-cnn, gpt2-tiny; float64, 5 seeds
     python benchmarks/peers.py --models digits-cnn --dtype float32 --seeds 2
+
+gpt2-tiny: ``transformers``' GPT2LMHeadModel (1 layer, 2 heads, width 8, eager attention) on 8 sequences of 16
+characters of tests/data/tiny.txt, random initialisation (seed 0); every tool sees the same wrapper, whose
+output is the per-token logits ``[B*T, V]`` against the flattened next-character targets (the mean token
+cross-entropy).
 
 Per (model, task, tool, budget): the median wall time over ``--seeds`` runs with different seeds, the mean
 HVPs (counted on each tool's own operator), and the root-mean-square over the seeds of the error against the
@@ -43,7 +50,7 @@ from compare import pyhessian_defaults, top5_error  # noqa: E402
 from wdbound.provenance import library_versions  # noqa: E402
 from wdbound.stats import wasserstein1  # noqa: E402
 
-MODELS = {"digits-mlp": "digits-mlp-adamw-e40.pt", "digits-cnn": "digits-cnn-adamw-e40.pt"}
+MODELS = {"digits-mlp": "digits-mlp-adamw-e40.pt", "digits-cnn": "digits-cnn-adamw-e40.pt", "gpt2-tiny": None}
 TRACE_RTOLS = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
 DENSITY_BUDGETS = ((2, 20), (5, 40), (10, 40), (10, 80), (20, 80))
 TRACE_MATVECS = (30, 60, 100, 200, 400, 800)
@@ -77,8 +84,8 @@ class Ours:
                "density": [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS],
                "diagonal": [(f"{p} probes", p) for p in DIAGONAL_PROBES]}
 
-    def __init__(self, model, data, dtype) -> None:
-        self.H = wdbound.Hessian(model, data, dtype=dtype, progress=False)
+    def __init__(self, model, data, dtype, loss=None) -> None:
+        self.H = wdbound.Hessian(model, data, dtype=dtype, loss=loss, progress=False)
 
     def counted(self, seed, fn):
         self.H.seed = seed
@@ -153,16 +160,113 @@ class Eigenthings:
         return self.counted(run)
 
 
-def rows_for(name: str, args) -> list[dict]:
-    """Every (task, tool, budget) measured on one model."""
+class Curvlinops:
+    """curvlinops 3 on the same model copy, data and loss: budgets only (it has no defaults)."""
+
+    TASKS = ()
+    LADDERS = {"trace": [(f"{m} mv", m) for m in TRACE_MATVECS],
+               "diagonal": [(f"{m} mv", m) for m in (30, 120, 480)],
+               "top5": [("eigsh", None)],
+               "density": [(f"ncv {m}", m) for m in (40, 80)]}
+
+    def __init__(self, model, x, y) -> None:
+        import curvlinops
+
+        self.cl = curvlinops
+        self.op = curvlinops.HessianLinearOperator(model, torch.nn.CrossEntropyLoss(),
+                                                   [p for p in model.parameters() if p.requires_grad], [(x, y)],
+                                                   check_deterministic=False)
+        self.calls = 0
+        original = self.op._matmat
+
+        def counted(matrix):
+            self.calls += matrix.shape[1] if matrix.ndim == 2 else 1
+            return original(matrix)
+        self.op._matmat = counted
+
+    def counted(self, seed, fn):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        before = self.calls
+        value = fn()
+        return value, self.calls - before
+
+    def trace(self, exact, seed, matvecs):
+        return self.counted(seed, lambda: abs(float(self.cl.xtrace(self.op, matvecs)) - exact.trace)
+                            / abs(exact.trace))
+
+    def diagonal(self, exact, seed, matvecs):
+        def run():
+            estimate = self.cl.xdiag(self.op, matvecs).double().numpy()
+            return float(np.linalg.norm(estimate - exact.diagonal) / np.linalg.norm(exact.diagonal))
+        return self.counted(seed, run)
+
+    def top5(self, exact, seed, _=None):
+        from scipy.sparse.linalg import eigsh
+
+        def run():
+            values = eigsh(self.op.to_scipy(), k=5, which="LA", return_eigenvectors=False)
+            return top5_error({"top": np.asarray(values, dtype=float).tolist()}, exact.eigenvalues)
+        return self.counted(seed, run)
+
+    def density(self, exact, seed, ncv):
+        def run():
+            grid, density = self.cl.lanczos_approximate_spectrum(self.op, ncv, num_points=2048, num_repeats=10)
+            grid, density = np.asarray(grid, dtype=float), np.asarray(density, dtype=float)
+            return density_error(grid, np.clip(density, 0, None), exact.eigenvalues)
+        return self.counted(seed, run)
+
+
+def tiny_gpt2():
+    """(model, inputs, targets) of gpt2-tiny: a wrapper mapping ``input_ids`` [B, T] to logits [B*T, V], and
+    the flattened next-character targets."""
+    import transformers
+
+    text = (ROOT.parent / "tests" / "data" / "tiny.txt").read_text()
+    vocab = sorted(set(text))
+    ids = torch.tensor([vocab.index(c) for c in text])
+    chunks = ids[: (len(ids) // 17) * 17].view(-1, 17)[:8]
+    config = transformers.GPT2Config(vocab_size=len(vocab), n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                     attn_implementation="eager", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = transformers.GPT2LMHeadModel(config)
+
+        def forward(self, input_ids):
+            logits = self.lm(input_ids=input_ids).logits
+            return logits.reshape(-1, logits.shape[-1])
+
+    return Flat().eval(), chunks[:, :-1], chunks[:, 1:].reshape(-1)
+
+
+def model_and_data(name: str):
+    """(model, data for wdbound, inputs, targets, wdbound's loss) of one benchmark model."""
+    if name == "gpt2-tiny":
+        model, x, y = tiny_gpt2()
+        rows = y.view(x.shape[0], -1)  # wdbound batches examples (sequences): targets per sequence
+
+        def loss(logits, targets):
+            return F.cross_entropy(logits, targets.reshape(-1))
+        return model, (x, rows), x, y, loss
     ckpt = wdbound.load_checkpoint(ROOT.parent / "checkpoints" / MODELS[name])
     data = wdbound.load_dataset("digits", "test")
-    dtype = getattr(torch, args.dtype)
-    x = torch.stack([data[i][0] for i in range(len(data))]).to(dtype)
+    x = torch.stack([data[i][0] for i in range(len(data))])
     y = torch.tensor([data[i][1] for i in range(len(data))])
-    ours = Ours(ckpt.model, data, args.dtype)
-    exact = wdbound.Hessian(ckpt.model, data, progress=False).exact()  # float64 reference
-    model = ckpt.model.to(dtype).eval()
+    return ckpt.model, data, x, y, None
+
+
+def rows_for(name: str, args) -> list[dict]:
+    """Every (task, tool, budget) measured on one model."""
+    model, data, x, y, loss = model_and_data(name)
+    dtype = getattr(torch, args.dtype)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    ours = Ours(model, data, args.dtype, loss)
+    exact = wdbound.Hessian(model, data, loss=loss, progress=False).exact()  # float64 reference
+    model = model.to(dtype).eval()
     rows = []
 
     def add(task, tool, budget, fn, default=False):
@@ -173,17 +277,19 @@ def rows_for(name: str, args) -> list[dict]:
               f"{hvps:7.1f} HVPs{'  (default)' if default else ''}", flush=True)
 
     runners = [("wdbound", ours)]
-    try:
-        runners.append(("eigenthings", Eigenthings(model, x, y)))
-    except ImportError:
-        pass
+    for tool, runner in (("eigenthings", Eigenthings), ("curvlinops", Curvlinops)):
+        try:
+            runners.append((tool, runner(model, x, y)))
+        except ImportError:
+            pass
     for tool, runner in runners:
         for task in runner.TASKS:
             add(task, tool, "default", lambda s, t=task: getattr(runner, t)(exact, s), True)
         for task, points in runner.LADDERS.items():
             for label, value in points:
                 add(task, tool, label, lambda s, t=task, v=value: getattr(runner, t)(exact, s, v))
-    found = pyhessian_defaults(model.float(), data, torch.device("cpu")) if args.pyhessian else None
+    found = (pyhessian_defaults(model.float(), data, torch.device("cpu"))
+             if args.pyhessian and name in MODELS and MODELS[name] else None)
     if found is not None:
         values, seconds, hvps = found
         parts = values["hvps_by_part"]

@@ -12,7 +12,8 @@
 # The other optimizers of the papers, 40 epochs on the three digits models: AdamProx lambda = 5e-2 (AdamW's),
 # AdamS lambda = 5e-4 (the SWD paper's setting; its effective decay lambda/sqrt(mean v_hat) is recorded),
 # AdaL lambda = 1e-3 coupled (l2-Adam's) with its alpha/sqrt(t) step size on top of the cosine schedule.
-# Every run records update histograms per epoch (--record-updates).
+# Every run records update histograms per epoch (--record-updates). The 40-epoch AdamW and l2-Adam runs also record
+# their curvature over training (--curves log: steps 1, 2, 4, ..., 512 and the last), drawn by `wdbound curves`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WDBOUND=${WDBOUND:-.venv/bin/wdbound}
@@ -42,7 +43,9 @@ train_one() {  # name model epochs optimizer [extra args...]
 for epochs in $BUDGETS; do
   for model in digits-mlp digits-cnn digits-vit; do
     for opt in adamw adamw-d l2-adam l2-adam-d; do
-      train_one "$model" "$model" "$epochs" "$opt"
+      curves=()
+      if [ "$epochs" = 40 ] && { [ "$opt" = adamw ] || [ "$opt" = l2-adam ]; }; then curves=(--curves log); fi
+      train_one "$model" "$model" "$epochs" "$opt" "${curves[@]}"
     done
   done
 done

@@ -1,6 +1,7 @@
 """Estimators on dense matrices with known answers, and on a real model against its exact Hessian."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,46 @@ def test_trace_and_diagonal_within_standard_errors(exact_model):
     # Entries that are exactly zero in H (zero rows) are estimated as exactly zero.
     zero_rows = np.flatnonzero(np.all(matrix.numpy() == 0, axis=1))
     assert np.all(diag.estimate[zero_rows] == 0)
+
+
+def test_deflated_diagonal_is_unbiased_within_its_errors(exact_model):
+    """Against the exact diagonal of a random-initialisation model: over 12 seeds the mean of the deflated
+    estimate is within 4 standard errors of the mean (the per-seed spread / sqrt(12)) for 99 % of the entries,
+    the standard error it reports matches the error it makes (the RMS of the z-scores lies in [0.5, 2]: a sample
+    variance over 8 probes), and zero rows stay exactly 0."""
+    from wdbound.estimators.hutchinson import deflated_diagonal
+
+    _, op, matrix, _ = exact_model
+    exact = torch.diag(matrix).numpy()
+    found = [deflated_diagonal(op, 8, gen(seed)) for seed in range(12)]
+    estimates = np.array([f.estimate for f in found])
+    spread = estimates.std(axis=0, ddof=1) / math.sqrt(len(estimates))
+    assert (np.abs(estimates.mean(0) - exact) <= 4 * spread + 1e-12).mean() > 0.99
+    z = np.concatenate([(f.estimate - exact)[f.stderr > 0] / f.stderr[f.stderr > 0] for f in found])
+    assert 0.5 <= math.sqrt(np.mean(z ** 2)) <= 2.0
+    zero_rows = np.flatnonzero(np.all(matrix.numpy() == 0, axis=1))
+    assert np.all(estimates[:, zero_rows] == 0)  # the MLP has zero rows (pixels the data never lights)
+
+
+def test_deflated_diagonal_beats_plain_hutchinson_at_equal_hvps_on_a_trained_model():
+    """A trained Hessian (the shipped digits-cnn after 10 epochs, 120 test images) has a few large eigenvalues
+    that carry most of the off-diagonal mass Bekas et al.'s variance sums: taking them exactly pays. At 48 HVPs
+    each, over 6 seeds, the deflated RMS relative error is below a third of plain Hutchinson's (measured on the
+    full test split: 0.032 against 0.21; on digits-mlp 0.48 against 1.18). On a random initialisation with a
+    flat spectrum it does not pay (docs/decisions.md, "The API's diagonal")."""
+    import wdbound
+    from wdbound.estimators.hutchinson import deflated_diagonal
+
+    ckpt = wdbound.load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "digits-cnn-adamw-e10.pt")
+    op = HessianOperator(ckpt.model, wdbound.load_dataset("digits", "test"), max_samples=120, dtype=torch.float64)
+    exact = torch.diag(dense_matrix(op)).numpy()
+
+    def rms(estimates):
+        return math.sqrt(np.mean([np.sum((e - exact) ** 2) for e in estimates])) / np.linalg.norm(exact)
+
+    deflated = rms([deflated_diagonal(op, 16, gen(seed)).estimate for seed in range(6)])
+    plain = rms([hutchinson(op, 48, gen(50 + seed))[1].estimate for seed in range(6)])
+    assert deflated < plain / 3
 
 
 # ---------------------------------------------------------------- low-memory paths against the exact Hessian

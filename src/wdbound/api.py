@@ -39,6 +39,7 @@ from .curvature import HessianOperator, dense_matrix, diagonal_by_columns, resol
 from .data import ArrayDataset, cat_inputs, first_tensor, input_rows, stack_inputs
 from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
+from .estimators.hutchinson import deflated_diagonal
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
 from .spectrum import auto_kept_graph, check_sizes, deflated_density, expected_hvps, resolve_exact
@@ -103,10 +104,10 @@ def _check_pair(item, what: str, tensors: bool = False) -> None:
         raise WdboundError(f"data: each {what} must be an (input, target) pair, got {kind}")
 
 
-def _check_probes(probes: int) -> None:
-    """At least one probe, a whole number (one-line :class:`WdboundError` otherwise)."""
-    if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < 1:
-        raise WdboundError(f"probes = {probes!r} must be an integer >= 1", "probes")
+def _check_probes(probes: int, minimum: int = 1) -> None:
+    """At least ``minimum`` probes, a whole number (one-line :class:`WdboundError` otherwise)."""
+    if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < minimum:
+        raise WdboundError(f"probes = {probes!r} must be an integer >= {minimum}", "probes")
 
 
 class _NotebookRepr:
@@ -256,14 +257,22 @@ class Hessian:
             _check_probes(probes)
         return self.spectrum(**({} if probes is None else {"trace_probes": probes})).trace
 
-    def diagonal(self, probes: int | None = 16) -> DiagonalEstimate:
-        """Bekas et al.'s diagonal with per-entry standard errors; ``probes=None``: exact (d HVPs, or read off
-        the dense Hessian when it was built)."""
+    def diagonal(self, probes: int | None = 16, method: str = "deflated") -> DiagonalEstimate:
+        """The diagonal with per-entry standard errors. ``method="deflated"`` (default): a ``probes``-direction
+        range of H taken exactly and Bekas et al.'s estimator with ``probes`` probes on the rest (3 x
+        ``probes`` HVPs; :func:`~wdbound.estimators.hutchinson.deflated_diagonal`); ``"hutchinson"``: plain
+        Bekas et al. (``probes`` HVPs). ``probes=None``: exact (d HVPs, or read off the dense Hessian when it
+        was built)."""
         if probes is None:
             exact = np.diagonal(self._dense).copy() if self._dense is not None else \
                 diagonal_by_columns(self.operator).double().cpu().numpy()
             return DiagonalEstimate(exact, np.zeros_like(exact), 0)
         _check_probes(probes)
+        if method == "deflated":
+            _check_probes(probes, minimum=2)
+            return deflated_diagonal(self.operator, probes, self._generator(3))
+        if method != "hutchinson":
+            raise WdboundError(f"unknown diagonal method {method!r}; use deflated or hutchinson", "method")
         return hutchinson(self.operator, probes, self._generator(3))[1]
 
     def density(self, probes: int = defaults.PROBES, steps: int | None = None) -> Density:
