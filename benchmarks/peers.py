@@ -180,7 +180,7 @@ class Curvlinops:
         original = self.op._matmat
 
         def counted(matrix):
-            self.calls += matrix.shape[1] if matrix.ndim == 2 else 1
+            self.calls += matrix[0].shape[-1]  # a list of [*shape, K] tensors: K columns
             return original(matrix)
         self.op._matmat = counted
 

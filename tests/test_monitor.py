@@ -143,7 +143,7 @@ def test_the_budget_holds_records_back_until_they_fit(monkeypatch):
         clock.now += 1.0  # one training step
         if monitor.step() is not None:
             taken.append(step)
-    assert taken[0] == 1  # the first record has no estimate: taken when due
+    assert taken[0] == 2  # the first waits for training time to pay for it (its gradient-based estimate)
     assert 5 <= len(taken) <= 8  # ~ 0.1 x 200 s of training / 3 s a record
     assert monitor.overhead() <= 0.1 + 3.0 / monitor.train_seconds
     assert monitor.train_seconds == pytest.approx(199.0)  # the steps' time, the records' time left out
@@ -151,6 +151,25 @@ def test_the_budget_holds_records_back_until_they_fit(monkeypatch):
     assert late and all(r.due_step < r.step for r in late)  # held back from the step that asked for it
     unbounded = Monitor(model, optimizer, (x, y), every=50, quantities=("loss",), budget=None)
     assert [s for s in range(1, 201) if unbounded.step() is not None] == [50, 100, 150, 200]
+
+
+def test_the_budget_caps_the_lanczos_steps_of_a_record_it_can_pay_only_in_part(monkeypatch):
+    """A record whose HVPs the budget left pays for only in part runs its Lanczos with fewer steps (at least
+    10) and says so (``step_cap``); each Ritz value stays below lambda_max and within its residual bound of
+    an eigenvalue of the dense Hessian (which one is known only once converged)."""
+    model, x, y = _setup()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, optimizer, x, y, 2)
+    monitor = Monitor(model, optimizer, (x, y), every=1, quantities=("sharpness",), budget=0.1)
+    monitor.train_seconds, monitor._gradient_seconds = 1.0, 0.1 / (3 * 12)  # the budget pays for 12 HVPs
+    assert monitor.affordable() and monitor.planned_hvps() == 12
+    record = monitor.record()
+    assert record.step_cap == 12 and record.hvps <= 12
+    exact = np.linalg.eigvalsh(wdbound.Hessian(model, (x, y), progress=False).dense())
+    assert max(record.sharpness) <= exact[-1] + 1e-12
+    assert all(np.min(np.abs(exact - v)) <= b + 1e-12 for v, b in zip(record.sharpness, record.sharpness_bound))
+    monitor.record_seconds = 0.1  # spent: nothing left for 10 steps
+    assert not monitor.affordable()
 
 
 def test_accuracy_and_update_histograms():

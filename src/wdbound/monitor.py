@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import defaults
 from .errors import WdboundError
 from .sinks import sinks_for
 
@@ -47,6 +48,8 @@ DEFAULT_QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness
 NEEDS_OPTIMIZER = ("preconditioned_sharpness", "err", "updates")
 SCHEDULES = ("every", "log", "epochs")
 DEFAULT_BUDGET = 0.10  # the schedule's records may take at most this share of the training time
+HVP_PER_GRADIENT = 3.0  # before the first record: an HVP is taken as 3 gradients (2-4 measured, benchmarks/compare.py)
+MIN_RUN_STEPS = 10  # a record waits until each of its Lanczos runs can take at least this many steps
 # What `wdbound train --curves` records: the over-training figure's quantities (err exact below 10,000 parameters).
 TRAIN_QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness", "err")
 
@@ -90,6 +93,7 @@ class MonitorRecord:
     hvps: int = 0
     seconds: float = 0.0
     due_step: int | None = None  # the step the schedule asked for, when the time budget moved the record later
+    step_cap: int | None = None  # the Lanczos step cap the time budget set (None: the usual 300); see the bounds
 
     def to_json(self) -> dict:
         """Every field by name (one JSON Lines record)."""
@@ -142,12 +146,14 @@ class Monitor:
         sharpness.
     budget:
         The share of training time the schedule's records may take (default 0.10). The monitor times the
-        training between its calls and each record; a record the schedule asks for is taken when the time
-        spent so far on records plus this one's estimate (its planned HVPs at the last record's seconds per
-        HVP) stays within ``budget`` x the training time so far, else it waits for the first later step where
-        it fits (``due_step`` says which step asked for it). The first record has no estimate yet and is taken
-        when due. ``None``: every scheduled record, whatever it costs. Explicit :meth:`record` and
-        :meth:`epoch_end` calls always record.
+        training between its calls and its own work. A record the schedule asks for is taken when the budget
+        left (``budget`` x training time so far, minus the time records took) pays for its HVPs at the last
+        record's seconds per HVP (before the first record: one timed gradient on the evaluation data, an HVP
+        taken as 3 gradients), with at least 10 Lanczos steps per eigenvalue run; each run is capped at the
+        steps the budget pays for (``step_cap``; the residual bounds say how converged it is). Otherwise it
+        waits for the first later step where it fits (``due_step`` says which step asked for it). ``None``:
+        every scheduled record, whatever it costs. Explicit :meth:`record` and :meth:`epoch_end` calls always
+        record.
     batch_size_train, n_train:
         b and n of the training run, which ``err`` needs; η and λ are read from the optimizer (the last step's:
         wdbound's optimizers record them, torch's are their groups' ``lr`` and ``weight_decay``).
@@ -195,6 +201,8 @@ class Monitor:
         self.record_seconds = 0.0  # time spent in records
         self._since: float | None = None  # when the monitor last returned to the training loop
         self._waiting: int | None = None  # the step of a scheduled record the budget has held back
+        self._cap = defaults.TOP_MAX_STEPS  # Lanczos steps per eigenvalue run of the next record
+        self._gradient_seconds: float | None = None  # one timed gradient: the first record's cost estimate
 
     def due(self, step: int) -> bool:
         """Whether the schedule records at ``step`` (1-based)."""
@@ -224,30 +232,60 @@ class Monitor:
         return self.record()
 
     def affordable(self) -> bool:
-        """Whether a record now keeps the records' share of the time within the budget (see ``budget``)."""
-        if self.budget is None or not self.records:
+        """Whether a record now keeps the records' share of the time within the budget (see ``budget``); sets
+        the Lanczos step cap of that record."""
+        self._cap = defaults.TOP_MAX_STEPS
+        if self.budget is None:
             return True
-        last = self.records[-1]
-        per_hvp = last.seconds / max(last.hvps, 1)
-        estimate = max(self.planned_hvps(), 1) * per_hvp
-        return self.record_seconds + estimate <= self.budget * self.train_seconds
+        runs, fixed = self._eigen_runs(), self._fixed_hvps()
+        allowed = (self.budget * self.train_seconds - self.record_seconds) / max(self._seconds_per_hvp(), 1e-12) - fixed
+        if allowed < max(runs * MIN_RUN_STEPS, 1):
+            return False
+        if runs:
+            self._cap = int(min(defaults.TOP_MAX_STEPS, allowed // runs))
+        return True
 
     def overhead(self) -> float:
         """The records' time over the training time so far (nan before any training was timed)."""
         return self.record_seconds / self.train_seconds if self.train_seconds > 0 else math.nan
 
     def planned_hvps(self) -> int:
-        """An upper bound of one record's HVPs: a top-k Lanczos run per eigenvalue quantity, the trace's."""
-        from . import defaults
+        """An upper bound of one record's HVPs: a top-k Lanczos run per eigenvalue quantity (at most its step
+        cap), the trace's and err's."""
+        return self._eigen_runs() * self._cap + self._fixed_hvps()
 
-        runs = sum(q in self.quantities for q in ("sharpness", "preconditioned_sharpness"))
+    def _eigen_runs(self) -> int:
+        return sum(q in self.quantities for q in ("sharpness", "preconditioned_sharpness"))
+
+    def _fixed_hvps(self) -> int:
+        """The HVPs of the quantities the budget cannot shorten: the trace's and err's."""
         trace = (defaults.SPECTRUM_STEPS * defaults.SPECTRUM_PROBES + defaults.TRACE_MAX_PROBES
                  if "trace" in self.quantities else 0)
+        if "err" not in self.quantities:
+            return trace
         trained = set(self._trained_names())
         dim = sum(p.numel() for n, p in self.model.named_parameters() if n in trained)
-        err = (dim if dim <= defaults.EXACT_AUTO_MAX_DIM else defaults.PROBES * min(defaults.STEPS, dim)
-               + 2 * defaults.TOP_MAX_STEPS) if "err" in self.quantities else 0
-        return runs * defaults.TOP_MAX_STEPS + trace + err
+        return trace + (dim if dim <= defaults.EXACT_AUTO_MAX_DIM else
+                        defaults.PROBES * min(defaults.STEPS, dim) + 2 * defaults.TOP_MAX_STEPS)
+
+    def _seconds_per_hvp(self) -> float:
+        """The last record's seconds per HVP; before any record, HVP_PER_GRADIENT x one timed gradient on the
+        evaluation data (its time counted as the monitor's)."""
+        if self.records and self.records[-1].hvps:
+            return self.records[-1].seconds / self.records[-1].hvps
+        if self._gradient_seconds is None:
+            from .api import Hessian
+
+            start = time.perf_counter()
+            states = _random_states()
+            try:
+                Hessian(self.model, self.data, progress=False, params=self._trained_names(),
+                        **self.options).operator.gradient()
+            finally:
+                _restore_random_states(states)
+            self._gradient_seconds = time.perf_counter() - start
+            self.record_seconds += self._gradient_seconds
+        return HVP_PER_GRADIENT * self._gradient_seconds
 
     def record(self, due_step: int | None = None) -> MonitorRecord:
         """Take one record now (whatever the schedule and budget), append it to ``records`` and write it to
@@ -271,6 +309,7 @@ class Monitor:
             sink.close()
 
     def _count_training(self) -> None:
+        """Add the time since the monitor last returned to the training loop to the training time."""
         now = time.perf_counter()
         if self._since is not None:
             self.train_seconds += now - self._since
@@ -289,12 +328,14 @@ class Monitor:
         if "accuracy" in self.quantities:
             values["accuracy"] = H.operator.mean_accuracy()
         if "sharpness" in self.quantities:
-            top = H.top_eigenvalues(self.top_k)
+            top = top_eigenvalues(H.operator, self.top_k, torch.Generator().manual_seed(self.options["seed"]),
+                                  max_steps=self._cap)
             values.update(sharpness=[float(v) for v in top.values], sharpness_bound=[float(b) for b in top.bounds])
         if "preconditioned_sharpness" in self.quantities:
             scale = preconditioner_scale(self.optimizer, self.model, H.operator.names)
             top = top_eigenvalues(ScaledOperator(H.operator, scale.to(H.operator.device, H.operator.dtype)),
-                                  self.top_k, torch.Generator().manual_seed(self.options["seed"] + 1))
+                                  self.top_k, torch.Generator().manual_seed(self.options["seed"] + 1),
+                                  max_steps=self._cap)
             values.update(preconditioned_sharpness=float(top.values[0]),
                           preconditioned_top=[float(v) for v in top.values],
                           preconditioned_bound=[float(b) for b in top.bounds])
@@ -307,8 +348,11 @@ class Monitor:
             from .updates import UpdateRecorder
 
             values["updates"] = UpdateRecorder(self.optimizer, self.model).current()
-        return MonitorRecord(self.steps, self.epoch, planned_hvps=planned, hvps=H.operator.matvecs,
-                             seconds=time.perf_counter() - start, due_step=due_step, **values)
+        record = MonitorRecord(self.steps, self.epoch, planned_hvps=planned, hvps=H.operator.matvecs,
+                               seconds=time.perf_counter() - start, due_step=due_step,
+                               step_cap=self._cap if self._cap < defaults.TOP_MAX_STEPS else None, **values)
+        self._cap = defaults.TOP_MAX_STEPS
+        return record
 
     def _err(self, H) -> dict:
         """err/d of both forms at the optimizer's last eta and lambda (as :func:`wdbound.err`)."""
