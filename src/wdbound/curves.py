@@ -14,7 +14,6 @@ Lines file of a :class:`wdbound.Monitor`, as typed records, with the step from w
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -133,11 +132,4 @@ def curves_to_pandas(curves: list[Curve]):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def edge_of_stability(record: MonitorRecord) -> float:
-    """Cohen et al.'s threshold for Adam's preconditioned sharpness, 38/η (β1 = 0.9), at the record's η (nan
-    when η was not recorded)."""
-    eta = (record.err_inputs or {}).get("eta")
-    return 38.0 / eta if eta else math.nan
-
-
-__all__ = ["Curve", "curves_to_pandas", "edge_of_stability", "read_curve", "read_curves", "record_from_json"]
+__all__ = ["Curve", "curves_to_pandas", "read_curve", "read_curves", "record_from_json"]

@@ -99,6 +99,12 @@ class MonitorRecord:
         """Every field by name (one JSON Lines record)."""
         return asdict(self)
 
+    def edge_of_stability(self) -> float:
+        """Cohen et al.'s threshold for Adam's preconditioned sharpness, 38/η (β1 = 0.9), at the record's η
+        (recorded with err; nan otherwise)."""
+        eta = (self.err_inputs or {}).get("eta")
+        return 38.0 / eta if eta else math.nan
+
     def scalars(self) -> dict[str, float]:
         """The record's numbers as flat scalars (what TensorBoard and W&B get): ``loss``, ``accuracy``,
         ``lambda_1`` .. ``lambda_k`` and their ``_bound``, ``preconditioned_sharpness``, ``trace``,

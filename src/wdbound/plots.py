@@ -432,8 +432,6 @@ def plot_curves(curves: list, path) -> Path:
     """Curvature over training (:class:`wdbound.curves.Curve` s): one row per architecture, one column per
     quantity (sharpness, Adam's preconditioned sharpness with Cohen et al.'s 38/η, err/d of both bound forms),
     one line per run (its optimizer), steps on a log axis."""
-    from .curves import edge_of_stability
-
     plt = _pyplot()
     archs = list(dict.fromkeys(c.arch or c.label for c in curves))
     fig, axes = plt.subplots(len(archs), len(CURVE_PANELS), figsize=(4.4 * len(CURVE_PANELS), 3.2 * len(archs)),
@@ -449,7 +447,7 @@ def plot_curves(curves: list, path) -> Path:
                 elif key == "preconditioned_sharpness":
                     values = [r.preconditioned_sharpness if r.preconditioned_sharpness is not None else np.nan
                               for r in curve.records]
-                    ax.plot(steps, [edge_of_stability(r) for r in curve.records], "--", color=colour, lw=0.8,
+                    ax.plot(steps, [r.edge_of_stability() for r in curve.records], "--", color=colour, lw=0.8,
                             label=f"38/eta ({curve.optimizer or curve.label})")
                 else:
                     values = [(r.err_mean or {}).get(key, np.nan) for r in curve.records]

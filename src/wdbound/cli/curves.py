@@ -42,8 +42,6 @@ def _cell(value, digits: int = 5) -> str:
 
 def render_curves(found) -> None:
     """A table per run, and the step from which the paper's ordering holds."""
-    from ..curves import edge_of_stability
-
     for curve in found:
         table = Table(title=f"{curve.label} ({curve.optimizer or 'monitor'}, schedule {curve.schedule or '-'})")
         for column in ("step", "epoch", "loss", "accuracy", "lambda_max(H)", "lambda_max(P^-1 H)", "38/eta",
@@ -53,7 +51,7 @@ def render_curves(found) -> None:
             err = r.err_mean or {}
             table.add_row(str(r.step), _cell(r.epoch), _cell(r.loss), _cell(r.accuracy, 4),
                           _cell(r.sharpness[0] if r.sharpness else None), _cell(r.preconditioned_sharpness),
-                          _cell(edge_of_stability(r)), _cell(err.get("adamw")), _cell(err.get("l2-adam")),
+                          _cell(r.edge_of_stability()), _cell(err.get("adamw")), _cell(err.get("l2-adam")),
                           str(r.hvps))
         console.print(table)
         start = curve.ordering_from()
