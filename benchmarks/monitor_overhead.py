@@ -108,7 +108,7 @@ def zoo_rows(arch: str, epochs: int, per_quantity_epochs: int, per_quantity: boo
 def resnet_rows(epochs: int) -> list[dict]:
     data = {"train": digits32("train"), "kwargs": {"num_classes": 10, "cifar_stem": True}}
     test = digits32("test")
-    data["evaluation"] = [(test[i][0], test[i][1]) for i in range(64)]
+    data["evaluation"] = (test.tensors[0][:64], test.tensors[1][:64])
     plain, _ = run("resnet18", epochs, None, **data)
     return [row("default (every 100, budget 10 %)", "resnet18", epochs, {}, plain, **data),
             row("every 5, budget 10 %", "resnet18", epochs, {"every": 5}, plain, **data)]
