@@ -143,7 +143,7 @@ def test_the_budget_holds_records_back_until_they_fit(monkeypatch):
         clock.now += 1.0  # one training step
         if monitor.step() is not None:
             taken.append(step)
-    assert taken[0] == 2  # the first waits for training time to pay for it (its gradient-based estimate)
+    assert taken[0] == 2  # the first waits for training time to pay for it (its forward-based estimate)
     assert 5 <= len(taken) <= 8  # ~ 0.1 x 200 s of training / 3 s a record
     assert monitor.overhead() <= 0.1 + 3.0 / monitor.train_seconds
     assert monitor.train_seconds == pytest.approx(199.0)  # the steps' time, the records' time left out
@@ -161,7 +161,7 @@ def test_the_budget_caps_the_lanczos_steps_of_a_record_it_can_pay_only_in_part(m
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _train(model, optimizer, x, y, 2)
     monitor = Monitor(model, optimizer, (x, y), every=1, quantities=("sharpness",), budget=0.1)
-    monitor.train_seconds, monitor._gradient_seconds = 1.0, 0.1 / (3 * 12)  # the budget pays for 12 HVPs
+    monitor.train_seconds, monitor._first_seconds_per_hvp = 1.0, 0.1 / 12  # the budget pays for 12 HVPs
     assert monitor.affordable() and monitor.planned_hvps() == 12
     record = monitor.record()
     assert record.step_cap == 12 and record.hvps <= 12

@@ -49,6 +49,7 @@ NEEDS_OPTIMIZER = ("preconditioned_sharpness", "err", "updates")
 SCHEDULES = ("every", "log", "epochs")
 DEFAULT_BUDGET = 0.10  # the schedule's records may take at most this share of the training time
 HVP_PER_GRADIENT = 3.0  # before the first record: an HVP is taken as 3 gradients (2-4 measured, benchmarks/compare.py)
+FIRST_ESTIMATE_EXAMPLES = 16  # ... and a gradient as 3 forward passes, timed on this many evaluation examples
 MIN_RUN_STEPS = 10  # a record waits until each of its Lanczos runs can take at least this many steps
 # What `wdbound train --curves` records: the over-training figure's quantities (err exact below 10,000 parameters).
 TRAIN_QUANTITIES = ("loss", "accuracy", "sharpness", "preconditioned_sharpness", "err")
@@ -154,8 +155,8 @@ class Monitor:
         The share of training time the schedule's records may take (default 0.10). The monitor times the
         training between its calls and its own work. A record the schedule asks for is taken when the budget
         left (``budget`` x training time so far, minus the time records took) pays for its HVPs at the last
-        record's seconds per HVP (before the first record: one timed gradient on the evaluation data, an HVP
-        taken as 3 gradients), with at least 10 Lanczos steps per eigenvalue run; each run is capped at the
+        record's seconds per HVP (before the first record: one timed forward pass of 16 evaluation examples,
+        scaled to the evaluation set, a gradient taken as 3 forwards and an HVP as 3 gradients), with at least 10 Lanczos steps per eigenvalue run; each run is capped at the
         steps the budget pays for (``step_cap``; the residual bounds say how converged it is). Otherwise it
         waits for the first later step where it fits (``due_step`` says which step asked for it). ``None``:
         every scheduled record, whatever it costs. Explicit :meth:`record` and :meth:`epoch_end` calls always
@@ -208,7 +209,7 @@ class Monitor:
         self._since: float | None = None  # when the monitor last returned to the training loop
         self._waiting: int | None = None  # the step of a scheduled record the budget has held back
         self._cap = defaults.TOP_MAX_STEPS  # Lanczos steps per eigenvalue run of the next record
-        self._gradient_seconds: float | None = None  # one timed gradient: the first record's cost estimate
+        self._first_seconds_per_hvp: float | None = None  # the first record's cost estimate (one timed forward)
 
     def due(self, step: int) -> bool:
         """Whether the schedule records at ``step`` (1-based)."""
@@ -275,23 +276,50 @@ class Monitor:
                         defaults.PROBES * min(defaults.STEPS, dim) + 2 * defaults.TOP_MAX_STEPS)
 
     def _seconds_per_hvp(self) -> float:
-        """The last record's seconds per HVP; before any record, HVP_PER_GRADIENT x one timed gradient on the
-        evaluation data (its time counted as the monitor's)."""
+        """The last record's seconds per HVP; before any record, an estimate from one timed forward pass (see
+        :meth:`_first_estimate`)."""
         if self.records and self.records[-1].hvps:
             return self.records[-1].seconds / self.records[-1].hvps
-        if self._gradient_seconds is None:
-            from .api import Hessian
-
+        if self._first_seconds_per_hvp is None:
             start = time.perf_counter()
             states = _random_states()
             try:
-                Hessian(self.model, self.data, progress=False, params=self._trained_names(),
-                        **self.options).operator.gradient()
+                self._first_seconds_per_hvp = self._first_estimate()
             finally:
                 _restore_random_states(states)
-            self._gradient_seconds = time.perf_counter() - start
-            self.record_seconds += self._gradient_seconds
-        return HVP_PER_GRADIENT * self._gradient_seconds
+            self.record_seconds += time.perf_counter() - start
+        return self._first_seconds_per_hvp
+
+    def _first_estimate(self) -> float:
+        """Seconds per HVP before any record: one forward pass of at most FIRST_ESTIMATE_EXAMPLES evaluation
+        examples on a copy of the model in the monitor's dtype and device, scaled to the whole evaluation set,
+        x 3 for a gradient (forward and backward) and x HVP_PER_GRADIENT for an HVP. A forward of a few
+        examples costs a small fraction of one HVP, so the estimate does not itself break the budget; a small
+        batch's per-call overhead makes it err high (a later first record), never low."""
+        from .api import _as_dataset
+        from .curvature import _eval_copy, resolve_device, resolve_dtype
+        from .data import iterate_batches
+
+        dataset = _as_dataset(self.data)
+        device, dtype = resolve_device(self.options["device"]), resolve_dtype(self.options["dtype"])
+        inputs, _ = next(iterate_batches(dataset, FIRST_ESTIMATE_EXAMPLES))
+        copy = _eval_copy(self.model, device, dtype)
+
+        def placed(value):
+            value = value.to(device)
+            return value.to(dtype) if value.is_floating_point() else value
+
+        start = time.perf_counter()
+        with torch.no_grad():
+            if isinstance(inputs, dict):
+                copy(**{k: placed(v) for k, v in inputs.items()})
+            else:
+                copy(placed(inputs))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        forward = time.perf_counter() - start
+        examples = len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
+        return forward * len(dataset) / max(examples, 1) * 3 * HVP_PER_GRADIENT
 
     def record(self, due_step: int | None = None) -> MonitorRecord:
         """Take one record now (whatever the schedule and budget), append it to ``records`` and write it to

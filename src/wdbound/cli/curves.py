@@ -12,7 +12,7 @@ from rich.table import Table
 from .base import app, console, say
 
 
-@app.command(short_help="Curvature over training (sharpness, preconditioned sharpness, err/d).")
+@app.command(short_help="Curvature over training, from --curves runs.")
 def curves(
     paths: List[Path] = typer.Argument(..., help="Checkpoints written by `wdbound train --curves`, folders of them, or JSON Lines files of wdbound.Monitor."),
     plot: Optional[Path] = typer.Option(None, help="Write the figure (PNG/PDF/SVG): a row per architecture; sharpness, preconditioned sharpness (with 38/eta) and err/d of both bound forms against the step, a line per run."),

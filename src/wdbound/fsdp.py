@@ -1,0 +1,310 @@
+r"""Hessian-vector products of a model sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``), where no
+rank holds the whole model: central differences of FSDP's own gradients,
+
+.. math:: Hv \approx \frac{g(\theta + \epsilon v) - g(\theta - \epsilon v)}{2\epsilon},
+
+with ``v`` a sharded vector (each rank holds the coordinates of its parameter shards), the parameters moved in
+place shard by shard and restored bit for bit, and every inner product summed over the ranks. Double backward
+(``create_graph``) and ``torch.func.jvp`` do not go through FSDP2; one ordinary ``backward`` does, so an HVP
+costs two gradients of the evaluation set.
+
+**The step.** :math:`\epsilon` moves each coordinate by about :math:`u^{1/3}` times the parameters' RMS
+(``u`` the unit roundoff of the parameters' dtype: the step that balances the central difference's
+:math:`O(\epsilon^2)` truncation against the :math:`u\|g\|/\epsilon` rounding of the two gradients), i.e.
+:math:`\epsilon = u^{1/3}\,\mathrm{rms}(\theta)\,/\,\mathrm{rms}(v)`.
+
+**Its error.** :meth:`ShardedHessian.hvp_error` compares the products at :math:`\epsilon` and
+:math:`2\epsilon` on a few random unit vectors: :math:`\delta = \max \|h_{2\epsilon} - h_\epsilon\| /
+\|h_\epsilon\|`, which holds both the truncation (Richardson: it changes by a factor 4 between the steps) and
+the rounding noise of the two gradients (a factor 2, in a random direction). The error reported is relative,
+:math:`\eta = C\delta` with :math:`C` = ``SAFETY`` = 10: each top-k bound is the Lanczos residual plus
+:math:`\eta|\theta_i|`, the trace's error bar its standard error plus :math:`\eta|\mathrm{tr}|`. :math:`C`
+is calibrated, not proved: on a digits MLP sharded over 2 processes the top-3 eigenvalues' error against the
+dense double-backward Hessian was 3.0 :math:`\delta|\theta|` in float64 (1.5e-10 relative) and 3.1
+:math:`\delta|\theta|` in float32 (1.0e-4); benchmarks/fsdp_hvp.py measures the ratio per dtype and model.
+
+Under ``torchrun`` each rank evaluates its contiguous share of the evaluation examples; the loss is scaled so
+that FSDP's averaging reduce-scatter yields the gradient of the mean loss over all of them, and every rank runs
+the same number of backward passes (padding with zero-weight passes), since each one is a collective.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import WdboundError
+
+SAFETY = 10.0  # eta = SAFETY x delta, the largest relative difference of the products at eps and 2 eps
+ERROR_VECTORS = 3  # random unit vectors the HVP error is measured on
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def sharded_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The trainable parameters of an FSDP2 model (``DTensor`` s); an unsharded model is a one-line error."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise WdboundError("the model has no trainable parameters")
+    if not all(hasattr(p, "to_local") for _, p in named):
+        raise WdboundError("the model is not sharded by FSDP2 (fully_shard): use wdbound.Hessian for a whole "
+                           "model on one device", "fsdp")
+    return named
+
+
+def _local(param: nn.Parameter) -> torch.Tensor:
+    """The rank's shard of a parameter, as the tensor FSDP2 gathers from (writes to it move the parameter)."""
+    return param._local_tensor if hasattr(param, "_local_tensor") else param.to_local()
+
+
+@dataclass(frozen=True)
+class HvpError:
+    """The finite-difference HVP's error, measured at one step size: ``eps_scale`` (ε for a unit vector),
+    the largest relative difference ``relative`` (δ) between products at ε and 2ε over ``vectors`` unit
+    vectors, and ``eta`` = SAFETY x δ, the relative error every reported number is widened by."""
+
+    dtype: str
+    eps_scale: float
+    relative: float
+    eta: float
+    vectors: int
+
+    def to_json(self) -> dict:
+        """The fields by name."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardedTop:
+    """Top-k eigenvalues of a sharded Hessian: Ritz values, Lanczos residual bounds, and the bounds widened by
+    the HVP's relative error η (``bounds = residual + eta |values|``)."""
+
+    values: np.ndarray
+    residual: np.ndarray
+    bounds: np.ndarray
+    eta: float
+    steps: int
+    hvps: int
+
+
+class ShardedHessian:
+    """The Hessian of the mean loss of an FSDP2-sharded ``model`` over ``data``, as shard-local products.
+
+    Parameters
+    ----------
+    model:
+        A model whose parameters ``fully_shard`` has sharded (every rank calls with its own shard).
+    data:
+        ``(inputs, targets)`` tensors of the whole evaluation set, the same on every rank; each rank evaluates
+        its contiguous share.
+    loss:
+        ``loss(logits, targets) -> mean over the chunk`` (default: cross-entropy).
+    batch_size:
+        Examples per forward/backward pass (a memory knob).
+    seed:
+        Seed of the probes and start vectors (each rank draws its shard's coordinates from ``seed`` and its
+        rank).
+    """
+
+    def __init__(self, model: nn.Module, data, loss: Callable | None = None, *, batch_size: int = 256,
+                 seed: int = 0) -> None:
+        dist = _dist()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+        self.model = model
+        self.named = sharded_parameters(model)
+        self.locals = [_local(p) for _, p in self.named]
+        self.dtype, self.device = self.locals[0].dtype, self.locals[0].device
+        self.local_dim = sum(t.numel() for t in self.locals)
+        self.dim = int(self._sum(torch.tensor(float(self.local_dim), dtype=torch.float64)))
+        inputs, targets = data
+        n = len(targets)
+        share = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+        self.inputs, self.targets, self.n_eval = inputs[share], targets[share], n
+        self.batch_size = batch_size
+        self.loss = loss if loss is not None else nn.functional.cross_entropy
+        self.seed = seed
+        self.passes = int(self._max(-(-len(self.targets) // batch_size)))
+        self.theta = torch.cat([t.detach().reshape(-1) for t in self.locals]).clone()
+        theta_rms = math.sqrt(self.dot(self.theta, self.theta) / self.dim)
+        self.unit_roundoff = float(torch.finfo(self.dtype).eps) / 2
+        self.eps_scale = self.unit_roundoff ** (1 / 3) * max(theta_rms, 1e-3) * math.sqrt(self.dim)
+        self.gradients = 0
+        self.error: HvpError | None = None
+
+    # ---- collectives and vectors
+
+    def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        dist = _dist()
+        if dist is not None and self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def _max(self, value: float) -> float:
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        dist = _dist()
+        if dist is not None and self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor[0])
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """⟨a, b⟩ of two sharded vectors (local dot, summed over the ranks)."""
+        return float(self._sum(torch.dot(a.double().reshape(-1), b.double().reshape(-1)).reshape(1))[0])
+
+    def random(self, generator: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+        """A sharded random vector: this rank's coordinates (Gaussian or Rademacher)."""
+        if kind == "rademacher":
+            bits = torch.randint(0, 2, (self.local_dim,), generator=generator, dtype=torch.int8)
+            return (bits.to(self.dtype) * 2 - 1).to(self.device)
+        return torch.randn(self.local_dim, generator=generator, dtype=torch.float64).to(self.dtype).to(self.device)
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """This rank's generator for ``stream`` (seeded by the seed, the stream and the rank)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + stream * 7919 + self.rank)
+
+    # ---- gradients and products
+
+    def _set(self, flat: torch.Tensor) -> None:
+        with torch.no_grad():
+            start = 0
+            for t in self.locals:
+                t.copy_(flat[start:start + t.numel()].view_as(t))
+                start += t.numel()
+
+    def gradient(self) -> torch.Tensor:
+        """This rank's shard of the gradient of the mean loss over the whole evaluation set at the present
+        parameters (FSDP's reduce-scatter averages the ranks' scaled losses)."""
+        was_training = self.model.training
+        self.model.eval()
+        for _, p in self.named:
+            p.grad = None
+        for index in range(self.passes):
+            start = index * self.batch_size
+            x, y = self.inputs[start:start + self.batch_size], self.targets[start:start + self.batch_size]
+            weight = len(y) * self.world / self.n_eval
+            if len(y) == 0:  # a padding pass: every rank must run as many backward passes (collectives)
+                x, y, weight = self.inputs[:1], self.targets[:1], 0.0
+            loss = self.loss(_logits(self.model(x.to(self.device))), y.to(self.device)) * weight
+            loss.backward()
+        self.model.train(was_training)
+        self.gradients += 1
+        grads = [p.grad.to_local().reshape(-1) if p.grad is not None else torch.zeros(_local(p).numel(),
+                 dtype=self.dtype, device=self.device) for _, p in self.named]
+        out = torch.cat(grads).detach().clone()
+        for _, p in self.named:
+            p.grad = None
+        return out
+
+    def hvp(self, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """``H v`` by central differences with ε = ``scale`` x eps_scale / ‖v‖ (two gradients); the parameters
+        are restored bit for bit."""
+        norm = math.sqrt(self.dot(v, v))
+        if norm == 0:
+            return torch.zeros_like(v)
+        eps = scale * self.eps_scale / norm
+        try:
+            self._set(self.theta + eps * v)
+            plus = self.gradient()
+            self._set(self.theta - eps * v)
+            minus = self.gradient()
+        finally:
+            self._set(self.theta)
+        return (plus - minus) / (2 * eps)
+
+    @property
+    def hvps(self) -> int:
+        """HVPs spent (two gradients each)."""
+        return self.gradients // 2
+
+    def hvp_error(self, vectors: int = ERROR_VECTORS) -> HvpError:
+        """Measure the HVP's error at the chosen step on ``vectors`` random unit vectors (products at ε and 2ε;
+        3 x ``vectors`` extra HVPs); kept as :attr:`error` and widens every bound reported afterwards."""
+        generator = self.generator(99)
+        relative = 0.0
+        for _ in range(vectors):
+            v = self.random(generator)
+            v = v / math.sqrt(self.dot(v, v))
+            h1, h2 = self.hvp(v), self.hvp(v, 2.0)
+            diff = math.sqrt(self.dot(h2 - h1, h2 - h1))
+            relative = max(relative, diff / max(math.sqrt(self.dot(h1, h1)), 1e-300))
+        self.error = HvpError(str(self.dtype).replace("torch.", ""), self.eps_scale, relative, SAFETY * relative,
+                              vectors)
+        return self.error
+
+    # ---- estimators on shard-local vectors
+
+    def lanczos(self, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+        """``steps`` Lanczos steps with full reorthogonalisation from ``start`` (all inner products summed over
+        the ranks): the tridiagonal's α [m], β [m] (β[-1] the residual norm) and the local basis."""
+        q = start / math.sqrt(self.dot(start, start))
+        basis, alphas, betas = [q], [], []
+        for _ in range(min(steps, self.dim)):
+            w = self.hvp(basis[-1]).to(self.dtype)
+            alpha = self.dot(w, basis[-1])
+            for _ in range(2):  # full reorthogonalisation, twice is enough
+                for b in basis:
+                    w = w - self.dot(w, b) * b
+            beta = math.sqrt(max(self.dot(w, w), 0.0))
+            alphas.append(alpha)
+            betas.append(beta)
+            if beta <= 1e-12 * max(abs(alpha), 1e-300):
+                break
+            basis.append(w / beta)
+        return np.array(alphas), np.array(betas), basis[: len(alphas)]
+
+    def top_eigenvalues(self, k: int = 5, steps: int = 60) -> ShardedTop:
+        """The k largest eigenvalues from one Lanczos run, each with its residual bound |β_m u_{m,i}| widened by
+        η|θ_i| (η, the HVP's relative error, measured first when not yet measured)."""
+        if self.error is None:
+            self.hvp_error()
+        before = self.hvps
+        alphas, betas, _ = self.lanczos(self.random(self.generator(1)), steps)
+        tri = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+        values, vectors = np.linalg.eigh(tri)
+        order = np.argsort(values)[::-1][:k]
+        residual = np.abs(betas[-1] * vectors[-1, order])
+        return ShardedTop(values[order], residual, residual + self.error.eta * np.abs(values[order]),
+                          self.error.eta, len(alphas), self.hvps - before)
+
+    def trace(self, probes: int = 32) -> tuple[float, float]:
+        """Hutchinson's trace over ``probes`` Rademacher vectors: (estimate, error bar), the error bar one
+        standard error plus η|estimate| (the HVP error's share)."""
+        if self.error is None:
+            self.hvp_error()
+        generator = self.generator(2)
+        samples = []
+        for _ in range(probes):
+            z = self.random(generator, "rademacher")
+            samples.append(self.dot(z, self.hvp(z)))
+        samples = np.array(samples)
+        stderr = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
+        return float(samples.mean()), float(stderr + self.error.eta * abs(samples.mean()))
+
+    def density(self, probes: int = 2, steps: int = 40) -> tuple[np.ndarray, np.ndarray]:
+        """SLQ nodes and weights (each probe's Ritz values, weighted by the squared first components / probes)."""
+        nodes, weights = [], []
+        generator = self.generator(3)
+        for _ in range(probes):
+            alphas, betas, _ = self.lanczos(self.random(generator), steps)
+            tri = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+            values, vectors = np.linalg.eigh(tri)
+            nodes.append(values)
+            weights.append(vectors[0] ** 2 / probes)
+        return np.concatenate(nodes), np.concatenate(weights)
+
+
+def _logits(output) -> torch.Tensor:
+    from .curvature import logits_of
+
+    return logits_of(output)
+
+
+__all__ = ["HvpError", "ShardedHessian", "ShardedTop", "sharded_parameters"]
