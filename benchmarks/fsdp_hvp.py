@@ -7,7 +7,7 @@ a ResNet-18 (CIFAR stem, random initialisation, 32 digits images upsampled to 32
 One process: the model is sharded by FSDP2 over a one-rank gloo group (the product is the same code path as
 on N ranks; tests/test_fsdp.py runs two). Reference: wdbound.Hessian's double-backward / forward-over-reverse
 HVP in float64 on the same weights. For each dtype (float64, float32, bfloat16) and step scale (0.1, 1, 10 x
-the chosen eps): the largest relative error over ``--vectors`` random unit vectors, and at scale 1 the
+the eps hvp_error chose from its ladder): the largest relative error over ``--vectors`` random unit vectors, and at scale 1 the
 reported delta and the ratio error / delta (SAFETY = 10 in wdbound.fsdp covers ratios up to 10). Writes
 benchmarks/results/fsdp_hvp-<date>.json.
 """
@@ -74,7 +74,7 @@ def rows_for(name: str, vectors: int) -> list[dict]:
         fully_shard(sharded, mesh=mesh)
         H = ShardedHessian(sharded, (x.to(dtype), y))
         start = time.perf_counter()
-        delta = H.hvp_error(vectors).relative
+        delta = H.hvp_error(vectors).relative  # the step chosen from the ladder
         per_hvp = (time.perf_counter() - start) / (3 * vectors)
         for scale in SCALES:
             errors = []
@@ -84,11 +84,13 @@ def rows_for(name: str, vectors: int) -> list[dict]:
             row = {"model": name, "d": H.dim, "dtype": dtype_name, "scale": scale, "eps": H.eps_scale * scale,
                    "error": max(errors), "delta": delta if scale == 1.0 else None,
                    "ratio": max(errors) / delta if scale == 1.0 and delta > 0 else None,
-                   "seconds_per_hvp": per_hvp}
+                   "seconds_per_hvp": per_hvp, "tried": H.error.tried if scale == 1.0 else None}
             rows.append(row)
             print(f"{name:10s} d={H.dim:9d} {dtype_name:8s} eps x{scale:<4g} ({row['eps']:.2e}) error "
                   f"{row['error']:.2e}" + (f"  delta {delta:.2e}  error/delta {row['ratio']:.1f}  "
-                                           f"{per_hvp:.3f} s/HVP" if scale == 1.0 else ""), flush=True)
+                                           f"{per_hvp:.3f} s/HVP  delta per step factor "
+                                           + ", ".join(f"x{k:g}: {v:.1e}" for k, v in H.error.tried.items())
+                                           if scale == 1.0 else ""), flush=True)
     return rows
 
 

@@ -8,10 +8,13 @@ place shard by shard and restored bit for bit, and every inner product summed ov
 (``create_graph``) and ``torch.func.jvp`` do not go through FSDP2; one ordinary ``backward`` does, so an HVP
 costs two gradients of the evaluation set.
 
-**The step.** :math:`\epsilon` moves each coordinate by about :math:`u^{1/3}` times the parameters' RMS
-(``u`` the unit roundoff of the parameters' dtype: the step that balances the central difference's
+**The step.** The default :math:`\epsilon` moves each coordinate by about :math:`u^{1/3}` times the parameters'
+RMS (``u`` the unit roundoff of the parameters' dtype: the step that balances the central difference's
 :math:`O(\epsilon^2)` truncation against the :math:`u\|g\|/\epsilon` rounding of the two gradients), i.e.
-:math:`\epsilon = u^{1/3}\,\mathrm{rms}(\theta)\,/\,\mathrm{rms}(v)`.
+:math:`\epsilon = u^{1/3}\,\mathrm{rms}(\theta)\,/\,\mathrm{rms}(v)`. That balance assumes a smooth loss: a
+ReLU or max-pool network changes its activation pattern within a step (the gradient jumps), and then a smaller
+step is better. :meth:`ShardedHessian.hvp_error` therefore tries factors 1, 0.1, 0.01 and 10 on it and keeps
+the one whose products at :math:`\epsilon` and :math:`2\epsilon` agree best.
 
 **Its error.** :meth:`ShardedHessian.hvp_error` compares the products at :math:`\epsilon` and
 :math:`2\epsilon` on a few random unit vectors: :math:`\delta = \max \|h_{2\epsilon} - h_\epsilon\| /
@@ -42,6 +45,7 @@ from .errors import WdboundError
 
 SAFETY = 10.0  # eta = SAFETY x delta, the largest relative difference of the products at eps and 2 eps
 ERROR_VECTORS = 3  # random unit vectors the HVP error is measured on
+STEP_SCALES = (1.0, 0.1, 0.01, 10.0)  # factors on the default step tried by hvp_error; the smallest delta wins
 
 
 def _dist():
@@ -68,16 +72,16 @@ def _local(param: nn.Parameter) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class HvpError:
-    """The finite-difference HVP's error, measured at one step size: ``eps_scale`` (ε for a unit vector),
-    the largest relative difference ``relative`` (δ) between products at ε and 2ε over ``vectors`` unit
-    vectors, and ``eta`` = SAFETY x δ, the relative error every reported number is widened by."""
+    """The finite-difference HVP's error at the chosen step: ``eps_scale`` (ε for a unit vector), the largest
+    relative difference ``relative`` (δ) between products at ε and 2ε over ``vectors`` unit vectors, ``eta`` =
+    SAFETY x δ (the relative error every reported number is widened by), and δ at each step factor tried."""
 
     dtype: str
     eps_scale: float
     relative: float
     eta: float
     vectors: int
-
+    tried: dict  # step factor -> delta at that factor
     def to_json(self) -> dict:
         """The fields by name."""
         return asdict(self)
@@ -224,19 +228,28 @@ class ShardedHessian:
         """HVPs spent (two gradients each)."""
         return self.gradients // 2
 
-    def hvp_error(self, vectors: int = ERROR_VECTORS) -> HvpError:
-        """Measure the HVP's error at the chosen step on ``vectors`` random unit vectors (products at ε and 2ε;
-        3 x ``vectors`` extra HVPs); kept as :attr:`error` and widens every bound reported afterwards."""
+    def hvp_error(self, vectors: int = ERROR_VECTORS, scales=STEP_SCALES) -> HvpError:
+        """Choose the step and measure the HVP's error there: for each factor of ``scales`` on the default step,
+        the products at ε and 2ε on ``vectors`` random unit vectors give δ (their largest relative
+        difference); the factor with the smallest δ is kept (2 x ``vectors`` x ``len(scales)`` HVPs). The error
+        is kept as :attr:`error` and widens every bound reported afterwards."""
         generator = self.generator(99)
-        relative = 0.0
+        units = []
         for _ in range(vectors):
             v = self.random(generator)
-            v = v / math.sqrt(self.dot(v, v))
-            h1, h2 = self.hvp(v), self.hvp(v, 2.0)
-            diff = math.sqrt(self.dot(h2 - h1, h2 - h1))
-            relative = max(relative, diff / max(math.sqrt(self.dot(h1, h1)), 1e-300))
-        self.error = HvpError(str(self.dtype).replace("torch.", ""), self.eps_scale, relative, SAFETY * relative,
-                              vectors)
+            units.append(v / math.sqrt(self.dot(v, v)))
+        tried = {}
+        for scale in scales:
+            relative = 0.0
+            for v in units:
+                h1, h2 = self.hvp(v, scale), self.hvp(v, 2.0 * scale)
+                diff = math.sqrt(self.dot(h2 - h1, h2 - h1))
+                relative = max(relative, diff / max(math.sqrt(self.dot(h1, h1)), 1e-300))
+            tried[float(scale)] = relative
+        best = min(tried, key=tried.get)
+        self.eps_scale *= best
+        self.error = HvpError(str(self.dtype).replace("torch.", ""), self.eps_scale, tried[best],
+                              SAFETY * tried[best], vectors, tried)
         return self.error
 
     # ---- estimators on shard-local vectors
