@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 import wdbound  # noqa: E402
+from wdbound.errors import WdboundError  # noqa: E402
 from wdbound.fsdp import ShardedHessian  # noqa: E402
 from wdbound.provenance import library_versions  # noqa: E402
 
@@ -74,7 +75,12 @@ def rows_for(name: str, vectors: int) -> list[dict]:
         fully_shard(sharded, mesh=mesh)
         H = ShardedHessian(sharded, (x.to(dtype), y))
         start = time.perf_counter()
-        delta = H.hvp_error(vectors).relative  # the step chosen from the ladder
+        try:
+            delta = H.hvp_error(vectors).relative  # the step chosen from the ladder
+        except WdboundError as exc:
+            rows.append({"model": name, "d": H.dim, "dtype": dtype_name, "refused": str(exc)})
+            print(f"{name:10s} d={H.dim:9d} {dtype_name:8s} refused: {exc}", flush=True)
+            continue
         per_hvp = (time.perf_counter() - start) / (3 * vectors)
         for scale in SCALES:
             errors = []
