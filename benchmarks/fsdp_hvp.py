@@ -23,7 +23,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
