@@ -47,6 +47,7 @@ def main(out: str, dtype_name: str) -> None:
                    "eta": top.eta, "exact_trace": float(np.trace(dense)), "trace": trace, "trace_bar": trace_bar,
                    "w1": float(w1 / exact.max()), "error": error.to_json(), "restored": restored,
                    "hvps": H.hvps}, open(out, "w"))
+    dist.barrier()  # both ranks leave together: a rank tearing gloo down while the other still writes can abort
     dist.destroy_process_group()
 
 
