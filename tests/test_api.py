@@ -10,6 +10,7 @@ from torch.func import functional_call, hessian
 
 from conftest import raises_param
 import wdbound
+from wdbound import defaults
 from wdbound import WdboundError
 
 
@@ -334,9 +335,11 @@ def test_a_model_that_asserts_on_its_input_is_a_one_line_error():
     assert info.value.param == "loss" and "\n" not in str(info.value)
 
 
-def test_api_trace_is_the_spectrum_command_s(tiny_checkpoint, tmp_path, capsys):
-    """Hessian.trace() is `wdbound spectrum`'s estimator at its defaults (the deflated trace of the single pass),
-    not plain Hutchinson: the same number from the same seed, dtype and data, and within 3 stderr of exact."""
+def test_api_trace_is_the_spectrum_command_s_estimator_to_its_own_target(tiny_checkpoint, tmp_path, capsys):
+    """Hessian.spectrum().trace is `wdbound spectrum`'s number (same seed, dtype, data); Hessian.trace() is the
+    same estimator (deflated Hutchinson on a Lanczos run's complement) to the tighter target of the trace alone
+    (defaults.TRACE_RTOL): within 3 of its standard errors of the exact trace, and that error meets the target
+    (or the probe cap was reached), where plain Hutchinson stays 16 probes."""
     import json
 
     from conftest import run_cli
@@ -347,13 +350,36 @@ def test_api_trace_is_the_spectrum_command_s(tiny_checkpoint, tmp_path, capsys):
     cli = json.loads(out.read_text())["trace"]
     ckpt = wdbound.load_checkpoint(tiny_checkpoint)
     H = wdbound.Hessian(ckpt.model, wdbound.load_dataset("digits", "test"), dtype="float32", progress=False)
+    assert H.spectrum().trace.estimate == pytest.approx(cli["estimate"], rel=1e-5)
     api = H.trace()
     assert api.method == cli["method"] == "krylov-deflated hutchinson"
-    assert api.estimate == pytest.approx(cli["estimate"], rel=1e-5)
     exact = float(np.trace(wdbound.Hessian(ckpt.model, wdbound.load_dataset("digits", "test")).dense()))
     assert abs(api.estimate - exact) <= 3 * api.stderr + 1e-4 * abs(exact)
+    assert (api.stderr <= defaults.TRACE_RTOL * abs(api.estimate)
+            or len(api.samples) == max(defaults.TRACE_ALONE_PROBES, defaults.TRACE_MAX_PROBES))
     plain = H.trace(16, method="hutchinson")
     assert plain.method == "hutchinson" and len(plain.samples) == 16
+
+
+def test_api_trace_to_a_target_on_a_known_spectrum():
+    """On a model whose Hessian is computed exactly here, each rtol's standard error meets its target (or the
+    cap), the estimate lies within 4 standard errors of the exact trace, and a tighter target spends more."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 10))  # d = 874: the span is not the space
+    x, y = torch.randn(200, 16), torch.randint(0, 10, (200,))
+    H = wdbound.Hessian(model, (x, y), progress=False)
+    exact = float(np.trace(_dense(model, x, y, nn.functional.cross_entropy).numpy()))
+    spent = []
+    for rtol in (0.05, 0.003):
+        before = H.operator.matvecs
+        est = H.trace(rtol=rtol)
+        spent.append(H.operator.matvecs - before)
+        assert abs(est.estimate - exact) <= 4 * est.stderr + 1e-10 * abs(exact)
+        assert est.method == "krylov-deflated hutchinson"
+        assert est.stderr <= rtol * abs(est.estimate) or len(est.samples) == defaults.TRACE_MAX_PROBES
+    assert spent[1] >= spent[0]
+    with pytest.raises(WdboundError, match="rtol"):
+        H.trace(rtol=1.5)
 
 
 def _hf_reference(model, flat_names, call, labels):

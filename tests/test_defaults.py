@@ -40,3 +40,6 @@ def test_api_and_cli_read_the_same_defaults():
     assert err["rho"].default is None and Opt.rho.default is None  # both: 1/sqrt(input dimension)
     assert inspect.signature(wdbound.Hessian.density).parameters["probes"].default == defaults.PROBES == Opt.probes.default
     assert inspect.signature(wdbound.Hessian.trace).parameters["method"].default == defaults.SPECTRUM_TRACE
+    trace = inspect.signature(wdbound.Hessian.trace).parameters
+    assert trace["rtol"].default == defaults.TRACE_RTOL  # the trace alone; `spectrum`'s own is looser:
+    assert Opt.spectrum_trace_rtol.default == defaults.SPECTRUM_TRACE_RTOL > defaults.TRACE_RTOL
