@@ -53,6 +53,7 @@ from wdbound.stats import wasserstein1  # noqa: E402
 MODELS = {"digits-mlp": "digits-mlp-adamw-e40.pt", "digits-cnn": "digits-cnn-adamw-e40.pt", "gpt2-tiny": None}
 TRACE_RTOLS = (0.05, 0.02, 0.01, 0.005, 0.003, 0.002, 0.001)
 DENSITY_BUDGETS = ((2, 20), (5, 40), (10, 40), (10, 80), (20, 80))
+DENSITY_ADAPTIVE = ((5, 1e-3), (10, 2e-3), (16, 2e-3), (16, 1e-3))  # wdbound: probes, the single pass's stop
 TRACE_MATVECS = (30, 60, 100, 200, 400, 800)
 DIAGONAL_PROBES = (16, 64, 256)
 
@@ -81,7 +82,8 @@ class Ours:
 
     TASKS = ("top5", "trace", "diagonal", "density")
     LADDERS = {"trace": [(f"rtol {r}", r) for r in TRACE_RTOLS],
-               "density": [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS],
+               "density": [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS]
+               + [(f"{p}p tol {t}", (p, None, t)) for p, t in DENSITY_ADAPTIVE],
                "diagonal": [(f"{p} probes", p) for p in DIAGONAL_PROBES]}
 
     def __init__(self, model, data, dtype, loss=None) -> None:
@@ -108,7 +110,8 @@ class Ours:
         return self.counted(seed, run)
 
     def density(self, exact, seed, budget=None):
-        overrides = {} if budget is None else {"probes": budget[0], "steps": budget[1], "density_tol": 0.0}
+        overrides = ({} if budget is None else {"probes": budget[0], "steps": budget[1], "density_tol": 0.0}
+                     if len(budget) == 2 else {"probes": budget[0], "density_tol": budget[2]})
 
         def run():
             nodes, weights = self.H.spectrum(**overrides).slq.measure()

@@ -37,6 +37,10 @@ def test_sharded_finite_difference_hessian_against_the_dense_one(tmp_path, dtype
         assert abs(value - exact) <= bound, (value, exact, bound)
     assert abs(found["trace"] - found["exact_trace"]) <= 3 * found["trace_bar"]
     assert found["w1"] <= 0.02  # 2 probes x 40 steps of SLQ: its sampling error, not the HVP's
+    for err in found["err"]:  # err/d of both forms: the interval, widened for the HVP's error, covers the exact
+        low, high = err["interval"]
+        assert low <= found["exact_err"][err["form"]] <= high, err
+        assert err["eps"] == pytest.approx(err["eta"] * max(map(abs, err["support"])))
 
 
 def test_an_unsharded_model_is_a_one_line_error():

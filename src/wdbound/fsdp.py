@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .errors import WdboundError
+from .estimators.quadrature_interval import Interval
 
 SAFETY = 10.0  # eta = SAFETY x delta, the largest relative difference of the products at eps and 2 eps
 ERROR_VECTORS = 3  # random unit vectors the HVP error is measured on
@@ -87,6 +88,7 @@ class HvpError:
     eta: float
     vectors: int
     tried: dict  # step factor -> delta at that factor
+
     def to_json(self) -> dict:
         """The fields by name."""
         return asdict(self)
@@ -103,6 +105,30 @@ class ShardedTop:
     eta: float
     steps: int
     hvps: int
+
+
+@dataclass(frozen=True)
+class ShardedErr:
+    """err/d of Corollary 3 for one bound form from a sharded SLQ run: the Gauss estimate of H̃'s (the
+    finite-difference operator's) err/d, and an interval that covers H's own, widened for the products' error
+    (:func:`~wdbound.estimators.quadrature_interval.perturbed_interval`: every eigenvalue within ``eps`` = η
+    max(|low|, |high|) by Weyl). ``support`` is H̃'s (extreme Ritz values ± their residuals)."""
+
+    form: str
+    err_mean: float
+    interval: Interval
+    eps: float
+    eta: float
+    support: tuple[float, float]
+    probes: int
+    steps: int
+    hvps: int
+
+    def to_json(self) -> dict:
+        """Every field, the interval as [low, high]."""
+        return {"form": self.form, "err_mean": self.err_mean, "interval": [self.interval.low, self.interval.high],
+                "eps": self.eps, "eta": self.eta, "support": list(self.support), "probes": self.probes,
+                "steps": self.steps, "hvps": self.hvps}
 
 
 class ShardedHessian:
@@ -323,6 +349,45 @@ class ShardedHessian:
             nodes.append(values)
             weights.append(vectors[0] ** 2 / probes)
         return np.concatenate(nodes), np.concatenate(weights)
+
+
+    def err(self, inputs, forms=("adamw", "l2-adam"), probes: int = 2, steps: int = 40) -> list[ShardedErr]:
+        """err/d of Corollary 3 (``inputs``: :class:`~wdbound.bounds.BoundInputs` with ``d`` = :attr:`dim`) for each
+        of ``forms``, from ``probes`` Rademacher SLQ runs of ``steps`` Lanczos steps on the sharded products
+        (recurrences summed over the ranks, the same numbers on every rank), each with an interval widened for
+        the HVP's error η (measured first when not yet measured). The support: the largest Ritz value of a top
+        run plus its residual, the smallest over the probes minus its residual."""
+        from .bounds import corollary3_integrand
+        from .estimators.lanczos import SLQ
+        from .estimators.quadrature_interval import perturbed_interval
+
+        if inputs.d != self.dim:
+            raise WdboundError(f"the bound's d = {inputs.d} is not the sharded Hessian's {self.dim}", "d")
+        inputs.validate()
+        if self.error is None:
+            self.hvp_error()
+        before = self.hvps
+        top = self.top_eigenvalues(1, steps=max(steps, 20))
+        generator = self.generator(4)
+        runs = [self.lanczos(self.random(generator, "rademacher"), steps) for _ in range(probes)]
+        width = max(len(a) for a, _, _ in runs)
+        alphas, betas = np.zeros((probes, width)), np.zeros((probes, max(width - 1, 0)))
+        lengths, lows = np.zeros(probes, dtype=np.int64), []
+        for i, (a, b, _) in enumerate(runs):
+            n = len(a)
+            alphas[i, :n], betas[i, :n - 1], lengths[i] = a, b[:n - 1], n
+            theta, vectors = np.linalg.eigh(np.diag(a) + np.diag(b[:n - 1], 1) + np.diag(b[:n - 1], -1))
+            lows.append(float(theta[0] - abs(b[-1] * vectors[-1, 0])))
+        high = float(top.values[0] + top.residual[0])
+        support = (min(min(lows), high), high)
+        eps = self.error.eta * max(abs(support[0]), abs(support[1]))
+        run = SLQ.from_tridiagonals(alphas, betas, lengths, np.full(probes, float(self.dim)), self.dim)
+        found = []
+        for form in forms:
+            box = perturbed_interval(run, corollary3_integrand(form, inputs), support, eps).affine(1 / self.dim)
+            found.append(ShardedErr(form, box.estimate, box, eps, self.error.eta, support, probes, steps,
+                                    self.hvps - before))
+        return found
 
 
 def _logits(output) -> torch.Tensor:

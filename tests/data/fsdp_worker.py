@@ -39,6 +39,10 @@ def main(out: str, dtype_name: str) -> None:
     top = H.top_eigenvalues(3, steps=60)
     trace, trace_bar = H.trace(48)
     nodes, weights = H.density(2, 40)
+    from wdbound.bounds import BoundInputs, corollary3_exact
+    inputs = BoundInputs(d=H.dim, n=1437, b=64, eta=1e-3, lam=5e-2, rho=0.125)
+    errs = H.err(inputs, probes=2, steps=40)
+    exact_err = {form: corollary3_exact(exact, form, inputs).err_mean for form in ("adamw", "l2-adam")}
     restored = all(torch.equal(p.full_tensor(), original[n]) for n, p in model.named_parameters())
     if rank == 0:
         w1 = wasserstein1(nodes, weights / weights.sum(), exact, np.full(len(exact), 1 / len(exact)))
@@ -46,7 +50,7 @@ def main(out: str, dtype_name: str) -> None:
                    "top": top.values.tolist(), "residual": top.residual.tolist(), "bounds": top.bounds.tolist(),
                    "eta": top.eta, "exact_trace": float(np.trace(dense)), "trace": trace, "trace_bar": trace_bar,
                    "w1": float(w1 / exact.max()), "error": error.to_json(), "restored": restored,
-                   "hvps": H.hvps}, open(out, "w"))
+                   "hvps": H.hvps, "err": [e.to_json() for e in errs], "exact_err": exact_err}, open(out, "w"))
     dist.barrier()  # both ranks leave together: a rank tearing gloo down while the other still writes can abort
     dist.destroy_process_group()
 

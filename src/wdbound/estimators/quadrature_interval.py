@@ -71,7 +71,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -463,3 +463,80 @@ def quadrature_half_width(run, f: PiecewiseMonotone, support: tuple[float, float
     """Mean half-width of the per-probe brackets: the part of the interval more Lanczos steps would shrink."""
     lower, upper = probe_brackets(run, f, support)
     return float(np.mean(upper - lower)) / 2
+
+
+def monotone_parts(f: PiecewiseMonotone, origin: float) -> tuple[PiecewiseMonotone, PiecewiseMonotone]:
+    r"""Two non-decreasing functions ``(P, N)`` with :math:`f(t) = f(\mathrm{origin}) + P(t) - N(t)` for
+    :math:`t \ge` ``origin``: P the rises of f between ``origin`` and t, N its falls (the Jordan decomposition of a
+    piecewise-monotone function, summed exactly over its monotone pieces).
+
+    >>> f = PiecewiseMonotone(lambda t: (t - 1.0) ** 2, breakpoints=(1.0,))
+    >>> P, N = monotone_parts(f, 0.0)
+    >>> t = np.array([0.0, 0.5, 1.0, 3.0])
+    >>> (f(np.zeros(1)) + P(t) - N(t)).tolist(), P(t).tolist(), N(t).tolist()
+    ([1.0, 0.25, 0.0, 4.0], [0.0, 0.0, 0.0, 4.0], [0.0, 0.75, 1.0, 1.0])
+    """
+    nodes = np.array([origin] + sorted(b for b in f.breakpoints if b > origin), dtype=np.float64)
+    values = f(nodes)
+    steps = np.diff(values)
+    rises = np.concatenate([[0.0], np.cumsum(np.maximum(steps, 0.0))])
+    falls = np.concatenate([[0.0], np.cumsum(np.maximum(-steps, 0.0))])
+
+    def part(sign: float, before: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def fn(t):
+            t = np.maximum(np.asarray(t, dtype=np.float64), origin)
+            piece = np.searchsorted(nodes, t, side="right") - 1
+            return before[piece] + np.maximum(sign * (f(t) - values[piece]), 0.0)
+        return fn
+
+    return (PiecewiseMonotone(part(1.0, rises), f.breakpoints), PiecewiseMonotone(part(-1.0, falls), f.breakpoints))
+
+
+def perturbed_interval(run, f: PiecewiseMonotone, support: tuple[float, float], eps: float,
+                       shift_directions: int | None = 0, points: int = RADAU_POINTS) -> Interval:
+    r"""``tr f(H)`` when the run's products were those of :math:`\tilde H = H + E` with :math:`\|E\| \le`
+    ``eps`` (an approximate HVP, e.g. a finite difference): an interval that covers :math:`\mathrm{tr} f(H)`.
+
+    By Weyl's inequality each eigenvalue of H lies within ``eps`` of one of :math:`\tilde H`'s, in order. With
+    :func:`monotone_parts` :math:`f = f(o) + P - N` (P, N non-decreasing, o below the widened support),
+    :math:`\sum_i P(\lambda_i) \le \mathrm{tr}\,P(\tilde H + \epsilon I)` and
+    :math:`\sum_i N(\lambda_i) \ge \mathrm{tr}\,N(\tilde H - \epsilon I)` (and the other way round for the
+    lower end). :math:`\tilde H \pm \epsilon I` has the run's Lanczos vectors with every α shifted by
+    :math:`\pm\epsilon`, so each of the four traces is :func:`trace_interval` of a shifted copy of the run on the
+    support widened by ``eps``: the interval is ``d f(o)`` + the upper (lower) end of P's shifted up (down)
+    − the lower (upper) end of N's shifted down (up). The estimate is the unshifted run's Gauss estimate.
+    Each of the two ends uses two intervals at the run's multiplier (a union of two tail events).
+
+    >>> import torch
+    >>> from wdbound.curvature import DenseOperator
+    >>> from wdbound.estimators.lanczos import lanczos, slq_from_run
+    >>> ev = np.linspace(-1.0, 4.0, 30)
+    >>> run = slq_from_run(lanczos(DenseOperator(torch.diag(torch.from_numpy(ev + 1e-3))),
+    ...                            torch.ones(1, 30, dtype=torch.float64), 30), 30)  # H~ = H + 1e-3 I
+    >>> f = PiecewiseMonotone(lambda t: (t - 1.0) ** 2, breakpoints=(1.0,))
+    >>> box = perturbed_interval(run, f, (-1.0 + 1e-3, 4.0 + 1e-3), 1e-3)
+    >>> plain = trace_interval(run, f, (-1.0 + 1e-3, 4.0 + 1e-3), shift_directions=0)  # H~'s own, not H's
+    >>> bool(box.low <= float(np.sum((ev - 1.0) ** 2)) <= box.high), bool(box.half_width > plain.half_width)
+    (True, True)
+    """
+    if eps < 0 or not math.isfinite(eps):
+        raise ValueError(f"eps = {eps} must be finite and >= 0")
+    if run.null_weight or run.atom_count:
+        raise ValueError("a run with deflated exact zeros or Ritz atoms: their eigenvalues are not shifted by E")
+    low, high = float(support[0]) - eps, float(support[1]) + eps
+    origin = low - 1.0 - abs(low)
+    P, N = monotone_parts(f, origin)
+
+    def shifted(delta: float):
+        return replace(run, alphas=np.asarray(run.alphas, dtype=np.float64) + delta,
+                       nodes=[np.asarray(n, dtype=np.float64) + delta for n in run.nodes], run=None)
+
+    up, down = shifted(eps), shifted(-eps)
+    p_up, p_down = (trace_interval(r, P, (low, high), shift_directions=shift_directions, points=points)
+                    for r in (up, down))
+    n_up, n_down = (trace_interval(r, N, (low, high), shift_directions=shift_directions, points=points)
+                    for r in (up, down))
+    base = run.dim * float(f(np.array([origin]))[0])
+    estimate = float(np.mean(run.quadrature(f)))
+    lower, upper = base + p_down.low - n_up.high, base + p_up.high - n_down.low
+    return Interval(estimate, min(lower, estimate), max(upper, estimate))
