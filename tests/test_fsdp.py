@@ -80,3 +80,34 @@ def test_a_noisy_finite_difference_product_is_refused(tmp_path):
         assert all(torch.equal(a.full_tensor(), b) for a, b in zip(model.parameters(), original))  # restored
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_spectrum_command_with_fsdp_beside_the_one_process_run(tiny_checkpoint, tmp_path, capsys):
+    """`torchrun --nproc-per-node 2 -m wdbound spectrum CKPT --fsdp`: the model sharded over both processes,
+    top-k within their widened bounds of the one-process exact eigenvalues (`spectrum --exact on`), the trace
+    within its bar of the exact trace, rank 0 alone writing the JSON; without torchrun, one line and exit 2."""
+    from conftest import run_cli
+
+    exact_json = tmp_path / "exact.json"
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--exact", "on", "--dtype", "float64", "--no-cache",
+                            "--json", exact_json], capsys)
+    assert code == 0, err
+    exact = json.loads(exact_json.read_text())["exact"]
+    out = tmp_path / "sharded.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(29500 + os.getpid() % 150), "-m", "wdbound", "spectrum", str(tiny_checkpoint), "--fsdp",
+               "--dtype", "float64", "--top-k", "3", "--no-cache", "--json", str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("sharded over 2 processes") == 1  # rank 0 alone prints
+    found = json.loads(out.read_text())
+    assert found["world"] == 2 and found["local_d"] * 2 == found["d"] == len(exact["eigenvalues"])
+    top_exact = sorted(exact["eigenvalues"], reverse=True)[:3]
+    for value, bound, truth in zip(found["top"]["values"], found["top"]["bounds"], top_exact):
+        assert abs(value - truth) <= bound + 1e-12, (value, truth, bound)
+    assert abs(found["trace"]["estimate"] - exact["trace"]) <= 3 * found["trace"]["bar"]
+    assert found["hvp_error"]["relative"] <= 1e-8
+    code, _, err = run_cli(["spectrum", tiny_checkpoint, "--fsdp", "--no-cache"], capsys)
+    assert code == 2 and "torchrun" in err and len(err.strip().splitlines()) == 1

@@ -174,6 +174,7 @@ class ShardedHessian:
         self.eps_scale = self.unit_roundoff ** (1 / 3) * max(theta_rms, 1e-3) * math.sqrt(self.dim)
         self.gradients = 0
         self.error: HvpError | None = None
+        self.on_hvps: Callable[[int], None] | None = None  # called with 1 after each HVP (a progress bar)
 
     # ---- collectives and vectors
 
@@ -252,6 +253,8 @@ class ShardedHessian:
             minus = self.gradient()
         finally:
             self._set(self.theta)
+        if self.on_hvps is not None:
+            self.on_hvps(1)
         return (plus - minus) / (2 * eps)
 
     @property
@@ -388,6 +391,118 @@ class ShardedHessian:
             found.append(ShardedErr(form, box.estimate, box, eps, self.error.eta, support, probes, steps,
                                     self.hvps - before))
         return found
+
+
+SHARDED_TRACE_PROBES = 32  # `spectrum --fsdp`: Hutchinson probes of the trace (no Krylov deflation there yet)
+SHARDED_TOP_STEPS = 60  # `spectrum --fsdp`: steps of the top-k Lanczos run (at least 2 k + 10)
+
+
+@dataclass(frozen=True)
+class ShardedSpectrum:
+    """What ``wdbound spectrum --fsdp`` computes on a model sharded over the torchrun processes: top-k with
+    bounds widened by η, the trace with its bar (stderr + η|tr|), the SLQ density, the HVP's measured error, and
+    how it was run."""
+
+    top: ShardedTop
+    trace: float
+    trace_bar: float
+    nodes: np.ndarray
+    weights: np.ndarray
+    error: HvpError
+    dim: int
+    local_dim: int
+    world: int
+    n_eval: int
+    hvps: int
+    seconds: float
+    provenance: dict
+
+    def to_json(self) -> dict:
+        """Every figure with the inputs and choices that produced it."""
+        return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
+                "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
+                "hvp_error": self.error.to_json(),
+                "top": {"values": self.top.values.tolist(), "residuals": self.top.residual.tolist(),
+                        "bounds": self.top.bounds.tolist(), "eta": self.top.eta, "steps": self.top.steps},
+                "trace": {"estimate": self.trace, "bar": self.trace_bar, "probes": SHARDED_TRACE_PROBES,
+                          "method": "hutchinson (finite-difference HVPs)"},
+                "density": {"nodes": self.nodes.tolist(), "weights": self.weights.tolist()},
+                "provenance": self.provenance}
+
+
+def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``fully_shard`` every submodule that owns parameters directly (one FSDP unit each), then the root, over
+    all the processes of the group (``--fsdp``). The model is sharded in place and returned."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist = _dist()
+    world = dist.get_world_size() if dist is not None else 1
+    mesh = init_device_mesh(device.type, (world,))
+    for module in list(model.modules()):
+        if module is not model and next(module.parameters(recurse=False), None) is not None:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = None) -> ShardedSpectrum:
+    """``wdbound spectrum --fsdp``: the checkpoint's model copied, cast to ``settings.dtype``, sharded over the
+    torchrun processes (:func:`shard_model`), its evaluation data (``--data``, ``--split``, ``--max-samples`` with
+    ``--subset-seed``, as the unsharded path draws them) split among the ranks, and from finite-difference
+    products: the HVP error, top-k (``SHARDED_TOP_STEPS`` Lanczos steps), the trace (``SHARDED_TRACE_PROBES``
+    Rademacher probes) and the SLQ density (``settings.probes`` x ``settings.steps``)."""
+    import copy
+    import time
+
+    from .curvature import resolve_device, resolve_dtype
+    from .data import evaluation_subset, first_tensor, load_dataset
+    from .distributed import local_device
+    from .models import image_size
+    from .spectrum import evaluation_data, loss_function
+
+    dist = _dist()
+    if dist is None or dist.get_world_size() < 2:
+        raise WdboundError("--fsdp shards the model over torchrun's processes: start it with "
+                           "torchrun --nproc-per-node N (N >= 2)", "fsdp")
+    if settings.params:
+        raise WdboundError("--fsdp takes the Hessian of every parameter: --params is not supported there", "params")
+    start = time.perf_counter()
+    dtype, device = resolve_dtype(settings.dtype), local_device(resolve_device(settings.device))
+    spec = evaluation_data(ckpt, settings)
+    dataset = load_dataset(spec, settings.split, image_size(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")))
+    subset = evaluation_subset(len(dataset), settings.max_samples, settings.subset_seed)
+    indices = subset.tolist() if subset is not None else range(len(dataset))
+    items = [dataset[i] for i in indices]
+    if not all(isinstance(x, torch.Tensor) for x, _ in items):
+        raise WdboundError("--fsdp takes datasets of (tensor, label) examples; this one has "
+                           f"{type(first_tensor(items[0][0])).__name__} inputs", "data")
+    x = torch.stack([x for x, _ in items]).to(dtype)
+    y = torch.tensor([int(label) for _, label in items])
+    model = copy.deepcopy(ckpt.model).to(device=device, dtype=dtype).eval()
+    shard_model(model, device)
+    H = ShardedHessian(model, (x, y), loss_function(settings.loss), batch_size=settings.batch_size,
+                       seed=settings.seed)
+    H.on_hvps = on_hvps
+    error = H.hvp_error()
+    resolved = settings.for_dim(H.dim)
+    top = H.top_eigenvalues(resolved.top_k, steps=max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10))
+    trace, bar = H.trace(SHARDED_TRACE_PROBES)
+    nodes, weights = H.density(resolved.probes, resolved.steps)
+    provenance = {"checkpoint": str(ckpt.path), "data": spec, "split": settings.split,
+                  "max_samples": settings.max_samples, "subset_seed": settings.subset_seed, "seed": settings.seed,
+                  "dtype": str(dtype).removeprefix("torch."), "device": str(device), "probes": resolved.probes,
+                  "steps": resolved.steps, "top_k": resolved.top_k, "loss": settings.loss,
+                  "hvp": "central difference of FSDP2 gradients"}
+    return ShardedSpectrum(top, trace, bar, nodes, weights, error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
+                           time.perf_counter() - start, provenance)
+
+
+def expected_sharded_hvps(settings, dim: int) -> int:
+    """The HVPs :func:`sharded_spectrum` spends: the step ladder, top-k, trace and density (for a progress bar)."""
+    resolved = settings.for_dim(dim)
+    return (2 * ERROR_VECTORS * len(STEP_SCALES) + max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10)
+            + SHARDED_TRACE_PROBES + resolved.probes * resolved.steps)
 
 
 def _logits(output) -> torch.Tensor:

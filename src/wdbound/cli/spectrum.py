@@ -31,6 +31,7 @@ def spectrum(
     trace_rtol: float = Opt.spectrum_trace_rtol, per_layer: bool = Opt.spectrum_per_layer, backend: str = Opt.spectrum_backend,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard the model with FSDP2 over the processes and take top-k, trace and density from finite-difference HVPs, their error measured and added to each bound (docs/scale.md)."),
 ) -> None:
     """Hessian spectrum of a checkpoint: top eigenvalues, SLQ density, trace and diagonal (+ exact with --exact)."""
     from ..io_utils import check_output, write_json_atomic
@@ -42,6 +43,10 @@ def spectrum(
     check_plot_path(plot)
     opts = dict(ctx.params)
     ckpt = load_from(opts)
+    if fsdp:
+        sharded_spectrum_command(ckpt, settings_from(opts, keys=SPECTRUM_KEYS, diagonal="hutchinson", exact=False),
+                                 json_path, per_layer or plot is not None)
+        return
     settings = settings_from(opts, keys=SPECTRUM_KEYS, diagonal="hutchinson",
                              exact=resolve_exact(exact, count_parameters(ckpt.model)))
     cache = make_cache(cache_dir, no_cache)
@@ -56,6 +61,39 @@ def spectrum(
         return
     render_spectrum(result)
     write_spectrum_outputs(result, plot, json_path, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
+
+
+def sharded_spectrum_command(ckpt, settings, json_path: Optional[Path], unsupported: bool) -> None:
+    """``spectrum --fsdp``: :func:`wdbound.fsdp.sharded_spectrum` with a progress bar, its figures, its JSON."""
+    from ..distributed import is_main
+    from ..errors import WdboundError
+    from ..fsdp import expected_sharded_hvps, sharded_spectrum
+    from ..io_utils import write_json_atomic
+    from ..models import count_parameters
+
+    if unsupported:
+        raise WdboundError("--fsdp gives top-k, trace and density: --per-layer and --plot are not supported there",
+                           "fsdp")
+    with progress_bar() as bar:
+        observer = BarObserver(bar, on_failed=print_error)
+        observer.start(ckpt.path.name, expected_sharded_hvps(settings, count_parameters(ckpt.model)))
+        result = sharded_spectrum(ckpt, settings, observer.hvps)
+        observer.done(result.hvps)
+    e = result.error
+    say(f"d = {result.dim} parameters sharded over {result.world} processes ({result.local_dim} on this one), "
+        f"n_eval = {result.n_eval} examples ({settings.split} split)")
+    say(f"finite-difference HVPs ({e.dtype}): products at eps and 2 eps differ by delta = {e.relative:.2g} at the "
+        f"chosen step; every bound below is widened by eta = {e.eta:.2g} (10 delta) of its value")
+    top = ", ".join(f"{v:.6g} +/- {b:.2g}" for v, b in zip(result.top.values, result.top.bounds))
+    say(f"top {len(result.top.values)} eigenvalues ({result.top.steps} Lanczos steps): {top}")
+    say(f"trace: {result.trace:.6g} +/- {result.trace_bar:.2g} (Hutchinson, {result.provenance['probes']} x "
+        f"{result.provenance['steps']} SLQ beside it; the bar is one standard error + eta |trace|)")
+    nodes = result.nodes
+    say(f"SLQ ({result.provenance['probes']} probes): Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; "
+        f"negative eigenvalue mass {100 * float(result.weights[nodes < 0].sum() / result.weights.sum()):.2f}%")
+    say(f"{result.hvps} HVPs in {result.seconds:.1f} s")
+    if json_path is not None and is_main():  # rank 0 alone writes
+        say(f"wrote {write_json_atomic(json_path, result.to_json())}")
 
 
 def write_spectrum_outputs(result, plot: Optional[Path], json_path: Optional[Path], title: str) -> None:
