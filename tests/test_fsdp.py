@@ -111,3 +111,29 @@ def test_spectrum_command_with_fsdp_beside_the_one_process_run(tiny_checkpoint, 
     assert found["hvp_error"]["relative"] <= 1e-8
     code, _, err = run_cli(["spectrum", tiny_checkpoint, "--fsdp", "--no-cache"], capsys)
     assert code == 2 and "torchrun" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_err_command_with_fsdp_covers_the_exact_err(tiny_checkpoint, tmp_path, capsys):
+    """`torchrun --nproc-per-node 2 -m wdbound err CKPT --fsdp --optimizer adamw`: err/d's interval, widened for
+    the finite-difference error, covers the one-process exact err/d (`err --exact on`); the same inputs."""
+    from conftest import run_cli
+
+    exact_json = tmp_path / "exact.json"
+    code, _, err = run_cli(["err", tiny_checkpoint, "--exact", "on", "--optimizer", "adamw", "--no-cache",
+                            "--json", exact_json], capsys)
+    assert code == 0, err
+    exact = json.loads(exact_json.read_text())
+    out = tmp_path / "sharded-err.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(29650 + os.getpid() % 40), "-m", "wdbound", "err", str(tiny_checkpoint), "--fsdp",
+               "--optimizer", "adamw", "--steps", "200", "--no-cache", "--json", str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(out.read_text())
+    low, high = found["forms"]["adamw"]["interval"]
+    truth = exact["adamw"]["err_mean"]
+    assert low <= truth <= high, (low, truth, high)
+    assert found["inputs"]["d"] == found["d"] and found["inputs"]["eta"] == exact["inputs"]["eta"]
+    assert found["world"] == 2 and found["hvp_error"]["relative"] <= 1e-8

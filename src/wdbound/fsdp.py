@@ -358,8 +358,8 @@ class ShardedHessian:
         """err/d of Corollary 3 (``inputs``: :class:`~wdbound.bounds.BoundInputs` with ``d`` = :attr:`dim`) for each
         of ``forms``, from ``probes`` Rademacher SLQ runs of ``steps`` Lanczos steps on the sharded products
         (recurrences summed over the ranks, the same numbers on every rank), each with an interval widened for
-        the HVP's error η (measured first when not yet measured). The support: the largest Ritz value of a top
-        run plus its residual, the smallest over the probes minus its residual."""
+        the HVP's error η (measured first when not yet measured). The support: the probes' extreme Ritz values
+        widened by their residuals (the extreme Ritz values converge first: Kaniel–Paige)."""
         from .bounds import corollary3_integrand
         from .estimators.lanczos import SLQ
         from .estimators.quadrature_interval import perturbed_interval
@@ -370,19 +370,18 @@ class ShardedHessian:
         if self.error is None:
             self.hvp_error()
         before = self.hvps
-        top = self.top_eigenvalues(1, steps=max(steps, 20))
         generator = self.generator(4)
         runs = [self.lanczos(self.random(generator, "rademacher"), steps) for _ in range(probes)]
         width = max(len(a) for a, _, _ in runs)
         alphas, betas = np.zeros((probes, width)), np.zeros((probes, max(width - 1, 0)))
-        lengths, lows = np.zeros(probes, dtype=np.int64), []
+        lengths, lows, highs = np.zeros(probes, dtype=np.int64), [], []
         for i, (a, b, _) in enumerate(runs):
             n = len(a)
             alphas[i, :n], betas[i, :n - 1], lengths[i] = a, b[:n - 1], n
             theta, vectors = np.linalg.eigh(np.diag(a) + np.diag(b[:n - 1], 1) + np.diag(b[:n - 1], -1))
             lows.append(float(theta[0] - abs(b[-1] * vectors[-1, 0])))
-        high = float(top.values[0] + top.residual[0])
-        support = (min(min(lows), high), high)
+            highs.append(float(theta[-1] + abs(b[-1] * vectors[-1, -1])))
+        support = (min(lows), max(highs))
         eps = self.error.eta * max(abs(support[0]), abs(support[1]))
         run = SLQ.from_tridiagonals(alphas, betas, lengths, np.full(probes, float(self.dim)), self.dim)
         found = []
@@ -446,14 +445,12 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = None) -> ShardedSpectrum:
-    """``wdbound spectrum --fsdp``: the checkpoint's model copied, cast to ``settings.dtype``, sharded over the
-    torchrun processes (:func:`shard_model`), its evaluation data (``--data``, ``--split``, ``--max-samples`` with
-    ``--subset-seed``, as the unsharded path draws them) split among the ranks, and from finite-difference
-    products: the HVP error, top-k (``SHARDED_TOP_STEPS`` Lanczos steps), the trace (``SHARDED_TRACE_PROBES``
-    Rademacher probes) and the SLQ density (``settings.probes`` x ``settings.steps``)."""
+def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tuple["ShardedHessian", dict]:
+    """The checkpoint's model copied, cast to ``settings.dtype``, sharded over the torchrun processes
+    (:func:`shard_model`), and its evaluation data (``--data``, ``--split``, ``--max-samples`` with
+    ``--subset-seed``, drawn as the unsharded path draws them) split among the ranks: the operator and the
+    provenance of the inputs."""
     import copy
-    import time
 
     from .curvature import resolve_device, resolve_dtype
     from .data import evaluation_subset, first_tensor, load_dataset
@@ -467,7 +464,6 @@ def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = Non
                            "torchrun --nproc-per-node N (N >= 2)", "fsdp")
     if settings.params:
         raise WdboundError("--fsdp takes the Hessian of every parameter: --params is not supported there", "params")
-    start = time.perf_counter()
     dtype, device = resolve_dtype(settings.dtype), local_device(resolve_device(settings.device))
     spec = evaluation_data(ckpt, settings)
     dataset = load_dataset(spec, settings.split, image_size(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")))
@@ -484,25 +480,80 @@ def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = Non
     H = ShardedHessian(model, (x, y), loss_function(settings.loss), batch_size=settings.batch_size,
                        seed=settings.seed)
     H.on_hvps = on_hvps
+    provenance = {"checkpoint": str(ckpt.path), "data": spec, "split": settings.split,
+                  "max_samples": settings.max_samples, "subset_seed": settings.subset_seed, "seed": settings.seed,
+                  "dtype": str(dtype).removeprefix("torch."), "device": str(device), "loss": settings.loss,
+                  "hvp": "central difference of FSDP2 gradients"}
+    return H, provenance
+
+
+def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = None) -> ShardedSpectrum:
+    """``wdbound spectrum --fsdp`` (:func:`_sharded_setup`): from finite-difference products, the HVP error,
+    top-k (``SHARDED_TOP_STEPS`` Lanczos steps), the trace (``SHARDED_TRACE_PROBES`` Rademacher probes) and the
+    SLQ density (``settings.probes`` x ``settings.steps``)."""
+    import time
+
+    start = time.perf_counter()
+    H, provenance = _sharded_setup(ckpt, settings, on_hvps)
     error = H.hvp_error()
     resolved = settings.for_dim(H.dim)
     top = H.top_eigenvalues(resolved.top_k, steps=max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10))
     trace, bar = H.trace(SHARDED_TRACE_PROBES)
     nodes, weights = H.density(resolved.probes, resolved.steps)
-    provenance = {"checkpoint": str(ckpt.path), "data": spec, "split": settings.split,
-                  "max_samples": settings.max_samples, "subset_seed": settings.subset_seed, "seed": settings.seed,
-                  "dtype": str(dtype).removeprefix("torch."), "device": str(device), "probes": resolved.probes,
-                  "steps": resolved.steps, "top_k": resolved.top_k, "loss": settings.loss,
-                  "hvp": "central difference of FSDP2 gradients"}
+    provenance.update(probes=resolved.probes, steps=resolved.steps, top_k=resolved.top_k)
     return ShardedSpectrum(top, trace, bar, nodes, weights, error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
                            time.perf_counter() - start, provenance)
 
 
-def expected_sharded_hvps(settings, dim: int) -> int:
-    """The HVPs :func:`sharded_spectrum` spends: the step ladder, top-k, trace and density (for a progress bar)."""
+@dataclass(frozen=True)
+class ShardedErrReport:
+    """What ``wdbound err --fsdp`` computes: err/d of each form with its widened interval, the HVP's error, the
+    bound's inputs and how it was run."""
+
+    errs: tuple[ShardedErr, ...]
+    error: HvpError
+    inputs: object  # BoundInputs
+    dim: int
+    local_dim: int
+    world: int
+    n_eval: int
+    hvps: int
+    seconds: float
+    provenance: dict
+
+    def to_json(self) -> dict:
+        """Every figure with the inputs and choices that produced it."""
+        return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
+                "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
+                "hvp_error": self.error.to_json(), "inputs": self.inputs.to_json(),
+                "forms": {e.form: e.to_json() for e in self.errs}, "provenance": self.provenance}
+
+
+def sharded_err(ckpt, settings, inputs, forms, on_hvps: Callable[[int], None] | None = None) -> ShardedErrReport:
+    """``wdbound err --fsdp`` (:func:`_sharded_setup`): err/d of Corollary 3 for ``forms`` from ``settings.probes``
+    SLQ runs of ``settings.steps`` steps (err's defaults), each interval widened for the finite-difference
+    error (:meth:`ShardedHessian.err`). No Theorem 6/7 term: it needs Q's diagonal (d more HVPs)."""
+    import time
+
+    start = time.perf_counter()
+    H, provenance = _sharded_setup(ckpt, settings, on_hvps)
+    error = H.hvp_error()
+    resolved = settings.for_dim(H.dim)
+    errs = H.err(inputs, forms, probes=resolved.probes, steps=resolved.steps)
+    provenance.update(probes=resolved.probes, steps=resolved.steps)
+    return ShardedErrReport(tuple(errs), error, inputs, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
+                            time.perf_counter() - start, provenance)
+
+
+def expected_sharded_hvps(settings, dim: int, command: str = "spectrum") -> int:
+    """The HVPs :func:`sharded_spectrum` (``command="err"``: :func:`sharded_err`) spends: the step ladder, then
+    top-k, trace and density, or the err runs (for a progress bar)."""
     resolved = settings.for_dim(dim)
-    return (2 * ERROR_VECTORS * len(STEP_SCALES) + max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10)
-            + SHARDED_TRACE_PROBES + resolved.probes * resolved.steps)
+    ladder = 2 * ERROR_VECTORS * len(STEP_SCALES)
+    if command == "err":
+        return ladder + resolved.probes * resolved.steps
+    return (ladder + max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10) + SHARDED_TRACE_PROBES
+            + resolved.probes * resolved.steps)
 
 
 def _logits(output) -> torch.Tensor:

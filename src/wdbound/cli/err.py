@@ -37,6 +37,7 @@ def err(
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
     workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard the model with FSDP2 over the processes; err/d from finite-difference HVPs, each interval widened for their measured error (docs/scale.md)."),
 ) -> None:
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
     from ..analysis import bound_inputs, evaluate_err, parse_sweep
@@ -49,6 +50,13 @@ def err(
     sweeps = [parse_sweep(item) for item in sweep]
     ckpt = load_from(opts, lr=lr, wd=wd, batch_size=batch_size, n_train=n_train)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(opts["params"]))
+    if fsdp:
+        if sweeps or opts["theorem"] == "on" or opts["exact"] == "on":
+            raise WdboundError("--fsdp gives err/d of Corollary 3 by SLQ: --sweep, --theorem on and --exact on are "
+                               "not supported there", "fsdp")
+        settings, _ = err_settings({**opts, "exact": "off", "theorem": "off"}, inputs.d)
+        sharded_err_command(ckpt, settings, inputs, forms, json_path)
+        return
     settings, with_theorem = err_settings(opts, inputs.d)
     with progress_bar() as bar:
         report = evaluate_err(ckpt, settings, inputs, forms, sweeps=sweeps, cache=make_cache(cache_dir, no_cache),
@@ -56,6 +64,36 @@ def err(
                               theorem=with_theorem)
     render_err(report, ckpt.path.name, settings)
     if json_path is not None:
+        say(f"wrote {write_json_atomic(json_path, report.to_json())}")
+
+
+def sharded_err_command(ckpt, settings, inputs, forms, json_path: Optional[Path]) -> None:
+    """``err --fsdp``: :func:`wdbound.fsdp.sharded_err` with a progress bar, its table, its JSON (rank 0)."""
+    from ..distributed import is_main
+    from ..fsdp import expected_sharded_hvps, sharded_err
+    from ..io_utils import write_json_atomic
+
+    with progress_bar() as bar:
+        observer = BarObserver(bar, on_failed=print_error)
+        observer.start(ckpt.path.name, expected_sharded_hvps(settings, inputs.d, "err"))
+        report = sharded_err(ckpt, settings, inputs, forms, observer.hvps)
+        observer.done(report.hvps)
+    e = report.error
+    table = Table(title=escape(f"{ckpt.path.name}: err/d sharded over {report.world} processes (SLQ on "
+                               "finite-difference HVPs, [interval covering the exact value, widened for their error])"))
+    table.add_column("quantity")
+    for item in report.errs:
+        table.add_column(FORM_TITLES[item.form], justify="right")
+    table.add_row("err_mean = err/d (Table I)", *[_interval(item.err_mean, item.interval) for item in report.errs])
+    table.add_row("eigenvalue shift allowed (eps)", *[f"{item.eps:.2g}" for item in report.errs])
+    console.print(table)
+    p = report.inputs
+    say(f"finite-difference HVPs ({e.dtype}): delta = {e.relative:.2g} between the products at eps and 2 eps; "
+        f"eta = {e.eta:.2g}; every eigenvalue within eta x the spectral radius, by Weyl")
+    say(f"inputs: d={p.d} n={p.n} b={p.b} eta={p.eta:g} lambda={p.lam:g} rho={p.rho:g} tau={p.tau:g} "
+        f"sigma_floor={p.sigma_floor:g}; {report.provenance['probes']} x {report.provenance['steps']} SLQ; "
+        f"{report.hvps} HVPs in {report.seconds:.1f} s; Theorem 6/7 terms not computed (--fsdp)")
+    if json_path is not None and is_main():
         say(f"wrote {write_json_atomic(json_path, report.to_json())}")
 
 
