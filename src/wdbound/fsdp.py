@@ -38,7 +38,7 @@ the same number of backward passes (padding with zero-weight passes), since each
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -175,6 +175,15 @@ class ShardedHessian:
         self.gradients = 0
         self.error: HvpError | None = None
         self.on_hvps: Callable[[int], None] | None = None  # called with 1 after each HVP (a progress bar)
+        self.memory_plan: ShardedMemoryPlan | None = None  # the per-rank plan (set by the command's setup)
+
+    def measured_plan(self) -> ShardedMemoryPlan | None:
+        """The memory plan with the peak measured so far, the largest over the ranks (None without a plan)."""
+        from .memory import peak_bytes
+
+        if self.memory_plan is None:
+            return None
+        return replace(self.memory_plan, peak_measured=int(self._max(peak_bytes(self.device))))
 
     # ---- collectives and vectors
 
@@ -392,6 +401,49 @@ class ShardedHessian:
         return found
 
 
+@dataclass(frozen=True)
+class ShardedMemoryPlan:
+    """Bytes one rank holds in a sharded analysis (:func:`sharded_memory_plan`), and after the run the peak it
+    measured (the largest over the ranks: ``VmHWM`` on the CPU, max allocated on CUDA)."""
+
+    baseline: int  # held before the analysis (torch, the checkpoint, the evaluation data)
+    shard: int  # this rank's parameter shard, its gradient shard, the saved θ and the two gradients of an HVP
+    gathered: int  # the largest FSDP unit all-gathered in full (its parameters and gradients) during a pass
+    data: int  # this rank's share of the evaluation examples, in the analysis dtype
+    activations: int  # one forward/backward pass of a batch
+    lanczos: int  # the largest Lanczos run's local basis and work vectors
+    peak_measured: int | None = None
+
+    @property
+    def peak(self) -> int:
+        """Planned peak per rank."""
+        return self.baseline + self.shard + self.gathered + self.data + self.activations + self.lanczos
+
+    def to_json(self) -> dict:
+        """Every part, the planned peak and the measured one."""
+        return {**asdict(self), "peak": self.peak}
+
+
+def sharded_memory_plan(model: nn.Module, example: torch.Tensor, *, world: int, dtype: torch.dtype,
+                        examples_per_rank: int, batch_size: int, steps: int, baseline: int) -> ShardedMemoryPlan:
+    """What one of ``world`` ranks holds, from the unsharded ``model`` (before ``fully_shard``) and one input
+    ``example``: its 1/world share of every parameter four times (the shard, its gradient, the saved θ, a
+    gradient kept across the two of an HVP) plus one more during each difference, the largest unit gathered
+    whole (parameters and gradients), its examples, one pass's activations (:func:`wdbound.memory.activation_floats`
+    × the batch, forward and backward, with the plans' safety factor) and a Lanczos run of ``steps`` vectors
+    of its coordinates plus 4 work vectors."""
+    from .memory import ACTIVATION_SAFETY, activation_floats
+
+    size = torch.empty((), dtype=dtype).element_size()
+    local = -(-sum(p.numel() for p in model.parameters() if p.requires_grad) // world)
+    units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()]
+    per_pass = activation_floats(model, example[None]) * min(batch_size, max(examples_per_rank, 1))
+    return ShardedMemoryPlan(baseline=baseline, shard=5 * local * size, gathered=2 * max(units) * size,
+                             data=examples_per_rank * example.numel() * size,
+                             activations=int(ACTIVATION_SAFETY * 2 * per_pass * size),
+                             lanczos=(steps + 5) * local * size)
+
+
 SHARDED_TRACE_PROBES = 32  # `spectrum --fsdp`: Hutchinson probes of the trace (no Krylov deflation there yet)
 SHARDED_TOP_STEPS = 60  # `spectrum --fsdp`: steps of the top-k Lanczos run (at least 2 k + 10)
 
@@ -415,12 +467,13 @@ class ShardedSpectrum:
     hvps: int
     seconds: float
     provenance: dict
+    memory: ShardedMemoryPlan | None = None
 
     def to_json(self) -> dict:
         """Every figure with the inputs and choices that produced it."""
         return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
                 "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
-                "hvp_error": self.error.to_json(),
+                "hvp_error": self.error.to_json(), "memory": self.memory.to_json() if self.memory else None,
                 "top": {"values": self.top.values.tolist(), "residuals": self.top.residual.tolist(),
                         "bounds": self.top.bounds.tolist(), "eta": self.top.eta, "steps": self.top.steps},
                 "trace": {"estimate": self.trace, "bar": self.trace_bar, "probes": SHARDED_TRACE_PROBES,
@@ -454,7 +507,9 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tup
 
     from .curvature import resolve_device, resolve_dtype
     from .data import evaluation_subset, first_tensor, load_dataset
+    from . import defaults
     from .distributed import local_device
+    from .memory import current_bytes
     from .models import image_size
     from .spectrum import evaluation_data, loss_function
 
@@ -476,10 +531,15 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tup
     x = torch.stack([x for x, _ in items]).to(dtype)
     y = torch.tensor([int(label) for _, label in items])
     model = copy.deepcopy(ckpt.model).to(device=device, dtype=dtype).eval()
+    world = dist.get_world_size()
+    steps = max(SHARDED_TOP_STEPS, 2 * settings.top_k + 10, settings.steps or defaults.STEPS)
+    plan = sharded_memory_plan(model, x[0].to(device), world=world, dtype=dtype, batch_size=settings.batch_size,
+                               examples_per_rank=-(-len(y) // world), steps=steps, baseline=current_bytes(device))
     shard_model(model, device)
     H = ShardedHessian(model, (x, y), loss_function(settings.loss), batch_size=settings.batch_size,
                        seed=settings.seed)
     H.on_hvps = on_hvps
+    H.memory_plan = plan
     provenance = {"checkpoint": str(ckpt.path), "data": spec, "split": settings.split,
                   "max_samples": settings.max_samples, "subset_seed": settings.subset_seed, "seed": settings.seed,
                   "dtype": str(dtype).removeprefix("torch."), "device": str(device), "loss": settings.loss,
@@ -502,7 +562,7 @@ def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = Non
     nodes, weights = H.density(resolved.probes, resolved.steps)
     provenance.update(probes=resolved.probes, steps=resolved.steps, top_k=resolved.top_k)
     return ShardedSpectrum(top, trace, bar, nodes, weights, error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
-                           time.perf_counter() - start, provenance)
+                           time.perf_counter() - start, provenance, H.measured_plan())
 
 
 @dataclass(frozen=True)
@@ -520,12 +580,14 @@ class ShardedErrReport:
     hvps: int
     seconds: float
     provenance: dict
+    memory: ShardedMemoryPlan | None = None
 
     def to_json(self) -> dict:
         """Every figure with the inputs and choices that produced it."""
         return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
                 "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
-                "hvp_error": self.error.to_json(), "inputs": self.inputs.to_json(),
+                "hvp_error": self.error.to_json(), "memory": self.memory.to_json() if self.memory else None,
+                "inputs": self.inputs.to_json(),
                 "forms": {e.form: e.to_json() for e in self.errs}, "provenance": self.provenance}
 
 
@@ -542,7 +604,7 @@ def sharded_err(ckpt, settings, inputs, forms, on_hvps: Callable[[int], None] | 
     errs = H.err(inputs, forms, probes=resolved.probes, steps=resolved.steps)
     provenance.update(probes=resolved.probes, steps=resolved.steps)
     return ShardedErrReport(tuple(errs), error, inputs, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
-                            time.perf_counter() - start, provenance)
+                            time.perf_counter() - start, provenance, H.measured_plan())
 
 
 def expected_sharded_hvps(settings, dim: int, command: str = "spectrum") -> int:

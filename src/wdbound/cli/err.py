@@ -72,6 +72,7 @@ def sharded_err_command(ckpt, settings, inputs, forms, json_path: Optional[Path]
     from ..distributed import is_main
     from ..fsdp import expected_sharded_hvps, sharded_err
     from ..io_utils import write_json_atomic
+    from .spectrum import say_sharded_memory
 
     with progress_bar() as bar:
         observer = BarObserver(bar, on_failed=print_error)
@@ -93,6 +94,7 @@ def sharded_err_command(ckpt, settings, inputs, forms, json_path: Optional[Path]
     say(f"inputs: d={p.d} n={p.n} b={p.b} eta={p.eta:g} lambda={p.lam:g} rho={p.rho:g} tau={p.tau:g} "
         f"sigma_floor={p.sigma_floor:g}; {report.provenance['probes']} x {report.provenance['steps']} SLQ; "
         f"{report.hvps} HVPs in {report.seconds:.1f} s; Theorem 6/7 terms not computed (--fsdp)")
+    say_sharded_memory(report.memory)
     if json_path is not None and is_main():
         say(f"wrote {write_json_atomic(json_path, report.to_json())}")
 

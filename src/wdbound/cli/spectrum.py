@@ -91,9 +91,23 @@ def sharded_spectrum_command(ckpt, settings, json_path: Optional[Path], unsuppor
     nodes = result.nodes
     say(f"SLQ ({result.provenance['probes']} probes): Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; "
         f"negative eigenvalue mass {100 * float(result.weights[nodes < 0].sum() / result.weights.sum()):.2f}%")
+    say_sharded_memory(result.memory)
     say(f"{result.hvps} HVPs in {result.seconds:.1f} s")
     if json_path is not None and is_main():  # rank 0 alone writes
         say(f"wrote {write_json_atomic(json_path, result.to_json())}")
+
+
+def say_sharded_memory(plan) -> None:
+    """The per-rank memory line of ``--fsdp``: the planned peak and its parts, and the largest peak measured."""
+    from ..memory import human_bytes
+
+    if plan is None:
+        return
+    measured = f"; measured peak {human_bytes(plan.peak_measured)}" if plan.peak_measured else ""
+    say(f"memory per rank: planned peak {human_bytes(plan.peak)} (before the analysis {human_bytes(plan.baseline)}, "
+        f"shards {human_bytes(plan.shard)}, largest unit gathered {human_bytes(plan.gathered)}, examples "
+        f"{human_bytes(plan.data)}, activations {human_bytes(plan.activations)}, Lanczos vectors "
+        f"{human_bytes(plan.lanczos)}){measured}")
 
 
 def write_spectrum_outputs(result, plot: Optional[Path], json_path: Optional[Path], title: str) -> None:
