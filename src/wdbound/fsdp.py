@@ -303,23 +303,36 @@ class ShardedHessian:
 
     # ---- estimators on shard-local vectors
 
-    def lanczos(self, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+    def _project_out(self, basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``w`` minus its components along the rows of ``basis`` (orthonormal), the coefficients of all rows
+        summed over the ranks in one all-reduce."""
+        coefficients = self._sum(basis.double() @ w.double()).to(w.dtype)
+        return w - coefficients @ basis
+
+    def lanczos(self, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """``steps`` Lanczos steps with full reorthogonalisation from ``start`` (all inner products summed over
-        the ranks): the tridiagonal's α [m], β [m] (β[-1] the residual norm) and the local basis."""
-        q = start / math.sqrt(self.dot(start, start))
-        basis, alphas, betas = [q], [], []
-        for _ in range(min(steps, self.dim)):
-            w = self.hvp(basis[-1]).to(self.dtype)
-            alpha = self.dot(w, basis[-1])
+        the ranks): the tridiagonal's α [m], β [m] (β[-1] the residual norm) and the local basis [m, local d].
+
+        The basis is one preallocated [steps + 1, local d] tensor and each re-orthogonalisation two products
+        with it and one all-reduce of its coefficients: a list of vectors, each dotted and reduced in turn, cost
+        a collective per vector and fragmented the heap (1.1 M parameters, 60 steps, float64: the measured peak
+        was 2.3 x the plan; benchmarks/fsdp_memory.py)."""
+        steps = min(steps, self.dim)
+        basis = torch.empty(steps + 1, self.local_dim, dtype=self.dtype, device=self.device)
+        basis[0] = start / math.sqrt(self.dot(start, start))
+        alphas, betas = [], []
+        for m in range(steps):
+            w = self.hvp(basis[m]).to(self.dtype)
+            alpha = self.dot(w, basis[m])
             for _ in range(2):  # full reorthogonalisation, twice is enough
-                for b in basis:
-                    w = w - self.dot(w, b) * b
+                w = self._project_out(basis[:m + 1], w)
             beta = math.sqrt(max(self.dot(w, w), 0.0))
             alphas.append(alpha)
             betas.append(beta)
             if beta <= 1e-12 * max(abs(alpha), 1e-300):
                 break
-            basis.append(w / beta)
+            basis[m + 1] = w / beta
+            del w
         return np.array(alphas), np.array(betas), basis[: len(alphas)]
 
     def top_eigenvalues(self, k: int = 5, steps: int = 60) -> ShardedTop:
@@ -380,11 +393,11 @@ class ShardedHessian:
             self.hvp_error()
         before = self.hvps
         generator = self.generator(4)
-        runs = [self.lanczos(self.random(generator, "rademacher"), steps) for _ in range(probes)]
-        width = max(len(a) for a, _, _ in runs)
+        runs = [self.lanczos(self.random(generator, "rademacher"), steps)[:2] for _ in range(probes)]  # no basis kept
+        width = max(len(a) for a, _ in runs)
         alphas, betas = np.zeros((probes, width)), np.zeros((probes, max(width - 1, 0)))
         lengths, lows, highs = np.zeros(probes, dtype=np.int64), [], []
-        for i, (a, b, _) in enumerate(runs):
+        for i, (a, b) in enumerate(runs):
             n = len(a)
             alphas[i, :n], betas[i, :n - 1], lengths[i] = a, b[:n - 1], n
             theta, vectors = np.linalg.eigh(np.diag(a) + np.diag(b[:n - 1], 1) + np.diag(b[:n - 1], -1))
@@ -412,12 +425,14 @@ class ShardedMemoryPlan:
     data: int  # this rank's share of the evaluation examples, in the analysis dtype
     activations: int  # one forward/backward pass of a batch
     lanczos: int  # the largest Lanczos run's local basis and work vectors
+    runtime: int = 0  # what a running process allocates besides: communication buffers, the allocator, autograd
     peak_measured: int | None = None
 
     @property
     def peak(self) -> int:
         """Planned peak per rank."""
-        return self.baseline + self.shard + self.gathered + self.data + self.activations + self.lanczos
+        return (self.baseline + self.shard + self.gathered + self.data + self.activations + self.lanczos
+                + self.runtime)
 
     def to_json(self) -> dict:
         """Every part, the planned peak and the measured one."""
@@ -430,20 +445,30 @@ def sharded_memory_plan(model: nn.Module, example: torch.Tensor, *, world: int, 
     ``example``: its 1/world share of every parameter four times (the shard, its gradient, the saved θ, a
     gradient kept across the two of an HVP) plus one more during each difference, the largest unit gathered
     whole (parameters and gradients), its examples, one pass's activations (:func:`wdbound.memory.activation_floats`
-    × the batch, forward and backward, with the plans' safety factor) and a Lanczos run of ``steps`` vectors
-    of its coordinates plus 4 work vectors."""
+    × the batch, forward and backward, with the plans' safety factor), a Lanczos run of ``steps`` vectors
+    of its coordinates plus 4 work vectors, and the runtime's own (``SHARDED_RUNTIME_BYTES`` and
+    ``SHARDED_RUNTIME_VECTORS`` full-size vectors, calibrated)."""
     from .memory import ACTIVATION_SAFETY, activation_floats
 
     size = torch.empty((), dtype=dtype).element_size()
-    local = -(-sum(p.numel() for p in model.parameters() if p.requires_grad) // world)
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    local = -(-dim // world)
     units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()]
     per_pass = activation_floats(model, example[None]) * min(batch_size, max(examples_per_rank, 1))
     return ShardedMemoryPlan(baseline=baseline, shard=5 * local * size, gathered=2 * max(units) * size,
                              data=examples_per_rank * example.numel() * size,
                              activations=int(ACTIVATION_SAFETY * 2 * per_pass * size),
-                             lanczos=(steps + 5) * local * size)
+                             lanczos=(steps + 5) * local * size,
+                             runtime=SHARDED_RUNTIME_BYTES + SHARDED_RUNTIME_VECTORS[min(world, 2)] * dim * size)
 
 
+# A rank's allocations besides the plan's parts while the product runs (gloo's and FSDP's buffers, autograd's,
+# the allocator's caches), calibrated on benchmarks/fsdp_memory.py (an MLP of 1.1 M and 2.5 M parameters, float64,
+# gloo on the CPU): a fixed part and a part in full-size (d, not d / ranks) vectors, 7 alone and 13 on each of two
+# ranks. The second is what keeps the per-rank memory from falling as 1 / ranks there: FSDP2's unsharded
+# gradients and gloo's collective buffers are full-size. Not measured with NCCL on GPUs.
+SHARDED_RUNTIME_BYTES = 128 * 2**20
+SHARDED_RUNTIME_VECTORS = {1: 7, 2: 13}  # full-size vectors by ranks (more ranks: the 2-rank count)
 SHARDED_TRACE_PROBES = 32  # `spectrum --fsdp`: Hutchinson probes of the trace (no Krylov deflation there yet)
 SHARDED_TOP_STEPS = 60  # `spectrum --fsdp`: steps of the top-k Lanczos run (at least 2 k + 10)
 
