@@ -74,3 +74,12 @@ def write_cifar_batches(root, n=6):
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle, protocol=2)
     return folder
+
+
+def free_port() -> str:
+    """A TCP port nobody listens on now, for one torchrun's rendezvous (fixed ports from the pid collided)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])

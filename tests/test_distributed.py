@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "digits-cnn-adamw-e40.pt"
 SMALL = ["--probes", "4", "--steps", "20", "--seed", "3", "--device", "cpu"]
@@ -20,7 +21,7 @@ def run(args, tmp_path, processes: int) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "wdbound", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                   "--master-port", str(29500 + os.getpid() % 1000), "-m", "wdbound", *args]
+                   "--master-port", free_port(), "-m", "wdbound", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from torch import nn
 
 WORKER = Path(__file__).resolve().parent / "data" / "fsdp_worker.py"
+
 # What a process allocates during a run besides the plan's parts (gloo's buffers, the allocator's caching, Python
 # objects): the measured peak may exceed the plan by this much (benchmarks/fsdp_hvp.py --memory measures plan
 # against peak on a model whose plan is hundreds of MB).
@@ -24,7 +26,7 @@ def _run(tmp_path, dtype: str) -> dict:
     out = tmp_path / f"fsdp-{dtype}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(29700 + os.getpid() % 200 + (dtype == "float32")), str(WORKER), str(out), dtype]
+               free_port(), str(WORKER), str(out), dtype]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -101,7 +103,7 @@ def test_spectrum_command_with_fsdp_beside_the_one_process_run(tiny_checkpoint, 
     out = tmp_path / "sharded.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(29500 + os.getpid() % 150), "-m", "wdbound", "spectrum", str(tiny_checkpoint), "--fsdp",
+               free_port(), "-m", "wdbound", "spectrum", str(tiny_checkpoint), "--fsdp",
                "--dtype", "float64", "--top-k", "3", "--no-cache", "--json", str(out)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -135,7 +137,7 @@ def test_err_command_with_fsdp_covers_the_exact_err(tiny_checkpoint, tmp_path, c
     out = tmp_path / "sharded-err.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(29650 + os.getpid() % 40), "-m", "wdbound", "err", str(tiny_checkpoint), "--fsdp",
+               free_port(), "-m", "wdbound", "err", str(tiny_checkpoint), "--fsdp",
                "--optimizer", "adamw", "--steps", "200", "--no-cache", "--json", str(out)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
