@@ -88,6 +88,16 @@ def test_a_noisy_finite_difference_product_is_refused(tmp_path):
         dist.destroy_process_group()
 
 
+def _torchrun_cli(args) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m wdbound ARGS`` on the CPU; asserts it exits 0."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", free_port(),
+               "-m", "wdbound", *map(str, args)]
+    proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_spectrum_command_with_fsdp_beside_the_one_process_run(tiny_checkpoint, tmp_path, capsys):
     """`torchrun --nproc-per-node 2 -m wdbound spectrum CKPT --fsdp`: the model sharded over both processes,
@@ -101,12 +111,8 @@ def test_spectrum_command_with_fsdp_beside_the_one_process_run(tiny_checkpoint, 
     assert code == 0, err
     exact = json.loads(exact_json.read_text())["exact"]
     out = tmp_path / "sharded.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               free_port(), "-m", "wdbound", "spectrum", str(tiny_checkpoint), "--fsdp",
-               "--dtype", "float64", "--top-k", "3", "--no-cache", "--json", str(out)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun_cli(["spectrum", tiny_checkpoint, "--fsdp", "--dtype", "float64", "--top-k", "3", "--no-cache",
+                          "--json", out])
     assert proc.stdout.count("sharded over 2 processes") == 1  # rank 0 alone prints
     found = json.loads(out.read_text())
     assert found["world"] == 2 and found["local_d"] * 2 == found["d"] == len(exact["eigenvalues"])
@@ -135,12 +141,8 @@ def test_err_command_with_fsdp_covers_the_exact_err(tiny_checkpoint, tmp_path, c
     assert code == 0, err
     exact = json.loads(exact_json.read_text())
     out = tmp_path / "sharded-err.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               free_port(), "-m", "wdbound", "err", str(tiny_checkpoint), "--fsdp",
-               "--optimizer", "adamw", "--steps", "200", "--no-cache", "--json", str(out)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun_cli(["err", tiny_checkpoint, "--fsdp", "--optimizer", "adamw", "--steps", "200", "--no-cache",
+                   "--json", out])
     found = json.loads(out.read_text())
     low, high = found["forms"]["adamw"]["interval"]
     truth = exact["adamw"]["err_mean"]

@@ -474,16 +474,10 @@ SHARDED_TOP_STEPS = 60  # `spectrum --fsdp`: steps of the top-k Lanczos run (at 
 
 
 @dataclass(frozen=True)
-class ShardedSpectrum:
-    """What ``wdbound spectrum --fsdp`` computes on a model sharded over the torchrun processes: top-k with
-    bounds widened by η, the trace with its bar (stderr + η|tr|), the SLQ density, the HVP's measured error, and
-    how it was run."""
+class ShardedRun:
+    """How a sharded analysis ran: the HVP's measured error, the sizes, the HVPs and seconds, the inputs'
+    provenance and the per-rank memory (planned and measured)."""
 
-    top: ShardedTop
-    trace: float
-    trace_bar: float
-    nodes: np.ndarray
-    weights: np.ndarray
     error: HvpError
     dim: int
     local_dim: int
@@ -494,17 +488,39 @@ class ShardedSpectrum:
     provenance: dict
     memory: ShardedMemoryPlan | None = None
 
+    @classmethod
+    def of(cls, H: "ShardedHessian", seconds: float, provenance: dict) -> "ShardedRun":
+        """The run of ``H`` so far (its measured plan: a collective, every rank calls it)."""
+        return cls(H.error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps, seconds, provenance, H.measured_plan())
+
     def to_json(self) -> dict:
-        """Every figure with the inputs and choices that produced it."""
+        """Every field by name (``local_d``, ``wall_seconds``, ``hvp_error``)."""
         return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
                 "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
                 "hvp_error": self.error.to_json(), "memory": self.memory.to_json() if self.memory else None,
+                "provenance": self.provenance}
+
+
+@dataclass(frozen=True)
+class ShardedSpectrum:
+    """What ``wdbound spectrum --fsdp`` computes on a model sharded over the torchrun processes: top-k with
+    bounds widened by η, the trace with its bar (stderr + η|tr|), the SLQ density, and how it was run."""
+
+    top: ShardedTop
+    trace: float
+    trace_bar: float
+    nodes: np.ndarray
+    weights: np.ndarray
+    run: ShardedRun
+
+    def to_json(self) -> dict:
+        """Every figure with the inputs and choices that produced it."""
+        return {**self.run.to_json(),
                 "top": {"values": self.top.values.tolist(), "residuals": self.top.residual.tolist(),
                         "bounds": self.top.bounds.tolist(), "eta": self.top.eta, "steps": self.top.steps},
                 "trace": {"estimate": self.trace, "bar": self.trace_bar, "probes": SHARDED_TRACE_PROBES,
                           "method": "hutchinson (finite-difference HVPs)"},
-                "density": {"nodes": self.nodes.tolist(), "weights": self.weights.tolist()},
-                "provenance": self.provenance}
+                "density": {"nodes": self.nodes.tolist(), "weights": self.weights.tolist()}}
 
 
 def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -580,40 +596,28 @@ def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = Non
 
     start = time.perf_counter()
     H, provenance = _sharded_setup(ckpt, settings, on_hvps)
-    error = H.hvp_error()
+    H.hvp_error()
     resolved = settings.for_dim(H.dim)
     top = H.top_eigenvalues(resolved.top_k, steps=max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10))
     trace, bar = H.trace(SHARDED_TRACE_PROBES)
     nodes, weights = H.density(resolved.probes, resolved.steps)
     provenance.update(probes=resolved.probes, steps=resolved.steps, top_k=resolved.top_k)
-    return ShardedSpectrum(top, trace, bar, nodes, weights, error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
-                           time.perf_counter() - start, provenance, H.measured_plan())
+    return ShardedSpectrum(top, trace, bar, nodes, weights, ShardedRun.of(H, time.perf_counter() - start, provenance))
 
 
 @dataclass(frozen=True)
 class ShardedErrReport:
-    """What ``wdbound err --fsdp`` computes: err/d of each form with its widened interval, the HVP's error, the
-    bound's inputs and how it was run."""
+    """What ``wdbound err --fsdp`` computes: err/d of each form with its widened interval, the bound's inputs
+    and how it was run."""
 
     errs: tuple[ShardedErr, ...]
-    error: HvpError
     inputs: object  # BoundInputs
-    dim: int
-    local_dim: int
-    world: int
-    n_eval: int
-    hvps: int
-    seconds: float
-    provenance: dict
-    memory: ShardedMemoryPlan | None = None
+    run: ShardedRun
 
     def to_json(self) -> dict:
         """Every figure with the inputs and choices that produced it."""
-        return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
-                "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
-                "hvp_error": self.error.to_json(), "memory": self.memory.to_json() if self.memory else None,
-                "inputs": self.inputs.to_json(),
-                "forms": {e.form: e.to_json() for e in self.errs}, "provenance": self.provenance}
+        return {**self.run.to_json(), "inputs": self.inputs.to_json(),
+                "forms": {e.form: e.to_json() for e in self.errs}}
 
 
 def sharded_err(ckpt, settings, inputs, forms, on_hvps: Callable[[int], None] | None = None) -> ShardedErrReport:
@@ -624,12 +628,11 @@ def sharded_err(ckpt, settings, inputs, forms, on_hvps: Callable[[int], None] | 
 
     start = time.perf_counter()
     H, provenance = _sharded_setup(ckpt, settings, on_hvps)
-    error = H.hvp_error()
+    H.hvp_error()
     resolved = settings.for_dim(H.dim)
     errs = H.err(inputs, forms, probes=resolved.probes, steps=resolved.steps)
     provenance.update(probes=resolved.probes, steps=resolved.steps)
-    return ShardedErrReport(tuple(errs), error, inputs, H.dim, H.local_dim, H.world, H.n_eval, H.hvps,
-                            time.perf_counter() - start, provenance, H.measured_plan())
+    return ShardedErrReport(tuple(errs), inputs, ShardedRun.of(H, time.perf_counter() - start, provenance))
 
 
 def expected_sharded_hvps(settings, dim: int, command: str = "spectrum") -> int:

@@ -25,19 +25,16 @@ def err(
     rho: Optional[float] = Opt.rho, tau: float = Opt.tau, sigma_floor: float = Opt.sigma_floor,
     sweep: List[str] = typer.Option([], help="Re-evaluate for several values, e.g. rho=0.01,0.1,1 or sigma-floor=1e-8,1e-6,1e-4 "
                                              "(also tau, wd, lr); repeatable. Uses the same spectrum."),
-    data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples,
-    probes: int = Opt.probes, steps: Optional[int] = Opt.steps, diag_probes: Optional[int] = Opt.err_diag_probes,
-    seed: int = Opt.seed, theorem_probes: int = Opt.theorem_probes, theorem_steps: int = Opt.theorem_steps, device: str = Opt.device,
-    dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size,
-    exact: str = Opt.exact_auto, theorem: str = Opt.theorem, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
-    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg,
-    model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
-    lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
+    data: Optional[str] = Opt.data, split: str = Opt.split, max_samples: Optional[int] = Opt.max_samples, probes: int = Opt.probes,
+    steps: Optional[int] = Opt.steps, diag_probes: Optional[int] = Opt.err_diag_probes, seed: int = Opt.seed,
+    theorem_probes: int = Opt.theorem_probes, theorem_steps: int = Opt.theorem_steps, device: str = Opt.device,
+    dtype: str = Opt.dtype, hvp: str = Opt.hvp, hvp_batch_size: int = Opt.hvp_batch_size, exact: str = Opt.exact_auto, theorem: str = Opt.theorem, diagonal: str = Opt.diagonal, rtol: float = Opt.rtol, max_hvps: Optional[int] = Opt.max_hvps,
+    arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg, model_factory: Optional[str] = Opt.model_factory,
+    loss: str = Opt.loss, lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size,
     n_train: Optional[int] = Opt.n_train, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache,
     memory: str = Opt.memory, lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params,
-    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed,
+    workers: int = Opt.workers, subset_seed: int = Opt.subset_seed, fsdp: bool = Opt.fsdp,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures, their inputs and the spectrum provenance as JSON."),
-    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard the model with FSDP2 over the processes; err/d from finite-difference HVPs, each interval widened for their measured error (docs/scale.md)."),
 ) -> None:
     """Corollary 3 (err_AdamW vs err_l2-Adam, the Table I quantity), Phi, and the exact Theorem 6/7 terms."""
     from ..analysis import bound_inputs, evaluate_err, parse_sweep
@@ -51,12 +48,7 @@ def err(
     ckpt = load_from(opts, lr=lr, wd=wd, batch_size=batch_size, n_train=n_train)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor, params=tuple(opts["params"]))
     if fsdp:
-        if sweeps or opts["theorem"] == "on" or opts["exact"] == "on":
-            raise WdboundError("--fsdp gives err/d of Corollary 3 by SLQ: --sweep, --theorem on and --exact on are "
-                               "not supported there", "fsdp")
-        settings, _ = err_settings({**opts, "exact": "off", "theorem": "off"}, inputs.d)
-        sharded_err_command(ckpt, settings, inputs, forms, json_path)
-        return
+        return sharded_err_command(ckpt, opts, bool(sweeps), inputs, forms, json_path)
     settings, with_theorem = err_settings(opts, inputs.d)
     with progress_bar() as bar:
         report = evaluate_err(ckpt, settings, inputs, forms, sweeps=sweeps, cache=make_cache(cache_dir, no_cache),
@@ -67,20 +59,26 @@ def err(
         say(f"wrote {write_json_atomic(json_path, report.to_json())}")
 
 
-def sharded_err_command(ckpt, settings, inputs, forms, json_path: Optional[Path]) -> None:
-    """``err --fsdp``: :func:`wdbound.fsdp.sharded_err` with a progress bar, its table, its JSON (rank 0)."""
+def sharded_err_command(ckpt, opts: dict, sweeps: bool, inputs, forms, json_path: Optional[Path]) -> None:
+    """``err --fsdp``: :func:`wdbound.fsdp.sharded_err` at err's probes and steps (SLQ: no dense spectrum, no
+    Theorem term, no sweep) with a progress bar, its table, its JSON (rank 0)."""
+    if sweeps or opts["theorem"] == "on" or opts["exact"] == "on":
+        raise WdboundError("--fsdp gives err/d of Corollary 3 by SLQ: --sweep, --theorem on and --exact on are "
+                           "not supported there", "fsdp")
+    settings, _ = err_settings({**opts, "exact": "off", "theorem": "off"}, inputs.d)
     from ..distributed import is_main
     from ..fsdp import expected_sharded_hvps, sharded_err
     from ..io_utils import write_json_atomic
-    from .spectrum import say_sharded_memory
+    from .spectrum import say_sharded_memory, say_sharded_run
 
     with progress_bar() as bar:
         observer = BarObserver(bar, on_failed=print_error)
         observer.start(ckpt.path.name, expected_sharded_hvps(settings, inputs.d, "err"))
         report = sharded_err(ckpt, settings, inputs, forms, observer.hvps)
-        observer.done(report.hvps)
-    e = report.error
-    table = Table(title=escape(f"{ckpt.path.name}: err/d sharded over {report.world} processes (SLQ on "
+        observer.done(report.run.hvps)
+    run = report.run
+    say_sharded_run(run, settings.split)
+    table = Table(title=escape(f"{ckpt.path.name}: err/d sharded over {run.world} processes (SLQ on "
                                "finite-difference HVPs, [interval covering the exact value, widened for their error])"))
     table.add_column("quantity")
     for item in report.errs:
@@ -89,12 +87,10 @@ def sharded_err_command(ckpt, settings, inputs, forms, json_path: Optional[Path]
     table.add_row("eigenvalue shift allowed (eps)", *[f"{item.eps:.2g}" for item in report.errs])
     console.print(table)
     p = report.inputs
-    say(f"finite-difference HVPs ({e.dtype}): delta = {e.relative:.2g} between the products at eps and 2 eps; "
-        f"eta = {e.eta:.2g}; every eigenvalue within eta x the spectral radius, by Weyl")
     say(f"inputs: d={p.d} n={p.n} b={p.b} eta={p.eta:g} lambda={p.lam:g} rho={p.rho:g} tau={p.tau:g} "
-        f"sigma_floor={p.sigma_floor:g}; {report.provenance['probes']} x {report.provenance['steps']} SLQ; "
-        f"{report.hvps} HVPs in {report.seconds:.1f} s; Theorem 6/7 terms not computed (--fsdp)")
-    say_sharded_memory(report.memory)
+        f"sigma_floor={p.sigma_floor:g}; {run.provenance['probes']} x {run.provenance['steps']} SLQ; "
+        f"{run.hvps} HVPs in {run.seconds:.1f} s; Theorem 6/7 terms not computed (--fsdp)")
+    say_sharded_memory(run.memory)
     if json_path is not None and is_main():
         say(f"wrote {write_json_atomic(json_path, report.to_json())}")
 

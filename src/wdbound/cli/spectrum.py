@@ -28,37 +28,31 @@ def spectrum(
     loss: str = Opt.loss, cache_dir: Optional[Path] = Opt.cache_dir, no_cache: bool = Opt.no_cache, memory: str = Opt.memory,
     lanczos: str = Opt.lanczos, tf32: bool = Opt.tf32, params: List[str] = Opt.params, workers: int = Opt.workers,
     subset_seed: int = Opt.subset_seed, trace: str = Opt.trace, trace_probes: int = Opt.trace_probes,
-    trace_rtol: float = Opt.spectrum_trace_rtol, per_layer: bool = Opt.spectrum_per_layer, backend: str = Opt.spectrum_backend,
+    trace_rtol: float = Opt.spectrum_trace_rtol, per_layer: bool = Opt.spectrum_per_layer, backend: str = Opt.spectrum_backend, fsdp: bool = Opt.fsdp,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure with its provenance as JSON (plus <stem>.diagonal.npy)."),
     plot: Optional[Path] = typer.Option(None, help="Write the log-scale density plot (PNG/PDF/SVG by suffix)."),
-    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard the model with FSDP2 over the processes and take top-k, trace and density from finite-difference HVPs, their error measured and added to each bound (docs/scale.md)."),
 ) -> None:
     """Hessian spectrum of a checkpoint: top eigenvalues, SLQ density, trace and diagonal (+ exact with --exact)."""
-    from ..io_utils import check_output, write_json_atomic
+    from ..io_utils import check_output
     from ..models import count_parameters
     from ..plots import check_plot_path
-    from ..spectrum import analyse_spectrum, per_layer_json, per_layer_spectra, resolve_exact
+    from ..spectrum import analyse_spectrum, per_layer_spectra, resolve_exact
 
     check_output(json_path, plot)
     check_plot_path(plot)
     opts = dict(ctx.params)
     ckpt = load_from(opts)
-    if fsdp:
-        sharded_spectrum_command(ckpt, settings_from(opts, keys=SPECTRUM_KEYS, diagonal="hutchinson", exact=False),
-                                 json_path, per_layer or plot is not None)
-        return
     settings = settings_from(opts, keys=SPECTRUM_KEYS, diagonal="hutchinson",
-                             exact=resolve_exact(exact, count_parameters(ckpt.model)))
+                             exact=not fsdp and resolve_exact(exact, count_parameters(ckpt.model)))
+    if fsdp:
+        return sharded_spectrum_command(ckpt, settings, json_path, per_layer or plot is not None)
     cache = make_cache(cache_dir, no_cache)
     with progress_bar() as bar:
         run = per_layer_spectra if per_layer else analyse_spectrum
         result = run(ckpt, settings, cache, BarObserver(bar, on_failed=print_error))
     record_run(opts)
     if per_layer:
-        render_layers(result, checkpoint.name)
-        if json_path is not None:
-            say(f"wrote {write_json_atomic(json_path, per_layer_json(ckpt, settings, result))}")
-        return
+        return write_layers(result, ckpt, settings, json_path)
     render_spectrum(result)
     write_spectrum_outputs(result, plot, json_path, f"{checkpoint.name}: Hessian spectral density ({settings.split} split)")
 
@@ -67,7 +61,7 @@ def sharded_spectrum_command(ckpt, settings, json_path: Optional[Path], unsuppor
     """``spectrum --fsdp``: :func:`wdbound.fsdp.sharded_spectrum` with a progress bar, its figures, its JSON."""
     from ..distributed import is_main
     from ..errors import WdboundError
-    from ..fsdp import expected_sharded_hvps, sharded_spectrum
+    from ..fsdp import SHARDED_TRACE_PROBES, expected_sharded_hvps, sharded_spectrum
     from ..io_utils import write_json_atomic
     from ..models import count_parameters
 
@@ -78,23 +72,30 @@ def sharded_spectrum_command(ckpt, settings, json_path: Optional[Path], unsuppor
         observer = BarObserver(bar, on_failed=print_error)
         observer.start(ckpt.path.name, expected_sharded_hvps(settings, count_parameters(ckpt.model)))
         result = sharded_spectrum(ckpt, settings, observer.hvps)
-        observer.done(result.hvps)
-    e = result.error
-    say(f"d = {result.dim} parameters sharded over {result.world} processes ({result.local_dim} on this one), "
-        f"n_eval = {result.n_eval} examples ({settings.split} split)")
-    say(f"finite-difference HVPs ({e.dtype}): products at eps and 2 eps differ by delta = {e.relative:.2g} at the "
-        f"chosen step; every bound below is widened by eta = {e.eta:.2g} (10 delta) of its value")
+        observer.done(result.run.hvps)
+    run = result.run
+    say_sharded_run(run, settings.split)
     top = ", ".join(f"{v:.6g} +/- {b:.2g}" for v, b in zip(result.top.values, result.top.bounds))
     say(f"top {len(result.top.values)} eigenvalues ({result.top.steps} Lanczos steps): {top}")
-    say(f"trace: {result.trace:.6g} +/- {result.trace_bar:.2g} (Hutchinson, {result.provenance['probes']} x "
-        f"{result.provenance['steps']} SLQ beside it; the bar is one standard error + eta |trace|)")
+    say(f"trace: {result.trace:.6g} +/- {result.trace_bar:.2g} (Hutchinson, {SHARDED_TRACE_PROBES} probes; the bar is "
+        "one standard error + eta |trace|)")
     nodes = result.nodes
-    say(f"SLQ ({result.provenance['probes']} probes): Ritz values in [{nodes.min():.4g}, {nodes.max():.4g}]; "
-        f"negative eigenvalue mass {100 * float(result.weights[nodes < 0].sum() / result.weights.sum()):.2f}%")
-    say_sharded_memory(result.memory)
-    say(f"{result.hvps} HVPs in {result.seconds:.1f} s")
+    say(f"SLQ ({run.provenance['probes']} x {run.provenance['steps']}): Ritz values in [{nodes.min():.4g}, "
+        f"{nodes.max():.4g}]; negative eigenvalue mass "
+        f"{100 * float(result.weights[nodes < 0].sum() / result.weights.sum()):.2f}%")
+    say_sharded_memory(run.memory)
+    say(f"{run.hvps} HVPs in {run.seconds:.1f} s")
     if json_path is not None and is_main():  # rank 0 alone writes
         say(f"wrote {write_json_atomic(json_path, result.to_json())}")
+
+
+def say_sharded_run(run, split: str) -> None:
+    """The first lines of ``--fsdp``: the sizes and the HVP's measured error."""
+    e = run.error
+    say(f"d = {run.dim} parameters sharded over {run.world} processes ({run.local_dim} on each), "
+        f"n_eval = {run.n_eval} examples ({split} split)")
+    say(f"finite-difference HVPs ({e.dtype}): products at eps and 2 eps differ by delta = {e.relative:.2g} at the "
+        f"chosen step; every bound is widened by eta = {e.eta:.2g} (10 delta) of its value")
 
 
 def say_sharded_memory(plan) -> None:
@@ -141,6 +142,16 @@ def record_run(opts: dict) -> None:
     except OSError as exc:
         err_console.print(f"warning: could not record this run for `wdbound err` ({exc.strerror})",
                           highlight=False, markup=False, soft_wrap=True)
+
+
+def write_layers(layers, ckpt, settings, json_path: Optional[Path]) -> None:
+    """``spectrum --per-layer``: the table, and the JSON when asked."""
+    from ..io_utils import write_json_atomic
+    from ..spectrum import per_layer_json
+
+    render_layers(layers, ckpt.path.name)
+    if json_path is not None:
+        say(f"wrote {write_json_atomic(json_path, per_layer_json(ckpt, settings, layers))}")
 
 
 def render_layers(layers, label: str) -> None:
