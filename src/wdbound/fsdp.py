@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .errors import WdboundError
+from .estimators.lanczos import tridiagonal
 from .estimators.quadrature_interval import Interval
 
 SAFETY = 10.0  # eta = SAFETY x delta, the largest relative difference of the products at eps and 2 eps
@@ -342,7 +343,7 @@ class ShardedHessian:
             self.hvp_error()
         before = self.hvps
         alphas, betas, _ = self.lanczos(self.random(self.generator(1)), steps)
-        tri = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+        tri = tridiagonal(alphas, betas[:-1])
         values, vectors = np.linalg.eigh(tri)
         order = np.argsort(values)[::-1][:k]
         residual = np.abs(betas[-1] * vectors[-1, order])
@@ -369,7 +370,7 @@ class ShardedHessian:
         generator = self.generator(3)
         for _ in range(probes):
             alphas, betas, _ = self.lanczos(self.random(generator), steps)
-            tri = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+            tri = tridiagonal(alphas, betas[:-1])
             values, vectors = np.linalg.eigh(tri)
             nodes.append(values)
             weights.append(vectors[0] ** 2 / probes)
@@ -400,7 +401,7 @@ class ShardedHessian:
         for i, (a, b) in enumerate(runs):
             n = len(a)
             alphas[i, :n], betas[i, :n - 1], lengths[i] = a, b[:n - 1], n
-            theta, vectors = np.linalg.eigh(np.diag(a) + np.diag(b[:n - 1], 1) + np.diag(b[:n - 1], -1))
+            theta, vectors = np.linalg.eigh(tridiagonal(a, b[:n - 1]))
             lows.append(float(theta[0] - abs(b[-1] * vectors[-1, 0])))
             highs.append(float(theta[-1] + abs(b[-1] * vectors[-1, -1])))
         support = (min(lows), max(highs))
@@ -452,7 +453,7 @@ def sharded_memory_plan(model: nn.Module, example: torch.Tensor, *, world: int, 
 
     size = torch.empty((), dtype=dtype).element_size()
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    local = -(-dim // world)
+    local, steps = -(-dim // world), min(steps, dim)  # a Krylov space has at most d dimensions
     units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()]
     per_pass = activation_floats(model, example[None]) * min(batch_size, max(examples_per_rank, 1))
     return ShardedMemoryPlan(baseline=baseline, shard=5 * local * size, gathered=2 * max(units) * size,
@@ -471,6 +472,15 @@ SHARDED_RUNTIME_BYTES = 128 * 2**20
 SHARDED_RUNTIME_VECTORS = {1: 7, 2: 13}  # full-size vectors by ranks (more ranks: the 2-rank count)
 SHARDED_TRACE_PROBES = 32  # `spectrum --fsdp`: Hutchinson probes of the trace (no Krylov deflation there yet)
 SHARDED_TOP_STEPS = 60  # `spectrum --fsdp`: steps of the top-k Lanczos run (at least 2 k + 10)
+
+
+def sharded_top_steps(top_k: int) -> int:
+    """Steps of ``spectrum --fsdp``'s top-k Lanczos run: ``SHARDED_TOP_STEPS``, at least 2 k + 10.
+
+    >>> sharded_top_steps(5), sharded_top_steps(40)
+    (60, 90)
+    """
+    return max(SHARDED_TOP_STEPS, 2 * top_k + 10)
 
 
 @dataclass(frozen=True)
@@ -573,7 +583,7 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tup
     y = torch.tensor([int(label) for _, label in items])
     model = copy.deepcopy(ckpt.model).to(device=device, dtype=dtype).eval()
     world = dist.get_world_size()
-    steps = max(SHARDED_TOP_STEPS, 2 * settings.top_k + 10, settings.steps or defaults.STEPS)
+    steps = max(sharded_top_steps(settings.top_k), settings.steps or defaults.STEPS)
     plan = sharded_memory_plan(model, x[0].to(device), world=world, dtype=dtype, batch_size=settings.batch_size,
                                examples_per_rank=-(-len(y) // world), steps=steps, baseline=current_bytes(device))
     shard_model(model, device)
@@ -598,7 +608,7 @@ def sharded_spectrum(ckpt, settings, on_hvps: Callable[[int], None] | None = Non
     H, provenance = _sharded_setup(ckpt, settings, on_hvps)
     H.hvp_error()
     resolved = settings.for_dim(H.dim)
-    top = H.top_eigenvalues(resolved.top_k, steps=max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10))
+    top = H.top_eigenvalues(resolved.top_k, steps=sharded_top_steps(resolved.top_k))
     trace, bar = H.trace(SHARDED_TRACE_PROBES)
     nodes, weights = H.density(resolved.probes, resolved.steps)
     provenance.update(probes=resolved.probes, steps=resolved.steps, top_k=resolved.top_k)
@@ -642,7 +652,7 @@ def expected_sharded_hvps(settings, dim: int, command: str = "spectrum") -> int:
     ladder = 2 * ERROR_VECTORS * len(STEP_SCALES)
     if command == "err":
         return ladder + resolved.probes * resolved.steps
-    return (ladder + max(SHARDED_TOP_STEPS, 2 * resolved.top_k + 10) + SHARDED_TRACE_PROBES
+    return (ladder + sharded_top_steps(resolved.top_k) + SHARDED_TRACE_PROBES
             + resolved.probes * resolved.steps)
 
 
