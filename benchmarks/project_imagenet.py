@@ -11,7 +11,8 @@ wdbound's default) or of its TF32 peak (``--tf32``).
 
     .venv/bin/python benchmarks/project_imagenet.py [--images 50000] [--measured-extra N]
 
-The Table I cell is counted at its caps (the top-1 run at most 300 steps, the lower end at most 150).
+The Table I cell (= `wdbound err` at its defaults) is counted at its caps (the top-1 run at most 60 steps beside
+the 1,280-step density run, the lower end at most 150); "err" below is `wdbound err --theorem on`.
 ``--measured-extra N`` also projects it with the density run as planned and the rest at what a real cell spent
 besides its density run (110 on the ResNet-50 of ``benchmarks/resnet18_err.py --arch resnet50 --stem imagenet``:
 docs/scale.md).

@@ -249,3 +249,12 @@ def test_theorem_interval_covers_exact_with_few_steps(form, seed):
     est = theorem_from_runs(runs, p)
     assert est.interval.contains(exact.term), (est.interval, exact.term)
     assert est.interval.low < est.term < est.interval.high
+
+
+def test_err_plans_at_most_1500_hvps_at_its_defaults_at_any_d():
+    # err's default settings without the Theorem terms (cli.err.err_settings): err/d of both forms from one
+    # 1,280-step SLQ run, a top-1 run of at most 60 steps, the lower end (<= 150) and the deflation checks.
+    settings = SpectrumSettings(top_k=1, diagonal="hutchinson")
+    for dim in (2_410, 11_181_642, 7_000_000_000):
+        assert planned_hvps(settings, dim) == 60 + 1 + 1_280 + 150 + 5 <= 1_500
+    assert planned_hvps(settings, 854) == 60 + 1 + 854 + 150 + 5  # the steps capped at d

@@ -333,3 +333,22 @@ def test_spectrum_to_pandas_is_what_the_command_prints():
     assert frame.loc["lambda_1", "value"] == pytest.approx(3.0) and frame.loc["lambda_2", "value"] == pytest.approx(2.0)
     assert frame.loc["trace", "value"] == pytest.approx(6.5) and frame.loc["exact trace", "value"] == pytest.approx(6.5)
     assert frame.loc["lambda_1", "kind"] == "exact"
+
+
+def test_top_one_beside_a_long_density_run_comes_from_the_sharper_of_the_two():
+    # Evenly spaced eigenvalues: the top one has a relative gap of 1/600, so a 60-step top-1 run cannot certify
+    # it (bound ~6e-3); the 500-step density run that follows does, and its value replaces the run's.
+    rng = np.random.default_rng(0)
+    dim = 600
+    values = np.linspace(0.0, 10.0, dim)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    operator = DenseOperator(torch.from_numpy(basis @ np.diag(values) @ basis.T))
+    settings = SpectrumSettings(probes=1, steps=500, top_k=1, diagonal="hutchinson")
+    result = estimate_spectrum(operator, settings)
+    assert result.provenance["top_from"] == "density run" and result.top.converged
+    assert abs(result.top.values[0] - 10.0) <= result.top.bounds[0] + 1e-12 and result.top.bounds[0] < 1e-9
+    assert result.support.high >= 10.0 - 1e-12
+    # The plan counts the 60-step top-1 run, not 300 steps; what ran stays within it.
+    assert result.hvps <= expected_hvps(settings, dim) == 60 + 1 + 150 + 5 + 500
+    # Top-k (k > 1) keeps its own run of up to 300 steps: one density probe repeats converged eigenvalues.
+    assert expected_hvps(replace(settings, top_k=5), dim) == 300 + 1 + 150 + 5 + 500

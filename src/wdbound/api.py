@@ -44,7 +44,8 @@ from .estimators.hutchinson import deflated_diagonal
 from .estimators.krylov_trace import krylov_deflated_trace
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
-from .spectrum import auto_kept_graph, check_sizes, deflated_density, expected_hvps, resolve_exact
+from .spectrum import (SpectrumSettings, auto_kept_graph, check_sizes, expected_hvps, resolve_exact,
+                       top_then_density)
 
 
 def _as_dataset(data) -> Dataset:
@@ -299,12 +300,13 @@ class Hessian:
         steps = min(defaults.STEPS, self.dim) if steps is None else steps
         check_sizes(self.dim, steps=steps)
         generator = self._generator()
-        with self._progress("density", probes * steps + defaults.TOP_MAX_STEPS):
-            top = top_eigenvalues(self.operator, 1, generator)
-            _, run, support, deflation = deflated_density(self.operator, probes, steps, self.seed, generator, top)
-        return Density(run, support, {**self.provenance, "probes": probes, "steps": steps,
-                                      "deflation": deflation.to_json(), "support": support.to_json(),
-                                      "hvp_fallback": self.operator.fallback})
+        settings = SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=self.seed, diagonal="hutchinson")
+        with self._progress("density", expected_hvps(settings, self.dim)):
+            found = top_then_density(self.operator, settings, generator)
+        return Density(found.slq, found.support, {**self.provenance, "probes": probes, "steps": steps,
+                                                  "deflation": found.deflation.to_json(),
+                                                  "support": found.support.to_json(), "top_from": found.top_from,
+                                                  "hvp_fallback": self.operator.fallback})
 
     def exact(self, max_dim: int = 20_000) -> ExactSpectrum:
         """Eigenvalues and diagonal of the dense Hessian (d HVPs the first time; refused above ``max_dim``

@@ -31,6 +31,9 @@ THEOREM_STEPS = 80
 EXACT_CROSSCHECK_STEPS = 80
 TOP_K = 5
 TOP_MAX_STEPS = 300  # the top-k Lanczos run's step cap: it can certify at most this many eigenvalues
+# ... and for top-1 before a density run of at least TOP_MAX_STEPS steps (`err`, `table`): that run's own top Ritz
+# value serves when its bound is smaller, so `err`'s plan is at most 60 + 1 + 1,280 + 150 + 5 = 1,496 HVPs at any d.
+TOP_BESIDE_DENSITY_STEPS = 60
 ENDS_MAX_STEPS = 150  # the Lanczos run on -H for the spectrum's lower end (the quadrature intervals' support)
 # The trace alone (`Hessian.trace()`): a Lanczos run of TRACE_ALONE_SPAN_STEPS steps taken exactly, then deflated
 # Hutchinson probes, TRACE_ALONE_PROBES first, until the standard error <= TRACE_RTOL x |trace| (at most

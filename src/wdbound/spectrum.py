@@ -36,8 +36,8 @@ from .errors import WdboundError, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
-from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Support, density_low_end, hvp_precision,
-                                 lanczos, run_lanczos, slq_from_run, spectral_support)
+from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Support, density_low_end, density_top,
+                                 hvp_precision, lanczos, run_lanczos, sharper_top, slq_from_run, spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
 from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes,
@@ -373,6 +373,38 @@ def spectrum_ends(operator, density: SLQ, top: TopEigen, seed: int, memory: Lanc
     return spectral_support(operator, torch.Generator().manual_seed(seed + 1), top, max_steps=defaults.ENDS_MAX_STEPS,
                             restart=memory.ends_restart if memory is not None else None,
                             low=density_low_end(density, high, hvp_precision(operator)))
+
+
+@dataclass(frozen=True)
+class TopThenDensity:
+    """A top-k Lanczos run, then the deflated SLQ run and the spectrum's ends (:func:`top_then_density`)."""
+
+    top: TopEigen  # with its run's Krylov basis (the deflated trace's span)
+    run: LanczosRun
+    slq: SLQ
+    support: Support | None
+    deflation: Deflation
+    top_from: str  # "lanczos", or "density run" when the density run's own top Ritz value is sharper
+
+
+def top_then_density(operator, settings: SpectrumSettings, generator: torch.Generator,
+                     memory: LanczosMemory | None = None, restart: int | None = None) -> TopThenDensity:
+    """The path without a single pass (``err``, ``table``, ``spectrum --separate-top`` and the API's density):
+    top-k by a Lanczos run of at most :func:`top_run_steps` steps (at least TRACE_SPAN_STEPS with the deflated
+    trace), the deflated density (:func:`deflated_density`), then top-1 from the density run when its bound is
+    smaller (:func:`~wdbound.estimators.lanczos.sharper_top`; not when the density run had the top Ritz vectors
+    projected off: it then saw another operator), and the ends from both (``settings.ends``)."""
+    span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0
+    top = top_eigenvalues(operator, settings.top_k, generator, restart=restart, min_steps=span_steps,
+                          max_steps=top_run_steps(settings))
+    run, density, _, deflation = deflated_density(operator, settings.probes, settings.steps, settings.seed,
+                                                  generator, top, memory, ends=False)
+    source = "lanczos"
+    if deflation.ritz is None:  # the density run saw H itself (beside exact null directions): its top too
+        sharper = sharper_top(top, density_top(density, hvp_precision(operator), top.tol))
+        top, source = sharper, "lanczos" if sharper is top else "density run"
+    support = spectrum_ends(operator, density, top, settings.seed, memory) if settings.ends else None
+    return TopThenDensity(top, run, density, support, deflation, source)
 
 
 @dataclass(frozen=True)
@@ -730,6 +762,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
     shared = None
     cap = settings.steps if plan is None else plan.single_pass_steps
     exact_ev = exact_diag = dense = None
+    top_source = "lanczos"  # or "density run": the density run's own top Ritz value (sharper_top)
     if settings.exact:
         # The dense Hessian first: the top eigenvalues, the ends, the trace and the diagonal are read off it
         # (exact, no Lanczos run for them); the SLQ density run that follows is the cross-check.
@@ -753,12 +786,10 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         support = spectrum_ends(operator, density, top, settings.seed, memory) if settings.ends else None
     else:
         # The deflated trace's Krylov space is the top-k run's: at least TRACE_SPAN_STEPS steps make it a good one.
-        span_steps = defaults.TRACE_SPAN_STEPS if settings.trace == "deflated" else 0
-        top = top_eigenvalues(operator, settings.top_k, generator, restart=restart, min_steps=span_steps,
-                              max_steps=defaults.TOP_MAX_STEPS)
-        run, density, support, deflation = deflated_density(operator, settings.probes, settings.steps,
-                                                            settings.seed, generator, top, memory, ends=settings.ends)
-        span = top.span
+        separate = top_then_density(operator, settings, generator, memory, restart)
+        top, run, density, support, deflation = (separate.top, separate.run, separate.slq, separate.support,
+                                                 separate.deflation)
+        top_source, span = separate.top_from, top.span
     null = deflation.zero_mask
     # Probes projected off top Ritz vectors do not estimate the diagonal (Deflation): as many plain probes instead.
     products = (None if deflation.ritz is not None else
@@ -797,7 +828,7 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         "processes": getattr(operator, "world", 1), "lanczos": run.reorth, "precision": precision(operator),
         "single_pass": shared.to_json() if shared is not None else None,
         "top_from": ("dense Hessian" if exact_ev is not None else
-                     "slq union" if shared is not None and shared.union.top.converged else "lanczos"),
+                     "slq union" if shared is not None and shared.union.top.converged else top_source),
         "trace_leave_one_out": leave_one_out,
         "ritz_deflated": deflation.ritz.count if deflation.ritz is not None else 0,
     }
@@ -862,6 +893,20 @@ def exact_support(eigenvalues: np.ndarray) -> Support:
     return Support(float(eigenvalues[0]) - slack, float(eigenvalues[-1]) + slack, 0)
 
 
+def top_run_steps(settings: SpectrumSettings) -> int:
+    """The step cap of the top-k Lanczos run before the density run (``settings`` fixed for the dimension):
+    TOP_MAX_STEPS, or TOP_BESIDE_DENSITY_STEPS for top-1 when the density run that follows has at least
+    TOP_MAX_STEPS steps (``err``'s 1,280): that run's own top Ritz value then serves when its bound is smaller
+    (:func:`~wdbound.estimators.lanczos.density_top`), so the plan need not count 300 steps for it.
+
+    >>> top_run_steps(SpectrumSettings(top_k=1, steps=1280)), top_run_steps(SpectrumSettings(top_k=5, steps=1280))
+    (60, 300)
+    """
+    if settings.top_k == 1 and (settings.steps or defaults.STEPS) >= defaults.TOP_MAX_STEPS:
+        return defaults.TOP_BESIDE_DENSITY_STEPS
+    return defaults.TOP_MAX_STEPS
+
+
 def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     """An upper estimate of the HVPs :func:`estimate_spectrum` spends (for the progress bar): top-k (at most
     300), the bottom end (at most 150), zero rows (3) and the logit-shift check (1), the SLQ probes (and as many
@@ -874,7 +919,7 @@ def expected_hvps(settings: SpectrumSettings, dim: int) -> int:
     single = settings.single_pass  # no top-k run planned (one follows only when the union cannot certify top-k)
     # A low-memory density run with top Ritz vectors projected off leaves its probes to the SLQ: the trace and
     # the diagonal then take as many plain probes (counted whatever the plan; only an upper estimate here).
-    return ((0 if single else min(defaults.TOP_MAX_STEPS, dim) + settings.probes) + (defaults.ENDS_MAX_STEPS if settings.ends else 0) + 5
+    return ((0 if single else min(top_run_steps(settings), dim) + settings.probes) + (defaults.ENDS_MAX_STEPS if settings.ends else 0) + 5
             + settings.probes * min(settings.steps, dim) + settings.diag_probes
             + (max(settings.trace_probes, defaults.TRACE_MAX_PROBES) + (0 if single else defaults.TRACE_SPAN_STEPS)
                if settings.trace == "deflated" else 0)

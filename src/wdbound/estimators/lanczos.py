@@ -949,6 +949,60 @@ def spectral_support(operator, generator: torch.Generator, top: TopEigen | None 
     return Support(min(low, high), high, int(top.steps + bottom.steps))
 
 
+def density_top(run: "SLQ", precision: float, tol: float) -> TopEigen | None:
+    """The largest eigenvalue as the density run has found it itself (no HVP), or None (no probe has 3 steps).
+
+    For each probe, the largest Ritz value θ of its leading ``n − 1`` steps (whose next off-diagonal β is
+    known) has residual ``r = β |s_last|``, widened by ``sqrt(n) · precision · ‖T‖`` (the HVPs' rounding): an
+    eigenvalue lies within ``r`` of θ, and θ is at most λmax (a Ritz value). The probe with the largest θ gives
+    the value; ``converged`` when its ``r <= tol · |θ|``. A run of 1,280 steps (``err``'s density) certifies
+    λmax at least as well as a top-1 run of a few hundred steps from another start: :func:`sharper_top` keeps
+    whichever bound is smaller. The run's operator is the one its probes saw (null directions projected off:
+    exact eigenvectors of eigenvalue 0, so λmax > 0 is unchanged).
+
+    >>> import numpy as np
+    >>> from wdbound.curvature import DenseOperator
+    >>> op = DenseOperator(torch.from_numpy(np.diag(np.linspace(-1.0, 4.0, 30))))
+    >>> top = density_top(slq_from_run(lanczos(op, torch.ones(1, 30, dtype=torch.float64), 30), 30), 0.0, 1e-6)
+    >>> bool(abs(top.values[0] - 4.0) <= top.residuals[0] + 1e-12), top.converged
+    (True, True)
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    best = None
+    for p in range(len(run.lengths)):
+        n = int(run.lengths[p])
+        if n < 3:
+            continue
+        a = np.asarray(run.alphas[p, :n - 1], dtype=np.float64)
+        b = np.asarray(run.betas[p, :n - 2], dtype=np.float64)
+        value, vector = eigh_tridiagonal(a, b, select="i", select_range=(n - 2, n - 2), lapack_driver="stebz")
+        norm = float(np.max(np.abs(a) + np.r_[np.abs(b), 0.0] + np.r_[0.0, np.abs(b)]))
+        reach = abs(float(run.betas[p, n - 2])) * abs(float(vector[-1, 0])) + math.sqrt(n) * precision * norm
+        if best is None or float(value[0]) > best[0]:
+            best = (float(value[0]), reach, n - 1)
+    if best is None:
+        return None
+    value, reach, steps = best
+    return TopEigen(np.array([value]), np.array([reach]), np.array([reach]), steps,
+                    within(np.array([reach]), np.array([value]), tol), tol)
+
+
+def sharper_top(top: TopEigen, other: TopEigen | None) -> TopEigen:
+    """``other``'s top-1 in place of ``top``'s when its error bound is smaller (``top``'s Krylov basis kept for
+    the deflated trace); ``top`` itself for top-k with k > 1 (a single density probe's Ritz values repeat a
+    converged eigenvalue once orthogonality is lost) or when ``other`` is None.
+
+    >>> a = TopEigen(np.array([2.0]), np.array([1e-3]), np.array([1e-3]), 60, False, 1e-9)
+    >>> b = TopEigen(np.array([2.0004]), np.array([1e-12]), np.array([1e-12]), 1279, True, 1e-9)
+    >>> sharper_top(a, b).steps, sharper_top(b, a).steps, sharper_top(a, None).steps
+    (1279, 1279, 60)
+    """
+    if other is None or len(top.values) != 1 or float(other.bounds[0]) >= float(top.bounds[0]):
+        return top
+    return replace(other, span=top.span)
+
+
 def density_low_end(run: "SLQ", high: float, precision: float, rtol: float = 1e-4) -> float | None:
     """The bottom end of the spectrum the density run has found itself, or None (then :func:`spectral_support`
     makes its run on ``-H``).
