@@ -88,13 +88,13 @@ def test_a_noisy_finite_difference_product_is_refused(tmp_path):
         dist.destroy_process_group()
 
 
-def _torchrun_cli(args) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2 -m wdbound ARGS`` on the CPU; asserts it exits 0."""
+def _torchrun_cli(args, code: int = 0) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m wdbound ARGS`` on the CPU; asserts it exits with ``code``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", free_port(),
                "-m", "wdbound", *map(str, args)]
     proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == (code == 0), proc.stderr[-3000:]
     return proc
 
 
@@ -149,3 +149,52 @@ def test_err_command_with_fsdp_covers_the_exact_err(tiny_checkpoint, tmp_path, c
     assert low <= truth <= high, (low, truth, high)
     assert found["inputs"]["d"] == found["d"] and found["inputs"]["eta"] == exact["inputs"]["eta"]
     assert found["world"] == 2 and found["hvp_error"]["relative"] <= 1e-8
+    assert found["memory"]["mode"] == "full" and found["memory"]["budget"] >= found["memory"]["peak"]
+    # The three-term recurrence (no basis kept): the same coverage, 5 + 60 local vectors instead of 205.
+    low_memory = tmp_path / "sharded-err-low.json"
+    _torchrun_cli(["err", tiny_checkpoint, "--fsdp", "--optimizer", "adamw", "--steps", "200", "--no-cache",
+                   "--lanczos", "low-memory", "--json", low_memory])
+    found = json.loads(low_memory.read_text())
+    low, high = found["forms"]["adamw"]["interval"]
+    assert low <= truth <= high, (low, truth, high)
+    assert found["memory"]["mode"] == "low-memory" and found["memory"]["lanczos"] == 65 * 8 * found["local_d"]
+    # A budget no plan fits: one line on stderr, exit 2, before any HVP (every rank refuses alike).
+    proc = _torchrun_cli(["err", tiny_checkpoint, "--fsdp", "--memory", "64MB", "--no-cache"], code=2)
+    lines = [line for line in proc.stderr.splitlines() if "per rank" in line]
+    assert len(lines) == 1 and "memory budget is 61.04 MiB (--memory)" in lines[0]
+    assert "/wdbound/" not in proc.stderr  # no wdbound frame (torchrun's launcher prints its own on any exit != 0)
+
+
+@pytest.mark.slow
+def test_table_command_with_fsdp_covers_the_exact_cell(tiny_checkpoint, tmp_path, capsys):
+    """`torchrun --nproc-per-node 2 -m wdbound table CKPT --fsdp`: the checkpoint's Table I cell from the sharded
+    model, its interval (widened for the finite-difference error) covering the one-process exact cell
+    (`table --exact on`); rank 0 alone writes table1.*; without torchrun, one line and exit 2."""
+    from conftest import run_cli
+
+    cells = {}
+    for mode in ("on", "off"):  # the exact cell, and the one-process SLQ cell at the same steps
+        code, _, err = run_cli(["table", tiny_checkpoint, "--exact", mode, "--steps", "200", "--no-cache",
+                                "--no-plots", "--out", tmp_path / mode], capsys)
+        assert code == 0, err
+        cells[mode] = json.loads((tmp_path / mode / "table1.json").read_text())["cells"][0]
+    exact, slq = cells["on"], cells["off"]
+    proc = _torchrun_cli(["table", tiny_checkpoint, "--fsdp", "--steps", "200", "--no-cache",
+                          "--out", tmp_path / "sharded"])
+    assert proc.stdout.count("Table I on these checkpoints") == 1  # rank 0 alone prints
+    table = json.loads((tmp_path / "sharded" / "table1.json").read_text())
+    cell = table["cells"][0]
+    assert table["settings"]["fsdp"] and cell["method"] == "slq" and cell["form"] == exact["form"] == "adamw"
+    assert cell["err_mean_low"] <= exact["err_mean"] <= cell["err_mean_high"], (cell["err_mean_low"], exact["err_mean"],
+                                                                             cell["err_mean_high"])
+    # Measured 1.7x the one-process SLQ interval's width (1.48 against 0.86): the sharded run does not deflate
+    # the exactly-zero rows, whose mass at zero the quadrature bracket must then span.
+    assert cell["err_mean_high"] - cell["err_mean_low"] <= 2 * (slq["err_mean_high"] - slq["err_mean_low"])
+    assert cell["eta"] == exact["eta"] and cell["d"] == exact["d"] and cell["test_acc"] == exact["test_acc"]
+    provenance = cell["spectrum_provenance"]
+    assert provenance["world"] == 2 and provenance["local_d"] * 2 == cell["d"]
+    assert provenance["hvp_error"]["relative"] <= 1e-8 and cell["hvps"] == provenance["hvps"] > 200
+    assert "sharded over the torchrun processes" in (tmp_path / "sharded" / "table1.md").read_text()
+    code, _, err = run_cli(["table", tiny_checkpoint, "--fsdp", "--no-cache", "--out", tmp_path / "none"], capsys)
+    assert code == 2 and "torchrun" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none" / "table1.json").exists()

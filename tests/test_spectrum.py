@@ -243,7 +243,7 @@ def test_the_single_pass_takes_room_from_the_probe_block(monkeypatch):
     from wdbound.memory import plan_memory, with_single_pass
     from wdbound.spectrum import memory_plan, spectrum_command_settings
 
-    monkeypatch.setattr(spectrum, "current_bytes", lambda device: 0)
+    monkeypatch.setattr("wdbound.memory.current_bytes", lambda device: 0)
     monkeypatch.setattr(spectrum, "activation_floats", lambda model, example: 20_000)
     monkeypatch.setattr(spectrum, "kept_graph_size", lambda operator, activation=None: 0)
     torch.manual_seed(0)
@@ -308,7 +308,7 @@ def test_the_single_pass_comes_before_a_kept_graph_at_every_probe_block(monkeypa
 
     wide_fixed = planned(2, 0, 10**12).fixed
     graph = wide_fixed - planned(1, 0, 10**12).fixed - 5 * 10**5  # about what a block of 1 frees
-    monkeypatch.setattr(spectrum, "current_bytes", lambda device: 0)
+    monkeypatch.setattr("wdbound.memory.current_bytes", lambda device: 0)
     monkeypatch.setattr(spectrum, "activation_floats", lambda model, example: 20_000)
     monkeypatch.setattr(spectrum, "kept_graph_size", lambda operator, activation=None: graph)
     crowded = []

@@ -434,10 +434,12 @@ def table(paths=(), *, runs=None, out=None, progress: bool = True, cache: bool =
           exact: str = "auto", layout: str = "auto", formats=("md", "csv", "tex"), plots: bool = True,
           arch: str | None = None, arch_kwargs: dict | None = None, model_factory: str | None = None,
           optimizer: str | None = None, lr: float | None = None, wd: float | None = None,
-          batch_size: int | None = None, n_train: int | None = None, epochs: int | None = None, **spectrum):
+          batch_size: int | None = None, n_train: int | None = None, epochs: int | None = None,
+          fsdp: bool = False, **spectrum):
     """Table I on checkpoints, as ``wdbound table`` makes it: the same defaults (:func:`wdbound.tables.table_settings`),
     the same cache, the same report. ``paths``: checkpoint files or folders; ``runs``: a runs file; ``out``: a
-    folder to write table1.{json,md,csv,tex} and the plots into (None: write nothing); ``spectrum``: settings
+    folder to write table1.{json,md,csv,tex} and the plots into (None: write nothing); ``fsdp``: under torchrun,
+    each model sharded over the processes (``table --fsdp``); ``spectrum``: settings
     such as ``probes``, ``steps``, ``data``, ``max_samples``, ``dtype``. Returns the
     :class:`wdbound.tables.TableReport` (``.to_pandas()``, ``.findings_to_pandas()``, ``.write(folder)``)."""
     from .cache import Cache, NoCache
@@ -445,7 +447,7 @@ def table(paths=(), *, runs=None, out=None, progress: bool = True, cache: bool =
     from .tables import run_table, table_items, table_settings
 
     settings = table_settings(rho=rho, tau=tau, sigma_floor=sigma_floor, exact=exact, layout=layout,
-                              formats=formats, plots=plots, **spectrum)
+                              formats=formats, plots=plots, fsdp=fsdp, **spectrum)
     items = table_items([paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else list(paths),
                         runs, arch=arch, arch_kwargs=arch_kwargs, model_factory=model_factory, optimizer=optimizer,
                         lr=lr, wd=wd, batch_size=batch_size, n_train=n_train, epochs=epochs)

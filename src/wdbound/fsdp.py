@@ -38,6 +38,7 @@ the same number of backward passes (padding with zero-weight passes), since each
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
@@ -125,6 +126,15 @@ class ShardedErr:
     steps: int
     hvps: int
 
+    def figures(self, dim: int):
+        """These figures as the :class:`~wdbound.analysis.BoundFigures` a table cell holds (method ``slq``; what
+        a sharded run does not compute, the stderr over probes, Φ and the mass below the floor, is NaN)."""
+        from .analysis import BoundFigures
+
+        nan = float("nan")
+        return BoundFigures(self.form, "slq", self.err_mean * dim, nan, self.err_mean, nan, self.interval, nan, nan,
+                            nan, 0, 0, self.probes, self.steps)
+
     def to_json(self) -> dict:
         """Every field, the interval as [low, high]."""
         return {"form": self.form, "err_mean": self.err_mean, "interval": [self.interval.low, self.interval.high],
@@ -177,6 +187,9 @@ class ShardedHessian:
         self.error: HvpError | None = None
         self.on_hvps: Callable[[int], None] | None = None  # called with 1 after each HVP (a progress bar)
         self.memory_plan: ShardedMemoryPlan | None = None  # the per-rank plan (set by the command's setup)
+        # The density and err runs without a kept basis (the three-term recurrence): set by the setup when the
+        # plan chose it (--lanczos low-memory, or auto when the whole basis does not fit the budget).
+        self.low_memory = False
 
     def measured_plan(self) -> ShardedMemoryPlan | None:
         """The memory plan with the peak measured so far, the largest over the ranks (None without a plan)."""
@@ -310,6 +323,34 @@ class ShardedHessian:
         coefficients = self._sum(basis.double() @ w.double()).to(w.dtype)
         return w - coefficients @ basis
 
+    def recurrence(self, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """``steps`` Lanczos steps of the plain three-term recurrence from ``start``: α [m], β [m] (β[-1] the
+        residual norm), three vectors of the local coordinates held, two all-reduces per step. Without
+        re-orthogonalisation the basis loses orthogonality as Ritz values converge and converged eigenvalues
+        come back as ghost copies; the Gauss quadrature of the run stays that of a measure within rounding of
+        the true one (Greenbaum 1989; Knizhnerman 1996), which is what SLQ needs. For the density and err/d only:
+        the top-k run keeps its basis (:meth:`lanczos`)."""
+        steps = min(steps, self.dim)
+        q = start / math.sqrt(self.dot(start, start))
+        previous = torch.zeros_like(q)
+        alphas, betas, beta = [], [], 0.0
+        for _ in range(steps):
+            w = self.hvp(q).to(self.dtype) - beta * previous
+            alpha = self.dot(w, q)
+            w -= alpha * q
+            beta = math.sqrt(max(self.dot(w, w), 0.0))
+            alphas.append(alpha)
+            betas.append(beta)
+            if beta <= 1e-12 * max(abs(alpha), 1e-300):
+                break
+            previous, q = q, w / beta
+            del w
+        return np.array(alphas), np.array(betas)
+
+    def _slq_run(self, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """α and β of one SLQ probe's run: :meth:`recurrence` when the plan chose low memory, else :meth:`lanczos`."""
+        return self.recurrence(start, steps) if self.low_memory else self.lanczos(start, steps)[:2]
+
     def lanczos(self, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """``steps`` Lanczos steps with full reorthogonalisation from ``start`` (all inner products summed over
         the ranks): the tridiagonal's α [m], β [m] (β[-1] the residual norm) and the local basis [m, local d].
@@ -369,7 +410,7 @@ class ShardedHessian:
         nodes, weights = [], []
         generator = self.generator(3)
         for _ in range(probes):
-            alphas, betas, _ = self.lanczos(self.random(generator), steps)
+            alphas, betas = self._slq_run(self.random(generator), steps)
             tri = tridiagonal(alphas, betas[:-1])
             values, vectors = np.linalg.eigh(tri)
             nodes.append(values)
@@ -394,7 +435,7 @@ class ShardedHessian:
             self.hvp_error()
         before = self.hvps
         generator = self.generator(4)
-        runs = [self.lanczos(self.random(generator, "rademacher"), steps)[:2] for _ in range(probes)]  # no basis kept
+        runs = [self._slq_run(self.random(generator, "rademacher"), steps) for _ in range(probes)]
         width = max(len(a) for a, _ in runs)
         alphas, betas = np.zeros((probes, width)), np.zeros((probes, max(width - 1, 0)))
         lengths, lows, highs = np.zeros(probes, dtype=np.int64), [], []
@@ -428,6 +469,9 @@ class ShardedMemoryPlan:
     lanczos: int  # the largest Lanczos run's local basis and work vectors
     runtime: int = 0  # what a running process allocates besides: communication buffers, the allocator, autograd
     peak_measured: int | None = None
+    mode: str = "full"  # the SLQ runs' Lanczos: full (whole local basis) or low-memory (three-term recurrence)
+    budget: int | None = None  # per rank (choose_sharded_plan), and where it comes from
+    budget_source: str = ""
 
     @property
     def peak(self) -> int:
@@ -441,26 +485,55 @@ class ShardedMemoryPlan:
 
 
 def sharded_memory_plan(model: nn.Module, example: torch.Tensor, *, world: int, dtype: torch.dtype,
-                        examples_per_rank: int, batch_size: int, steps: int, baseline: int) -> ShardedMemoryPlan:
+                        examples_per_rank: int, batch_size: int, steps: int, baseline: int,
+                        kept_steps: int | None = None) -> ShardedMemoryPlan:
     """What one of ``world`` ranks holds, from the unsharded ``model`` (before ``fully_shard``) and one input
     ``example``: its 1/world share of every parameter four times (the shard, its gradient, the saved θ, a
     gradient kept across the two of an HVP) plus one more during each difference, the largest unit gathered
     whole (parameters and gradients), its examples, one pass's activations (:func:`wdbound.memory.activation_floats`
     × the batch, forward and backward, with the plans' safety factor), a Lanczos run of ``steps`` vectors
-    of its coordinates plus 4 work vectors, and the runtime's own (``SHARDED_RUNTIME_BYTES`` and
-    ``SHARDED_RUNTIME_VECTORS`` full-size vectors, calibrated)."""
+    of its coordinates plus 4 work vectors (``kept_steps``: the SLQ runs use the three-term recurrence and only
+    a run of that many steps, the top-k run's, keeps its basis), and the runtime's own
+    (``SHARDED_RUNTIME_BYTES`` and ``SHARDED_RUNTIME_VECTORS`` full-size vectors, calibrated)."""
     from .memory import ACTIVATION_SAFETY, activation_floats
 
     size = torch.empty((), dtype=dtype).element_size()
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    local, steps = -(-dim // world), min(steps, dim)  # a Krylov space has at most d dimensions
+    kept = steps if kept_steps is None else kept_steps
+    local, kept = -(-dim // world), min(kept, dim)  # a Krylov space has at most d dimensions
     units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()]
     per_pass = activation_floats(model, example[None]) * min(batch_size, max(examples_per_rank, 1))
     return ShardedMemoryPlan(baseline=baseline, shard=5 * local * size, gathered=2 * max(units) * size,
                              data=examples_per_rank * example.numel() * size,
                              activations=int(ACTIVATION_SAFETY * 2 * per_pass * size),
-                             lanczos=(steps + 5) * local * size,
-                             runtime=SHARDED_RUNTIME_BYTES + SHARDED_RUNTIME_VECTORS[min(world, 2)] * dim * size)
+                             lanczos=(kept + 5) * local * size,
+                             runtime=SHARDED_RUNTIME_BYTES + SHARDED_RUNTIME_VECTORS[min(world, 2)] * dim * size,
+                             mode="full" if kept_steps is None else "low-memory")
+
+
+def choose_sharded_plan(full: ShardedMemoryPlan, low: ShardedMemoryPlan, mode: str, budget: int,
+                        source: str) -> ShardedMemoryPlan:
+    """The per-rank plan ``--lanczos`` asks for (``full``, ``low-memory``, or ``auto``: the whole basis when
+    its plan fits ``budget``, else the three-term recurrence), with the budget; a one-line error when the
+    chosen plan does not fit (before any HVP).
+
+    >>> full = ShardedMemoryPlan(0, 10, 0, 0, 0, 100)
+    >>> low = ShardedMemoryPlan(0, 10, 0, 0, 0, 5, mode="low-memory")
+    >>> choose_sharded_plan(full, low, "auto", 200, "--memory").mode, choose_sharded_plan(full, low, "auto", 50, "").mode
+    ('full', 'low-memory')
+    """
+    from .memory import human_bytes
+
+    chosen = full if mode == "full" or (mode == "auto" and full.peak <= budget) else low
+    chosen = replace(chosen, budget=budget, budget_source=source)
+    if chosen.peak > budget:
+        raise WdboundError(
+            f"--fsdp needs ~{human_bytes(chosen.peak)} per rank ({chosen.mode} Lanczos: vectors "
+            f"{human_bytes(chosen.lanczos)}, shards {human_bytes(chosen.shard)}, runtime {human_bytes(chosen.runtime)}, "
+            f"activations {human_bytes(chosen.activations)}) but the memory budget is {human_bytes(budget)} "
+            f"({source}); use more processes, float32, " + ("" if chosen.mode == "low-memory" else "--lanczos "
+            "low-memory, ") + "a smaller --hvp-batch-size or a larger --memory", "memory")
+    return chosen
 
 
 # A rank's allocations besides the plan's parts while the product runs (gloo's and FSDP's buffers, autograd's,
@@ -549,6 +622,16 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def require_torchrun():
+    """``torch.distributed`` when this process is one of at least two torchrun processes, else the one-line
+    error of ``--fsdp`` (said before any work)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() < 2:
+        raise WdboundError("--fsdp shards the model over torchrun's processes: start it with "
+                           "torchrun --nproc-per-node N (N >= 2)", "fsdp")
+    return dist
+
+
 def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tuple["ShardedHessian", dict]:
     """The checkpoint's model copied, cast to ``settings.dtype``, sharded over the torchrun processes
     (:func:`shard_model`), and its evaluation data (``--data``, ``--split``, ``--max-samples`` with
@@ -560,14 +643,11 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tup
     from .data import evaluation_subset, first_tensor, load_dataset
     from . import defaults
     from .distributed import local_device
-    from .memory import current_bytes
+    from .memory import memory_budget
     from .models import image_size
     from .spectrum import evaluation_data, loss_function
 
-    dist = _dist()
-    if dist is None or dist.get_world_size() < 2:
-        raise WdboundError("--fsdp shards the model over torchrun's processes: start it with "
-                           "torchrun --nproc-per-node N (N >= 2)", "fsdp")
+    dist = require_torchrun()
     if settings.params:
         raise WdboundError("--fsdp takes the Hessian of every parameter: --params is not supported there", "params")
     dtype, device = resolve_dtype(settings.dtype), local_device(resolve_device(settings.device))
@@ -583,14 +663,25 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tup
     y = torch.tensor([int(label) for _, label in items])
     model = copy.deepcopy(ckpt.model).to(device=device, dtype=dtype).eval()
     world = dist.get_world_size()
-    steps = max(sharded_top_steps(settings.top_k), settings.steps or defaults.STEPS)
-    plan = sharded_memory_plan(model, x[0].to(device), world=world, dtype=dtype, batch_size=settings.batch_size,
-                               examples_per_rank=-(-len(y) // world), steps=steps, baseline=current_bytes(device))
+    top_steps = sharded_top_steps(settings.top_k)
+    shape = dict(world=world, dtype=dtype, batch_size=settings.batch_size, examples_per_rank=-(-len(y) // world),
+                 steps=max(top_steps, settings.steps or defaults.STEPS))
+    # The ranks on one node share its RAM (not its GPUs); every rank plans with the largest baseline and the
+    # smallest budget of them all, so all choose the same Lanczos (the collectives must match) or all refuse.
+    budget, baseline, source = memory_budget(settings.memory, device, share_of=1 if device.type == "cuda" else
+                                             int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    agreed = torch.tensor([float(baseline), -float(budget)], dtype=torch.float64, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    baseline, budget = int(agreed[0]), int(-agreed[1])
+    plan = choose_sharded_plan(sharded_memory_plan(model, x[0].to(device), baseline=baseline, **shape),
+                               sharded_memory_plan(model, x[0].to(device), baseline=baseline, kept_steps=top_steps,
+                                                   **shape), settings.lanczos, budget, source)
     shard_model(model, device)
     H = ShardedHessian(model, (x, y), loss_function(settings.loss), batch_size=settings.batch_size,
                        seed=settings.seed)
     H.on_hvps = on_hvps
     H.memory_plan = plan
+    H.low_memory = plan.mode == "low-memory"
     provenance = {"checkpoint": str(ckpt.path), "data": spec, "split": settings.split,
                   "max_samples": settings.max_samples, "subset_seed": settings.subset_seed, "seed": settings.seed,
                   "dtype": str(dtype).removeprefix("torch."), "device": str(device), "loss": settings.loss,

@@ -184,6 +184,20 @@ def available_bytes(device: torch.device, roots: SystemRoots | None = None) -> t
         return 8 * 2**30, "unknown (assumed 8 GiB)"
 
 
+def memory_budget(setting: str, device: torch.device, share_of: int = 1) -> tuple[int, int, str]:
+    """(budget, bytes in use now, where the budget comes from) of ``--memory``: ``auto`` is what the process
+    holds plus a share of what it can still get (AUTO_SHARE_GPU of the GPU's free memory, AUTO_SHARE_RAM of the
+    RAM: :func:`available_bytes`), split among ``share_of`` processes that draw on the same memory (torchrun's
+    ranks on one node); else the size given (:func:`parse_memory`)."""
+    if setting == "auto":
+        free, source = available_bytes(device)
+        baseline = in_use_bytes(device, source)  # against the same limit (VmSize under ulimit -v)
+        share = (AUTO_SHARE_GPU if device.type == "cuda" else AUTO_SHARE_RAM) / max(share_of, 1)
+        per = f" / {share_of} processes" if share_of > 1 else ""
+        return baseline + int(free * share), baseline, f"auto: in use + {share:.0%} of {source}{per}"
+    return parse_memory(setting), current_bytes(device), "--memory"
+
+
 def in_use_bytes(device: torch.device, source: str) -> int:
     """What the process holds against the limit ``source`` (a label :func:`available_bytes` returned) counts:
     VmSize under RLIMIT_AS, VmData under RLIMIT_DATA, else the RSS (CPU) / allocated memory (CUDA)."""

@@ -40,9 +40,9 @@ from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Suppo
                                  hvp_precision, lanczos, run_lanczos, sharper_top, slq_from_run, spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
-from .memory import (AUTO_SHARE_GPU, AUTO_SHARE_RAM, LANCZOS_MODES, allocation_phase, current_bytes, in_use_bytes,
-                     MemoryPlan, activation_floats, available_bytes, human_bytes, kept_graph_bytes, parse_memory, peak_bytes, plan_memory,
-                     with_single_pass)
+from .memory import (LANCZOS_MODES, allocation_phase, MemoryPlan, activation_floats, available_bytes, human_bytes,
+                     kept_graph_bytes,
+                     memory_budget, parse_memory, peak_bytes, plan_memory, with_single_pass)
 from .progress import Observer
 from .provenance import checkpoint_provenance, library_versions
 
@@ -523,14 +523,7 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
     """The memory plan of an analysis of ``operator`` under ``settings`` (see :mod:`wdbound.memory`); raises
     the ``--memory`` error when nothing fits. Applies the plan's HVP chunk and probe block to the operator."""
     settings = settings.for_dim(operator.dim)
-    if settings.memory == "auto":
-        free, source = available_bytes(operator.device)
-        baseline = in_use_bytes(operator.device, source)  # against the same limit (VmSize under ulimit -v)
-        share = AUTO_SHARE_GPU if operator.device.type == "cuda" else AUTO_SHARE_RAM
-        budget, source = baseline + int(free * share), f"auto: in use + {share:.0%} of {source}"
-    else:
-        baseline = current_bytes(operator.device)
-        budget, source = parse_memory(settings.memory), "--memory"
+    budget, baseline, source = memory_budget(settings.memory, operator.device)
     example = take(next(operator.chunks())[0], slice(0, 1))
     activation = activation_floats(operator.model, example)
     exact_chunk = 256 if settings.exact else (64 if settings.exact_diagonal_for(operator.dim) else 0)

@@ -171,12 +171,13 @@ def measured_accuracy(ckpt, settings: SpectrumSettings) -> tuple[float, float] |
 
 def evaluate_row(path: "Path | RunSpec", settings: SpectrumSettings, *, rho: float | None, tau: float,
                  sigma_floor: float, exact_mode: str | None = None, cache=None,
-                 observer: Observer | None = None) -> tuple[TableRow, Spectrum]:
+                 observer: Observer | None = None, fsdp: bool = False) -> tuple[TableRow, Spectrum | None]:
     """One checkpoint's Table I figures (Corollary 3 of its own form) and its spectrum. ``path`` is a checkpoint
     file or a :class:`wdbound.runs.RunSpec` (a file plus what a plain state_dict does not record: architecture,
     training rule, η, λ, b, n, epochs, label, accuracy). ``exact_mode`` (auto / on / off) decides per
     checkpoint whether the dense spectrum is used; None keeps ``settings.exact``. A checkpoint that records no
-    test accuracy gets the one measured on the test split of its evaluation data."""
+    test accuracy gets the one measured on the test split of its evaluation data. ``fsdp``: the model sharded
+    over the torchrun processes (:func:`_sharded_row`; no spectrum is returned)."""
     run = path if isinstance(path, RunSpec) else RunSpec(Path(path))
     path = run.path
     ckpt = load_checkpoint(path, arch=run.resolved_arch(), arch_kwargs=run.arch_kwargs if run.arch_kwargs is not None
@@ -187,11 +188,6 @@ def evaluate_row(path: "Path | RunSpec", settings: SpectrumSettings, *, rho: flo
     family, variant = family_variant(name)
     form = bound_form(name)
     inputs = bound_inputs(ckpt, rho=rho, tau=tau, sigma_floor=sigma_floor)
-    if exact_mode is not None:
-        settings = replace(settings, exact=resolve_exact(exact_mode, inputs.d))
-    evaluation = evaluate(ckpt, settings, inputs, [form] if form is not None else [], theorem=False, cache=cache,
-                          observer=observer, label=Path(path).name)
-    spectrum = evaluation.spectrum
     train_meta, metrics = ckpt.meta.get("train") or {}, ckpt.meta.get("metrics") or {}
     acc, loss, source = metrics.get("test_acc"), metrics.get("test_loss"), "recorded"
     if run.test_acc is not None:
@@ -199,16 +195,44 @@ def evaluate_row(path: "Path | RunSpec", settings: SpectrumSettings, *, rho: flo
     elif acc is None:
         measured = measured_accuracy(ckpt, settings)
         acc, loss, source = (*measured, "measured on the test split") if measured else (None, None, "none")
-    row = TableRow(Path(path).name, run.label or model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
-                   train_meta.get("epochs", 0), name, family, variant, form, acc,
-                   loss, update_spread(ckpt.meta, path), str(path), ckpt.sha256,
-                   float(spectrum.top.values[0]), float(spectrum.top.residuals[0]), spectrum.trace.estimate,
+    facts = (Path(path).name, run.label or model_label(ckpt.meta["arch"], ckpt.meta.get("arch_kwargs")),
+             train_meta.get("epochs", 0), name, family, variant, form, acc, loss, update_spread(ckpt.meta, path),
+             str(path), ckpt.sha256)
+    if fsdp:
+        return _sharded_row(ckpt, replace(settings, exact=False), inputs, facts, source, observer), None
+    if exact_mode is not None:
+        settings = replace(settings, exact=resolve_exact(exact_mode, inputs.d))
+    evaluation = evaluate(ckpt, settings, inputs, [form] if form is not None else [], theorem=False, cache=cache,
+                          observer=observer, label=Path(path).name)
+    spectrum = evaluation.spectrum
+    row = TableRow(*facts, float(spectrum.top.values[0]), float(spectrum.top.residuals[0]), spectrum.trace.estimate,
                    spectrum.trace.stderr, settings.probes, settings.for_dim(spectrum.d).steps, settings.seed,
                    settings.dtype,
                    settings.split, evaluation.analysis.hvps, spectrum.cached, inputs, spectrum.provenance,
                    evaluation.figures.get(form), evaluation.analysis.refinement if form is not None else None,
                    source, int(spectrum.top.steps), spectrum.support)
     return row, spectrum
+
+
+def _sharded_row(ckpt, settings: SpectrumSettings, inputs: BoundInputs, facts: tuple, source: str,
+                 observer: Observer | None) -> TableRow:
+    """The row of a checkpoint sharded over the torchrun processes (``table --fsdp``): err/d of its own form from
+    :func:`wdbound.fsdp.sharded_err` at the table's probes and steps, its interval widened for the
+    finite-difference HVPs' error; the top eigenvalue and the trace are not computed (NaN), the support is the
+    sharded density run's."""
+    from .fsdp import expected_sharded_hvps, sharded_err
+
+    observer = observer or Observer()
+    form = facts[6]
+    observer.start(facts[0], expected_sharded_hvps(settings, inputs.d, "err"))
+    report = sharded_err(ckpt, settings, inputs, [form] if form is not None else [], observer.hvps)
+    observer.done(report.run.hvps)
+    provenance = report.run.to_json()
+    probes, steps = provenance["provenance"]["probes"], provenance["provenance"]["steps"]
+    figures = report.errs[0].figures(inputs.d) if report.errs else None
+    support = (Support(*report.errs[0].support, steps, "sharded density run") if report.errs else None)
+    return TableRow(*facts, math.nan, math.nan, math.nan, math.nan, probes, steps, settings.seed, settings.dtype,
+                    settings.split, report.run.hvps, False, inputs, provenance, figures, None, source, 0, support)
 
 
 def all_optimizers_grid(rows: list[TableRow]) -> tuple[list[str], list[list[str]]]:
@@ -574,9 +598,11 @@ class TableSettings:
     layout: str = "auto"  # markdown layout: auto, long, paper
     formats: tuple[str, ...] = TABLE_FORMATS  # text formats besides the JSON
     plots: bool = True
+    fsdp: bool = False  # under torchrun: each model sharded over the processes (finite-difference HVPs, SLQ only)
 
     def validate(self) -> None:
-        """Raise a one-line error for an unknown format, exactness mode or layout (before any work)."""
+        """Raise a one-line error for an unknown format, exactness mode or layout, or ``fsdp`` outside torchrun
+        or with ``exact`` on (before any work)."""
         bad = [f for f in self.formats if f not in TABLE_FORMATS]
         if bad:
             raise WdboundError(f"unknown table format {', '.join(bad)}; use a comma-separated subset of md, csv, tex",
@@ -586,11 +612,18 @@ class TableSettings:
         if self.layout not in LAYOUTS:
             raise WdboundError(f"unknown layout {self.layout!r}; use auto, long or paper", "layout")
         self.spectrum.validate()
+        if self.fsdp:
+            from .fsdp import require_torchrun
+
+            if self.exact == "on":
+                raise WdboundError("--fsdp gives err/d by SLQ on finite-difference HVPs: --exact on is not "
+                                   "supported there", "fsdp")
+            require_torchrun()
 
     def to_json(self) -> dict:
         """The ``settings`` of ``table1.json`` (``layout`` is the one used, filled in by the report)."""
         return {"spectrum": self.spectrum.__dict__, "rho": self.rho if self.rho is not None else "1/sqrt(input dim)",
-                "tau": self.tau, "sigma_floor": self.sigma_floor, "exact": self.exact}
+                "tau": self.tau, "sigma_floor": self.sigma_floor, "exact": self.exact, "fsdp": self.fsdp}
 
 
 TABLE_SPECTRUM = dict(top_k=1, diagonal="hutchinson", probes=defaults.TABLE_PROBES, steps=defaults.TABLE_STEPS)
@@ -598,12 +631,12 @@ TABLE_SPECTRUM = dict(top_k=1, diagonal="hutchinson", probes=defaults.TABLE_PROB
 
 def table_settings(*, rho: float | None = None, tau: float = defaults.TAU, sigma_floor: float = defaults.SIGMA_FLOOR,
                    exact: str = "auto", layout: str = "auto", formats=TABLE_FORMATS, plots: bool = True,
-                   **spectrum) -> TableSettings:
+                   fsdp: bool = False, **spectrum) -> TableSettings:
     """The validated settings of a table: ``wdbound table``'s defaults (the one owner, read by the CLI and
     :func:`wdbound.tables`), with ``spectrum`` any :class:`~wdbound.spectrum.SpectrumSettings` field (``probes``,
     ``steps``, ``data``, ``max_samples``, ``dtype``, ...)."""
     settings = TableSettings(SpectrumSettings(**{**TABLE_SPECTRUM, **spectrum}), rho, tau, sigma_floor, exact,
-                             layout, tuple(formats), plots)
+                             layout, tuple(formats), plots, fsdp)
     settings.validate()
     return settings
 
@@ -655,7 +688,10 @@ class TableReport:
         return (f"Settings: {s.split} split, --exact {self.settings.exact} ({len(exact)} of {len(self.rows)} "
                 f"checkpoints exact: d <= {defaults.EXACT_AUTO_MAX_DIM:,} under auto), SLQ {s.probes} probes x "
                 f"{s.steps or f'up to {defaults.STEPS}'} Lanczos steps (rtol {s.rtol:g}, cap {s.refine_cap()} HVPs), seed {s.seed}, {s.dtype}, "
-                f"sigma floor {self.settings.sigma_floor:g}, tau {self.settings.tau:g}, rho {rho}{widest}.")
+                f"sigma floor {self.settings.sigma_floor:g}, tau {self.settings.tau:g}, rho {rho}{widest}."
+                + (" Each model sharded over the torchrun processes (--fsdp): finite-difference HVPs, every "
+                   "interval widened for their measured error; no top eigenvalue, trace or plot."
+                   if self.settings.fsdp else ""))
 
     def note(self) -> str:
         """Empty, or the line that says the table was interrupted."""
@@ -740,11 +776,12 @@ def run_table(paths: "list[Path | RunSpec]", settings: TableSettings, *, cache=N
             try:
                 row, spectrum = evaluate_row(item, settings.spectrum, rho=settings.rho, tau=settings.tau,
                                              sigma_floor=settings.sigma_floor, exact_mode=settings.exact,
-                                             cache=cache, observer=observer)
+                                             cache=cache, observer=observer, fsdp=settings.fsdp)
                 rows.append(row)
                 # The plots need the measure and the exact eigenvalues only: the live operator, its kept graph
                 # and the dense Hessian (up to 0.8 GB at d = 10,000) go with the checkpoint.
-                spectra.append((row, replace(spectrum, extra={})))
+                if spectrum is not None:  # a sharded row has none (--fsdp: no plot)
+                    spectra.append((row, replace(spectrum, extra={})))
             except WdboundError as exc:
                 failures.append(str(about(Path(path).name, exc)))
                 observer.failed(Path(path).name, exc)

@@ -108,7 +108,8 @@ def say_sharded_memory(plan) -> None:
     say(f"memory per rank: planned peak {human_bytes(plan.peak)} (before the analysis {human_bytes(plan.baseline)}, "
         f"shards {human_bytes(plan.shard)}, largest unit gathered {human_bytes(plan.gathered)}, examples "
         f"{human_bytes(plan.data)}, activations {human_bytes(plan.activations)}, Lanczos vectors "
-        f"{human_bytes(plan.lanczos)}){measured}")
+        f"{human_bytes(plan.lanczos)} ({plan.mode}), runtime {human_bytes(plan.runtime)})"
+        + (f" within {human_bytes(plan.budget)} ({plan.budget_source})" if plan.budget else "") + measured)
 
 
 def write_spectrum_outputs(result, plot: Optional[Path], json_path: Optional[Path], title: str) -> None:

@@ -35,7 +35,7 @@ def table(
     arch: Optional[str] = Opt.arch, arch_kwarg: List[str] = Opt.arch_kwarg, model_factory: Optional[str] = Opt.model_factory, loss: str = Opt.loss,
     optimizer: Optional[str] = typer.Option(None, help="The training rule of plain state_dicts (adamw, adamw-d, l2-adam, l2-adam-d, adamprox, adams, adal): it picks the bound form and Table I's column."),
     lr: Optional[float] = Opt.lr, wd: Optional[float] = Opt.wd, batch_size: Optional[int] = Opt.batch_size, n_train: Optional[int] = Opt.n_train, epochs: Optional[int] = typer.Option(None, help="Training length in epochs of plain state_dicts (Table I's row)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write table1.json (every cell, finding and setting) at this path."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write table1.json (every cell, finding and setting) at this path."), fsdp: bool = Opt.fsdp,
 ) -> None:
     """Table I (err in bound, test accuracy; constant / decaying; AdamW vs l2-Adam) on your checkpoints."""
     from ..io_utils import check_output, check_output_folder, write_json_atomic
@@ -43,7 +43,7 @@ def table(
 
     check_output_folder(out)
     check_output(json_path)
-    settings = table_settings(rho=rho, tau=tau, sigma_floor=sigma_floor, exact=exact, layout=layout_name, plots=plots,
+    settings = table_settings(rho=rho, tau=tau, sigma_floor=sigma_floor, exact=exact, layout=layout_name, plots=plots, fsdp=fsdp,
                               formats=[f.strip() for f in format.split(",") if f.strip()], **spectrum_options(ctx.params))
     items = table_items(paths, runs, arch=arch, arch_kwargs=parse_kwargs(arch_kwarg) if arch_kwarg else None,
                         model_factory=model_factory, optimizer=optimizer, lr=lr, wd=wd, batch_size=batch_size,
