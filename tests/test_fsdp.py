@@ -150,14 +150,14 @@ def test_err_command_with_fsdp_covers_the_exact_err(tiny_checkpoint, tmp_path, c
     assert found["inputs"]["d"] == found["d"] and found["inputs"]["eta"] == exact["inputs"]["eta"]
     assert found["world"] == 2 and found["hvp_error"]["relative"] <= 1e-8
     assert found["memory"]["mode"] == "full" and found["memory"]["budget"] >= found["memory"]["peak"]
-    # The three-term recurrence (no basis kept): the same coverage, 5 + 60 local vectors instead of 205.
+    # The three-term recurrence (no basis kept): the same coverage, 5 local vectors instead of 205.
     low_memory = tmp_path / "sharded-err-low.json"
     _torchrun_cli(["err", tiny_checkpoint, "--fsdp", "--optimizer", "adamw", "--steps", "200", "--no-cache",
                    "--lanczos", "low-memory", "--json", low_memory])
     found = json.loads(low_memory.read_text())
     low, high = found["forms"]["adamw"]["interval"]
     assert low <= truth <= high, (low, truth, high)
-    assert found["memory"]["mode"] == "low-memory" and found["memory"]["lanczos"] == 65 * 8 * found["local_d"]
+    assert found["memory"]["mode"] == "low-memory" and found["memory"]["lanczos"] == 5 * 8 * found["local_d"]
     # A budget no plan fits: one line on stderr, exit 2, before any HVP (every rank refuses alike).
     proc = _torchrun_cli(["err", tiny_checkpoint, "--fsdp", "--memory", "64MB", "--no-cache"], code=2)
     lines = [line for line in proc.stderr.splitlines() if "per rank" in line]

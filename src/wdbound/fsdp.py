@@ -632,11 +632,13 @@ def require_torchrun():
     return dist
 
 
-def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tuple["ShardedHessian", dict]:
+def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None,
+                   top: bool = True) -> tuple["ShardedHessian", dict]:
     """The checkpoint's model copied, cast to ``settings.dtype``, sharded over the torchrun processes
     (:func:`shard_model`), and its evaluation data (``--data``, ``--split``, ``--max-samples`` with
     ``--subset-seed``, drawn as the unsharded path draws them) split among the ranks: the operator and the
-    provenance of the inputs."""
+    provenance of the inputs. ``top``: a top-k run (whose basis is kept) follows; without it (``err``) the
+    low-memory plan keeps no basis at all."""
     import copy
 
     from .curvature import resolve_device, resolve_dtype
@@ -663,7 +665,7 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None) -> tup
     y = torch.tensor([int(label) for _, label in items])
     model = copy.deepcopy(ckpt.model).to(device=device, dtype=dtype).eval()
     world = dist.get_world_size()
-    top_steps = sharded_top_steps(settings.top_k)
+    top_steps = sharded_top_steps(settings.top_k) if top else 0
     shape = dict(world=world, dtype=dtype, batch_size=settings.batch_size, examples_per_rank=-(-len(y) // world),
                  steps=max(top_steps, settings.steps or defaults.STEPS))
     # The ranks on one node share its RAM (not its GPUs); every rank plans with the largest baseline and the
@@ -728,7 +730,7 @@ def sharded_err(ckpt, settings, inputs, forms, on_hvps: Callable[[int], None] | 
     import time
 
     start = time.perf_counter()
-    H, provenance = _sharded_setup(ckpt, settings, on_hvps)
+    H, provenance = _sharded_setup(ckpt, settings, on_hvps, top=False)
     H.hvp_error()
     resolved = settings.for_dim(H.dim)
     errs = H.err(inputs, forms, probes=resolved.probes, steps=resolved.steps)
