@@ -1,6 +1,7 @@
 """The finite-difference HVP of wdbound.fsdp against exact HVPs: its relative error per dtype and step size, and
 the error estimate delta it reports (products at eps and 2 eps), on the zoo's digits-mlp and digits-cnn and on
-a ResNet-18 (CIFAR stem, random initialisation, 32 digits images upsampled to 32 px).
+a ResNet-18 (CIFAR stem, random initialisation, 32 digits images upsampled to 32 px) and, with
+``--trained-resnet18 CKPT cifar10:DIR``, the trained one of ``benchmarks/resnet18_err.py`` on 32 of its test images.
 
     .venv/bin/python benchmarks/fsdp_hvp.py [--models digits-mlp,digits-cnn,resnet18] [--vectors 3]
 
@@ -38,7 +39,17 @@ DTYPES = ("float64", "float32", "bfloat16")
 SCALES = (0.1, 1.0, 10.0)
 
 
+TRAINED = {}  # "resnet18-trained": (checkpoint, data spec), from --trained-resnet18
+
+
 def model_and_data(name: str):
+    if name == "resnet18-trained":  # benchmarks/resnet18_err.py's checkpoint: no ReLU sits exactly at its kink
+        path, spec = TRAINED[name]
+        ckpt = wdbound.load_checkpoint(path)
+        data = wdbound.load_dataset(spec, "test")
+        x = torch.stack([data[i][0] for i in range(32)])
+        y = torch.tensor([int(data[i][1]) for i in range(32)])
+        return ckpt.model.eval(), x, y
     if name == "resnet18":
         data = wdbound.load_dataset("digits", "test")
         x = torch.stack([data[i][0] for i in range(32)]).reshape(-1, 1, 8, 8)
@@ -105,8 +116,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits-mlp,digits-cnn,resnet18")
     parser.add_argument("--vectors", type=int, default=3)
+    parser.add_argument("--trained-resnet18", nargs=2, metavar=("CHECKPOINT", "DATA"), default=None,
+                        help="also a trained ResNet-18 (benchmarks/resnet18_err.py's checkpoint and its "
+                             "cifar10:DIR data): the model name resnet18-trained")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
+    if args.trained_resnet18:
+        TRAINED["resnet18-trained"] = tuple(args.trained_resnet18)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29631")
     dist.init_process_group("gloo", rank=0, world_size=1)
