@@ -407,3 +407,31 @@ def test_perturbed_interval_covers_the_exact_err_of_the_unperturbed_matrix(seed)
             assert np.allclose(f(np.array([support[0] - 1.0]))[0] + parts[0](grid) - parts[1](grid), f(grid),
                                rtol=1e-10, atol=1e-12)
             assert np.all(np.diff(parts[0](grid)) >= 0) and np.all(np.diff(parts[1](grid)) >= 0)
+
+
+def test_perturbed_interval_keeps_the_exact_zero_rows_at_zero():
+    # H with 6 exactly-zero rows; the products are those of H~ = H + E with E zero on those rows too (a finite
+    # difference is exactly 0 there). The probe skips the zero rows and the run counts them as an exact atom:
+    # the interval, shifted by eps on the live part only, covers tr f(H).
+    from wdbound.estimators.quadrature_interval import perturbed_interval
+
+    rng = np.random.default_rng(3)
+    dim, dead = 40, np.array([0, 5, 9, 17, 23, 31])
+    live = np.setdiff1d(np.arange(dim), dead)
+    basis, _ = np.linalg.qr(rng.standard_normal((len(live), len(live))))
+    block = basis @ np.diag(np.linspace(-0.5, 6.0, len(live))) @ basis.T
+    H = np.zeros((dim, dim))
+    H[np.ix_(live, live)] = block
+    noise = rng.standard_normal((len(live), len(live)))
+    noise = 1e-3 * (noise + noise.T) / np.linalg.norm(noise + noise.T, 2)  # ||E|| = 1e-3
+    perturbed = H.copy()
+    perturbed[np.ix_(live, live)] += noise
+    start = torch.ones(1, dim, dtype=torch.float64)
+    start[0, dead] = 0.0
+    run = slq_from_run(lanczos(DenseOperator(torch.from_numpy(perturbed)), start, 12), dim, null_weight=len(dead))
+    f = PiecewiseMonotone(lambda t: np.log1p(np.abs(t)), breakpoints=(0.0,))
+    exact = float(np.sum(f(np.linalg.eigvalsh(H))))
+    ends = np.linalg.eigvalsh(perturbed)
+    box = perturbed_interval(run, f, (ends[0], ends[-1]), 1e-3)
+    assert box.low <= exact <= box.high
+    assert run.null_weight == len(dead) and box.low < box.estimate < box.high

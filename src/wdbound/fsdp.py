@@ -190,6 +190,9 @@ class ShardedHessian:
         # The density and err runs without a kept basis (the three-term recurrence): set by the setup when the
         # plan chose it (--lanczos low-memory, or auto when the whole basis does not fit the budget).
         self.low_memory = False
+        # Exactly-zero Hessian rows (hvp_error finds them): this rank's mask, and their count over the ranks.
+        self.null: torch.Tensor | None = None
+        self.null_count = 0
 
     def measured_plan(self) -> ShardedMemoryPlan | None:
         """The memory plan with the peak measured so far, the largest over the ranks (None without a plan)."""
@@ -224,6 +227,12 @@ class ShardedHessian:
             bits = torch.randint(0, 2, (self.local_dim,), generator=generator, dtype=torch.int8)
             return (bits.to(self.dtype) * 2 - 1).to(self.device)
         return torch.randn(self.local_dim, generator=generator, dtype=torch.float64).to(self.dtype).to(self.device)
+
+    def probe(self, generator: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+        """:meth:`random` with the exactly-zero Hessian rows set to 0 (a start vector or probe of the estimators:
+        those rows' eigenvalue 0 is counted exactly instead, and the trace loses nothing: their diagonal is 0)."""
+        v = self.random(generator, kind)
+        return v if self.null is None else v.masked_fill(self.null, 0)
 
     def generator(self, stream: int = 0) -> torch.Generator:
         """This rank's generator for ``stream`` (seeded by the seed, the stream and the rank)."""
@@ -291,6 +300,7 @@ class ShardedHessian:
         difference); the factor with the smallest δ is kept (2 x ``vectors`` x ``len(scales)`` HVPs). The error
         is kept as :attr:`error` and widens every bound reported afterwards."""
         generator = self.generator(99)
+        zero = torch.ones(self.local_dim, dtype=torch.bool, device=self.device)
         units = []
         for _ in range(vectors):
             v = self.random(generator)
@@ -300,6 +310,7 @@ class ShardedHessian:
             relative = 0.0
             for v in units:
                 h1, h2 = self.hvp(v, scale), self.hvp(v, 2.0 * scale)
+                zero &= (h1 == 0) & (h2 == 0)
                 diff = math.sqrt(self.dot(h2 - h1, h2 - h1))
                 relative = max(relative, diff / max(math.sqrt(self.dot(h1, h1)), 1e-300))
             tried[float(scale)] = relative
@@ -311,6 +322,12 @@ class ShardedHessian:
                                f"large gradient, or its jumps at ReLU kinks); use float64, a trained checkpoint "
                                f"(small gradient), or smooth activations", "dtype")
         self.eps_scale *= best
+        # A coordinate whose gradient is identically 0 near θ (a weight on an input that is always 0, a dead unit)
+        # gives exactly 0 in every product at every step: an exactly-zero Hessian row, deflated like the
+        # unsharded path's (curvature.zero_rows); any other coordinate is exactly 0 in all of them with
+        # probability 0.
+        self.null = zero
+        self.null_count = int(self._sum(zero.sum().to(torch.float64).reshape(1))[0])
         self.error = HvpError(str(self.dtype).replace("torch.", ""), self.eps_scale, tried[best],
                               SAFETY * tried[best], vectors, tried)
         return self.error
@@ -383,7 +400,7 @@ class ShardedHessian:
         if self.error is None:
             self.hvp_error()
         before = self.hvps
-        alphas, betas, _ = self.lanczos(self.random(self.generator(1)), steps)
+        alphas, betas, _ = self.lanczos(self.probe(self.generator(1)), steps)
         tri = tridiagonal(alphas, betas[:-1])
         values, vectors = np.linalg.eigh(tri)
         order = np.argsort(values)[::-1][:k]
@@ -399,22 +416,25 @@ class ShardedHessian:
         generator = self.generator(2)
         samples = []
         for _ in range(probes):
-            z = self.random(generator, "rademacher")
+            z = self.probe(generator, "rademacher")
             samples.append(self.dot(z, self.hvp(z)))
         samples = np.array(samples)
         stderr = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
         return float(samples.mean()), float(stderr + self.error.eta * abs(samples.mean()))
 
     def density(self, probes: int = 2, steps: int = 40) -> tuple[np.ndarray, np.ndarray]:
-        """SLQ nodes and weights (each probe's Ritz values, weighted by the squared first components / probes)."""
-        nodes, weights = [], []
+        """SLQ nodes and weights (each probe's Ritz values, weighted by the squared first components / probes, on
+        the (d - m0) / d of the spectrum the probes see) and the exactly-zero rows' atom at 0 (weight m0 / d)."""
+        if self.error is None:
+            self.hvp_error()
+        nodes, weights = [np.zeros(1)], [np.array([self.null_count / self.dim])]
         generator = self.generator(3)
         for _ in range(probes):
-            alphas, betas = self._slq_run(self.random(generator), steps)
+            alphas, betas = self._slq_run(self.probe(generator), steps)
             tri = tridiagonal(alphas, betas[:-1])
             values, vectors = np.linalg.eigh(tri)
             nodes.append(values)
-            weights.append(vectors[0] ** 2 / probes)
+            weights.append(vectors[0] ** 2 / probes * (self.dim - self.null_count) / self.dim)
         return np.concatenate(nodes), np.concatenate(weights)
 
 
@@ -435,7 +455,7 @@ class ShardedHessian:
             self.hvp_error()
         before = self.hvps
         generator = self.generator(4)
-        runs = [self._slq_run(self.random(generator, "rademacher"), steps) for _ in range(probes)]
+        runs = [self._slq_run(self.probe(generator, "rademacher"), steps) for _ in range(probes)]
         width = max(len(a) for a, _ in runs)
         alphas, betas = np.zeros((probes, width)), np.zeros((probes, max(width - 1, 0)))
         lengths, lows, highs = np.zeros(probes, dtype=np.int64), [], []
@@ -447,7 +467,11 @@ class ShardedHessian:
             highs.append(float(theta[-1] + abs(b[-1] * vectors[-1, -1])))
         support = (min(lows), max(highs))
         eps = self.error.eta * max(abs(support[0]), abs(support[1]))
-        run = SLQ.from_tridiagonals(alphas, betas, lengths, np.full(probes, float(self.dim)), self.dim)
+        # Masked Rademacher probes: |z|^2 = d - m0, and the m0 zero rows an exact atom at 0. A three-term run is
+        # exact only where it broke down (its ghosts can fill d steps without spanning anything).
+        run = SLQ.from_tridiagonals(alphas, betas, lengths, np.full(probes, float(self.dim - self.null_count)),
+                                    self.dim, float(self.null_count),
+                                    complete=lengths < width if self.low_memory else None)
         found = []
         for form in forms:
             box = perturbed_interval(run, corollary3_integrand(form, inputs), support, eps).affine(1 / self.dim)
@@ -570,16 +594,18 @@ class ShardedRun:
     seconds: float
     provenance: dict
     memory: ShardedMemoryPlan | None = None
+    zero_rows: int = 0  # exactly-zero Hessian rows deflated (counted as exact zero eigenvalues)
 
     @classmethod
     def of(cls, H: "ShardedHessian", seconds: float, provenance: dict) -> "ShardedRun":
         """The run of ``H`` so far (its measured plan: a collective, every rank calls it)."""
-        return cls(H.error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps, seconds, provenance, H.measured_plan())
+        return cls(H.error, H.dim, H.local_dim, H.world, H.n_eval, H.hvps, seconds, provenance, H.measured_plan(),
+                   H.null_count)
 
     def to_json(self) -> dict:
         """Every field by name (``local_d``, ``wall_seconds``, ``hvp_error``)."""
         return {"sharded": True, "world": self.world, "d": self.dim, "local_d": self.local_dim,
-                "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds,
+                "n_eval": self.n_eval, "hvps": self.hvps, "wall_seconds": self.seconds, "zero_rows": self.zero_rows,
                 "hvp_error": self.error.to_json(), "memory": self.memory.to_json() if self.memory else None,
                 "provenance": self.provenance}
 

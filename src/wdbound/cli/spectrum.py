@@ -96,6 +96,8 @@ def say_sharded_run(run, split: str) -> None:
         f"n_eval = {run.n_eval} examples ({split} split)")
     say(f"finite-difference HVPs ({e.dtype}): products at eps and 2 eps differ by delta = {e.relative:.2g} at the "
         f"chosen step; every bound is widened by eta = {e.eta:.2g} (10 delta) of its value")
+    say(f"{run.zero_rows} exactly-zero Hessian rows (every product exactly 0 there) deflated: counted as exact zero "
+        "eigenvalues")
 
 
 def say_sharded_memory(plan) -> None:

@@ -506,6 +506,8 @@ def perturbed_interval(run, f: PiecewiseMonotone, support: tuple[float, float], 
     support widened by ``eps``: the interval is ``d f(o)`` + the upper (lower) end of P's shifted up (down)
     − the lower (upper) end of N's shifted down (up). The estimate is the unshifted run's Gauss estimate.
     Each of the two ends uses two intervals at the run's multiplier (a union of two tail events).
+    A deflated null part (``run.null_weight``: exactly-zero rows, where E is 0 too, since the approximate
+    product is exactly 0 there) is not shifted: each trace adds it at 0, as :func:`trace_interval` does.
 
     >>> import torch
     >>> from wdbound.curvature import DenseOperator
@@ -521,8 +523,8 @@ def perturbed_interval(run, f: PiecewiseMonotone, support: tuple[float, float], 
     """
     if eps < 0 or not math.isfinite(eps):
         raise ValueError(f"eps = {eps} must be finite and >= 0")
-    if run.null_weight or run.atom_count:
-        raise ValueError("a run with deflated exact zeros or Ritz atoms: their eigenvalues are not shifted by E")
+    if run.atom_count:
+        raise ValueError("a run with deflated Ritz atoms: their eigenvalues are not shifted by E")
     low, high = float(support[0]) - eps, float(support[1]) + eps
     origin = low - 1.0 - abs(low)
     P, N = monotone_parts(f, origin)
