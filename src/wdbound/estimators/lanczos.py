@@ -949,6 +949,23 @@ def spectral_support(operator, generator: torch.Generator, top: TopEigen | None 
     return Support(min(low, high), high, int(top.steps + bottom.steps))
 
 
+def _extreme_ritz(run: "SLQ", p: int, top: bool) -> tuple[float, float, float, int] | None:
+    """Probe ``p``'s largest (``top``) or smallest Ritz value of its leading ``n − 1`` steps (whose next β is
+    known), its residual ``β |s_last|``, ‖T‖ by Gershgorin (the scale of the HVPs' rounding) and ``n``; None
+    below 3 steps."""
+    from scipy.linalg import eigh_tridiagonal
+
+    n = int(run.lengths[p])
+    if n < 3:
+        return None
+    a = np.asarray(run.alphas[p, :n - 1], dtype=np.float64)
+    b = np.asarray(run.betas[p, :n - 2], dtype=np.float64)
+    index = n - 2 if top else 0
+    value, vector = eigh_tridiagonal(a, b, select="i", select_range=(index, index), lapack_driver="stebz")
+    norm = float(np.max(np.abs(a) + np.r_[np.abs(b), 0.0] + np.r_[0.0, np.abs(b)]))
+    return float(value[0]), abs(float(run.betas[p, n - 2])) * abs(float(vector[-1, 0])), norm, n
+
+
 def density_top(run: "SLQ", precision: float, tol: float) -> TopEigen | None:
     """The largest eigenvalue as the density run has found it itself (no HVP), or None (no probe has 3 steps).
 
@@ -967,20 +984,12 @@ def density_top(run: "SLQ", precision: float, tol: float) -> TopEigen | None:
     >>> bool(abs(top.values[0] - 4.0) <= top.residuals[0] + 1e-12), top.converged
     (True, True)
     """
-    from scipy.linalg import eigh_tridiagonal
-
     best = None
     for p in range(len(run.lengths)):
-        n = int(run.lengths[p])
-        if n < 3:
-            continue
-        a = np.asarray(run.alphas[p, :n - 1], dtype=np.float64)
-        b = np.asarray(run.betas[p, :n - 2], dtype=np.float64)
-        value, vector = eigh_tridiagonal(a, b, select="i", select_range=(n - 2, n - 2), lapack_driver="stebz")
-        norm = float(np.max(np.abs(a) + np.r_[np.abs(b), 0.0] + np.r_[0.0, np.abs(b)]))
-        reach = abs(float(run.betas[p, n - 2])) * abs(float(vector[-1, 0])) + math.sqrt(n) * precision * norm
-        if best is None or float(value[0]) > best[0]:
-            best = (float(value[0]), reach, n - 1)
+        found = _extreme_ritz(run, p, top=True)
+        if found is not None and (best is None or found[0] > best[0]):
+            value, residual, rounding, n = found
+            best = (value, residual + math.sqrt(n) * precision * rounding, n - 1)
     if best is None:
         return None
     value, reach, steps = best
@@ -1024,18 +1033,10 @@ def density_low_end(run: "SLQ", high: float, precision: float, rtol: float = 1e-
     >>> bool(-1.0 - 1e-6 <= low <= -1.0)
     True
     """
-    from scipy.linalg import eigh_tridiagonal
-
     ends = []
     for p in range(len(run.lengths)):
-        n = int(run.lengths[p])
-        if n < 3:
-            continue
-        a = np.asarray(run.alphas[p, :n - 1], dtype=np.float64)
-        b = np.asarray(run.betas[p, :n - 2], dtype=np.float64)
-        value, vector = eigh_tridiagonal(a, b, select="i", select_range=(0, 0), lapack_driver="stebz")
-        reach = abs(float(run.betas[p, n - 2])) * abs(float(vector[-1, 0]))
-        if reach <= rtol * abs(high):
-            norm = float(np.max(np.abs(a) + np.r_[np.abs(b), 0.0] + np.r_[0.0, np.abs(b)]))
-            ends.append(float(value[0]) - reach - math.sqrt(n) * precision * norm)
+        found = _extreme_ritz(run, p, top=False)
+        if found is not None and found[1] <= rtol * abs(high):
+            value, reach, norm, n = found
+            ends.append(value - reach - math.sqrt(n) * precision * norm)
     return min(ends) if ends else None
