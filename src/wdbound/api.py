@@ -38,13 +38,13 @@ from .bounds import BoundInputs, corollary3_exact, corollary3_from_slq, theorem_
 from .curvature import (HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
                         sequential_numpy_blas)
 from .data import ArrayDataset, cat_inputs, first_tensor, input_rows, stack_inputs
-from .errors import WdboundError, check_seed
+from .errors import WdboundError, check_fraction, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import deflated_diagonal
 from .estimators.krylov_trace import krylov_deflated_trace
 from .estimators.lanczos import Support
 from .estimators.quadrature_interval import Interval
-from .spectrum import (SpectrumSettings, auto_kept_graph, check_sizes, expected_hvps, resolve_exact,
+from .spectrum import (TRACE_RTOL_ZERO, SpectrumSettings, auto_kept_graph, check_sizes, expected_hvps, resolve_exact,
                        top_then_density)
 
 
@@ -255,8 +255,7 @@ class Hessian:
         ``defaults.TRACE_MAX_PROBES``; :func:`~wdbound.estimators.krylov_trace.krylov_deflated_trace`, the
         estimator of ``wdbound spectrum``, whose target is looser: ``defaults.SPECTRUM_TRACE_RTOL``).
         ``"hutchinson"``: ``probes`` plain Rademacher probes (default 16)."""
-        if not (0 <= rtol < 1) or not math.isfinite(rtol):
-            raise WdboundError(f"trace rtol = {rtol:g} must lie in [0, 1) (0: one block of probes)", "rtol")
+        check_fraction(rtol, "trace rtol", "rtol", TRACE_RTOL_ZERO)
         if method == "hutchinson":
             probes = 16 if probes is None else probes
             _check_probes(probes)

@@ -6,6 +6,8 @@ anything else escaping the library is a bug.
 
 from __future__ import annotations
 
+import math
+
 
 class WdboundError(Exception):
     """Bad input or an impossible request, explained in one line.
@@ -48,6 +50,20 @@ def check_seed(value: int, name: str = "seed", param: str = "seed") -> None:
     """
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
         raise WdboundError(f"{name} = {value} must be an integer in [0, {SEED_MAX}]", param)
+
+
+def check_fraction(value: float, name: str, param: str, zero_means: str) -> None:
+    """Raise a one-line :class:`WdboundError` unless ``value`` is a finite number in ``[0, 1)`` (a relative
+    tolerance; ``zero_means`` says what 0 does).
+
+    >>> check_fraction(0.1, "trace rtol", "rtol", "0: one block of probes")
+    >>> check_fraction(1.5, "trace rtol", "rtol", "0: one block of probes")
+    Traceback (most recent call last):
+    ...
+    wdbound.errors.WdboundError: trace rtol = 1.5 must lie in [0, 1) (0: one block of probes)
+    """
+    if not (0 <= value < 1) or not math.isfinite(value):
+        raise WdboundError(f"{name} = {value:g} must lie in [0, 1) ({zero_means})", param)
 
 
 def about(label: str, error: WdboundError) -> WdboundError:

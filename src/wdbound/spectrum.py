@@ -32,7 +32,7 @@ from .cache import Cache, cache_key
 from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
                         sequential_numpy_blas, set_tf32, zero_rows)
 from .data import input_numel, load_dataset, take
-from .errors import WdboundError, check_seed
+from .errors import WdboundError, check_fraction, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
 from .estimators.hutchinson import estimate_from_products, rademacher
 from .estimators.krylov_trace import krylov_deflated_trace
@@ -142,8 +142,7 @@ class SpectrumSettings:
             raise WdboundError(f"diag probes = {self.diag_probes} must be >= 0", "diag_probes")
         if self.diagonal not in DIAGONAL_MODES:
             raise WdboundError(f"unknown diagonal mode {self.diagonal!r}; use auto, exact or hutchinson", "diagonal")
-        if not (0 <= self.rtol < 1) or not math.isfinite(self.rtol):
-            raise WdboundError(f"rtol = {self.rtol:g} must lie in [0, 1) (0 turns the refinement off)", "rtol")
+        check_fraction(self.rtol, "rtol", "rtol", "0 turns the refinement off")
         if self.max_hvps is not None and self.max_hvps < 1:
             raise WdboundError(f"max HVPs = {self.max_hvps} must be >= 1", "max_hvps")
         loss_function(self.loss)
@@ -153,15 +152,15 @@ class SpectrumSettings:
             raise WdboundError(f"trace probes = {self.trace_probes} must be >= 2", "trace_probes")
         if self.trace not in TRACE_MODES:
             raise WdboundError(f"unknown trace estimator {self.trace!r}; use deflated or hutchinson", "trace")
-        if not (0 <= self.trace_rtol < 1) or not math.isfinite(self.trace_rtol):
-            raise WdboundError(f"trace rtol = {self.trace_rtol:g} must lie in [0, 1) (0: one block of probes)",
-                               "trace_rtol")
+        check_fraction(self.trace_rtol, "trace rtol", "trace_rtol", TRACE_RTOL_ZERO)
         if not (0 < self.top_rtol < 1) or not math.isfinite(self.top_rtol):
             raise WdboundError(f"top rtol = {self.top_rtol:g} must lie in (0, 1)", "top_rtol")
-        if not (0 <= self.density_tol < 1) or not math.isfinite(self.density_tol):
-            raise WdboundError(f"density tol = {self.density_tol:g} must lie in [0, 1) (0: every step)", "density_tol")
+        check_fraction(self.density_tol, "density tol", "density_tol", "0: every step")
         if self.lanczos not in LANCZOS_MODES:
             raise WdboundError(f"unknown lanczos mode {self.lanczos!r}; use auto, full or low-memory", "lanczos")
+
+
+TRACE_RTOL_ZERO = "0: one block of probes"  # what trace_rtol = 0 does (the settings' and the API's check)
 
 
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
