@@ -496,6 +496,12 @@ class ShardedMemoryPlan:
     mode: str = "full"  # the SLQ runs' Lanczos: full (whole local basis) or low-memory (three-term recurrence)
     budget: int | None = None  # per rank (choose_sharded_plan), and where it comes from
     budget_source: str = ""
+    vector: int = 0  # bytes of one shard-local vector
+
+    def recurrence(self, kept_steps: int) -> "ShardedMemoryPlan":
+        """This plan with the SLQ runs as the three-term recurrence: 5 work vectors, and a basis kept only by
+        a run of ``kept_steps`` steps (the top-k run's; 0: none)."""
+        return replace(self, lanczos=(kept_steps + 5) * self.vector, mode="low-memory")
 
     @property
     def peak(self) -> int:
@@ -509,30 +515,28 @@ class ShardedMemoryPlan:
 
 
 def sharded_memory_plan(model: nn.Module, example: torch.Tensor, *, world: int, dtype: torch.dtype,
-                        examples_per_rank: int, batch_size: int, steps: int, baseline: int,
-                        kept_steps: int | None = None) -> ShardedMemoryPlan:
+                        examples_per_rank: int, batch_size: int, steps: int, baseline: int) -> ShardedMemoryPlan:
     """What one of ``world`` ranks holds, from the unsharded ``model`` (before ``fully_shard``) and one input
     ``example``: its 1/world share of every parameter four times (the shard, its gradient, the saved θ, a
     gradient kept across the two of an HVP) plus one more during each difference, the largest unit gathered
     whole (parameters and gradients), its examples, one pass's activations (:func:`wdbound.memory.activation_floats`
     × the batch, forward and backward, with the plans' safety factor), a Lanczos run of ``steps`` vectors
-    of its coordinates plus 4 work vectors (``kept_steps``: the SLQ runs use the three-term recurrence and only
-    a run of that many steps, the top-k run's, keeps its basis), and the runtime's own
-    (``SHARDED_RUNTIME_BYTES`` and ``SHARDED_RUNTIME_VECTORS`` full-size vectors, calibrated)."""
+    of its coordinates plus 4 work vectors (:meth:`ShardedMemoryPlan.recurrence`: the same plan without that
+    basis), and the runtime's own (``SHARDED_RUNTIME_BYTES`` and ``SHARDED_RUNTIME_VECTORS`` full-size vectors,
+    calibrated)."""
     from .memory import ACTIVATION_SAFETY, activation_floats
 
     size = torch.empty((), dtype=dtype).element_size()
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    kept = steps if kept_steps is None else kept_steps
-    local, kept = -(-dim // world), min(kept, dim)  # a Krylov space has at most d dimensions
+    local, steps = -(-dim // world), min(steps, dim)  # a Krylov space has at most d dimensions
     units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()]
     per_pass = activation_floats(model, example[None]) * min(batch_size, max(examples_per_rank, 1))
     return ShardedMemoryPlan(baseline=baseline, shard=5 * local * size, gathered=2 * max(units) * size,
                              data=examples_per_rank * example.numel() * size,
                              activations=int(ACTIVATION_SAFETY * 2 * per_pass * size),
-                             lanczos=(kept + 5) * local * size,
+                             lanczos=(steps + 5) * local * size,
                              runtime=SHARDED_RUNTIME_BYTES + SHARDED_RUNTIME_VECTORS[min(world, 2)] * dim * size,
-                             mode="full" if kept_steps is None else "low-memory")
+                             vector=local * size)
 
 
 def choose_sharded_plan(full: ShardedMemoryPlan, low: ShardedMemoryPlan, mode: str, budget: int,
@@ -701,9 +705,9 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None,
     agreed = torch.tensor([float(baseline), -float(budget)], dtype=torch.float64, device=device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
     baseline, budget = int(agreed[0]), int(-agreed[1])
-    plan = choose_sharded_plan(sharded_memory_plan(model, x[0].to(device), baseline=baseline, **shape),
-                               sharded_memory_plan(model, x[0].to(device), baseline=baseline, kept_steps=top_steps,
-                                                   **shape), settings.lanczos, budget, source)
+    full = sharded_memory_plan(model, x[0].to(device), baseline=baseline, **shape)
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the top-k run takes at most d steps
+    plan = choose_sharded_plan(full, full.recurrence(min(top_steps, dim)), settings.lanczos, budget, source)
     shard_model(model, device)
     H = ShardedHessian(model, (x, y), loss_function(settings.loss), batch_size=settings.batch_size,
                        seed=settings.seed)
