@@ -223,16 +223,16 @@ def _sharded_row(ckpt, settings: SpectrumSettings, inputs: BoundInputs, facts: t
     from .fsdp import expected_sharded_hvps, sharded_err
 
     observer = observer or Observer()
-    form = facts[6]
-    observer.start(facts[0], expected_sharded_hvps(settings, inputs.d, "err"))
+    name, form = facts[0], facts[6]  # TableRow's checkpoint and form
+    observer.start(name, expected_sharded_hvps(settings, inputs.d, "err"))
     report = sharded_err(ckpt, settings, inputs, [form] if form is not None else [], observer.hvps)
     observer.done(report.run.hvps)
-    provenance = report.run.to_json()
-    probes, steps = provenance["provenance"]["probes"], provenance["provenance"]["steps"]
+    resolved = settings.for_dim(inputs.d)  # the probes and steps sharded_err ran
     figures = report.errs[0].figures(inputs.d) if report.errs else None
-    support = (Support(*report.errs[0].support, steps, "sharded density run") if report.errs else None)
-    return TableRow(*facts, math.nan, math.nan, math.nan, math.nan, probes, steps, settings.seed, settings.dtype,
-                    settings.split, report.run.hvps, False, inputs, provenance, figures, None, source, 0, support)
+    support = Support(*report.errs[0].support, resolved.steps, "sharded density run") if report.errs else None
+    return TableRow(*facts, math.nan, math.nan, math.nan, math.nan, resolved.probes, resolved.steps, settings.seed,
+                    settings.dtype, settings.split, report.run.hvps, False, inputs, report.run.to_json(), figures,
+                    None, source, 0, support)
 
 
 def all_optimizers_grid(rows: list[TableRow]) -> tuple[list[str], list[list[str]]]:
