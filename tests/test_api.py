@@ -69,6 +69,24 @@ def test_hessian_against_torch_func(loss):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_density_of_a_run_that_spans_the_space_is_the_exact_spectrum():
+    """The default density (one probe, at most 1,280 steps, here all d = 149) after the zero rows and the
+    logit-shift directions are deflated: the probe's Krylov space fills the rest, so the measure is every
+    eigenvalue once with mass 1/d, not the probe's random weights on them; its W1 from torch.func's spectrum is
+    rounding only (the probe's weights alone are ~1e-3 λmax away)."""
+    from scipy.stats import wasserstein_distance
+
+    model, x, y = _setup()
+    ev = torch.linalg.eigvalsh(_dense(_copy(model, model.state_dict()), x, y, nn.functional.cross_entropy)).numpy()
+    density = wdbound.Hessian(model, (x, y), progress=False).density()
+    assert density.slq.spanning_probe() is not None
+    nodes, weights = density.slq.measure()
+    assert wasserstein_distance(nodes, ev, u_weights=weights) / abs(ev).max() < 1e-9
+    plain = np.concatenate(density.slq.weights) * density.slq.norms_sq[0] / density.slq.dim
+    gauss = wasserstein_distance(np.r_[density.slq.nodes[0], 0.0], ev, u_weights=np.r_[plain, 1 - plain.sum()])
+    assert gauss / abs(ev).max() > 1e-6
+
+
 class TokenNet(nn.Module):
     """Integer token ids in (an embedding), mean-pooled, tied output projection."""
 

@@ -25,7 +25,7 @@ import numpy as np
 from .io_utils import write_atomic
 
 # Bump when an estimator changes what it computes for the same settings: old entries stop matching.
-CACHE_VERSION = "wdbound-cache/5"
+CACHE_VERSION = "wdbound-cache/6"
 
 
 def default_cache_dir() -> Path:

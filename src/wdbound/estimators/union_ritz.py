@@ -57,11 +57,9 @@ import numpy as np
 import torch
 
 from .krylov_trace import KrylovSpan
-from .lanczos import LanczosRun, TopEigen, error_bounds, tridiagonal, within
+from .lanczos import ATOM_RTOL, LanczosRun, TopEigen, deflate_rows, error_bounds, tridiagonal, within
 
 RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped (Ritz pairs, span and quadrature)
-ATOM_RTOL = 1e-3  # a Ritz pair whose residual bound is <= this x max|theta| is an exact atom of the density
-ATOM_REST_FLOOR = 0.5  # ... unless a probe's start has less than this share of its expected mass off the atoms
 
 
 @dataclass(frozen=True)
@@ -95,34 +93,11 @@ class UnionRitz:
         return self.residuals <= rtol * float(np.abs(self.nodes).max())
 
     def deflated_weights(self, norms_sq: np.ndarray, rtol: float = ATOM_RTOL) -> tuple[np.ndarray, int]:
-        r"""The quadrature weights with the converged Ritz pairs as exact atoms, and how many atoms.
-
-        Probe p's estimate of :math:`\mathrm{tr} f(H)` becomes :math:`\sum_{j\in A} f(\theta_j) + (\|z_p\|^2 -
-        |A|) \sum_{j\notin A} \tilde w_{pj} f(\theta_j)`, with :math:`\tilde w_{pj}` its weights off the atoms
-        renormalised: each converged eigenvalue gets exactly its mass 1/d instead of a random weight
-        :math:`(z_p^\top y_j)^2/d` (relative spread :math:`\sqrt{2/k}`), and only the unresolved rest is
-        estimated by the probes. The outlying eigenvalues are the ones that converge first, and a random
-        weight on an eigenvalue far from the bulk is what moves the density most (in W1), so this removes the
-        largest part of SLQ's error at no HVP (a deflated SLQ; Lin, Saad & Yang, SIAM Rev. 58, 2016, sec. 5).
-        ``norms_sq`` [k]: the probes' :math:`\|z_p\|^2`; each row of the result sums to 1.
-
-        Left undeflated (the Gauss-type weights, 0 atoms) when a probe's start has less than
-        ATOM_REST_FLOOR of its expected share :math:`1 - |A|/\|z_p\|^2` off the atoms: its start then lies
-        mostly in the converged space, which happens when H has few distinct eigenvalues of a multiplicity
-        the union has not found in full (the atoms would undercount them).
-        """
-        atoms = self.atoms(rtol)
-        count = int(atoms.sum())
-        norms_sq = np.asarray(norms_sq, dtype=np.float64)[:, None]
-        rest = self.weights[:, ~atoms]
-        rest_mass = rest.sum(1, keepdims=True)
-        share = np.clip(1.0 - count / norms_sq, 0.0, 1.0)
-        if count == 0 or np.any(rest_mass < ATOM_REST_FLOOR * share):
-            return self.weights, 0
-        out = np.empty_like(self.weights)
-        out[:, atoms] = 1.0 / norms_sq
-        out[:, ~atoms] = rest / rest_mass * share
-        return out / out.sum(1, keepdims=True), count
+        """The union quadrature's weights with the converged Ritz pairs (:meth:`atoms`) as exact atoms, and how
+        many atoms (:func:`~wdbound.estimators.lanczos.deflate_rows`; ``norms_sq`` [k]: the probes'
+        ``||z_p||²``; each row of the result sums to 1; a row whose start lies mostly in the converged space
+        leaves all undeflated)."""
+        return deflate_rows(self.weights, self.atoms(rtol), norms_sq)
 
 
 def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float = RANK_TOL,
