@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .krylov_trace import KrylovSpan
-from .lanczos import ATOM_RTOL, LanczosRun, TopEigen, deflate_rows, error_bounds, tridiagonal, within
+from .lanczos import ATOM_RTOL, LanczosRun, TopEigen, deflate_rows, error_bounds, within
 
 RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped (Ritz pairs, span and quadrature)
 
