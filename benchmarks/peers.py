@@ -8,6 +8,9 @@ PyHessian takes a classification criterion and a dataloader of images: it runs o
     pip install -e '.[peers]'   # benchmark extras (hessian-eigenthings 1.0, PyHessian, curvlinops), not in CI
     python benchmarks/peers.py                               # digits-mlp, digits-cnn, gpt2-tiny; float64, 5 seeds
     python benchmarks/peers.py --models digits-cnn --dtype float32 --seeds 2
+    python benchmarks/resnet18_err.py --out DIR --stem imagenet --epochs 4     # a trained ResNet-18, once
+    python benchmarks/peers.py --models resnet18 --resnet18 DIR/resnet18-imagenet-digits32-adamw.pt --dtype float32
+        # 64 images of 32 px, d = 11.2 M: top-5 and trace at each tool's defaults against a long-run reference
 
 gpt2-tiny: ``transformers``' GPT2LMHeadModel (1 layer, 2 heads, width 8, eager attention) on 8 sequences of 16
 characters of tests/data/tiny.txt, random initialisation (seed 0); every tool sees the same wrapper, whose
@@ -51,6 +54,8 @@ from wdbound.provenance import library_versions  # noqa: E402
 from wdbound.stats import wasserstein1  # noqa: E402
 
 MODELS = {"digits-mlp": "digits-mlp-adamw-e40.pt", "digits-cnn": "digits-cnn-adamw-e40.pt", "gpt2-tiny": None}
+LARGE = ("resnet18",)  # --models resnet18 --resnet18 CKPT: against a long-run reference (Reference)
+REFERENCES: dict[str, dict] = {}  # the reference each large model was measured against (written to the JSON)
 TRACE_RTOLS = (0.05, 0.02, 0.01, 0.005, 0.003, 0.002, 0.001)
 DENSITY_BUDGETS = ((2, 20), (5, 40), (10, 40), (10, 80), (20, 80))
 DENSITY_ADAPTIVE = ((5, 1e-3), (10, 2e-3), (16, 2e-3), (16, 1e-3))  # wdbound: probes, the single pass's stop
@@ -82,7 +87,7 @@ class Ours:
 
     TASKS = ("top5", "trace", "diagonal", "density")
     LADDERS = {"trace": [(f"rtol {r}", r) for r in TRACE_RTOLS],
-               "density": [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS]
+               "density": [("spectrum", "spectrum")] + [(f"{p}x{m}", (p, m)) for p, m in DENSITY_BUDGETS]
                + [(f"{p}p tol {t}", (p, None, t)) for p, t in DENSITY_ADAPTIVE],
                "diagonal": [(f"{p} probes", p) for p in DIAGONAL_PROBES]}
 
@@ -110,7 +115,12 @@ class Ours:
         return self.counted(seed, run)
 
     def density(self, exact, seed, budget=None):
-        overrides = ({} if budget is None else {"probes": budget[0], "steps": budget[1], "density_tol": 0.0}
+        """The default: ``Hessian.density()`` (one probe of at most 1,280 steps, the spectrum's ends, converged
+        Ritz pairs at their exact mass). The ladder: ``wdbound spectrum``'s single pass (``.spectrum()``) at its
+        defaults ("spectrum"), at fixed probes x steps, and at probes with its stopping tolerance."""
+        if budget is None:
+            return self.counted(seed, lambda: density_error(*self.H.density().slq.measure(), exact.eigenvalues))
+        overrides = ({} if budget == "spectrum" else {"probes": budget[0], "steps": budget[1], "density_tol": 0.0}
                      if len(budget) == 2 else {"probes": budget[0], "density_tol": budget[2]})
 
         def run():
@@ -244,8 +254,51 @@ def tiny_gpt2():
     return Flat().eval(), chunks[:, :-1], chunks[:, 1:].reshape(-1)
 
 
-def model_and_data(name: str):
+class Reference:
+    """What a model too large for its dense Hessian is measured against: wdbound's own long runs from another
+    seed, in the run's dtype: the top-5 by Lanczos with residual bounds (their largest relative bound says how
+    exact they are) and the deflated trace to ``rtol`` (its standard error says how exact it is). No density or
+    diagonal: no reference for them costs less than the whole benchmark (a diagonal needs d HVPs, a density
+    reference a long SLQ whose own error is that of the tools measured)."""
+
+    TASKS = ("top5", "trace")
+
+    def __init__(self, model, data, dtype: str, rtol: float, seed: int = 1000) -> None:
+        H = wdbound.Hessian(model, data, dtype=dtype, seed=seed, progress=False)
+        start = time.perf_counter()
+        top = H.top_eigenvalues(5)
+        trace = H.trace(rtol=rtol)
+        self.eigenvalues = np.sort(np.asarray(top.values, dtype=float))
+        self.top_rel_bound = float(np.max(np.asarray(top.bounds) / np.abs(top.values)))
+        self.trace, self.trace_rel_stderr = float(trace.estimate), float(trace.stderr / abs(trace.estimate))
+        self.hvps, self.seconds = int(H.operator.matvecs), time.perf_counter() - start
+        print(f"reference ({dtype}, seed {seed}): top-5 {self.eigenvalues[::-1].round(6).tolist()} (largest "
+              f"relative bound {self.top_rel_bound:.1e}), trace {self.trace:.6g} ± {self.trace_rel_stderr:.1%}, "
+              f"{self.hvps} HVPs in {self.seconds:.0f} s", flush=True)
+
+    def to_json(self) -> dict:
+        return {"top5": self.eigenvalues[::-1].tolist(), "top5_largest_relative_bound": self.top_rel_bound,
+                "trace": self.trace, "trace_relative_stderr": self.trace_rel_stderr, "hvps": self.hvps,
+                "seconds": self.seconds}
+
+
+def resnet18_model_and_data(args):
+    """The ResNet-18 checkpoint ``benchmarks/resnet18_err.py --out DIR --stem imagenet`` trained (d = 11.2 M),
+    on the first ``--resnet-n`` test images of the 32 px digits it wrote beside it (``DIR/digits32``)."""
+    from wdbound.data import ArrayDataset
+
+    ckpt = wdbound.load_checkpoint(args.resnet18)
+    data = wdbound.load_dataset(f"cifar10:{Path(args.resnet18).parent / 'digits32'}", "test")
+    n = min(args.resnet_n, len(data))
+    x = torch.stack([data[i][0] for i in range(n)])
+    y = torch.tensor([int(data[i][1]) for i in range(n)])
+    return ckpt.model, ArrayDataset(x, y), x, y, None
+
+
+def model_and_data(name: str, args=None):
     """(model, data for wdbound, inputs, targets, wdbound's loss) of one benchmark model."""
+    if name == "resnet18":
+        return resnet18_model_and_data(args)
     if name == "gpt2-tiny":
         model, x, y = tiny_gpt2()
         rows = y.view(x.shape[0], -1)  # wdbound batches examples (sequences): targets per sequence
@@ -262,18 +315,24 @@ def model_and_data(name: str):
 
 def rows_for(name: str, args) -> list[dict]:
     """Every (task, tool, budget) measured on one model."""
-    model, data, x, y, loss = model_and_data(name)
+    model, data, x, y, loss = model_and_data(name, args)
     dtype = getattr(torch, args.dtype)
     if x.is_floating_point():
         x = x.to(dtype)
     ours = Ours(model, data, args.dtype, loss)
-    exact = wdbound.Hessian(model, data, loss=loss, progress=False).exact()  # float64 reference
+    large = name == "resnet18"  # no dense Hessian: a long-run reference, top-5 and trace, defaults only
+    exact = (Reference(model, data, args.dtype, args.reference_rtol) if large
+             else wdbound.Hessian(model, data, loss=loss, progress=False).exact())  # float64
+    dim, tasks = ours.H.dim, [t for t in args.tasks if not large or t in Reference.TASKS]
+    seeds = args.resnet_seeds if large else args.seeds
     model = model.to(dtype).eval()
     rows = []
+    if large:
+        REFERENCES[name] = exact.to_json()
 
     def add(task, tool, budget, fn, default=False):
-        error, seconds, hvps = over_seeds(fn, args.seeds)
-        rows.append({"model": name, "d": len(exact.eigenvalues), "task": task, "tool": tool, "budget": budget,
+        error, seconds, hvps = over_seeds(fn, seeds)
+        rows.append({"model": name, "d": dim, "task": task, "tool": tool, "budget": budget,
                      "default": default, "error": float(error), "seconds": seconds, "hvps": float(hvps)})
         print(f"{name:11s} {task:8s} {tool:12s} {str(budget):10s} error {error:9.2e}  {seconds:7.3f} s  "
               f"{hvps:7.1f} HVPs{'  (default)' if default else ''}", flush=True)
@@ -285,20 +344,23 @@ def rows_for(name: str, args) -> list[dict]:
         except ImportError:
             pass
     for tool, runner in runners:
-        for task in runner.TASKS:
+        for task in (t for t in runner.TASKS if t in tasks):
             add(task, tool, "default", lambda s, t=task: getattr(runner, t)(exact, s), True)
-        for task, points in runner.LADDERS.items():
+        for task, points in ((t, p) for t, p in runner.LADDERS.items() if t in tasks and not large):
             for label, value in points:
                 add(task, tool, label, lambda s, t=task, v=value: getattr(runner, t)(exact, s, v))
     found = (pyhessian_defaults(model.float(), data, torch.device("cpu"))
-             if args.pyhessian and name in MODELS and MODELS[name] else None)
+             if args.pyhessian and name != "gpt2-tiny" else None)
     if found is not None:
         values, seconds, hvps = found
         parts = values["hvps_by_part"]
-        for task, error in (("top5", top5_error(values, exact.eigenvalues)),
-                            ("trace", abs(values["trace"] - exact.trace) / abs(exact.trace)),
-                            ("density", density_error(values["nodes"], values["weights"], exact.eigenvalues))):
-            rows.append({"model": name, "d": len(exact.eigenvalues), "task": task, "tool": "pyhessian",
+        for task, error in (("top5", lambda: top5_error(values, exact.eigenvalues)),
+                            ("trace", lambda: abs(values["trace"] - exact.trace) / abs(exact.trace)),
+                            ("density", lambda: density_error(values["nodes"], values["weights"], exact.eigenvalues))):
+            if task not in tasks:
+                continue
+            error = error()
+            rows.append({"model": name, "d": dim, "task": task, "tool": "pyhessian",
                          "budget": "default", "default": True, "error": float(error),
                          "seconds": seconds * parts[task] / max(hvps, 1), "hvps": int(parts[task])})
     return rows
@@ -330,9 +392,11 @@ def figure(rows: list[dict], path: Path) -> None:
     from matplotlib import pyplot as plt
 
     keys = sorted({(r["model"], r["task"]) for r in rows})
-    fig, axes = plt.subplots(len({k[0] for k in keys}), 4, figsize=(16, 3.6 * len({k[0] for k in keys})),
-                             squeeze=False)
-    for (model, task), ax in zip(keys, axes.reshape(-1)):
+    models, tasks = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
+    fig, axes = plt.subplots(len(models), len(tasks), figsize=(4 * len(tasks), 3.6 * len(models)), squeeze=False)
+    axes = {(m, t): axes[i, j] for i, m in enumerate(models) for j, t in enumerate(tasks)}
+    for (model, task) in keys:
+        ax = axes[model, task]
         for tool in sorted({r["tool"] for r in rows}):
             pts = sorted((r["seconds"], r["error"], r["default"]) for r in rows
                          if (r["model"], r["task"], r["tool"]) == (model, task, tool))
@@ -354,8 +418,20 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--no-pyhessian", dest="pyhessian", action="store_false")
+    parser.add_argument("--tasks", default="top5,trace,diagonal,density",
+                        help="comma-separated subset of top5, trace, diagonal, density")
+    parser.add_argument("--tag", default="", help="appended to the output files' names (a partial run)")
+    parser.add_argument("--resnet18", type=Path, default=None,
+                        help="checkpoint of benchmarks/resnet18_err.py --stem imagenet (for --models resnet18)")
+    parser.add_argument("--resnet-n", type=int, default=64, help="ResNet-18: the first N test images (32 px)")
+    parser.add_argument("--resnet-seeds", type=int, default=1, help="ResNet-18: seeds per (task, tool)")
+    parser.add_argument("--reference-rtol", type=float, default=0.002,
+                        help="ResNet-18: the reference trace's relative standard error target (at most 128 probes)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
+    args.tasks = tuple(t.strip() for t in args.tasks.split(","))
+    if "resnet18" in args.models and args.resnet18 is None:
+        parser.error("--models resnet18 needs --resnet18 CKPT (made by benchmarks/resnet18_err.py --stem imagenet)")
     torch.set_num_threads(torch.get_num_threads())
     rows = [row for name in args.models.split(",") for row in rows_for(name.strip(), args)]
     summary = equal_accuracy(rows)
@@ -367,9 +443,9 @@ def main(argv=None) -> int:
               f"in {s['peer']['seconds']:.3f} s; wdbound default error {s['ours_default']['error']:.2e} in "
               f"{s['ours_default']['seconds']:.3f} s; at equal accuracy "
               + (f"{eq['budget']} {eq['seconds']:.3f} s: x{s['speedup_at_equal_accuracy']:.1f}" if eq else "not reached"))
-    stem = f"peers-{args.dtype}-{date.today().strftime('%Y%m%d')}"
+    stem = f"peers-{args.dtype}-{date.today().strftime('%Y%m%d')}" + (f"-{args.tag}" if args.tag else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "equal_accuracy": summary,
+    (args.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "equal_accuracy": summary, "references": REFERENCES,
                                                        "settings": vars(args) | {"out": str(args.out)},
                                                        "versions": library_versions()},
                                                       indent=1, default=str))

@@ -199,7 +199,8 @@ def test_converged_ritz_pairs_become_exact_atoms_and_cut_the_density_error():
     each converged pair gets exactly its mass 1/d, the rows still sum to 1, the per-probe estimate of tr H
     keeps its mean (unbiased up to the ratio estimator's O(1/d)), and W1 to the exact spectrum falls: the
     random weights (z_pᵀy)²/d of the five outliers, relative spread sqrt(2/4) ~ 0.7, are what moved the
-    density most. The median over seeds must at least halve (measured: 2.3x; 5 atoms in every seed)."""
+    density most. The median over seeds must at least halve (measured: 2.3x; 4 or 5 atoms in every seed: an
+    atom's residual must be <= 1e-3 x its own value, and the outlier 8 is not always there after 10 steps)."""
     dim = 400
     rng = np.random.default_rng(0)
     basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
@@ -213,7 +214,7 @@ def test_converged_ritz_pairs_become_exact_atoms_and_cut_the_density_error():
         union = union_ritz(run, 5)
         norms_sq = run.norms**2
         weights, atoms = union.deflated_weights(norms_sq)
-        assert atoms >= 5 and weights.shape == union.weights.shape
+        assert atoms >= 4 and weights.shape == union.weights.shape
         np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-12)
         np.testing.assert_allclose(weights[:, union.atoms()], 1.0 / norms_sq[:, None].repeat(atoms, 1), rtol=1e-12)
         plain.append(_w1_to(exact, union.nodes, union.weights.mean(0)))

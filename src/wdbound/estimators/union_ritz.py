@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .krylov_trace import KrylovSpan
-from .lanczos import ATOM_RTOL, LanczosRun, TopEigen, deflate_rows, error_bounds, within
+from .lanczos import ATOM_RTOL, LanczosRun, TopEigen, deflate_rows, error_bounds, exact_atoms, within
 
 RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped (Ritz pairs, span and quadrature)
 
@@ -85,12 +85,11 @@ class UnionRitz:
         return leave_one_out_traces(self.gram, self.projected, firsts, self.width, self.norms_sq, rank_tol)
 
     def atoms(self, rtol: float = ATOM_RTOL) -> np.ndarray:
-        """[n] bool: the nodes whose Ritz pair is converged, residual bound <= ``rtol`` × max|node|. Each is
-        within that bound of an eigenvalue of H, and c such orthonormal pairs certify c eigenvalues (counted
-        with multiplicity) near them."""
-        if not len(self.nodes):
-            return np.zeros(0, dtype=bool)
-        return self.residuals <= rtol * float(np.abs(self.nodes).max())
+        """[n] bool: the nodes whose Ritz pair is converged, residual bound <= ``rtol`` × |node|
+        (:func:`~wdbound.estimators.lanczos.exact_atoms`; the union's Ritz vectors are orthonormal, so a
+        repeated node is a repeated eigenvalue). Each is within that bound of an eigenvalue of H, and c such
+        orthonormal pairs certify c eigenvalues (counted with multiplicity) near them."""
+        return exact_atoms(self.nodes, self.residuals, rtol, isolated=False)
 
     def deflated_weights(self, norms_sq: np.ndarray, rtol: float = ATOM_RTOL) -> tuple[np.ndarray, int]:
         """The union quadrature's weights with the converged Ritz pairs (:meth:`atoms`) as exact atoms, and how
