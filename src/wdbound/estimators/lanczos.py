@@ -43,7 +43,7 @@ from .hutchinson import HutchinsonSums, rademacher, row_dots
 from .krylov_trace import KrylovSpan
 
 VECTOR_DTYPE = torch.float64  # Lanczos vectors, recurrences and quadrature: float64 even when the HVPs are float32
-ATOM_RTOL = 1e-3  # a Ritz pair whose residual bound is <= this x max|theta| is an exact atom of the density
+ATOM_RTOL = 1e-3  # a Ritz pair whose residual bound is <= this x its own |theta| is an exact atom (exact_atoms)
 ATOM_REST_FLOOR = 0.5  # ... unless a probe's start has less than this share of its expected mass off the atoms
 
 
