@@ -497,11 +497,12 @@ class ShardedMemoryPlan:
     budget: int | None = None  # per rank (choose_sharded_plan), and where it comes from
     budget_source: str = ""
     vector: int = 0  # bytes of one shard-local vector
+    dim: int = 0  # parameters the Hessian spans (a Krylov space has at most this many dimensions)
 
     def recurrence(self, kept_steps: int) -> "ShardedMemoryPlan":
         """This plan with the SLQ runs as the three-term recurrence: 5 work vectors, and a basis kept only by
-        a run of ``kept_steps`` steps (the top-k run's; 0: none)."""
-        return replace(self, lanczos=(kept_steps + 5) * self.vector, mode="low-memory")
+        a run of ``kept_steps`` steps (the top-k run's, at most d; 0: none)."""
+        return replace(self, lanczos=(min(kept_steps, self.dim) + 5) * self.vector, mode="low-memory")
 
     @property
     def peak(self) -> int:
@@ -536,7 +537,7 @@ def sharded_memory_plan(model: nn.Module, example: torch.Tensor, *, world: int, 
                              activations=int(ACTIVATION_SAFETY * 2 * per_pass * size),
                              lanczos=(steps + 5) * local * size,
                              runtime=SHARDED_RUNTIME_BYTES + SHARDED_RUNTIME_VECTORS[min(world, 2)] * dim * size,
-                             vector=local * size)
+                             vector=local * size, dim=dim)
 
 
 def choose_sharded_plan(full: ShardedMemoryPlan, low: ShardedMemoryPlan, mode: str, budget: int,
@@ -706,8 +707,7 @@ def _sharded_setup(ckpt, settings, on_hvps: Callable[[int], None] | None,
     dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
     baseline, budget = int(agreed[0]), int(-agreed[1])
     full = sharded_memory_plan(model, x[0].to(device), baseline=baseline, **shape)
-    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the top-k run takes at most d steps
-    plan = choose_sharded_plan(full, full.recurrence(min(top_steps, dim)), settings.lanczos, budget, source)
+    plan = choose_sharded_plan(full, full.recurrence(top_steps), settings.lanczos, budget, source)
     shard_model(model, device)
     H = ShardedHessian(model, (x, y), loss_function(settings.loss), batch_size=settings.batch_size,
                        seed=settings.seed)

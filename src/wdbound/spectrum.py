@@ -51,6 +51,7 @@ EXACT_MODES = ("auto", "on", "off")
 DIAGONAL_MODES = ("auto", "exact", "hutchinson")
 TRACE_MODES = ("deflated", "hutchinson")
 NEGATIVE_MASS_RESOLUTION = 1e-3  # resolved negative mass: below -this x |lambda_max| (Spectrum.resolved_negative_mass)
+TRACE_RTOL_ZERO = "0: one block of probes"  # what trace_rtol = 0 does (the settings' and the API's check)
 TRACE_WORK_VECTORS = 6  # float64 vectors of d per probe the deflated trace holds (probe, product, projections)
 
 
@@ -158,9 +159,6 @@ class SpectrumSettings:
         check_fraction(self.density_tol, "density tol", "density_tol", "0: every step")
         if self.lanczos not in LANCZOS_MODES:
             raise WdboundError(f"unknown lanczos mode {self.lanczos!r}; use auto, full or low-memory", "lanczos")
-
-
-TRACE_RTOL_ZERO = "0: one block of probes"  # what trace_rtol = 0 does (the settings' and the API's check)
 
 
 def spectrum_command_settings(**overrides) -> SpectrumSettings:
