@@ -593,15 +593,24 @@ def converged_ritz_rule(alphas: np.ndarray, betas: np.ndarray, n: int, norm_sq: 
     >>> [round(float(w * 202), 6) for w in weights[nodes > 4]]  # 5 and 9 each get exactly 1/d
     [1.0, 1.0]
     """
-    from scipy.linalg import eigh_tridiagonal
-
     if n < 3:
         return None
-    theta, vectors = eigh_tridiagonal(np.asarray(alphas[:n - 1], dtype=np.float64),
-                                      np.asarray(betas[:n - 2], dtype=np.float64))
-    atoms = exact_atoms(theta, abs(float(betas[n - 2])) * np.abs(vectors[-1]), rtol)
-    rows, count = deflate_rows(vectors[0][None] ** 2, atoms, np.array([norm_sq]))
+    theta, weights, residuals = leading_ritz(alphas, betas, n)
+    rows, count = deflate_rows(weights[None], exact_atoms(theta, residuals, rtol), np.array([norm_sq]))
     return (theta, rows[0]) if count else None
+
+
+def leading_ritz(alphas: np.ndarray, betas: np.ndarray, n: int,
+                 index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Ritz values (ascending) of one probe's leading ``n − 1`` steps, whose next off-diagonal β is known,
+    with their Gauss weights (first components squared) and residual bounds ``β |s_last|`` (n >= 3). All of
+    them, or only the one at ``index`` (ascending order)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    a, b = np.asarray(alphas[:n - 1], dtype=np.float64), np.asarray(betas[:n - 2], dtype=np.float64)
+    theta, vectors = (eigh_tridiagonal(a, b) if index is None else
+                      eigh_tridiagonal(a, b, select="i", select_range=(index, index), lapack_driver="stebz"))
+    return theta, vectors[0] ** 2, abs(float(betas[n - 2])) * np.abs(vectors[-1])
 
 
 def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQ:
@@ -1069,17 +1078,13 @@ def _extreme_ritz(run: "SLQ", p: int, top: bool) -> tuple[float, float, float, i
     """Probe ``p``'s largest (``top``) or smallest Ritz value of its leading ``n − 1`` steps (whose next β is
     known), its residual ``β |s_last|``, ‖T‖ by Gershgorin (the scale of the HVPs' rounding) and ``n``; None
     below 3 steps."""
-    from scipy.linalg import eigh_tridiagonal
-
     n = int(run.lengths[p])
     if n < 3:
         return None
-    a = np.asarray(run.alphas[p, :n - 1], dtype=np.float64)
-    b = np.asarray(run.betas[p, :n - 2], dtype=np.float64)
-    index = n - 2 if top else 0
-    value, vector = eigh_tridiagonal(a, b, select="i", select_range=(index, index), lapack_driver="stebz")
-    norm = float(np.max(np.abs(a) + np.r_[np.abs(b), 0.0] + np.r_[0.0, np.abs(b)]))
-    return float(value[0]), abs(float(run.betas[p, n - 2])) * abs(float(vector[-1, 0])), norm, n
+    value, _, residual = leading_ritz(run.alphas[p], run.betas[p], n, index=n - 2 if top else 0)
+    a, b = np.abs(run.alphas[p, :n - 1]), np.abs(run.betas[p, :n - 2])
+    norm = float(np.max(a + np.r_[b, 0.0] + np.r_[0.0, b]))
+    return float(value[0]), float(residual[0]), norm, n
 
 
 def density_top(run: "SLQ", precision: float, tol: float) -> TopEigen | None:
