@@ -320,7 +320,7 @@ def rows_for(name: str, args) -> list[dict]:
     if x.is_floating_point():
         x = x.to(dtype)
     ours = Ours(model, data, args.dtype, loss)
-    large = name == "resnet18"  # no dense Hessian: a long-run reference, top-5 and trace, defaults only
+    large = name in LARGE  # no dense Hessian: a long-run reference, top-5 and trace, defaults only
     exact = (Reference(model, data, args.dtype, args.reference_rtol) if large
              else wdbound.Hessian(model, data, loss=loss, progress=False).exact())  # float64
     dim, tasks = ours.H.dim, [t for t in args.tasks if not large or t in Reference.TASKS]
@@ -349,31 +349,30 @@ def rows_for(name: str, args) -> list[dict]:
         for task, points in ((t, p) for t, p in runner.LADDERS.items() if t in tasks and not large):
             for label, value in points:
                 add(task, tool, label, lambda s, t=task, v=value: getattr(runner, t)(exact, s, v))
+    def whole(tool, top, trace, stderr, seconds, hvps):
+        """Goal 3's row: a tool's defaults for top-5, trace and density in one go, against the reference."""
+        rows.append({"model": name, "d": dim, "task": "spectrum", "tool": tool, "budget": "default", "default": True,
+                     "error": top5_error({"top": list(top)}, exact.eigenvalues),
+                     "trace_error": abs(trace - exact.trace) / abs(exact.trace), "trace_rel_stderr": stderr / abs(trace),
+                     "seconds": seconds, "hvps": float(hvps)})
+        print(f"{name:11s} spectrum {tool:12s} default    top-5 error {rows[-1]['error']:.2e}, trace error "
+              f"{rows[-1]['trace_error']:.2e} (± {rows[-1]['trace_rel_stderr']:.1e})  {seconds:7.1f} s  "
+              f"{hvps:.0f} HVPs", flush=True)
+
     if large:  # goal 3: `wdbound spectrum` as a whole (its defaults: top-5, trace, density) against PyHessian's
         H = wdbound.Hessian(model, data, dtype="float32", progress=False)  # the command's dtype
         start = time.perf_counter()
-        whole = H.spectrum()
-        rows.append({"model": name, "d": dim, "task": "spectrum", "tool": "wdbound", "budget": "default",
-                     "default": True, "error": top5_error({"top": whole.top.values.tolist()}, exact.eigenvalues),
-                     "trace_error": abs(whole.trace.estimate - exact.trace) / abs(exact.trace),
-                     "trace_rel_stderr": whole.trace.stderr / abs(whole.trace.estimate),
-                     "seconds": time.perf_counter() - start, "hvps": float(H.operator.matvecs)})
-        print(f"{name:11s} spectrum wdbound      default    top-5 error {rows[-1]['error']:.2e}, trace error "
-              f"{rows[-1]['trace_error']:.2e} (± {rows[-1]['trace_rel_stderr']:.1e})  {rows[-1]['seconds']:7.1f} s  "
-              f"{rows[-1]['hvps']:.0f} HVPs", flush=True)
+        found = H.spectrum()
+        whole("wdbound", found.top.values.tolist(), found.trace.estimate, found.trace.stderr,
+              time.perf_counter() - start, H.operator.matvecs)
     found = (pyhessian_defaults(model.float(), data, torch.device("cpu"))
              if args.pyhessian and name != "gpt2-tiny" else None)
     if found is not None:
         values, seconds, hvps = found
         parts = values["hvps_by_part"]
         if large:
-            rows.append({"model": name, "d": dim, "task": "spectrum", "tool": "pyhessian", "budget": "default",
-                         "default": True, "error": top5_error(values, exact.eigenvalues),
-                         "trace_error": abs(values["trace"] - exact.trace) / abs(exact.trace),
-                         "trace_rel_stderr": (values["trace_implied_stderr"] or math.nan) / abs(values["trace"]),
-                         "seconds": seconds, "hvps": float(hvps)})
-            print(f"{name:11s} spectrum pyhessian    default    top-5 error {rows[-1]['error']:.2e}, trace error "
-                  f"{rows[-1]['trace_error']:.2e}  {seconds:7.1f} s  {hvps} HVPs", flush=True)
+            whole("pyhessian", values["top"], values["trace"], values["trace_implied_stderr"] or math.nan, seconds,
+                  hvps)
         for task, error in (("top5", lambda: top5_error(values, exact.eigenvalues)),
                             ("trace", lambda: abs(values["trace"] - exact.trace) / abs(exact.trace)),
                             ("density", lambda: density_error(values["nodes"], values["weights"], exact.eigenvalues))):

@@ -289,4 +289,3 @@ def test_measure_gives_converged_ritz_pairs_their_exact_mass(exact_model):
         assert np.all(nearest <= ATOM_RTOL * np.abs(theta[atoms]) + 1e-9 * ev.max())
     rms = lambda xs: float(np.sqrt(np.mean(np.square(xs))))  # noqa: E731
     assert rms(deflated) < rms(plain) / 20, (name, rms(deflated), rms(plain))
-
