@@ -11,7 +11,7 @@ For each checkpoint, in one process, the same ``--columns`` unit vectors (float6
 * ``kept-batched``: the kept graph with ``is_grads_batched`` (``--chunk`` columns vmapped through one pass);
 * ``fwd-rev``: vmapped forward-over-reverse (``torch.func.jvp`` of ``grad``), ``--chunk`` columns per pass;
 * ``auto``: what ``wdbound.curvature.dense_columns`` (the dense build) does: vmapped passes unless the model has
-  convolutions, pooling or batch norm (``dense_batched_rule``).
+  convolutions, pooling or batch norm (``vmapped_passes_rule``).
 
 It prints columns per second of each, the ratio to ``loop``, and the largest difference from ``loop``'s
 columns (every method must compute the same matrix). Writes benchmarks/results/dense-build-<time>.json.
@@ -59,17 +59,17 @@ def measure(path: Path, columns: int, chunk: int) -> dict:
     op = operator("double-backward")
     count = min(columns, op.dim)
     eye = torch.eye(op.dim, dtype=torch.float64)[:count]
-    reference, loop_s = timed(lambda: op.matmat(eye, mode="double-backward"))
+    reference, loop_s = timed(lambda: op.matmat(eye, mode="double-backward", batched=False))
     row = {"checkpoint": path.name, "d": op.dim, "n": op.n_eval, "columns": count,
            "methods": {"loop": {"s": loop_s}}}
     kept = operator("double-backward")
     kept.use_kept_graph(True)
-    row["methods"]["kept-loop"] = dict(zip(("out", "s"), timed(lambda: kept.matmat(eye))))
+    row["methods"]["kept-loop"] = dict(zip(("out", "s"), timed(lambda: kept.matmat(eye, batched=False))))
     row["methods"]["kept-batched"] = dict(zip(("out", "s"), timed(lambda: kept.matmat(eye, batched=True))))
     auto = operator("double-backward")
     auto.use_kept_graph(True)
     row["methods"]["auto"] = dict(zip(("out", "s"), timed(lambda: dense_columns(auto, eye, chunk))))
-    row["auto_batched"] = auto.dense_batched
+    row["auto_batched"] = auto.batched
     fr = operator("forward-over-reverse")
     row["methods"]["fwd-rev"] = dict(zip(("out", "s"), timed(lambda: fr.matmat(eye))))
     for name, figures in row["methods"].items():

@@ -310,16 +310,16 @@ def test_affine_batch_norm_is_the_same_function_and_hessian():
 def test_dense_build_path_is_a_rule_and_both_paths_agree(digits_test):
     """The dense build's vmapped / one-pass-per-column choice is a rule of the model (same command, same bytes),
     and the two paths give the same matrix to rounding."""
-    from wdbound.curvature import dense_batched_rule, dense_matrix
+    from wdbound.curvature import vmapped_passes_rule, dense_matrix
 
-    assert dense_batched_rule(build_model("digits-mlp", hidden=4))
-    assert dense_batched_rule(build_model("digits-vit", dim=8, depth=1, mlp=8))
-    assert not dense_batched_rule(build_model("digits-cnn", channels=2))
+    assert vmapped_passes_rule(build_model("digits-mlp", hidden=4))
+    assert vmapped_passes_rule(build_model("digits-vit", dim=8, depth=1, mlp=8))
+    assert not vmapped_passes_rule(build_model("digits-cnn", channels=2))
     torch.manual_seed(0)
     model = build_model("digits-mlp", hidden=6)
     vmapped = HessianOperator(model, digits_test, max_samples=50, mode="double-backward", probe_chunk=16)
     looped = HessianOperator(model, digits_test, max_samples=50, mode="double-backward", probe_chunk=1)
     a, b = dense_matrix(vmapped), dense_matrix(looped)
-    assert vmapped.dense_batched and not looped.dense_batched
+    assert vmapped.batched and not looped.batched
     assert torch.allclose(a, b, rtol=0, atol=1e-12 * float(a.abs().max()))
     assert torch.equal(a, dense_matrix(vmapped))  # the same path twice: the same bytes

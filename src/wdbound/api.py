@@ -107,10 +107,11 @@ def _check_pair(item, what: str, tensors: bool = False) -> None:
         raise WdboundError(f"data: each {what} must be an (input, target) pair, got {kind}")
 
 
-def _check_probes(probes: int, minimum: int = 1) -> None:
-    """At least ``minimum`` probes, a whole number (one-line :class:`WdboundError` otherwise)."""
+def _check_probes(probes: int, minimum: int = 1, name: str = "probes") -> None:
+    """At least ``minimum`` probes (or steps: ``name``), a whole number (one-line :class:`WdboundError`
+    otherwise)."""
     if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < minimum:
-        raise WdboundError(f"probes = {probes!r} must be an integer >= {minimum}", "probes")
+        raise WdboundError(f"{name} = {probes!r} must be an integer >= {minimum}", name)
 
 
 class _NotebookRepr:
@@ -247,13 +248,14 @@ class Hessian:
             return estimate_spectrum(self.operator, settings)
 
     def trace(self, probes: int | None = None, method: str = defaults.SPECTRUM_TRACE,
-              rtol: float = defaults.TRACE_RTOL) -> TraceEstimate:
+              rtol: float = defaults.TRACE_RTOL, steps: int | None = None) -> TraceEstimate:
         """The trace with its standard error. ``method="deflated"`` (default): exact on the Krylov space of a
         Lanczos run of ``defaults.TRACE_ALONE_SPAN_STEPS`` steps (``tr T``, no further HVP), Hutchinson on its
         complement: a first block of ``probes`` (default ``defaults.TRACE_ALONE_PROBES``), then the probes its
         standard error says are missing until that error is at most ``rtol`` x |trace| (at most
         ``defaults.TRACE_MAX_PROBES``; :func:`~wdbound.estimators.krylov_trace.krylov_deflated_trace`, the
-        estimator of ``wdbound spectrum``, whose target is looser: ``defaults.SPECTRUM_TRACE_RTOL``).
+        estimator of ``wdbound spectrum``, whose target is looser: ``defaults.SPECTRUM_TRACE_RTOL``). ``steps``
+        sets the Lanczos run's length (``rtol=0``: exactly ``steps`` + ``probes`` HVPs).
         ``"hutchinson"``: ``probes`` plain Rademacher probes (default 16)."""
         check_fraction(rtol, "trace rtol", "rtol", TRACE_RTOL_ZERO)
         if method == "hutchinson":
@@ -265,11 +267,12 @@ class Hessian:
             raise WdboundError(f"unknown trace method {method!r}; use deflated or hutchinson", "trace")
         probes = defaults.TRACE_ALONE_PROBES if probes is None else probes
         _check_probes(probes, minimum=2)
+        steps = defaults.TRACE_ALONE_SPAN_STEPS if steps is None else steps
+        _check_probes(steps, minimum=1, name="steps")
         cap = max(probes, defaults.TRACE_MAX_PROBES)
         generator = self._generator()
-        with self._progress("trace", defaults.TRACE_ALONE_SPAN_STEPS + cap):
-            span = top_eigenvalues(self.operator, 1, generator, min_steps=defaults.TRACE_ALONE_SPAN_STEPS,
-                                   max_steps=max(defaults.TOP_MAX_STEPS, defaults.TRACE_ALONE_SPAN_STEPS)).span
+        with self._progress("trace", steps + cap):
+            span = top_eigenvalues(self.operator, 1, generator, min_steps=steps, max_steps=steps).span
             return krylov_deflated_trace(self.operator, span, probes, generator, rtol=rtol, max_probes=cap)
 
     def diagonal(self, probes: int | None = 16, method: str = "deflated") -> DiagonalEstimate:

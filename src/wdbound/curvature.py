@@ -278,7 +278,7 @@ class HessianOperator:
             raise WdboundError("no trainable parameter is selected" if params is not None
                                else "the model has no trainable parameters", "params")
         self.fallback: str | None = None  # why forward-over-reverse was given up for double backward
-        self.dense_batched: bool | None = None  # dense builds: vmapped backward passes (set by dense_columns)
+        self.vmapped_rule = vmapped_passes_rule(self.model)  # blocks of vectors share vmapped backward passes
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
@@ -405,11 +405,20 @@ class HessianOperator:
 
     # ---- products
 
-    def matmat(self, vectors: torch.Tensor, mode: str | None = None, batched: bool = False) -> torch.Tensor:
+    @property
+    def batched(self) -> bool:
+        """Whether double backward takes blocks of vectors through vmapped passes (:func:`vmapped_passes_rule`
+        on the model, and a memory plan that allows more than one vector per pass)."""
+        return self.probe_chunk > 1 and self.vmapped_rule
+
+    def matmat(self, vectors: torch.Tensor, mode: str | None = None, batched: bool | None = None) -> torch.Tensor:
         """``H V^T`` transposed: ``[k, d] -> [k, d]``, streamed over the evaluation set (``mode`` overrides the
         operator's HVP mode for this call). ``batched``: double backward takes up to ``probe_chunk`` vectors
         through one vmapped backward pass (``is_grads_batched``) instead of one pass each: the same products,
-        faster where small layers leave the passes dominated by per-operation overhead."""
+        faster where small layers leave the passes dominated by per-operation overhead (default: the
+        operator's rule, :attr:`batched`)."""
+        if batched is None:
+            batched = self.batched
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape [k, {self.dim}], got {tuple(vectors.shape)}")
         vectors = vectors.to(self.device, self.dtype)
@@ -531,7 +540,7 @@ def _backward_rows(gradient: torch.Tensor, flat: torch.Tensor, vectors: torch.Te
     for start in range(0, vectors.shape[0], per_pass):
         block = vectors[start:start + per_pass]
         retain = retain_last or start + per_pass < vectors.shape[0]
-        if per_pass == 1:
+        if block.shape[0] == 1:  # one vector: a plain pass (a vmapped pass of one is slower)
             rows.append(torch.autograd.grad(gradient, flat, grad_outputs=block[0], retain_graph=retain)[0][None])
         else:
             rows.append(torch.autograd.grad(gradient, flat, grad_outputs=block, retain_graph=retain,
@@ -679,40 +688,31 @@ DENSE_MODE = "double-backward"
 
 # Columns per block of a dense build (the memory plan's exact_diagonal_chunk).
 DENSE_CHUNK = 256
-def dense_batched_rule(model: nn.Module) -> bool:
-    """Whether a dense build sends its columns through vmapped backward passes (``is_grads_batched``) rather
-    than one pass per column: yes unless the model has convolutions, pooling or batch norm, whose vmapped
+def vmapped_passes_rule(model: nn.Module) -> bool:
+    """Whether double backward sends a block of vectors (a dense build's columns, a block of trace or diagonal
+    probes, the lockstep Lanczos runs of several probes) through vmapped backward passes (``is_grads_batched``)
+    rather than one pass per vector: yes unless the model has convolutions, pooling or batch norm, whose vmapped
     double backward is slow. A rule, not a timing (like :func:`auto_hvp_mode`): the two ways round differently
     in the last bits, and the same command must give the same bytes. Measured (benchmarks/dense_build.py, 2
     cores, columns/s vmapped vs loop): digits MLP 1.2-1.4x, depth-8 MLP 1.5-1.6x, digits ViT 1.0-1.2x, digits
-    CNN 0.4x."""
+    CNN 0.4x; per product in blocks of 16 (float64, kept graph): digits MLP 0.25 against 0.47 ms, a two-layer
+    GPT-2 0.68 against 1.74 ms."""
     slow = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.modules.batchnorm._BatchNorm)
     return not any(isinstance(module, slow) for module in model.modules())
 
 
-def _unit_products(operator: Operator, block: torch.Tensor, batched: bool = False) -> torch.Tensor:
+def _unit_products(operator: Operator, block: torch.Tensor) -> torch.Tensor:
     if isinstance(operator, HessianOperator):
-        return operator.matmat(block, mode=DENSE_MODE, batched=batched)
+        return operator.matmat(block, mode=DENSE_MODE)
     return operator.matmat(block)
 
 
 def dense_columns(operator: Operator, vectors: torch.Tensor, chunk: int = DENSE_CHUNK) -> torch.Tensor:
     """``H V^T`` transposed for many vectors ``[k, d]``, ``chunk`` at a time: through vmapped backward passes
-    (``probe_chunk`` vectors each) when :func:`dense_batched_rule` says so, else one pass per vector. The
-    choice is kept in ``operator.dense_batched``."""
-    batched = _columns_batched(operator)
-    return torch.cat([_unit_products(operator, vectors[first:first + chunk], batched)
+    (``probe_chunk`` vectors each) when the operator's :func:`vmapped_passes_rule` says so, else one pass per
+    vector."""
+    return torch.cat([_unit_products(operator, vectors[first:first + chunk])
                       for first in range(0, vectors.shape[0], chunk)])
-
-
-def _columns_batched(operator: Operator) -> bool:
-    """Whether unit-vector products of ``operator`` take vmapped passes: :func:`dense_batched_rule` on a
-    :class:`HessianOperator` whose memory plan allows more than one vector per pass (kept in
-    ``operator.dense_batched``); never for other operators."""
-    if not isinstance(operator, HessianOperator):
-        return False
-    operator.dense_batched = operator.probe_chunk > 1 and dense_batched_rule(operator.model)
-    return operator.dense_batched
 
 
 def dense_matrix(operator: Operator, chunk: int = DENSE_CHUNK) -> torch.Tensor:
@@ -725,13 +725,12 @@ def diagonal_by_columns(operator: Operator, chunk: int = 64) -> torch.Tensor:
     """The exact diagonal ``[d]`` from ``d`` matvecs with unit vectors, ``chunk`` at a time (the matrix is never
     stored: memory is ``chunk × d``)."""
     out = torch.empty(operator.dim, dtype=operator.dtype, device=operator.device)
-    batched = _columns_batched(operator)
     for start in range(0, operator.dim, chunk):
         stop = min(start + chunk, operator.dim)
         block = torch.zeros(stop - start, operator.dim, dtype=operator.dtype, device=operator.device)
         rows = torch.arange(stop - start, device=operator.device)
         block[rows, start + rows] = 1
-        out[start:stop] = _unit_products(operator, block, batched)[rows, start + rows]
+        out[start:stop] = _unit_products(operator, block)[rows, start + rows]
     return out
 
 
