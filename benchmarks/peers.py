@@ -62,7 +62,7 @@ TRACE_SPANS = ((10, 16), (10, 32), (20, 16), (20, 32), (20, 64), (30, 32), (30, 
                (60, 16), (60, 32), (60, 64))
 DENSITY_BUDGETS = ((2, 20), (5, 40), (10, 40), (10, 80), (20, 80))
 DENSITY_ADAPTIVE = ((5, 1e-3), (10, 2e-3), (16, 2e-3), (16, 1e-3))  # wdbound: probes, the single pass's stop
-TRACE_MATVECS = (30, 60, 100, 200, 400)
+TRACE_MATVECS = (30, 60, 100, 200)
 DIAGONAL_PROBES = (16, 64, 256)
 
 

@@ -13,15 +13,17 @@ from pathlib import Path
 
 def library_versions() -> dict[str, str]:
     """Versions of wdbound and of the libraries whose arithmetic the numbers depend on."""
+    from importlib.metadata import version
+
     import numpy as np
-    import sklearn
     import torch
 
     from ._version import __version__
 
-    # str(): torch.__version__ is a str subclass that weights_only loading refuses.
+    # str(): torch.__version__ is a str subclass that weights_only loading refuses. scikit-learn's version is
+    # read from its metadata: importing it takes a second where the data is not the digits.
     return {"wdbound": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "scikit-learn": str(sklearn.__version__), "python": platform.python_version()}
+            "scikit-learn": version("scikit-learn"), "python": platform.python_version()}
 
 
 def checkpoint_provenance(ckpt, data: str, cache_key: str) -> dict:

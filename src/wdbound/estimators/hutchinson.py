@@ -39,7 +39,7 @@ def rademacher(count: int, dim: int, generator: torch.Generator, dtype: torch.dt
                device: torch.device | str = "cpu") -> torch.Tensor:
     """``[count, dim]`` ±1 entries, drawn on the CPU so a seed gives the same probes on every device."""
     bits = torch.randint(0, 2, (count, dim), generator=generator, dtype=torch.int8)
-    return (bits.to(dtype) * 2 - 1).to(device)
+    return bits.to(dtype).mul_(2).sub_(1).to(device)
 
 
 @dataclass(frozen=True)
