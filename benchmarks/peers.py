@@ -59,7 +59,7 @@ REFERENCES: dict[str, dict] = {}  # the reference each large model was measured 
 TRACE_RTOLS = (0.01, 0.005, 0.003, 0.002, 0.001)
 # wdbound's fixed budgets: Lanczos steps of the deflation space x deflated Hutchinson probes (rtol 0)
 TRACE_SPANS = ((10, 16), (10, 32), (20, 16), (20, 32), (20, 64), (30, 32), (30, 64), (40, 16), (40, 32), (40, 64),
-               (60, 16), (60, 32), (60, 64))
+               (50, 24), (50, 32), (60, 16), (60, 24), (60, 32), (60, 64))
 DENSITY_BUDGETS = ((2, 20), (5, 40), (10, 40), (10, 80), (20, 80))
 DENSITY_ADAPTIVE = ((5, 1e-3), (10, 2e-3), (16, 2e-3), (16, 1e-3))  # wdbound: probes, the single pass's stop
 TRACE_MATVECS = (30, 60, 100, 200)

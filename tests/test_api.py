@@ -401,6 +401,33 @@ def test_api_trace_to_a_target_on_a_known_spectrum():
         H.trace(rtol=1.5)
 
 
+def test_api_trace_with_a_fixed_budget_spends_it_and_a_longer_span_deflates_more():
+    """``steps`` sets the deflation run's length: at ``rtol=0`` a trace costs exactly ``steps + probes`` HVPs, tr T
+    of the span is the exact trace of H on it, and over 12 seeds the RMS error with a 40-step span is below a
+    5-step span's: least squares on features scaled by i^-0.75 (H = 2XᵀX/n, d = 300, a spectrum decaying like a
+    trained network's), where the longer span leaves the probes a smaller tail (measured: 0.011 against 0.091,
+    trace 5.17). Bad steps: one-line error."""
+    torch.manual_seed(3)
+    model = nn.Linear(300, 1, bias=False)
+    x, y = torch.randn(500, 300) / torch.arange(1, 301) ** 0.75, torch.randn(500, 1)
+    H = wdbound.Hessian(model, (x, y), loss=lambda out, target: ((out - target) ** 2).mean(), progress=False)
+    exact = float(np.trace(2 * x.double().T @ x.double() / len(x)))  # closed form
+    rms = []
+    for steps in (5, 40):
+        errors = []
+        for seed in range(12):
+            H.seed = seed
+            before = H.operator.matvecs
+            est = H.trace(probes=8, rtol=0.0, steps=steps)
+            assert H.operator.matvecs - before == steps + 8 and len(est.samples) == 8
+            errors.append(est.estimate - exact)
+        rms.append(float(np.sqrt(np.mean(np.square(errors)))))
+    assert rms[1] < rms[0] / 3
+    for bad in (0, 2.5, True):
+        with pytest.raises(WdboundError, match="steps"):
+            H.trace(steps=bad)
+
+
 def _hf_reference(model, flat_names, call, labels):
     """The dense Hessian of the mean token / image cross-entropy by torch.autograd.functional.hessian (not
     torch.func.hessian: wrong for affine LayerNorm under torch 2.14.1, docs/decisions.md)."""

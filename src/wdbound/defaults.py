@@ -42,7 +42,7 @@ ENDS_MAX_STEPS = 150  # the Lanczos run on -H for the spectrum's lower end (the 
 # 8.9e-3 / 2.6e-3 / 1.6e-1 (docs/decisions.md, "The trace alone").
 TRACE_RTOL = 0.003
 TRACE_ALONE_SPAN_STEPS = 60
-TRACE_ALONE_PROBES = 16
+TRACE_ALONE_PROBES = 32
 TRACE_PROBES = 8  # ... a first block of this many, then as many as its standard error says are missing
 TRACE_MAX_PROBES = 128  # ... at most this many
 TRACE_SPAN_STEPS = 40  # ... deflating a Krylov space of at least this many top-k Lanczos steps
