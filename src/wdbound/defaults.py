@@ -38,8 +38,8 @@ ENDS_MAX_STEPS = 150  # the Lanczos run on -H for the spectrum's lower end (the 
 # The trace alone (`Hessian.trace()`): a Lanczos run of TRACE_ALONE_SPAN_STEPS steps taken exactly, then deflated
 # Hutchinson probes, TRACE_ALONE_PROBES first, until the standard error <= TRACE_RTOL x |trace| (at most
 # TRACE_MAX_PROBES). Chosen against the exact traces and hessian-eigenthings 1.0's Hutch++ default (99 HVPs),
-# float64, 20 seeds (digits-mlp) and 10 (digits-cnn, gpt2-tiny): RMS error 2.0e-3 / 2.7e-3 / 1.9e-2 against Hutch++'s
-# 8.9e-3 / 2.6e-3 / 1.6e-1 (docs/decisions.md, "The trace alone").
+# float64, 20 seeds (benchmarks/peers.py --tasks trace): RMS error 4.4e-3 / 2.0e-3 / 5.3e-2 on digits-mlp / digits-cnn /
+# gpt2-tiny against Hutch++'s 8.9e-3 / 2.6e-3 / 1.3e-1, in less time (docs/decisions.md, "The trace alone").
 TRACE_RTOL = 0.003
 TRACE_ALONE_SPAN_STEPS = 60
 TRACE_ALONE_PROBES = 32
