@@ -64,6 +64,7 @@ DENSITY_BUDGETS = ((2, 20), (5, 40), (10, 40), (10, 80), (20, 80))
 DENSITY_ADAPTIVE = ((5, 1e-3), (10, 2e-3), (16, 2e-3), (16, 1e-3))  # wdbound: probes, the single pass's stop
 TRACE_MATVECS = (30, 60, 100, 200)
 DIAGONAL_PROBES = (16, 64, 256)
+LARGE_LADDERS = {"diagonal": ("64 probes", "120 mv")}  # the ladder points a large model runs beside the defaults
 
 
 def over_seeds(fns, seeds: int) -> list[tuple[float, float, float]]:
@@ -82,11 +83,30 @@ def over_seeds(fns, seeds: int) -> list[tuple[float, float, float]]:
             for seconds, errors, hvps in record]
 
 
-def density_error(nodes, weights, exact_ev) -> float:
-    """W1 between a quadrature measure and the exact spectrum, over lambda_max."""
+def density_error(nodes, weights, exact) -> float:
+    """W1 between a quadrature measure and the exact spectrum (``exact.eigenvalues``, equal weights), or a large
+    model's reference measure (``exact.measure``), over lambda_max."""
     weights = np.asarray(weights, dtype=float)
-    return wasserstein1(np.asarray(nodes, dtype=float), weights / weights.sum(), exact_ev,
+    nodes = np.asarray(nodes, dtype=float)
+    if getattr(exact, "measure", None) is not None:
+        ref_nodes, ref_weights = exact.measure
+        return wasserstein1(nodes, weights / weights.sum(), ref_nodes, ref_weights / ref_weights.sum()) / float(
+            np.abs(exact.eigenvalues).max())
+    exact_ev = exact.eigenvalues
+    return wasserstein1(nodes, weights / weights.sum(), exact_ev,
                         np.full(len(exact_ev), 1.0 / len(exact_ev))) / float(np.abs(exact_ev).max())
+
+
+def diagonal_error(estimate, exact) -> float:
+    """Relative L2 error of a diagonal estimate. Against a large model's reference (a long deflated estimate
+    with per-entry standard errors s), the reference's own noise is taken out of both norms:
+    ``E||e - r||^2 = ||e - diag H||^2 + sum s^2`` for an estimate e independent of the reference r, and
+    ``E||r||^2 = ||diag H||^2 + sum s^2`` (floored at 0)."""
+    estimate = np.asarray(estimate, dtype=float)
+    noise = float(np.sum(np.square(exact.diagonal_stderr))) if getattr(exact, "diagonal_stderr", None) is not None \
+        else 0.0
+    distance = max(float(np.sum(np.square(estimate - exact.diagonal))) - noise, 0.0)
+    return math.sqrt(distance / max(float(np.sum(np.square(exact.diagonal))) - noise, 1e-300))
 
 
 class Ours:
@@ -120,7 +140,7 @@ class Ours:
     def diagonal(self, exact, seed, probes=16):
         def run():
             estimate = self.H.diagonal(probes).estimate
-            return float(np.linalg.norm(estimate - exact.diagonal) / np.linalg.norm(exact.diagonal))
+            return diagonal_error(estimate, exact)
         return self.counted(seed, run)
 
     def density(self, exact, seed, budget=None):
@@ -128,13 +148,13 @@ class Ours:
         Ritz pairs at their exact mass). The ladder: ``wdbound spectrum``'s single pass (``.spectrum()``) at its
         defaults ("spectrum"), at fixed probes x steps, and at probes with its stopping tolerance."""
         if budget is None:
-            return self.counted(seed, lambda: density_error(*self.H.density().slq.measure(), exact.eigenvalues))
+            return self.counted(seed, lambda: density_error(*self.H.density().slq.measure(), exact))
         overrides = ({} if budget == "spectrum" else {"probes": budget[0], "steps": budget[1], "density_tol": 0.0}
                      if len(budget) == 2 else {"probes": budget[0], "density_tol": budget[2]})
 
         def run():
             nodes, weights = self.H.spectrum(**overrides).slq.measure()
-            return density_error(nodes, weights, exact.eigenvalues)
+            return density_error(nodes, weights, exact)
         return self.counted(seed, run)
 
 
@@ -177,7 +197,7 @@ class Eigenthings:
         def run():
             found = self.he.spectral_density(self.op, num_runs=budget[0], lanczos_steps=budget[1], seed=seed)
             return density_error(found.raw_eigenvalues.double().reshape(-1).numpy(),
-                                 found.raw_weights.double().reshape(-1).numpy(), exact.eigenvalues)
+                                 found.raw_weights.double().reshape(-1).numpy(), exact)
         return self.counted(run)
 
 
@@ -219,7 +239,7 @@ class Curvlinops:
     def diagonal(self, exact, seed, matvecs):
         def run():
             estimate = self.cl.xdiag(self.op, matvecs).double().numpy()
-            return float(np.linalg.norm(estimate - exact.diagonal) / np.linalg.norm(exact.diagonal))
+            return diagonal_error(estimate, exact)
         return self.counted(seed, run)
 
     def top5(self, exact, seed, _=None):
@@ -234,7 +254,7 @@ class Curvlinops:
         def run():
             grid, density = self.cl.lanczos_approximate_spectrum(self.op, ncv, num_points=2048, num_repeats=10)
             grid, density = np.asarray(grid, dtype=float), np.asarray(density, dtype=float)
-            return density_error(grid, np.clip(density, 0, None), exact.eigenvalues)
+            return density_error(grid, np.clip(density, 0, None), exact)
         return self.counted(seed, run)
 
 
@@ -265,30 +285,52 @@ def tiny_gpt2():
 
 class Reference:
     """What a model too large for its dense Hessian is measured against: wdbound's own long runs from another
-    seed, in the run's dtype: the top-5 by Lanczos with residual bounds (their largest relative bound says how
-    exact they are) and the deflated trace to ``rtol`` (its standard error says how exact it is). No density or
-    diagonal: no reference for them costs less than the whole benchmark (a diagonal needs d HVPs, a density
-    reference a long SLQ whose own error is that of the tools measured)."""
+    seed, in the run's dtype, for the tasks asked: the top-5 by Lanczos with residual bounds (their largest
+    relative bound says how exact they are), the deflated trace to ``rtol`` (its standard error says how exact
+    it is), the deflated diagonal with ``diagonal_probes`` probes (3x as many HVPs; its per-entry standard
+    errors are taken out of every diagonal error, :func:`diagonal_error`) and the density of
+    ``Hessian.density()`` (one probe of 1,280 steps; at d = 11 M one probe's W1 noise is about
+    range/sqrt(2d) = 2e-4 of the range, so the tools' errors above that are theirs)."""
 
-    TASKS = ("top5", "trace")
+    TASKS = ("top5", "trace", "diagonal", "density")
 
-    def __init__(self, model, data, dtype: str, rtol: float, seed: int = 1000) -> None:
+    def __init__(self, model, data, dtype: str, rtol: float, tasks=("top5", "trace"), diagonal_probes: int = 128,
+                 seed: int = 1000) -> None:
         H = wdbound.Hessian(model, data, dtype=dtype, seed=seed, progress=False)
         start = time.perf_counter()
         top = H.top_eigenvalues(5)
-        trace = H.trace(rtol=rtol)
         self.eigenvalues = np.sort(np.asarray(top.values, dtype=float))
         self.top_rel_bound = float(np.max(np.asarray(top.bounds) / np.abs(top.values)))
+        trace = H.trace(rtol=rtol)  # also goal 3's `spectrum` row's
         self.trace, self.trace_rel_stderr = float(trace.estimate), float(trace.stderr / abs(trace.estimate))
+        self.diagonal = self.diagonal_stderr = self.measure = None
+        self.diagonal_probes = diagonal_probes if "diagonal" in tasks else 0
+        if self.diagonal_probes:
+            found = H.diagonal(diagonal_probes)
+            self.diagonal, self.diagonal_stderr = np.asarray(found.estimate, float), np.asarray(found.stderr, float)
+        if "density" in tasks:
+            nodes, weights = H.density().slq.measure()
+            self.measure = (np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float))
         self.hvps, self.seconds = int(H.operator.matvecs), time.perf_counter() - start
+        noise = (f", diagonal ({diagonal_probes} probes) relative noise "
+                 f"{self.diagonal_noise:.1e}" if self.diagonal is not None else "")
         print(f"reference ({dtype}, seed {seed}): top-5 {self.eigenvalues[::-1].round(6).tolist()} (largest "
-              f"relative bound {self.top_rel_bound:.1e}), trace {self.trace:.6g} ± {self.trace_rel_stderr:.1%}, "
-              f"{self.hvps} HVPs in {self.seconds:.0f} s", flush=True)
+              f"relative bound {self.top_rel_bound:.1e}), trace {self.trace:.6g} ± {self.trace_rel_stderr:.1%}"
+              f"{noise}{', density' if self.measure is not None else ''}, {self.hvps} HVPs in {self.seconds:.0f} s",
+              flush=True)
+
+    @property
+    def diagonal_noise(self) -> float:
+        """The reference diagonal's own relative noise: sqrt(sum s^2) / ||r||."""
+        return float(np.linalg.norm(self.diagonal_stderr) / np.linalg.norm(self.diagonal))
 
     def to_json(self) -> dict:
         return {"top5": self.eigenvalues[::-1].tolist(), "top5_largest_relative_bound": self.top_rel_bound,
-                "trace": self.trace, "trace_relative_stderr": self.trace_rel_stderr, "hvps": self.hvps,
-                "seconds": self.seconds}
+                "trace": self.trace, "trace_relative_stderr": self.trace_rel_stderr,
+                "diagonal_probes": self.diagonal_probes,
+                "diagonal_relative_noise": self.diagonal_noise if self.diagonal is not None else None,
+                "density": "Hessian.density() (1 probe, 1,280 steps)" if self.measure is not None else None,
+                "hvps": self.hvps, "seconds": self.seconds}
 
 
 def resnet18_model_and_data(args):
@@ -330,8 +372,8 @@ def rows_for(name: str, args) -> list[dict]:
         x = x.to(dtype)
     ours = Ours(model, data, args.dtype, loss)
     large = name in LARGE  # no dense Hessian: a long-run reference, top-5 and trace, defaults only
-    exact = (Reference(model, data, args.dtype, args.reference_rtol) if large
-             else wdbound.Hessian(model, data, loss=loss, progress=False).exact())  # float64
+    exact = (Reference(model, data, args.dtype, args.reference_rtol, args.tasks, args.reference_diagonal_probes)
+             if large else wdbound.Hessian(model, data, loss=loss, progress=False).exact())  # float64
     dim, tasks = ours.H.dim, [t for t in args.tasks if not large or t in Reference.TASKS]
     seeds = args.resnet_seeds if large else args.seeds
     trace_seeds = args.resnet_seeds if large else args.trace_seeds
@@ -350,7 +392,9 @@ def rows_for(name: str, args) -> list[dict]:
     for tool, runner in runners:
         for task in (t for t in runner.TASKS if t in tasks):
             points.append((task, tool, "default", lambda s, r=runner, t=task: getattr(r, t)(exact, s), True))
-        for task, ladder in ((t, p) for t, p in runner.LADDERS.items() if t in tasks and not large):
+        ladders = {t: [p for p in runner.LADDERS.get(t, []) if p[0] in LARGE_LADDERS.get(t, ())] for t in tasks} \
+            if large else runner.LADDERS
+        for task, ladder in ((t, p) for t, p in ladders.items() if t in tasks):
             for label, value in ladder:
                 points.append((task, tool, label, lambda s, r=runner, t=task, v=value: getattr(r, t)(exact, s, v),
                                False))
@@ -362,23 +406,26 @@ def rows_for(name: str, args) -> list[dict]:
                          "default": default, "error": float(error), "seconds": seconds, "hvps": float(hvps)})
             print(f"{name:11s} {task:8s} {tool:12s} {str(budget):10s} error {error:9.2e}  {seconds:7.3f} s  "
                   f"{hvps:7.1f} HVPs{'  (default)' if default else ''}", flush=True)
-    def whole(tool, top, trace, stderr, seconds, hvps, budget="default"):
-        """Goal 3's row: a tool's defaults for top-5, trace and density in one go, against the reference."""
+    def whole(tool, top, trace, stderr, seconds, hvps, measure, budget="default"):
+        """Goal 3's row: a tool's defaults for top-5, trace and density in one go, against the reference (the
+        density when the reference has one)."""
+        density = density_error(*measure, exact) if exact.measure is not None else math.nan
         rows.append({"model": name, "d": dim, "task": "spectrum", "tool": tool, "budget": budget,
                      "default": budget == "default",
                      "error": top5_error({"top": list(top)}, exact.eigenvalues),
                      "trace_error": abs(trace - exact.trace) / abs(exact.trace), "trace_rel_stderr": stderr / abs(trace),
-                     "seconds": seconds, "hvps": float(hvps)})
+                     "density_error": density, "seconds": seconds, "hvps": float(hvps)})
         print(f"{name:11s} spectrum {tool:12s} {budget:10s} top-5 error {rows[-1]['error']:.2e}, trace error "
-              f"{rows[-1]['trace_error']:.2e} (± {rows[-1]['trace_rel_stderr']:.1e})  {seconds:7.1f} s  "
-              f"{hvps:.0f} HVPs", flush=True)
+              f"{rows[-1]['trace_error']:.2e} (± {rows[-1]['trace_rel_stderr']:.1e}), density W1/λmax "
+              f"{density:.1e}  {seconds:7.1f} s  {hvps:.0f} HVPs", flush=True)
 
     if large:  # goal 3: `wdbound spectrum` as a whole (its defaults: top-5, trace, density) against PyHessian's
         H = wdbound.Hessian(model, data, dtype="float32", progress=False)  # the command's dtype
         start = time.perf_counter()
         found = H.spectrum()
-        whole("wdbound", found.top.values.tolist(), found.trace.estimate, found.trace.stderr,
-              time.perf_counter() - start, H.operator.matvecs)
+        took = time.perf_counter() - start
+        whole("wdbound", found.top.values.tolist(), found.trace.estimate, found.trace.stderr, took,
+              H.operator.matvecs, found.slq.measure())
     found = (pyhessian_defaults(model.float(), data, torch.device("cpu"))
              if args.pyhessian and name != "gpt2-tiny" else None)
     if found is not None:
@@ -386,17 +433,18 @@ def rows_for(name: str, args) -> list[dict]:
         parts = values["hvps_by_part"]
         if large:
             whole("pyhessian", values["top"], values["trace"], values["trace_implied_stderr"] or math.nan, seconds,
-                  hvps)
+                  hvps, (values["nodes"], values["weights"]))
             if values["trace_implied_stderr"]:  # wdbound spectrum with its trace target at PyHessian's accuracy
                 target = round(values["trace_implied_stderr"] / abs(values["trace"]), 2)
                 H = wdbound.Hessian(model, data, dtype="float32", progress=False)
                 start = time.perf_counter()
                 equal = H.spectrum(trace_rtol=target)
-                whole("wdbound", equal.top.values.tolist(), equal.trace.estimate, equal.trace.stderr,
-                      time.perf_counter() - start, H.operator.matvecs, f"rtol {target}")
+                took = time.perf_counter() - start
+                whole("wdbound", equal.top.values.tolist(), equal.trace.estimate, equal.trace.stderr, took,
+                      H.operator.matvecs, equal.slq.measure(), f"rtol {target}")
         for task, error in (("top5", lambda: top5_error(values, exact.eigenvalues)),
                             ("trace", lambda: abs(values["trace"] - exact.trace) / abs(exact.trace)),
-                            ("density", lambda: density_error(values["nodes"], values["weights"], exact.eigenvalues))):
+                            ("density", lambda: density_error(values["nodes"], values["weights"], exact))):
             if task not in tasks:
                 continue
             error = error()
@@ -469,6 +517,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resnet-seeds", type=int, default=1, help="ResNet-18: seeds per (task, tool)")
     parser.add_argument("--reference-rtol", type=float, default=0.002,
                         help="ResNet-18: the reference trace's relative standard error target (at most 128 probes)")
+    parser.add_argument("--reference-diagonal-probes", type=int, default=128,
+                        help="ResNet-18: probes of the reference diagonal (deflated: 3x as many HVPs)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     args.tasks = tuple(t.strip() for t in args.tasks.split(","))

@@ -1,12 +1,15 @@
 """The memory plan: budget parsing, the choice between full and low-memory Lanczos, and the up-front refusal."""
 
+import dataclasses
 import json
 import math
 
 import pytest
+import torch
 
 from conftest import raises_param
 
+from wdbound import memory
 from wdbound.memory import (ACTIVATION_SAFETY, FULL_BASIS_MAX_BYTES, KEPT_GRAPH_FACTOR, MemoryPlan, activation_floats,
                             human_bytes, kept_graph_bytes, parse_memory, plan_memory)
 
@@ -326,3 +329,41 @@ def test_a_bare_timm_name_resolves_when_no_builtin_has_it():
     assert canonical_arch("no_such_model") == "no_such_model"
     assert sum(p.numel() for p in build_model("vit_tiny_patch16_224", num_classes=3, img_size=32,
                                               patch_size=8).parameters()) > 0
+
+
+def _mapped_bytes() -> int:
+    """glibc's ``mallinfo2().hblkhd``: bytes this process holds in blocks glibc allocated with their own mmap."""
+    import ctypes
+
+    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+              "keepcost")
+    info = type("Mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = info
+    return int(libc.mallinfo2().hblkhd)
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="glibc only: elsewhere the context is a no-op")
+def test_reuse_freed_memory_serves_large_blocks_from_the_heap_inside_and_restores_glibc_on_exit():
+    size = 64 * 2**20  # above glibc's largest mmap threshold (32 MB): by default its own mapping
+    with memory.reuse_freed_memory():
+        with memory.reuse_freed_memory():  # nested: the inner exit must not restore the defaults
+            pass
+        before = _mapped_bytes()
+        block = torch.empty(size, dtype=torch.uint8)
+        inside = _mapped_bytes() - before
+        del block
+    before = _mapped_bytes()
+    block = torch.empty(size, dtype=torch.uint8)
+    after = _mapped_bytes() - before
+    del block
+    assert inside == 0
+    assert after >= size
+
+
+def test_heap_reuse_is_planned_only_when_the_budget_leaves_room_for_its_fragmentation():
+    roomy = plan()
+    assert roomy.heap_reuse and roomy.to_json()["heap_reuse"] is True
+    # a budget just above the planned peak: no room for the allowance, so freed memory goes back at once
+    tight = dataclasses.replace(roomy, budget=int(roomy.peak * (1 + memory.HEAP_REUSE_ALLOWANCE / 2)))
+    assert tight.peak <= tight.budget and not tight.heap_reuse

@@ -25,7 +25,7 @@ from .bounds import (FORMS, BoundInputs, ExactTheoremParts, corollary3_exact, co
 from .estimators.quadrature_interval import Interval, quadrature_half_width
 from .cache import Cache, cache_key
 from .checkpoints import Checkpoint
-from .curvature import Deflation, ScaledOperator, dense_matrix, sequential_numpy_blas
+from .curvature import Deflation, ScaledOperator, dense_matrix, estimator_scope
 from .errors import WdboundError
 from .memory import MemoryPlan, allocation_phase
 from .estimators.hutchinson import rademacher
@@ -54,13 +54,14 @@ class TheoremRuns:
 
 def theorem_runs(operator, diagonal: np.ndarray, form: str, floor: float, *, probes: int, steps: int, generator,
                  zero_mask=None, density=None, support: tuple[float, float] | None = None,
-                 memory=None) -> TheoremRuns:
+                 memory=None, heap_reuse: bool = True) -> TheoremRuns:
     """Run the Lanczos quadratures of the Theorem term. ``zero_mask`` [d] marks exactly-zero Hessian rows: they
     are deflated (A and H are block-diagonal with a zero block there) and counted exactly. ``density``, an SLQ
     run of H, is reused as l2-Adam's ln det run, and ``support``, the ends of H's spectrum, as l2-Adam's
     support (A's are found by Lanczos). The two runs use independent probes. ``memory`` (a
-    ``LanczosMemory`` of the memory plan) chooses the whole basis or the low-memory recurrence."""
-    with sequential_numpy_blas():
+    ``LanczosMemory`` of the memory plan) chooses the whole basis or the low-memory recurrence; ``heap_reuse``
+    is the plan's :attr:`~wdbound.memory.MemoryPlan.heap_reuse`."""
+    with estimator_scope(heap_reuse):
         return _theorem_runs(operator, diagonal, form, floor, probes=probes, steps=steps, generator=generator,
                              zero_mask=zero_mask, density=density, support=support, memory=memory)
 
@@ -159,6 +160,12 @@ class _Live:
         return self._plan
 
     @property
+    def heap_reuse(self) -> bool:
+        """The plan's :attr:`~wdbound.memory.MemoryPlan.heap_reuse`; False before a plan exists (a cached
+        spectrum: the operator is built only if HVPs are needed, and the budget comes first)."""
+        return self._plan is not None and self._plan.heap_reuse
+
+    @property
     def memory(self):
         """The Lanczos memory policy of the plan (building the operator if needed)."""
         self.operator  # noqa: B018 - builds the operator and its plan on a cache hit
@@ -235,7 +242,7 @@ def analyse(ckpt: Checkpoint, settings: SpectrumSettings, *, forms=FORMS, floors
                                         steps=settings.theorem_steps, generator=generator, zero_mask=live.zero_mask(),
                                         density=spectrum.slq if reuses_density(settings) else None,
                                         support=spectrum.support.bounds(),
-                                        memory=live.memory)
+                                        memory=live.memory, heap_reuse=live.heap_reuse)
                 if cache is not None:
                     cache.put(key, {"sum_log_q": runs.sum_log_q, "diag_floored": runs.diag_floored,
                                     "support": list(runs.support)},
@@ -263,7 +270,7 @@ def refine(spectrum: Spectrum, live: _Live, settings: SpectrumSettings, targets,
     the Lanczos steps when the quadrature bracket dominates the width, else double the probes; stop at
     ``settings.refine_cap()`` HVPs for the refinement and say so. Fresh probes each round (seeded); the result is cached
     under the targets' inputs."""
-    with sequential_numpy_blas():
+    with estimator_scope(live.heap_reuse):
         return _refine(spectrum, live, settings, targets, cache, base)
 
 

@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import defaults
 from .bounds import BoundInputs, corollary3_exact, corollary3_from_slq, theorem_exact
-from .curvature import (HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
-                        sequential_numpy_blas)
+from .curvature import (HessianOperator, dense_matrix, diagonal_by_columns, estimator_scope, resolve_device,
+                        resolve_dtype)
 from .data import ArrayDataset, cat_inputs, first_tensor, input_rows, stack_inputs
 from .errors import WdboundError, check_fraction, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
@@ -329,10 +329,10 @@ class Hessian:
 
     @contextmanager
     def _progress(self, label: str, total: int):
-        """One computation: a progress bar over its HVPs (none with ``progress=False``), and NumPy's OpenBLAS on
-        one thread meanwhile (:func:`~wdbound.curvature.sequential_numpy_blas`: its spinning threads otherwise
-        take the cores from the HVPs; digits-mlp's 60-step Lanczos run: 0.23 s against 0.05 s)."""
-        with sequential_numpy_blas():
+        """One computation: a progress bar over its HVPs (none with ``progress=False``) inside
+        :func:`~wdbound.curvature.estimator_scope` (NumPy's OpenBLAS on one thread, whose spinning threads
+        otherwise take the cores from the HVPs; freed memory reused, not faulted in afresh)."""
+        with estimator_scope():
             if not self.show_progress:
                 yield
                 return

@@ -33,6 +33,7 @@ Kept gradient graph (``keep_graph``, decided by the memory plan)
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Protocol
 
 import torch
@@ -43,6 +44,7 @@ from torch.utils.data import Dataset
 
 from .data import evaluation_subset, first_tensor, iterate_batches, take
 from .errors import WdboundError
+from .memory import reuse_freed_memory
 
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
 
@@ -575,6 +577,16 @@ def _parameter_filter(params) -> Callable[[str, torch.Tensor], bool]:
         params = [params]
     names = set(params)
     return lambda name, _param: name in names
+
+
+@contextmanager
+def estimator_scope(heap_reuse: bool = True):
+    """The context of one estimator run (a spectrum, a trace, an ``err``): NumPy's BLAS on one thread
+    (:func:`sequential_numpy_blas`) and, with ``heap_reuse``, freed memory kept for reuse
+    (:func:`~wdbound.memory.reuse_freed_memory`; under a memory plan its
+    :attr:`~wdbound.memory.MemoryPlan.heap_reuse`, without one always)."""
+    with sequential_numpy_blas(), (reuse_freed_memory() if heap_reuse else nullcontext()):
+        yield
 
 
 def sequential_numpy_blas():

@@ -30,7 +30,7 @@ from .checkpoints import Checkpoint
 from .defaults import DIAGONAL_EXACT_MAX_DIM, EXACT_AUTO_MAX_DIM, EXACT_MAX_DIM, REFINE_BUDGET
 from .cache import Cache, cache_key
 from .curvature import (Deflation, HessianOperator, dense_matrix, diagonal_by_columns, resolve_device, resolve_dtype,
-                        sequential_numpy_blas, set_tf32, zero_rows)
+                        estimator_scope, set_tf32, zero_rows)
 from .data import input_numel, load_dataset, take
 from .errors import WdboundError, check_fraction, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
@@ -739,7 +739,7 @@ def estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | N
     dense spectrum or the exact diagonal. Pure: no file, no cache; the probes come from ``settings.seed``.
     ``plan`` (default: full re-orthogonalisation, unrestarted top-k) is how the Lanczos runs use memory.
     The one owner of how a spectrum spends its HVPs (:func:`expected_hvps` counts them beside it)."""
-    with sequential_numpy_blas():
+    with estimator_scope(plan is None or plan.heap_reuse):
         return _estimate_spectrum(operator, settings.for_dim(operator.dim), plan)
 
 

@@ -27,12 +27,15 @@ from ..stats import mean_stderr
 
 
 def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``[a_i · b_i]`` of two [n, d] tensors, as one batched product (BLAS; no [n, d] temporary).
+    """``[a_i · b_i]`` of two [n, d] tensors: one BLAS dot product per row (no [n, d] temporary; on
+    11 M-long rows 5x faster than one batched product, whose kernel ran the n short batches on one thread).
 
     >>> row_dots(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 1.0], [0.0, 2.0]])).tolist()
     [3.0, 8.0]
     """
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    if a.shape[0] == 0:
+        return a.new_zeros(0)
+    return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
 
 
 def rademacher(count: int, dim: int, generator: torch.Generator, dtype: torch.dtype,

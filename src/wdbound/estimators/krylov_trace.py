@@ -40,6 +40,8 @@ import torch
 
 from .hutchinson import TraceEstimate, rademacher, row_dots
 
+CAST_COLUMNS = 2**14  # basis columns cast at a time by a lower-precision projection (KrylovSpan.project_out)
+
 
 @dataclass(frozen=True)
 class KrylovSpan:
@@ -78,17 +80,47 @@ class KrylovSpan:
     def project_out(self, vectors: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """``P`` applied to rows ``vectors`` [k, d]: the components along the span removed (``inplace``: written
         into ``vectors``, no [k, d] temporary; on an 11 M-parameter model each one is the size of an HVP's
-        memory traffic)."""
-        blocks = [block.to(vectors.dtype) for block in self.blocks()]
+        memory traffic). Rows in a lower precision than the basis (float32 probes of a float32 HVP against
+        the float64 Lanczos vectors) are projected in their own precision, the basis cast a slice of
+        ``CAST_COLUMNS`` columns at a time: no low-precision copy of the whole basis, and float32 products
+        (a float64 one is compute-bound at this shape: 3.4x slower on ResNet-18's 11.2 M)."""
+        out = vectors if inplace else vectors.clone()
+        if vectors.dtype != self.basis.dtype:
+            return self._project_out_cast(out)
+        blocks = self.blocks()
         coefficients = torch.cat([vectors @ block.T for block in blocks], dim=1)
         if self.mix is not None:
             mix = self.mix.to(vectors.dtype)
             coefficients = (coefficients @ mix) @ mix.T
-        out = vectors if inplace else vectors.clone()
         offset = 0
         for block in blocks:
             out.addmm_(coefficients[:, offset:offset + block.shape[0]], block, alpha=-1.0)
             offset += block.shape[0]
+        return out
+
+    def _project_out_cast(self, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`project_out` of rows in a lower precision, in place: the coefficients summed slice by slice
+        of the columns, each slice of the basis cast to the rows' precision (the mixing in the basis's)."""
+        blocks, dim = self.blocks(), out.shape[1]
+        rows = torch.empty(sum(block.shape[0] for block in blocks), min(CAST_COLUMNS, dim), dtype=out.dtype,
+                           device=out.device)
+
+        def columns(start: int) -> torch.Tensor:  # the basis rows' columns [start, start + CAST_COLUMNS), cast
+            width = min(CAST_COLUMNS, dim - start)
+            offset = 0
+            for block in blocks:
+                rows[offset:offset + block.shape[0], :width].copy_(block[:, start:start + width])
+                offset += block.shape[0]
+            return rows[:, :width]
+
+        coefficients = out.new_zeros(out.shape[0], rows.shape[0])
+        for start in range(0, dim, CAST_COLUMNS):
+            coefficients.addmm_(out[:, start:start + CAST_COLUMNS], columns(start).T)
+        if self.mix is not None:
+            mix = self.mix.to(self.basis.dtype)
+            coefficients = ((coefficients.to(mix.dtype) @ mix) @ mix.T).to(out.dtype)
+        for start in range(0, dim, CAST_COLUMNS):
+            out[:, start:start + CAST_COLUMNS].addmm_(coefficients, columns(start), alpha=-1.0)
         return out
 
 
@@ -137,12 +169,12 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
     while True:
         for start in range(0, block, step):
             count = min(step, block - start)
-            g = rademacher(count, operator.dim, generator, span.dtype, operator.device)
+            g = rademacher(count, operator.dim, generator, operator.dtype, operator.device)
             if project is not None:
                 g = project(g)
-            g = span.project_out(g, inplace=True).to(operator.dtype)
+            g = span.project_out(g, inplace=True)
             # gᵀPHPg with g = Pg already: gᵀHg (P is an orthogonal projector), no second projection; the
-            # product in the operator's precision (its HVP's)
+            # projection, the product and the dot products in the operator's precision (its HVP's)
             hg = operator.matmat(g)
             samples.append(row_dots(g, hg).double().cpu().numpy())
             del g, hg
