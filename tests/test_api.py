@@ -483,3 +483,25 @@ def test_hugging_face_models_through_the_api(kind, digits_test):
     result = wdbound.err(H, eta=1e-3, lam=0.05, b=8, n=1000, optimizer="adamw")
     assert list(result) == ["adamw"] and result["adamw"].method == "exact"
     assert result["adamw"].inputs.rho == pytest.approx(1 / math.sqrt(H.input_dim))
+
+
+def test_api_refuses_a_diagonal_or_density_that_cannot_fit_before_any_hvp(monkeypatch):
+    """Without a memory plan, the API's deflated diagonal and whole-basis density check what they will hold
+    against the memory the process can still get, and refuse in one line (param ``memory``) before the first
+    HVP, instead of being killed by the kernel halfway (a 128-probe diagonal of an 11 M-parameter model needs
+    ~32 GiB)."""
+    from wdbound import memory
+    from wdbound.estimators.hutchinson import deflated_diagonal_bytes
+
+    model, x, y = _setup(4)
+    H = wdbound.Hessian(model, (x, y))
+    need = deflated_diagonal_bytes(H.dim, 16, 8)
+    monkeypatch.setattr(memory, "available_bytes", lambda device, roots=None: (need - 1, "test limit"))
+    with raises_param("memory", match=r"deflated diagonal with 16 probes needs ~.*test limit.*fewer probes"):
+        H.diagonal(16)
+    with raises_param("memory", match=r"density's Lanczos vectors .*low-memory recurrence"):
+        H.density(probes=64, steps=H.dim)
+    assert H.operator.matvecs == 0
+    assert H.diagonal(4).estimate.shape == (H.dim,)  # 4 probes fit under the same limit
+    monkeypatch.setattr(memory, "available_bytes", lambda device, roots=None: (2**40, "test"))
+    assert H.diagonal(16).probes == 16

@@ -91,3 +91,31 @@ def test_prior_samples_are_pooled_and_count_toward_the_first_block():
     many = krylov_deflated_trace(operator, top.span, 4, torch.Generator().manual_seed(0), prior=np.full(9, exact),
                                  rtol=1e-12, max_probes=12)
     assert operator.matvecs - before == 3 and many.samples.shape == (12,)  # 2 fresh at least, then up to the cap
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_float32_rows_are_projected_in_float32_against_the_float64_basis(monkeypatch, mixed):
+    """The cast path (float32 probes, float64 basis, a few columns cast at a time) removes the span as the
+    float64 projection does, to float32 rounding, with or without a mixing matrix (a union span)."""
+    from wdbound.estimators import krylov_trace
+
+    monkeypatch.setattr(krylov_trace, "CAST_COLUMNS", 7)  # several slices, the last one short (d = 50)
+    gen = torch.Generator().manual_seed(3)
+    q = torch.linalg.qr(torch.randn(50, 6, generator=gen, dtype=torch.float64))[0].T  # 6 orthonormal rows
+    if mixed:  # two blocks of 3 rows that are not orthonormal together; U = mixᵀ basis is
+        basis = torch.stack([q[:3], q[2:5] + 0.5 * q[:3]])
+        flat = basis.reshape(6, 50)
+        g, vectors = torch.linalg.eigh(flat @ flat.T)
+        keep = g > 1e-10 * g.max()
+        span = KrylovSpan(basis, 0.0, mix=vectors[:, keep] / g[keep].sqrt())
+        rank = 5
+    else:
+        span, rank = KrylovSpan(q, 0.0), 6
+    rows = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    expected = span.project_out(rows)
+    got = span.project_out(rows.float())
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, atol=1e-5 * float(rows.abs().max()))
+    assert span.rank == rank
+    in_span = got.double() @ (q[:5] if mixed else q).T  # what is left along the span: float32 rounding
+    assert float(in_span.abs().max()) < 1e-5 * float(rows.norm(dim=1).max())

@@ -40,12 +40,13 @@ from .curvature import (HessianOperator, dense_matrix, diagonal_by_columns, esti
 from .data import ArrayDataset, cat_inputs, first_tensor, input_rows, stack_inputs
 from .errors import WdboundError, check_fraction, check_seed
 from .estimators import SLQ, DiagonalEstimate, TopEigen, TraceEstimate, hutchinson, top_eigenvalues
-from .estimators.hutchinson import deflated_diagonal
+from .estimators.hutchinson import deflated_diagonal, deflated_diagonal_bytes
 from .estimators.krylov_trace import krylov_deflated_trace
-from .estimators.lanczos import Support
+from .estimators.lanczos import VECTOR_DTYPE, Support
 from .estimators.quadrature_interval import Interval
+from .memory import check_fits
 from .spectrum import (TRACE_RTOL_ZERO, SpectrumSettings, auto_kept_graph, check_sizes, expected_hvps, resolve_exact,
-                       top_then_density)
+                       top_run_steps, top_then_density)
 
 
 def _as_dataset(data) -> Dataset:
@@ -290,6 +291,10 @@ class Hessian:
             raise WdboundError(f"unknown diagonal method {method!r}; use deflated or hutchinson", "method")
         if method == "deflated":
             _check_probes(probes, minimum=2)
+        if method == "deflated":
+            check_fits(deflated_diagonal_bytes(self.dim, probes, torch.finfo(self.operator.dtype).bits // 8),
+                       self.operator.device, f"the deflated diagonal with {probes} probes",
+                       "use fewer probes or method='hutchinson'")
         with self._progress("diagonal", 3 * probes if method == "deflated" else probes):
             if method == "deflated":
                 return deflated_diagonal(self.operator, probes, self._generator(3))
@@ -303,6 +308,10 @@ class Hessian:
         check_sizes(self.dim, steps=steps)
         generator = self._generator()
         settings = SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=self.seed, diagonal="hutchinson")
+        vectors = probes * min(steps, self.dim) + min(top_run_steps(settings), self.dim)  # kept whole, no plan
+        check_fits(vectors * self.dim * VECTOR_DTYPE.itemsize, self.operator.device,
+                   f"the density's Lanczos vectors ({probes} x {steps} steps and the top run, kept whole)",
+                   "use fewer steps, or `wdbound err`, whose memory plan switches to the low-memory recurrence")
         with self._progress("density", expected_hvps(settings, self.dim)):
             found = top_then_density(self.operator, settings, generator)
         return Density(found.slq, found.support, {**self.provenance, "probes": probes, "steps": steps,

@@ -27,6 +27,7 @@ example, times a safety factor); the peak the process really reached is measured
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -186,6 +187,16 @@ def available_bytes(device: torch.device, roots: SystemRoots | None = None) -> t
         return 8 * 2**30, "unknown (assumed 8 GiB)"
 
 
+def check_fits(need: int, device: torch.device, what: str, remedy: str) -> None:
+    """Refuse up front, in one line (parameter ``memory``), when ``need`` bytes are more than the process can
+    still get on ``device`` (:func:`available_bytes`): a computation the Python API runs without a memory plan
+    stops before its first HVP instead of being killed by the kernel halfway."""
+    available, source = available_bytes(device)
+    if need > available:
+        raise WdboundError(f"{what} needs ~{human_bytes(need)}, more than the {human_bytes(available)} available "
+                           f"({source}); {remedy}", "memory")
+
+
 def memory_budget(setting: str, device: torch.device, share_of: int = 1) -> tuple[int, int, str]:
     """(budget, bytes in use now, where the budget comes from) of ``--memory``: ``auto`` is what the process
     holds plus a share of what it can still get (AUTO_SHARE_GPU of the GPU's free memory, AUTO_SHARE_RAM of the
@@ -269,6 +280,7 @@ _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's defaul
 _reuse_depth = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     """The C library when it is glibc (``mallopt`` and ``malloc_trim`` as glibc defines them), else None."""
     if not sys.platform.startswith("linux"):

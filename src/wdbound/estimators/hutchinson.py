@@ -170,6 +170,19 @@ def hutchinson(operator, probes: int, generator: torch.Generator, batch: int = 1
     return sums.estimates()
 
 
+def deflated_diagonal_bytes(dim: int, probes: int, itemsize: int, sketch: int | None = None) -> int:
+    """Bytes :func:`deflated_diagonal` holds at its peak beyond the operator: the range sketch [s, d] in the
+    HVP precision beside its float64 transpose and Q (the QR), then Q, HQ and M Q, then the probes, their
+    projections and products; and the float64 estimate, standard error and exact part [d] (8-byte floats).
+
+    >>> deflated_diagonal_bytes(1_000, probes=16, itemsize=4)  # the QR: 16 x 1,000 x (4 + 16) bytes, + 3 x 8,000
+    344000
+    """
+    sketch = probes if sketch is None else sketch
+    phases = (sketch * (itemsize + 16), 4 * sketch * itemsize, (5 * probes + sketch) * itemsize)
+    return int(dim * (max(phases) + 3 * 8))
+
+
 def deflated_diagonal(operator, probes: int, generator: torch.Generator, sketch: int | None = None) -> DiagonalEstimate:
     r"""The diagonal with its dominant range taken exactly and the rest sampled: ``sketch`` directions
     :math:`Q` (orthonormal rows of :math:`H\Omega`, a randomized range finder), then
