@@ -175,7 +175,9 @@ def deflated_diagonal_bytes(dim: int, probes: int, itemsize: int, sketch: int | 
     HVP precision beside its float64 transpose and Q (the QR), then Q, HQ and M Q, then the probes, their
     projections and products; and the float64 estimate, standard error and exact part [d] (8-byte floats).
 
-    >>> deflated_diagonal_bytes(1_000, probes=16, itemsize=4)  # the QR: 16 x 1,000 x (4 + 16) bytes, + 3 x 8,000
+    >>> deflated_diagonal_bytes(1_000, probes=16, itemsize=4)  # the probe phase: (5 x 16 + 16) x 4 x 1,000 + 3 x 8,000
+    408000
+    >>> deflated_diagonal_bytes(1_000, probes=2, itemsize=4, sketch=16)  # the QR: 16 x (4 + 16) x 1,000 + 3 x 8,000
     344000
     """
     sketch = probes if sketch is None else sketch
