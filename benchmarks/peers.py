@@ -84,10 +84,16 @@ def over_seeds(fns, seeds: int) -> list[tuple[float, float, float]]:
 
 
 def density_error(nodes, weights, exact) -> float:
-    """W1 between a quadrature measure and the exact spectrum (``exact.eigenvalues``), over lambda_max."""
+    """W1 between a quadrature measure and the exact spectrum (``exact.eigenvalues``, equal weights), or a large
+    model's reference measure (``exact.measure``), over lambda_max."""
     weights = np.asarray(weights, dtype=float)
+    nodes = np.asarray(nodes, dtype=float)
+    if getattr(exact, "measure", None) is not None:
+        ref_nodes, ref_weights = exact.measure
+        return wasserstein1(nodes, weights / weights.sum(), ref_nodes, ref_weights / ref_weights.sum()) / float(
+            np.abs(exact.eigenvalues).max())
     exact_ev = exact.eigenvalues
-    return wasserstein1(np.asarray(nodes, dtype=float), weights / weights.sum(), exact_ev,
+    return wasserstein1(nodes, weights / weights.sum(), exact_ev,
                         np.full(len(exact_ev), 1.0 / len(exact_ev))) / float(np.abs(exact_ev).max())
 
 
@@ -282,11 +288,11 @@ class Reference:
     seed, in the run's dtype, for the tasks asked: the top-5 by Lanczos with residual bounds (their largest
     relative bound says how exact they are), the deflated trace to ``rtol`` (its standard error says how exact
     it is) and the deflated diagonal with ``diagonal_probes`` probes (3x as many HVPs; its per-entry standard
-    errors are taken out of every diagonal error, :func:`diagonal_error`). No density: ``Hessian.density()``
-    keeps its 1,280 Lanczos vectors whole (114 GB at d = 11.2 M; the API refuses it up front), and a shorter
-    reference's own error is that of the tools measured."""
+    errors are taken out of every diagonal error, :func:`diagonal_error`) and the density of
+    ``Hessian.density()`` (one probe of 1,280 steps, by the memory plan's low-memory recurrence at this size;
+    at d = 11.2 M one probe's spectral weights are within about range/sqrt(2d) = 2e-4 of the range in W1)."""
 
-    TASKS = ("top5", "trace", "diagonal")
+    TASKS = ("top5", "trace", "diagonal", "density")
 
     def __init__(self, model, data, dtype: str, rtol: float, tasks=("top5", "trace"), diagonal_probes: int = 32,
                  seed: int = 1000) -> None:
@@ -297,17 +303,20 @@ class Reference:
         self.top_rel_bound = float(np.max(np.asarray(top.bounds) / np.abs(top.values)))
         trace = H.trace(rtol=rtol)  # also goal 3's `spectrum` row's
         self.trace, self.trace_rel_stderr = float(trace.estimate), float(trace.stderr / abs(trace.estimate))
-        self.diagonal = self.diagonal_stderr = None
+        self.diagonal = self.diagonal_stderr = self.measure = None
         self.diagonal_probes = diagonal_probes if "diagonal" in tasks else 0
         if self.diagonal_probes:
             found = H.diagonal(diagonal_probes)
             self.diagonal, self.diagonal_stderr = np.asarray(found.estimate, float), np.asarray(found.stderr, float)
+        if "density" in tasks:
+            nodes, weights = H.density().slq.measure()
+            self.measure = (np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float))
         self.hvps, self.seconds = int(H.operator.matvecs), time.perf_counter() - start
         noise = (f", diagonal ({diagonal_probes} probes) relative noise "
                  f"{self.diagonal_noise:.1e}" if self.diagonal is not None else "")
         print(f"reference ({dtype}, seed {seed}): top-5 {self.eigenvalues[::-1].round(6).tolist()} (largest "
               f"relative bound {self.top_rel_bound:.1e}), trace {self.trace:.6g} ± {self.trace_rel_stderr:.1%}"
-              f"{noise}, {self.hvps} HVPs in {self.seconds:.0f} s",
+              f"{noise}{', density' if self.measure is not None else ''}, {self.hvps} HVPs in {self.seconds:.0f} s",
               flush=True)
 
     @property
@@ -320,6 +329,7 @@ class Reference:
                 "trace": self.trace, "trace_relative_stderr": self.trace_rel_stderr,
                 "diagonal_probes": self.diagonal_probes,
                 "diagonal_relative_noise": self.diagonal_noise if self.diagonal is not None else None,
+                "density": "Hessian.density() (1 probe, 1,280 steps)" if self.measure is not None else None,
                 "hvps": self.hvps, "seconds": self.seconds}
 
 
@@ -396,16 +406,18 @@ def rows_for(name: str, args) -> list[dict]:
                          "default": default, "error": float(error), "seconds": seconds, "hvps": float(hvps)})
             print(f"{name:11s} {task:8s} {tool:12s} {str(budget):10s} error {error:9.2e}  {seconds:7.3f} s  "
                   f"{hvps:7.1f} HVPs{'  (default)' if default else ''}", flush=True)
-    def whole(tool, top, trace, stderr, seconds, hvps, budget="default"):
-        """Goal 3's row: a tool's defaults for top-5, trace and density in one go, against the reference."""
+    def whole(tool, top, trace, stderr, seconds, hvps, measure, budget="default"):
+        """Goal 3's row: a tool's defaults for top-5, trace and density in one go, against the reference (the
+        density when the reference has one)."""
+        density = density_error(*measure, exact) if exact.measure is not None else math.nan
         rows.append({"model": name, "d": dim, "task": "spectrum", "tool": tool, "budget": budget,
                      "default": budget == "default",
                      "error": top5_error({"top": list(top)}, exact.eigenvalues),
                      "trace_error": abs(trace - exact.trace) / abs(exact.trace), "trace_rel_stderr": stderr / abs(trace),
-                     "seconds": seconds, "hvps": float(hvps)})
+                     "density_error": density, "seconds": seconds, "hvps": float(hvps)})
         print(f"{name:11s} spectrum {tool:12s} {budget:10s} top-5 error {rows[-1]['error']:.2e}, trace error "
-              f"{rows[-1]['trace_error']:.2e} (± {rows[-1]['trace_rel_stderr']:.1e})  {seconds:7.1f} s  "
-              f"{hvps:.0f} HVPs", flush=True)
+              f"{rows[-1]['trace_error']:.2e} (± {rows[-1]['trace_rel_stderr']:.1e}), density W1/λmax "
+              f"{density:.1e}  {seconds:7.1f} s  {hvps:.0f} HVPs", flush=True)
 
     if large:  # goal 3: `wdbound spectrum` as a whole (its defaults: top-5, trace, density) against PyHessian's
         H = wdbound.Hessian(model, data, dtype="float32", progress=False)  # the command's dtype
@@ -413,7 +425,7 @@ def rows_for(name: str, args) -> list[dict]:
         found = H.spectrum()
         took = time.perf_counter() - start
         whole("wdbound", found.top.values.tolist(), found.trace.estimate, found.trace.stderr, took,
-              H.operator.matvecs)
+              H.operator.matvecs, found.slq.measure())
     found = (pyhessian_defaults(model.float(), data, torch.device("cpu"))
              if args.pyhessian and name != "gpt2-tiny" else None)
     if found is not None:
@@ -421,7 +433,7 @@ def rows_for(name: str, args) -> list[dict]:
         parts = values["hvps_by_part"]
         if large:
             whole("pyhessian", values["top"], values["trace"], values["trace_implied_stderr"] or math.nan, seconds,
-                  hvps)
+                  hvps, (values["nodes"], values["weights"]))
             if values["trace_implied_stderr"]:  # wdbound spectrum with its trace target at PyHessian's accuracy
                 target = round(values["trace_implied_stderr"] / abs(values["trace"]), 2)
                 H = wdbound.Hessian(model, data, dtype="float32", progress=False)
@@ -429,7 +441,7 @@ def rows_for(name: str, args) -> list[dict]:
                 equal = H.spectrum(trace_rtol=target)
                 took = time.perf_counter() - start
                 whole("wdbound", equal.top.values.tolist(), equal.trace.estimate, equal.trace.stderr, took,
-                      H.operator.matvecs, f"rtol {target}")
+                      H.operator.matvecs, equal.slq.measure(), f"rtol {target}")
         for task, error in (("top5", lambda: top5_error(values, exact.eigenvalues)),
                             ("trace", lambda: abs(values["trace"] - exact.trace) / abs(exact.trace)),
                             ("density", lambda: density_error(values["nodes"], values["weights"], exact))):

@@ -485,11 +485,10 @@ def test_hugging_face_models_through_the_api(kind, digits_test):
     assert result["adamw"].inputs.rho == pytest.approx(1 / math.sqrt(H.input_dim))
 
 
-def test_api_refuses_a_diagonal_or_density_that_cannot_fit_before_any_hvp(monkeypatch):
-    """Without a memory plan, the API's deflated diagonal and whole-basis density check what they will hold
-    against the memory the process can still get, and refuse in one line (param ``memory``) before the first
-    HVP, instead of being killed by the kernel halfway (a 128-probe diagonal of an 11 M-parameter model needs
-    ~32 GiB)."""
+def test_api_refuses_a_diagonal_that_cannot_fit_before_any_hvp(monkeypatch):
+    """The API's deflated diagonal checks what it will hold against the memory the process can still get and
+    refuses in one line (param ``memory``) before the first HVP, instead of being killed by the kernel
+    halfway (a 128-probe diagonal of an 11 M-parameter model needs ~32 GiB)."""
     from wdbound import memory
     from wdbound.estimators.hutchinson import deflated_diagonal_bytes
 
@@ -499,9 +498,32 @@ def test_api_refuses_a_diagonal_or_density_that_cannot_fit_before_any_hvp(monkey
     monkeypatch.setattr(memory, "available_bytes", lambda device, roots=None: (need - 1, "test limit"))
     with raises_param("memory", match=r"deflated diagonal with 16 probes needs ~.*test limit.*fewer probes"):
         H.diagonal(16)
-    with raises_param("memory", match=r"density's Lanczos vectors .*low-memory recurrence"):
-        H.density(probes=64, steps=H.dim)
     assert H.operator.matvecs == 0
     assert H.diagonal(4).estimate.shape == (H.dim,)  # 4 probes fit under the same limit
     monkeypatch.setattr(memory, "available_bytes", lambda device, roots=None: (2**40, "test"))
     assert H.diagonal(16).probes == 16
+
+
+def test_api_density_plans_the_low_memory_recurrence_when_its_vectors_do_not_fit_whole(monkeypatch):
+    """When the density's Lanczos vectors do not fit whole, ``Hessian.density()`` follows ``wdbound err``'s
+    memory plan (the low-memory recurrence, a thick-restart top run) instead of failing, says so in its
+    provenance, leaves a refused kept graph off, and still estimates the spectrum: W1 to the exact eigenvalues
+    within range/sqrt(2dk), the bound on the expected W1 of k Rademacher probes' spectral weights."""
+    from wdbound import memory
+    from wdbound.stats import wasserstein1
+
+    model, x, y = _setup(5)
+    exact = torch.linalg.eigvalsh(_dense(model, x, y, nn.functional.cross_entropy)).numpy()
+    H = wdbound.Hessian(model, (x, y), keep_graph=False)
+    whole = H.density(probes=4, steps=40)
+    assert whole.provenance["memory_plan"] is None
+    monkeypatch.setattr(wdbound.api, "available_bytes", lambda device, roots=None: (1, "test"))  # never whole
+    monkeypatch.setattr(memory, "FULL_BASIS_MAX_BYTES", 0)  # and the plan takes the low-memory path
+    planned = H.density(probes=4, steps=40)
+    plan = planned.provenance["memory_plan"]
+    assert plan["lanczos_mode"] == "low-memory" and plan["restart"] == memory.RESTART_TOP
+    assert not H.operator.keep_graph
+    bound = (exact.max() - exact.min()) / math.sqrt(2 * H.dim * 4)
+    for density in (whole, planned):
+        nodes, weights = density.slq.measure()
+        assert wasserstein1(nodes, weights / weights.sum(), exact, np.full(len(exact), 1 / len(exact))) <= bound

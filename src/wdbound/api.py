@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -44,9 +44,9 @@ from .estimators.hutchinson import deflated_diagonal, deflated_diagonal_bytes
 from .estimators.krylov_trace import krylov_deflated_trace
 from .estimators.lanczos import VECTOR_DTYPE, Support
 from .estimators.quadrature_interval import Interval
-from .memory import check_fits
-from .spectrum import (TRACE_RTOL_ZERO, SpectrumSettings, auto_kept_graph, check_sizes, expected_hvps, resolve_exact,
-                       top_run_steps, top_then_density)
+from .memory import LANCZOS_SHARE, available_bytes, check_fits
+from .spectrum import (TRACE_RTOL_ZERO, SpectrumSettings, auto_kept_graph, check_sizes, expected_hvps, memory_plan,
+                       resolve_exact, top_run_steps, top_then_density)
 
 
 def _as_dataset(data) -> Dataset:
@@ -308,16 +308,31 @@ class Hessian:
         check_sizes(self.dim, steps=steps)
         generator = self._generator()
         settings = SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=self.seed, diagonal="hutchinson")
-        vectors = probes * min(steps, self.dim) + min(top_run_steps(settings), self.dim)  # kept whole, no plan
-        check_fits(vectors * self.dim * VECTOR_DTYPE.itemsize, self.operator.device,
-                   f"the density's Lanczos vectors ({probes} x {steps} steps and the top run, kept whole)",
-                   "use fewer steps, or `wdbound err`, whose memory plan switches to the low-memory recurrence")
+        plan = self._density_plan(settings)
         with self._progress("density", expected_hvps(settings, self.dim)):
-            found = top_then_density(self.operator, settings, generator)
+            found = top_then_density(self.operator, settings, generator, *((plan.memory, plan.restart) if plan
+                                                                            else ()))
         return Density(found.slq, found.support, {**self.provenance, "probes": probes, "steps": steps,
                                                   "deflation": found.deflation.to_json(),
                                                   "support": found.support.to_json(), "top_from": found.top_from,
-                                                  "hvp_fallback": self.operator.fallback})
+                                                  "hvp_fallback": self.operator.fallback,
+                                                  "memory_plan": plan.to_json() if plan else None})
+
+    def _density_plan(self, settings: SpectrumSettings):
+        """None when :meth:`density`'s Lanczos vectors fit whole in half the memory the process can still get
+        (the runs keep every vector, as before); else ``wdbound err``'s memory plan
+        (:func:`~wdbound.spectrum.memory_plan`: the low-memory recurrence and a thick-restart top run, or the
+        one-line ``memory`` error when nothing fits). A plan may turn the kept gradient graph off for room; it
+        never turns on one that ``keep_graph=False`` refused."""
+        vectors = settings.probes * min(settings.steps, self.dim) + min(top_run_steps(settings), self.dim)
+        available, _ = available_bytes(self.operator.device)
+        if vectors * self.dim * VECTOR_DTYPE.itemsize <= LANCZOS_SHARE * available:
+            return None
+        kept = self.operator.keep_graph
+        plan = memory_plan(self.operator, replace(settings, single_pass=False))
+        if not kept:
+            self.operator.use_kept_graph(False)
+        return plan
 
     def exact(self, max_dim: int = 20_000) -> ExactSpectrum:
         """Eigenvalues and diagonal of the dense Hessian (d HVPs the first time; refused above ``max_dim``
