@@ -291,7 +291,6 @@ class Hessian:
             raise WdboundError(f"unknown diagonal method {method!r}; use deflated or hutchinson", "method")
         if method == "deflated":
             _check_probes(probes, minimum=2)
-        if method == "deflated":
             check_fits(deflated_diagonal_bytes(self.dim, probes, torch.finfo(self.operator.dtype).bits // 8),
                        self.operator.device, f"the deflated diagonal with {probes} probes",
                        "use fewer probes or method='hutchinson'")
@@ -310,8 +309,8 @@ class Hessian:
         settings = SpectrumSettings(probes=probes, steps=steps, top_k=1, seed=self.seed, diagonal="hutchinson")
         plan = self._density_plan(settings)
         with self._progress("density", expected_hvps(settings, self.dim)):
-            found = top_then_density(self.operator, settings, generator, *((plan.memory, plan.restart) if plan
-                                                                            else ()))
+            found = top_then_density(self.operator, settings, generator, memory=plan.memory if plan else None,
+                                     restart=plan.restart if plan else None)
         return Density(found.slq, found.support, {**self.provenance, "probes": probes, "steps": steps,
                                                   "deflation": found.deflation.to_json(),
                                                   "support": found.support.to_json(), "top_from": found.top_from,
