@@ -119,3 +119,57 @@ def test_float32_rows_are_projected_in_float32_against_the_float64_basis(monkeyp
     assert span.rank == rank
     in_span = got.double() @ (q[:5] if mixed else q).T  # what is left along the span: float32 rounding
     assert float(in_span.abs().max()) < 1e-5 * float(rows.norm(dim=1).max())
+
+
+def _spans(matrix):
+    """The three spans that keep their Lanczos relation: the union of three probes' runs, one run of 15 steps,
+    and a thick-restart run (8 vectors kept) that restarted before it stopped."""
+    from wdbound.estimators.lanczos import lanczos
+    from wdbound.estimators.union_ritz import union_ritz
+
+    operator = DenseOperator(matrix)
+    starts = torch.randn(3, matrix.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return {"union": union_ritz(lanczos(operator, starts, 10, keep_basis=True), 3).span,
+            "single": top_eigenvalues(operator, 2, torch.Generator().manual_seed(1), min_steps=15,
+                                      max_steps=15).span,
+            "restarted": top_eigenvalues(operator, 2, torch.Generator().manual_seed(1), min_steps=8,
+                                         max_steps=40, restart=8).span}
+
+
+@pytest.mark.parametrize("kind", ["union", "single", "restarted"])
+def test_the_lanczos_relation_gives_each_probes_deflated_quadratic_form_without_projecting_it(kind, monkeypatch):
+    """gᵀPHPg from Hg of the unprojected probe, its coefficients along the span and the residuals (one read of
+    the basis) equals the brute-force form of the explicitly projected probe: to float64 rounding, and to
+    float32 rounding for float32 probes (the cast path, a few columns at a time)."""
+    from wdbound.estimators import krylov_trace
+
+    monkeypatch.setattr(krylov_trace, "CAST_COLUMNS", 37)  # several slices, the last one short (d = 200)
+    matrix, _ = _matrix(11)
+    span = _spans(matrix)[kind]
+    assert span.relation is not None
+    g = torch.randn(6, 200, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    u = (span.mix.T @ torch.cat(span.blocks())) if span.mix is not None else span.basis  # orthonormal rows
+    pg = g - (g @ u.T) @ u
+    brute = ((pg @ matrix) * pg).sum(1).numpy()
+    scale = float(np.abs(brute).max())
+    got = span.deflated_quadratic(g, g @ matrix, span.coefficients(g, span.relation.residuals))
+    np.testing.assert_allclose(got, brute, rtol=0, atol=1e-11 * scale)
+    g32, matrix32 = g.float(), matrix.float()
+    got32 = span.deflated_quadratic(g32, g32 @ matrix32, span.coefficients(g32, span.relation.residuals))
+    np.testing.assert_allclose(got32, brute, rtol=0, atol=1e-5 * scale)
+
+
+def test_the_deflated_trace_is_the_same_estimate_with_or_without_the_relation():
+    """Same seed, same probes: the one-read path (the span's relation) and the projection path give the same
+    samples to float64 rounding."""
+    from dataclasses import replace
+
+    matrix, exact = _matrix(12)
+    operator = DenseOperator(matrix)
+    span = _spans(matrix)["union"]
+    with_relation = krylov_deflated_trace(operator, span, 8, torch.Generator().manual_seed(9), rtol=0.01)
+    projected = krylov_deflated_trace(operator, replace(span, relation=None), 8, torch.Generator().manual_seed(9),
+                                      rtol=0.01)
+    assert len(with_relation.samples) == len(projected.samples) > 8
+    np.testing.assert_allclose(with_relation.samples, projected.samples, rtol=1e-11)
+    assert abs(with_relation.estimate - exact) < 4 * with_relation.stderr

@@ -280,3 +280,27 @@ def test_leave_one_out_trace_samples_are_unbiased_and_deflated():
     stderr = means.std(ddof=1) / np.sqrt(len(means))
     assert abs(loo.mean() - exact) <= 4 * stderr
     assert loo.var() * 10 < plain.var()
+
+
+def test_one_read_products_are_the_brute_force_gram_and_cross_products(monkeypatch):
+    """GramCache.products: V Vᵀ and V Rᵀ of a growing run (checks every 3 steps, several column slices, the
+    last one short), against the dense products of the same rows."""
+    from wdbound.estimators import union_ritz as module
+
+    monkeypatch.setattr(module, "PRODUCT_COLUMNS", 64)  # d = 150: three slices
+    matrix = _matrix(5)
+    z = torch.randn(3, 150, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    cache, checked = module.GramCache(), []
+
+    def stop(run) -> bool:
+        width = max(int(n) for n in run.lengths)
+        basis = run.basis[:, :width]
+        gram, cross = cache.products(basis, run.residuals)
+        flat = basis.reshape(-1, 150)
+        np.testing.assert_allclose(gram, (flat @ flat.T).numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(cross, (flat @ run.residuals.T).numpy(), rtol=0, atol=1e-12)
+        checked.append(width)
+        return width >= 9
+
+    lanczos(DenseOperator(matrix), z, 30, keep_basis=True, stop=stop, check_every=3)
+    assert checked == [3, 6, 9]

@@ -44,6 +44,22 @@ CAST_COLUMNS = 2**14  # basis columns cast at a time by a lower-precision projec
 
 
 @dataclass(frozen=True)
+class LanczosRelation:
+    r"""The Lanczos relation of a span's rows ``V`` [N, d]: :math:`HV^\top = V^\top T + R^\top S^\top`, with
+    ``tridiagonal`` T [N, N] (block diagonal for several runs, dense after a thick restart), ``residuals``
+    R [k, d] the runs' last residuals (rows, in the basis's precision) and ``coupling`` S [N, k] placing each
+    at its run's last row; ``projected`` is :math:`UHU^\top` [n, n] of the span's orthonormal
+    :math:`U = C^\top V`. With it :math:`UHg = C^\top(T\,Vg + S\,Rg)` costs no HVP, so a probe's deflated
+    quadratic form needs only the coefficients :math:`Vg` and :math:`Rg` (one read of the basis) and the
+    product :math:`Hg` of the probe itself (:meth:`KrylovSpan.deflated_quadratic`)."""
+
+    tridiagonal: np.ndarray
+    residuals: torch.Tensor
+    coupling: np.ndarray
+    projected: np.ndarray
+
+
+@dataclass(frozen=True)
 class KrylovSpan:
     """An orthonormal basis ``U`` [n, d] (rows; float64, on the operator's device) and ``tr(UHUᵀ)``.
 
@@ -54,7 +70,9 @@ class KrylovSpan:
 
     ``projected`` [n, n] is ``UHUᵀ`` when the span is one Lanczos run's basis, and ``residual`` that run's last
     β: ``HUᵀ = UᵀT + β q e_nᵀ``, so the Ritz pair of eigenvector y of T has residual norm ``β |y_n|``
-    (:class:`~wdbound.estimators.lanczos.RitzDeflation`); None otherwise.
+    (:class:`~wdbound.estimators.lanczos.RitzDeflation`); None otherwise. ``relation``: the Lanczos relation
+    of the rows, when the span keeps it (:class:`LanczosRelation`; the deflated trace then reads the basis
+    once per block of probes instead of twice).
     """
 
     basis: torch.Tensor
@@ -62,6 +80,7 @@ class KrylovSpan:
     mix: torch.Tensor | None = None
     projected: np.ndarray | None = None
     residual: float | None = None
+    relation: LanczosRelation | None = None
 
     @property
     def rank(self) -> int:
@@ -85,43 +104,67 @@ class KrylovSpan:
         ``CAST_COLUMNS`` columns at a time: no copy of the whole basis, and float32 products (a float64 GEMM
         of this shape is compute-bound: 7 probes on ResNet-18's 11.2 M took 0.95 s, 0.40 s this way)."""
         out = vectors if inplace else vectors.clone()
-        if vectors.dtype != self.basis.dtype:
-            return self._project_out_cast(out)
         blocks = self.blocks()
-        coefficients = torch.cat([vectors @ block.T for block in blocks], dim=1)
+        coefficients = self.coefficients(vectors)
         if self.mix is not None:
-            mix = self.mix.to(vectors.dtype)
+            mix = self.mix.to(coefficients.dtype)
             coefficients = (coefficients @ mix) @ mix.T
+        if vectors.dtype != self.basis.dtype:
+            coefficients = coefficients.to(vectors.dtype)
+            for start, rows in self._cast_slices(blocks, out):
+                out[:, start:start + rows.shape[1]].addmm_(coefficients, rows, alpha=-1.0)
+            return out
         offset = 0
         for block in blocks:
             out.addmm_(coefficients[:, offset:offset + block.shape[0]], block, alpha=-1.0)
             offset += block.shape[0]
         return out
 
-    def _project_out_cast(self, out: torch.Tensor) -> torch.Tensor:
-        """:meth:`project_out` of rows in another precision, in place: the coefficients summed slice by slice
-        of the columns, each slice of the basis cast to the rows' precision (the mixing in the basis's)."""
-        blocks, dim = self.blocks(), out.shape[1]
-        rows = torch.empty(sum(block.shape[0] for block in blocks), min(CAST_COLUMNS, dim), dtype=out.dtype,
-                           device=out.device)
+    def coefficients(self, vectors: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``[V; extra] vectorsᵀ`` transposed: [k, N (+ e)] in the basis's precision, the rows of ``vectors``
+        [k, d] against every basis row (``V``, before ``mix``) and the rows of ``extra`` [e, d], in one read of
+        each. Rows in another precision are multiplied in theirs, the basis cast ``CAST_COLUMNS`` columns at a
+        time, each slice's products summed in the basis's precision."""
+        blocks = self.blocks() + ([extra] if extra is not None and extra.shape[0] else [])
+        if vectors.dtype == self.basis.dtype:
+            return torch.cat([vectors @ block.T for block in blocks], dim=1)
+        total = vectors.new_zeros(vectors.shape[0], sum(block.shape[0] for block in blocks), dtype=self.basis.dtype)
+        for start, rows in self._cast_slices(blocks, vectors):
+            total += (vectors[:, start:start + rows.shape[1]] @ rows.T).to(total.dtype)
+        return total
 
-        def columns(start: int) -> torch.Tensor:  # the basis rows' columns [start, start + CAST_COLUMNS), cast
+    @staticmethod
+    def _cast_slices(blocks: list[torch.Tensor], like: torch.Tensor):
+        """(start, the rows of ``blocks`` on columns [start, start + CAST_COLUMNS) cast to ``like``'s precision),
+        slice after slice, into one buffer (each slice is overwritten by the next)."""
+        dim = like.shape[1]
+        buffer = torch.empty(sum(block.shape[0] for block in blocks), min(CAST_COLUMNS, dim), dtype=like.dtype,
+                             device=like.device)
+        for start in range(0, dim, CAST_COLUMNS):
             width = min(CAST_COLUMNS, dim - start)
             offset = 0
             for block in blocks:
-                rows[offset:offset + block.shape[0], :width].copy_(block[:, start:start + width])
+                buffer[offset:offset + block.shape[0], :width].copy_(block[:, start:start + width])
                 offset += block.shape[0]
-            return rows[:, :width]
+            yield start, buffer[:, :width]
 
-        coefficients = out.new_zeros(out.shape[0], rows.shape[0])
-        for start in range(0, dim, CAST_COLUMNS):
-            coefficients.addmm_(out[:, start:start + CAST_COLUMNS], columns(start).T)
-        if self.mix is not None:
-            mix = self.mix.to(self.basis.dtype)
-            coefficients = ((coefficients.to(mix.dtype) @ mix) @ mix.T).to(out.dtype)
-        for start in range(0, dim, CAST_COLUMNS):
-            out[:, start:start + CAST_COLUMNS].addmm_(coefficients, columns(start), alpha=-1.0)
-        return out
+    def deflated_quadratic(self, vectors: torch.Tensor, products: torch.Tensor,
+                           coefficients: torch.Tensor) -> np.ndarray:
+        r"""[k] :math:`g^\top PHPg` of rows ``vectors`` g [k, d] from their products ``products`` Hg, not
+        projected, and ``coefficients`` ``[Vg; Rg]`` (:meth:`coefficients` with ``extra`` the relation's
+        residuals): :math:`g^\top Hg - 2c^\top UHg + c^\top Bc` with :math:`c = Ug` and :math:`UHg` from the
+        Lanczos relation (:class:`LanczosRelation`), no second read of the basis."""
+        relation = self.relation
+        if relation is None:
+            raise ValueError("deflated_quadratic needs a span that keeps its Lanczos relation")
+        plain = row_dots(vectors, products).double().cpu().numpy()
+        coefficients = coefficients.double().cpu().numpy()
+        size = relation.tridiagonal.shape[0]
+        v_g, r_g = coefficients[:, :size], coefficients[:, size:]
+        mix = self.mix.double().cpu().numpy() if self.mix is not None else np.eye(size)
+        c = v_g @ mix
+        uhg = (v_g @ relation.tridiagonal + r_g @ relation.coupling.T) @ mix
+        return plain - 2.0 * np.einsum("kn,kn->k", c, uhg) + np.einsum("kn,nm,km->k", c, relation.projected, c)
 
 
 def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: torch.Generator, *,
@@ -172,11 +215,16 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
             g = rademacher(count, operator.dim, generator, operator.dtype, operator.device)
             if project is not None:
                 g = project(g)
-            g = span.project_out(g, inplace=True)
-            # gᵀPHPg with g = Pg already: gᵀHg (P is an orthogonal projector), no second projection; the
-            # projection, the product and the dot products in the operator's precision (its HVP's)
-            hg = operator.matmat(g)
-            samples.append(row_dots(g, hg).double().cpu().numpy())
+            if span.relation is not None:  # one read of the basis: Vg and Rg, then the relation
+                coefficients = span.coefficients(g, span.relation.residuals)
+                hg = operator.matmat(g)
+                samples.append(span.deflated_quadratic(g, hg, coefficients))
+            else:
+                g = span.project_out(g, inplace=True)
+                # gᵀPHPg with g = Pg already: gᵀHg (P is an orthogonal projector), no second projection; the
+                # projection, the product and the dot products in the operator's precision (its HVP's)
+                hg = operator.matmat(g)
+                samples.append(row_dots(g, hg).double().cpu().numpy())
             del g, hg
         drawn += block
         estimate = TraceEstimate.from_samples(span.trace + np.concatenate(samples), "krylov-deflated hutchinson")

@@ -40,7 +40,7 @@ import torch
 
 from ..stats import gaussian_smooth, mean_stderr
 from .hutchinson import HutchinsonSums, rademacher, row_dots
-from .krylov_trace import KrylovSpan
+from .krylov_trace import KrylovSpan, LanczosRelation
 
 VECTOR_DTYPE = torch.float64  # Lanczos vectors, recurrences and quadrature: float64 even when the HVPs are float32
 ATOM_RTOL = 1e-3  # a Ritz pair whose residual bound is <= this x its own |theta| is an exact atom (exact_atoms)
@@ -188,8 +188,10 @@ def reorthogonalise(span: torch.Tensor, w: torch.Tensor, inplace: bool = False) 
         w = w.clone()
 
     def gram_schmidt() -> None:  # w -= span^T (span w), row by row of the batch, written into w
-        coefficients = torch.bmm(span, w.unsqueeze(2))  # [a, j, 1]
-        w.unsqueeze(1).baddbmm_(coefficients.transpose(1, 2), span, alpha=-1.0)
+        # (wᵀ spanᵀ) [a, 1, j]: a row-vector product runs on every core where span @ w [a, j, 1] ran on one
+        # (ResNet-18, two probes of 12 rows of 11.2 M: 0.086 against 0.16 s)
+        coefficients = torch.bmm(w.unsqueeze(1), span.transpose(1, 2))
+        w.unsqueeze(1).baddbmm_(coefficients, span, alpha=-1.0)
 
     before = w.norm(dim=1)
     gram_schmidt()
@@ -900,9 +902,9 @@ def top_eigenvalues(operator, top: int, generator: torch.Generator, *, tol: floa
             values, residuals, bounds = state.ritz(top)
             ok = within(bounds if refined else residuals, values, tol, atol)
             if (ok and m >= min_steps) or state.broke or m >= max_steps:
-                span = KrylovSpan(state.basis[:m], float(np.sum(state.alphas)),
-                                  projected=tridiagonal(np.asarray(state.alphas), np.asarray(state.betas[:m - 1])),
-                                  residual=float(state.last_beta))
+                projected = tridiagonal(np.asarray(state.alphas), np.asarray(state.betas[:m - 1]))
+                span = KrylovSpan(state.basis[:m], float(np.sum(state.alphas)), projected=projected,
+                                  residual=float(state.last_beta), relation=state.relation(projected))
                 return TopEigen(values, residuals, bounds, m, ok or state.broke, tol, span)
 
 
@@ -946,8 +948,11 @@ def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: fl
             bounds = error_bounds(theta[order], residuals)[:top]
             ok = within(bounds if refined else residuals[:top], values, tol, atol)
             if (ok and matvecs >= min_steps) or broke or matvecs >= max_steps:
-                span = KrylovSpan(basis[:n], float(np.trace(projected[:n, :n])), projected=projected[:n, :n].copy(),
-                                  residual=0.0 if broke else beta)
+                kept = projected[:n, :n].copy()
+                coupling = np.zeros((n, 1))
+                coupling[n - 1, 0] = 0.0 if broke else 1.0  # H Vᵀ = Vᵀ T + w e_nᵀ
+                span = KrylovSpan(basis[:n], float(np.trace(kept)), projected=kept, residual=0.0 if broke else beta,
+                                  relation=LanczosRelation(kept, w[None], coupling, kept))
                 return TopEigen(values, residuals[:top], bounds, matvecs, ok or broke, tol, span)
             if n == size:
                 kept = order[:keep_count]
@@ -994,6 +999,16 @@ class _Incremental:
     @property
     def m(self) -> int:
         return len(self.alphas)
+
+    def relation(self, projected: np.ndarray) -> LanczosRelation:
+        """``H Qᵀ = Qᵀ T + β q_{m+1} e_mᵀ`` of the basis so far (``projected``: its T), the next vector read in
+        place (a zero coupling after a breakdown)."""
+        m = self.m
+        coupling = np.zeros((m, 1))
+        if self.broke or self._count <= m:
+            return LanczosRelation(projected, self._store[:0], coupling[:, :0], projected)
+        coupling[m - 1, 0] = self.last_beta
+        return LanczosRelation(projected, self._store[m:m + 1], coupling, projected)
 
     def step(self) -> None:
         """One HVP and the recurrence, in place on the fresh product (no d-sized temporaries: on ResNet-18 each

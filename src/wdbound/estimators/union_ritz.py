@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .krylov_trace import KrylovSpan
+from .krylov_trace import KrylovSpan, LanczosRelation
 from .lanczos import ATOM_RTOL, LanczosRun, TopEigen, deflate_rows, error_bounds, exact_atoms, within
 
 RANK_TOL = 1e-6  # Gram eigenvalues below this x the largest are dropped (Ritz pairs, span and quadrature)
@@ -132,8 +132,7 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     for p, n in enumerate(lengths):
         blocks[firsts[p]:firsts[p] + n, firsts[p]:firsts[p] + n] = run.tridiagonal(p)
         last[firsts[p] + n - 1, p] = 1.0
-    gram = (cache or GramCache()).gram(basis)
-    cross = torch.cat([basis[p] @ residuals.T for p in range(k)]).double().cpu().numpy()  # V Rᵀ [N, k]
+    gram, cross = (cache or GramCache()).products(basis, residuals)  # V Vᵀ [N, N], V Rᵀ [N, k]
     outer = (residuals @ residuals.T).double().cpu().numpy()  # R Rᵀ [k, k]
     projected = gram @ blocks + cross @ last.T
     projected = (projected + projected.T) / 2
@@ -151,7 +150,8 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     values = theta[order]
     bounds = error_bounds(theta, residual_norms)[order]
     converged = within(bounds, values, tol)
-    span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype))
+    span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype),
+                      relation=LanczosRelation(blocks, residuals, last, mix.T @ projected @ mix))
     weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
     top_pairs = TopEigen(values, residual_norms[order], bounds, int(max(lengths)), converged, tol, span)
@@ -194,10 +194,18 @@ def leave_one_out_traces(gram: np.ndarray, projected: np.ndarray, firsts: list[i
     return samples
 
 
+PRODUCT_COLUMNS = 2**16  # columns of d per slice of the union's one-pass products (GramCache.products)
+
+
 class GramCache:
     """The Gram matrix ``V Vᵀ`` of a Lanczos run's basis [k, m, d], kept between the checks of a run that is
     still growing: rows already written never change, so after more steps only the new rows are multiplied
-    (k²·Δm·m·d flops instead of k²·m²·d). A different basis tensor, or fewer rows, recomputes it."""
+    (k²·Δm·m·d flops instead of k²·m²·d). A different basis tensor, or fewer rows, recomputes it.
+
+    :meth:`products` also gives ``V Rᵀ`` of the run's current residuals in the same pass: the new rows and the
+    residuals are copied a slice of ``PRODUCT_COLUMNS`` columns at a time into one small buffer, and each
+    probe's block of the basis is read once per check (on ResNet-18 the basis is GBs; a product per pair of
+    blocks, and one more for the residuals, read it k + 1 times)."""
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
@@ -206,17 +214,32 @@ class GramCache:
 
     def gram(self, basis: torch.Tensor) -> np.ndarray:
         """``V Vᵀ`` [k·m, k·m] (float64, symmetrised) of ``basis`` [k, m, d], the rows of block p at p·m."""
-        k, width, _ = basis.shape
+        return self.products(basis, basis.new_zeros(0, basis.shape[2]))[0]
+
+    def products(self, basis: torch.Tensor, residuals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(``V Vᵀ`` [k·m, k·m] symmetrised, ``V Rᵀ`` [k·m, r]) of ``basis`` [k, m, d] and rows ``residuals``
+        [r, d] (float64), in one read of the basis."""
+        k, width, dim = basis.shape
         key = (basis.data_ptr(), k)
         start = self._width if self._key == key and self._width <= width else 0
+        fresh, extra = width - start, residuals.shape[0]
+        small = basis.new_empty(k * fresh + extra, min(PRODUCT_COLUMNS, dim))
+        out = torch.zeros(k, width, small.shape[0], dtype=torch.float64, device=basis.device)
+        for begin in range(0, dim, PRODUCT_COLUMNS):
+            end = min(dim, begin + PRODUCT_COLUMNS)
+            piece = small[:, :end - begin]
+            piece[:k * fresh].view(k, fresh, -1).copy_(basis[:, start:width, begin:end])
+            if extra:
+                piece[k * fresh:].copy_(residuals[:, begin:end])
+            for q in range(k):
+                out[q].addmm_(basis[q, :width, begin:end].double(), piece.T.double())
+        out_np = out.cpu().numpy()  # [k (block q), width (its rows), k·fresh new rows + residuals]
         gram = np.zeros((k, width, k, width))
         if start:
             gram[:, :start, :, :start] = self._gram
-        for p in range(k):
-            for q in range(k):
-                new = (basis[p, start:width] @ basis[q, :width].T).double().cpu().numpy()  # [width - start, width]
-                gram[p, start:, q, :] = new
-                gram[q, :, p, start:] = new.T
+        new = out_np[:, :, :k * fresh].reshape(k, width, k, fresh)  # [q, row of q, p, new row of p]
+        gram[:, :, :, start:] = new
+        gram[:, start:, :, :] = new.transpose(2, 3, 0, 1)
         self._key, self._width, self._gram = key, width, gram
         flat = gram.reshape(k * width, k * width)
-        return (flat + flat.T) / 2
+        return (flat + flat.T) / 2, out_np[:, :, k * fresh:].reshape(k * width, -1)
