@@ -202,10 +202,11 @@ class GramCache:
     still growing: rows already written never change, so after more steps only the new rows are multiplied
     (k²·Δm·m·d flops instead of k²·m²·d). A different basis tensor, or fewer rows, recomputes it.
 
-    :meth:`products` also gives ``V Rᵀ`` of the run's current residuals in the same pass: the new rows and the
-    residuals are copied a slice of ``PRODUCT_COLUMNS`` columns at a time into one small buffer, and each
-    probe's block of the basis is read once per check (on ResNet-18 the basis is GBs; a product per pair of
-    blocks, and one more for the residuals, read it k + 1 times)."""
+    :meth:`products` also gives ``V Rᵀ`` of the run's current residuals in the same pass: the basis is taken a
+    slice of ``PRODUCT_COLUMNS`` columns at a time, and each probe block's slice is multiplied by every block's
+    new rows and by the residuals while it is in the cache, so the basis is read from memory once per check
+    (on ResNet-18 it is GBs; a whole product per pair of blocks, and one more for the residuals, read it
+    k + 1 times)."""
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
@@ -223,16 +224,15 @@ class GramCache:
         key = (basis.data_ptr(), k)
         start = self._width if self._key == key and self._width <= width else 0
         fresh, extra = width - start, residuals.shape[0]
-        small = basis.new_empty(k * fresh + extra, min(PRODUCT_COLUMNS, dim))
-        out = torch.zeros(k, width, small.shape[0], dtype=torch.float64, device=basis.device)
+        out = torch.zeros(k, width, k * fresh + extra, dtype=torch.float64, device=basis.device)
         for begin in range(0, dim, PRODUCT_COLUMNS):
             end = min(dim, begin + PRODUCT_COLUMNS)
-            piece = small[:, :end - begin]
-            piece[:k * fresh].view(k, fresh, -1).copy_(basis[:, start:width, begin:end])
-            if extra:
-                piece[k * fresh:].copy_(residuals[:, begin:end])
-            for q in range(k):
-                out[q].addmm_(basis[q, :width, begin:end].double(), piece.T.double())
+            for q in range(k):  # block q's slice is read from memory once, then from the cache
+                block = basis[q, :width, begin:end].double()
+                for p in range(k if fresh else 0):
+                    out[q, :, p * fresh:(p + 1) * fresh].addmm_(block, basis[p, start:width, begin:end].T.double())
+                if extra:
+                    out[q, :, k * fresh:].addmm_(block, residuals[:, begin:end].T.double())
         out_np = out.cpu().numpy()  # [k (block q), width (its rows), k·fresh new rows + residuals]
         gram = np.zeros((k, width, k, width))
         if start:
