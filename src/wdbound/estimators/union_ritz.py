@@ -213,13 +213,9 @@ class GramCache:
         self._width = 0
         self._gram: np.ndarray | None = None  # [k, width, k, width]
 
-    def gram(self, basis: torch.Tensor) -> np.ndarray:
-        """``V Vᵀ`` [k·m, k·m] (float64, symmetrised) of ``basis`` [k, m, d], the rows of block p at p·m."""
-        return self.products(basis, basis.new_zeros(0, basis.shape[2]))[0]
-
     def products(self, basis: torch.Tensor, residuals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(``V Vᵀ`` [k·m, k·m] symmetrised, ``V Rᵀ`` [k·m, r]) of ``basis`` [k, m, d] and rows ``residuals``
-        [r, d] (float64), in one read of the basis."""
+        """(``V Vᵀ`` [k·m, k·m] symmetrised, ``V Rᵀ`` [k·m, r]) of ``basis`` [k, m, d] (the rows of block p at
+        p·m) and rows ``residuals`` [r, d], float64, in one read of the basis."""
         k, width, dim = basis.shape
         key = (basis.data_ptr(), k)
         start = self._width if self._key == key and self._width <= width else 0
