@@ -331,8 +331,9 @@ def test_a_bare_timm_name_resolves_when_no_builtin_has_it():
                                               patch_size=8).parameters()) > 0
 
 
-def _mapped_bytes() -> int:
-    """glibc's ``mallinfo2().hblkhd``: bytes this process holds in blocks glibc allocated with their own mmap."""
+def _mallinfo(field: str = "hblkhd") -> int:
+    """A field of glibc's ``mallinfo2()``: ``hblkhd``, bytes this process holds in blocks glibc allocated with
+    their own mmap; ``fordblks``, bytes free inside its heap."""
     import ctypes
 
     fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
@@ -340,7 +341,11 @@ def _mapped_bytes() -> int:
     info = type("Mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = info
-    return int(libc.mallinfo2().hblkhd)
+    return int(getattr(libc.mallinfo2(), field))
+
+
+def _mapped_bytes() -> int:
+    return _mallinfo("hblkhd")
 
 
 @pytest.mark.skipif(memory._glibc() is None, reason="glibc only: elsewhere the context is a no-op")
@@ -353,12 +358,15 @@ def test_reuse_freed_memory_serves_large_blocks_from_the_heap_inside_and_restore
         block = torch.empty(size, dtype=torch.uint8)
         inside = _mapped_bytes() - before
         del block
+    # After the exit a block larger than all the heap's free bytes (holes earlier tests left in it could serve
+    # a smaller one whatever the settings) must come from its own mapping again: the defaults are back.
+    large = size + _mallinfo("fordblks")
     before = _mapped_bytes()
-    block = torch.empty(size, dtype=torch.uint8)
+    block = torch.empty(large, dtype=torch.uint8)
     after = _mapped_bytes() - before
     del block
     assert inside == 0
-    assert after >= size
+    assert after >= large
 
 
 def test_heap_reuse_is_planned_only_when_the_budget_leaves_room_for_its_fragmentation():
