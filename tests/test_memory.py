@@ -331,7 +331,7 @@ def test_a_bare_timm_name_resolves_when_no_builtin_has_it():
                                               patch_size=8).parameters()) > 0
 
 
-def _mallinfo(field: str = "hblkhd") -> int:
+def _mallinfo(field: str) -> int:
     """A field of glibc's ``mallinfo2()``: ``hblkhd``, bytes this process holds in blocks glibc allocated with
     their own mmap; ``fordblks``, bytes free inside its heap."""
     import ctypes
@@ -344,9 +344,6 @@ def _mallinfo(field: str = "hblkhd") -> int:
     return int(getattr(libc.mallinfo2(), field))
 
 
-def _mapped_bytes() -> int:
-    return _mallinfo("hblkhd")
-
 
 @pytest.mark.skipif(memory._glibc() is None, reason="glibc only: elsewhere the context is a no-op")
 def test_reuse_freed_memory_serves_large_blocks_from_the_heap_inside_and_restores_glibc_on_exit():
@@ -354,16 +351,16 @@ def test_reuse_freed_memory_serves_large_blocks_from_the_heap_inside_and_restore
     with memory.reuse_freed_memory():
         with memory.reuse_freed_memory():  # nested: the inner exit must not restore the defaults
             pass
-        before = _mapped_bytes()
+        before = _mallinfo("hblkhd")
         block = torch.empty(size, dtype=torch.uint8)
-        inside = _mapped_bytes() - before
+        inside = _mallinfo("hblkhd") - before
         del block
     # After the exit a block larger than all the heap's free bytes (holes earlier tests left in it could serve
     # a smaller one whatever the settings) must come from its own mapping again: the defaults are back.
     large = size + _mallinfo("fordblks")
-    before = _mapped_bytes()
+    before = _mallinfo("hblkhd")
     block = torch.empty(large, dtype=torch.uint8)
-    after = _mapped_bytes() - before
+    after = _mallinfo("hblkhd") - before
     del block
     assert inside == 0
     assert after >= large

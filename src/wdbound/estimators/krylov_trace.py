@@ -40,7 +40,7 @@ import torch
 
 from .hutchinson import TraceEstimate, rademacher, row_dots
 
-CAST_COLUMNS = 2**14  # basis columns cast at a time by a lower-precision projection (KrylovSpan.project_out)
+CAST_COLUMNS = 2**14  # basis columns cast at a time for lower-precision rows (KrylovSpan.coefficients, project_out)
 
 
 @dataclass(frozen=True)

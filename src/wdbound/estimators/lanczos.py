@@ -948,11 +948,12 @@ def _thick_restart(operator, top: int, start: torch.Tensor, tol: float, atol: fl
             bounds = error_bounds(theta[order], residuals)[:top]
             ok = within(bounds if refined else residuals[:top], values, tol, atol)
             if (ok and matvecs >= min_steps) or broke or matvecs >= max_steps:
-                kept = projected[:n, :n].copy()
+                reduced = projected[:n, :n].copy()
                 coupling = np.zeros((n, 1))
                 coupling[n - 1, 0] = 0.0 if broke else 1.0  # H Vᵀ = Vᵀ T + w e_nᵀ
-                span = KrylovSpan(basis[:n], float(np.trace(kept)), projected=kept, residual=0.0 if broke else beta,
-                                  relation=LanczosRelation(kept, w[None], coupling, kept))
+                span = KrylovSpan(basis[:n], float(np.trace(reduced)), projected=reduced,
+                                  residual=0.0 if broke else beta,
+                                  relation=LanczosRelation(reduced, w[None], coupling, reduced))
                 return TopEigen(values, residuals[:top], bounds, matvecs, ok or broke, tol, span)
             if n == size:
                 kept = order[:keep_count]

@@ -139,7 +139,8 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     g, vectors = np.linalg.eigh(gram)
     keep = g > rank_tol * g.max()
     mix = vectors[:, keep] / np.sqrt(g[keep])  # C [N, r]: U = Cᵀ V is orthonormal
-    theta, s = np.linalg.eigh(mix.T @ projected @ mix)  # ascending
+    reduced = mix.T @ projected @ mix  # B = U H Uᵀ
+    theta, s = np.linalg.eigh(reduced)  # ascending
     a = mix @ s  # coefficients of the Ritz vectors in V [N, r]
     b = blocks @ a - a * theta
     c = last.T @ a
@@ -151,7 +152,7 @@ def union_ritz(run: LanczosRun, top: int, *, tol: float = 1e-4, rank_tol: float 
     bounds = error_bounds(theta, residual_norms)[order]
     converged = within(bounds, values, tol)
     span = KrylovSpan(basis, float(theta.sum()), torch.from_numpy(mix).to(basis.device, basis.dtype),
-                      relation=LanczosRelation(blocks, residuals, last, mix.T @ projected @ mix))
+                      relation=LanczosRelation(blocks, residuals, last, reduced))
     weights = ((a.T @ gram[:, firsts]) ** 2).T  # [k, n]: (s_jᵀ U q_p1)² = (a_jᵀ G e_p1)²
     weights = weights / weights.sum(1, keepdims=True)
     top_pairs = TopEigen(values, residual_norms[order], bounds, int(max(lengths)), converged, tol, span)
