@@ -266,7 +266,7 @@ def _tiny_dense(tiny_checkpoint, samples=100):
 @pytest.mark.slow
 def test_params_and_per_layer_match_the_exact_blocks(tiny_checkpoint, tmp_path, capsys):
     """--params '3.*' is the Hessian block of the head (exact eigenvalues equal eigvalsh of that block);
-    --per-layer gives each tensor's block, its top-1 equal to the block's largest eigenvalue."""
+    --per-layer gives each tensor's block, its top-1 the block's largest eigenvalue to within its residual."""
     op, H = _tiny_dense(tiny_checkpoint)
     offsets = np.cumsum([0, *op.numels])
     blocks = {name: (int(offsets[i]), int(offsets[i + 1])) for i, name in enumerate(op.names)}
@@ -289,7 +289,10 @@ def test_params_and_per_layer_match_the_exact_blocks(tiny_checkpoint, tmp_path, 
         lo, hi = blocks[layer["name"]]
         block = np.linalg.eigvalsh(H[lo:hi, lo:hi])
         assert layer["d"] == hi - lo
-        assert layer["top_eigenvalue"] == pytest.approx(block[-1], rel=1e-8)
+        # a Ritz value is within its residual norm of an eigenvalue (Bauer-Fike for symmetric H); the top one
+        # lies below lambda_max, so within it of lambda_max; 16 probes x 20 steps leave it small on these blocks
+        assert 0 <= block[-1] - layer["top_eigenvalue"] <= layer["top_residual"] + 1e-12 * abs(block[-1])
+        assert layer["top_residual"] <= 1e-3 * abs(block[-1])
         # Hutchinson on the block: within 4 of its exact standard error, sqrt(2 sum_{i!=j} H_ij^2 / k)
         sub = H[lo:hi, lo:hi]
         stderr = np.sqrt(2 * (np.sum(sub**2) - np.sum(np.diag(sub) ** 2)) / 16)

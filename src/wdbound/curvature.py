@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from .data import evaluation_subset, first_tensor, iterate_batches, take
 from .errors import WdboundError
+from .estimators.hutchinson import gaussian
 from .memory import reuse_freed_memory
 
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
@@ -758,11 +759,11 @@ def zero_rows(operator: Operator, generator: torch.Generator) -> torch.Tensor:
     Three matvecs in all; the estimators then work on the complement and
     count these coordinates as exact zero eigenvalues.
     """
-    probes = torch.randn(2, operator.dim, generator=generator, dtype=torch.float64).to(operator.device, operator.dtype)
+    probes = gaussian(2, operator.dim, generator, operator.dtype, operator.device)
     mask = (operator.matmat(probes) == 0).all(0)
     if not bool(mask.any()) or bool(mask.all()):
         return torch.zeros(operator.dim, dtype=torch.bool, device=operator.device)
-    check = torch.randn(1, operator.dim, generator=generator, dtype=torch.float64).to(operator.device, operator.dtype)
+    check = gaussian(1, operator.dim, generator, operator.dtype, operator.device)
     if bool((operator.matmat(check * mask) != 0).any()):
         return torch.zeros(operator.dim, dtype=torch.bool, device=operator.device)
     return mask
@@ -886,8 +887,7 @@ class Deflation:
         candidate = cls(zero_mask, blocks)
         if not candidate.shift_directions:
             return plain
-        probe = torch.randn(1, operator.dim, generator=generator, dtype=torch.float64).to(operator.device,
-                                                                                        operator.dtype)
+        probe = gaussian(1, operator.dim, generator, operator.dtype, operator.device)
         probe = probe * ~zero_mask
         shift = probe - candidate.project(probe)  # the component along the shift directions
         tol = 1e-8 if operator.dtype == torch.float64 else 1e-3

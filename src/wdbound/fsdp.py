@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .errors import WdboundError
+from .estimators.hutchinson import rademacher
 from .estimators.lanczos import tridiagonal
 from .estimators.quadrature_interval import Interval
 
@@ -224,8 +225,7 @@ class ShardedHessian:
     def random(self, generator: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
         """A sharded random vector: this rank's coordinates (Gaussian or Rademacher)."""
         if kind == "rademacher":
-            bits = torch.randint(0, 2, (self.local_dim,), generator=generator, dtype=torch.int8)
-            return (bits.to(self.dtype) * 2 - 1).to(self.device)
+            return rademacher(1, self.local_dim, generator, self.dtype, self.device)[0]
         return torch.randn(self.local_dim, generator=generator, dtype=torch.float64).to(self.dtype).to(self.device)
 
     def probe(self, generator: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
