@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -39,9 +40,13 @@ import warnings
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.nn import functional as F
+# the CLI's allocator setting (`import wdbound` sets it, but torch comes first here): every tool in this process
+# gets large tensors on huge pages alike (docs/scale.md, "Huge pages")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent

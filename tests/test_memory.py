@@ -372,3 +372,21 @@ def test_heap_reuse_is_planned_only_when_the_budget_leaves_room_for_its_fragment
     # a budget just above the planned peak: no room for the allowance, so freed memory goes back at once
     tight = dataclasses.replace(roomy, budget=int(roomy.peak * (1 + memory.HEAP_REUSE_ALLOWANCE / 2)))
     assert tight.peak <= tight.budget and not tight.heap_reuse
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_importing_wdbound_first_puts_large_tensors_on_huge_pages_unless_the_user_chose(preset, expected):
+    """``import wdbound`` before torch sets PyTorch's THP_MEM_ALLOC_ENABLE (read once, at torch's first
+    allocation) so large CPU tensors are madvised onto transparent huge pages; a value already in the
+    environment is the user's and is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    out = subprocess.run([sys.executable, "-c", "import sys, os, wdbound; "
+                          "print(os.environ['THP_MEM_ALLOC_ENABLE'], 'torch' in sys.modules)"],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected, "True"]
