@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -40,20 +39,19 @@ import warnings
 from datetime import date
 from pathlib import Path
 
-# the CLI's allocator setting (`import wdbound` sets it, but torch comes first here): every tool in this process
-# gets large tensors on huge pages alike (docs/scale.md, "Huge pages")
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
 
+# wdbound before torch, as the CLI: its import puts large tensors on huge pages, for every tool in this process
+# alike (docs/scale.md, "Huge pages")
+import wdbound  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 warnings.filterwarnings("ignore")
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent / "src"))
-sys.path.insert(0, str(ROOT))
 
-import wdbound  # noqa: E402
 from compare import pyhessian_defaults, top5_error  # noqa: E402
 from wdbound.provenance import library_versions  # noqa: E402
 from wdbound.stats import wasserstein1  # noqa: E402

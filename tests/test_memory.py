@@ -344,7 +344,6 @@ def _mallinfo(field: str) -> int:
     return int(getattr(libc.mallinfo2(), field))
 
 
-
 @pytest.mark.skipif(memory._glibc() is None, reason="glibc only: elsewhere the context is a no-op")
 def test_reuse_freed_memory_serves_large_blocks_from_the_heap_inside_and_restores_glibc_on_exit():
     size = 64 * 2**20  # above glibc's largest mmap threshold (32 MB): by default its own mapping
