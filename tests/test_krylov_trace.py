@@ -1,5 +1,7 @@
 """estimators/krylov_trace.py: the deflated Hutchinson trace against exact traces of dense matrices."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,27 @@ def test_the_deflated_trace_is_the_same_estimate_with_or_without_the_relation():
     assert len(with_relation.samples) == len(projected.samples) > 8
     np.testing.assert_allclose(with_relation.samples, projected.samples, rtol=1e-11)
     assert abs(with_relation.estimate - exact) < 4 * with_relation.stderr
+
+
+def test_each_further_block_at_most_triples_the_samples_then_the_cap_stops_it(monkeypatch):
+    """A target out of reach: the samples grow 4 -> 12 -> 36 (each block at most twice the samples in hand,
+    however many the standard error says are missing), then the cap ends the run at 40; a reachable target
+    stops as soon as the standard error meets it, the count at most tripling per block."""
+    from wdbound.estimators import krylov_trace
+
+    matrix, _ = _matrix(3)
+    operator = DenseOperator(matrix)
+    top = top_eigenvalues(operator, 3, torch.Generator().manual_seed(0))
+    seen = []
+    real = krylov_trace.next_block
+    monkeypatch.setattr(krylov_trace, "next_block", lambda drawn, *a: seen.append(drawn) or real(drawn, *a))
+    est = krylov_deflated_trace(operator, top.span, 4, torch.Generator().manual_seed(2), rtol=1e-12, max_probes=40)
+    assert seen == [4, 12, 36] and len(est.samples) == 40
+    assert [real(n, 1e3, 1.0) for n in (4, 8, 16)] == [8, 16, 32]  # a million times the count: capped at 2n
+    assert real(40, 1.05, 1.0) == max(2, math.ceil(1.3 * 40 * 1.05 ** 2) - 40)  # near the target: the margin
+    seen.clear()
+    reached = krylov_deflated_trace(operator, top.span, 4, torch.Generator().manual_seed(2), rtol=0.2,
+                                    max_probes=400)
+    assert reached.stderr <= 0.2 * abs(reached.estimate)
+    counts = seen + [len(reached.samples)]
+    assert all(later <= 3 * earlier for earlier, later in zip(counts, counts[1:]))

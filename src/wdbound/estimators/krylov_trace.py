@@ -17,8 +17,14 @@ relative of Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021), whose sketch is
 
 After a first block, probes are added until the standard error is at most ``rtol`` times the estimate, or
 ``max_probes`` are spent: the accuracy target decides the cost. Each further block is the count the
-standard error so far says is missing (a two-stage sequential design, Stein 1945: n' = n (s/target)^2,
-10 % more, at least 2), so the cost is not rounded up to a whole block.
+standard error so far says is missing (a sequential design after Stein 1945: n' = n (s/target)^2, 30 %
+more, at least 2), but never more than twice the samples already in hand, so the count at most triples
+per block. A standard error from the 8 samples of a first block is itself uncertain by about a quarter,
+and the count it predicts is its square: jumping straight to that count overshot by 45 % on average where
+the target needs 40 samples, and the count's spread was 3/4 of the need. Growing at most threefold, the
+last block is sized by a standard error from at least a third of the final samples
+(``benchmarks/trace_stopping.py``: fewer probes where the target needs 25 to 80, no larger chance of ending
+above the target, less spread in the count; docs/decisions.md).
 
 >>> import torch
 >>> from wdbound.curvature import DenseOperator
@@ -231,18 +237,29 @@ def krylov_deflated_trace(operator, span: KrylovSpan, probes: int, generator: to
         target = rtol * abs(estimate.estimate)
         if drawn >= cap or rtol <= 0 or estimate.stderr <= target:
             return estimate
-        block = min(cap - drawn, missing_probes(drawn, estimate.stderr, target))
+        block = min(cap - drawn, next_block(drawn, estimate.stderr, target))
+
+
+def next_block(drawn: int, stderr: float, target: float) -> int:
+    """How many probes to add when ``drawn`` samples have a standard error ``stderr`` above ``target``: the
+    count :func:`missing_probes` predicts, but at most ``2 drawn`` (the sample count at most triples, so the
+    next prediction rests on a standard error from at least a third of the samples then in hand), at least 2.
+
+    >>> next_block(8, 3.0, 1.0), next_block(24, 1.2, 1.0)  # 86 predicted, capped at 16; then 21
+    (16, 21)
+    """
+    return max(2, min(2 * drawn, missing_probes(drawn, stderr, target)))
 
 
 def missing_probes(drawn: int, stderr: float, target: float) -> int:
     """How many more probes bring a standard error ``stderr`` of ``drawn`` samples down to ``target``
-    (stderr shrinks as 1/sqrt(n)): ``n (stderr/target)^2 - n``, 10 % more for the noise of the estimated
+    (stderr shrinks as 1/sqrt(n)): ``n (stderr/target)^2 - n``, 30 % more for the noise of the estimated
     stderr, at least 2.
 
-    >>> missing_probes(8, 2.0, 1.0)  # four times the samples (24 more) and a 10 % margin
-    28
+    >>> missing_probes(8, 2.0, 1.0)  # four times the samples (24 more) and a 30 % margin
+    34
     >>> missing_probes(8, 1.01, 1.0)
-    2
+    3
     """
     ratio = (stderr / target) ** 2 if target > 0 else math.inf
-    return max(2, math.ceil(1.1 * drawn * ratio) - drawn) if math.isfinite(ratio) else 2 ** 31
+    return max(2, math.ceil(1.3 * drawn * ratio) - drawn) if math.isfinite(ratio) else 2 ** 31
