@@ -213,16 +213,17 @@ def test_low_memory_slq_against_full_and_exact(exact_model):
     their difference is a quadrature error, not a sampling one (measured at 40 steps: up to 4.5 probe standard
     errors on the CNN over seeds 7-10, where the full rule sits 3-4 standard errors from the exact trace and the
     low-memory one within 1-3). So it is bounded the way quadratures of one f are: both f are 1-Lipschitz, so
-    by Kantorovich-Rubinstein the two traces differ by at most d x W1 between the two measures (measured: 0.04-0.32
+    by Kantorovich-Rubinstein the two traces differ by at most d x W1 between the two measures (measured at 32 probes: 0.04-0.32
     of it), and the low-memory trace is no farther from the exact one than the full one's distance plus 3
     standard errors. The low-memory measure converges to the exact spectrum like the full one (W1 < 1 % of
-    lambda_max)."""
+    lambda_max; measured with these 16 probes: MLP 2.4e-3, CNN 3.5e-3, ViT 1.5e-3). The bounds between the two
+    paths hold for any probe count."""
     from wdbound.estimators.hutchinson import rademacher
     from wdbound.estimators.lanczos import lanczos_blocks, slq_from_run
 
     _, op, _, ev = exact_model
     g1, g2 = gen(7), gen(7)
-    full = slq_from_run(lanczos(op, rademacher(16, op.dim, g1, op.dtype), 40), op.dim)  # 16 probes: the paths agree whatever the count
+    full = slq_from_run(lanczos(op, rademacher(16, op.dim, g1, op.dtype), 40), op.dim)
     low_run = lanczos_blocks(op, lambda n: rademacher(n, op.dim, g2, op.dtype), 16, 40, block=5)
     low = slq_from_run(low_run, op.dim)
     assert low_run.starts is None and low_run.reorth == "local"
