@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from wdbound import load_checkpoint, load_dataset  # noqa: E402
-from wdbound.curvature import HessianOperator, dense_matrix  # noqa: E402
+from wdbound.curvature import HessianOperator, dense_matrix, stock_layers  # noqa: E402
 from wdbound.data import ArrayDataset  # noqa: E402
 from wdbound.estimators import hutchinson, lanczos, rademacher, top_eigenvalues  # noqa: E402
 from wdbound.estimators.lanczos import lanczos_blocks, slq_from_run  # noqa: E402
@@ -231,7 +231,7 @@ def run_pyhessian(op, args, device):
     batches = list(op.chunks())
     criterion = CountingCriterion()
     torch.manual_seed(0)
-    engine = hessian(op.model, criterion, dataloader=batches, cuda=device.type == "cuda")
+    engine = hessian(stock_layers(op.model), criterion, dataloader=batches, cuda=device.type == "cuda")
     k, m = args.probes, args.steps
     res = {}
 
@@ -265,9 +265,10 @@ def run_curvlinops(op, args, device):
         from curvlinops import HessianLinearOperator
     except ImportError:
         return None, None
-    params = [p for p in op.model.parameters() if p.requires_grad]
+    model = stock_layers(op.model)
+    params = [p for p in model.parameters() if p.requires_grad]
     data = [(x, y) for x, y in op.chunks()]
-    linop = HessianLinearOperator(op.model, nn.CrossEntropyLoss(), params, data)
+    linop = HessianLinearOperator(model, nn.CrossEntropyLoss(), params, data)
     from scipy.sparse.linalg import eigsh
 
     res = {}
@@ -305,7 +306,8 @@ def hvp_costs(op_factory, reps: int, device):
 
         from wdbound.backends.pyhessian_backend import CountingCriterion
 
-        engine = hessian(op.model, CountingCriterion(), dataloader=list(op.chunks()), cuda=device.type == "cuda")
+        engine = hessian(stock_layers(op.model), CountingCriterion(), dataloader=list(op.chunks()),
+                         cuda=device.type == "cuda")
         vec = [torch.randn_like(p) for p in engine.params]
         engine.dataloader_hv_product(vec)
         _, s, _ = timed(device, lambda: [engine.dataloader_hv_product(vec) for _ in range(reps)])
@@ -645,7 +647,7 @@ def pyhessian_cheapest(model, dataset, device, lam: float, w1_of, targets: dict,
     def attempt(call, seed: int = 0):
         criterion = CountingCriterion()
         torch.manual_seed(seed)
-        engine = hessian(op.model, criterion, dataloader=batches, cuda=device.type == "cuda")
+        engine = hessian(stock_layers(op.model), criterion, dataloader=batches, cuda=device.type == "cuda")
         result, seconds, _ = timed(device, lambda: call(engine))
         return result, seconds, criterion.calls // max(len(batches), 1)
 
@@ -744,7 +746,8 @@ def pyhessian_hvp_seconds(model, dataset, device, reps: int) -> float | None:
     from wdbound.backends.pyhessian_backend import CountingCriterion
 
     op = HessianOperator(model, dataset, device=device, dtype=torch.float32, mode="double-backward", batch_size=512)
-    engine = hessian(op.model, CountingCriterion(), dataloader=list(op.chunks()), cuda=device.type == "cuda")
+    engine = hessian(stock_layers(op.model), CountingCriterion(), dataloader=list(op.chunks()),
+                     cuda=device.type == "cuda")
     vector = [torch.randn_like(p) for p in engine.params]
     engine.dataloader_hv_product(vector)
     _, seconds, _ = timed(device, lambda: [engine.dataloader_hv_product(vector) for _ in range(reps)])
@@ -764,7 +767,7 @@ def pyhessian_defaults(model, dataset, device):
     batches = list(op.chunks())
     criterion = CountingCriterion()
     torch.manual_seed(0)
-    engine = hessian(op.model, criterion, dataloader=batches, cuda=device.type == "cuda")
+    engine = hessian(stock_layers(op.model), criterion, dataloader=batches, cuda=device.type == "cuda")
 
     parts = {}
 

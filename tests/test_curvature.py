@@ -170,6 +170,65 @@ def test_unfold_convolution_equals_conv2d_and_its_hvp(digits_test):
     assert torch.allclose(fast.matmat(v), slow.matmat(v), rtol=1e-10, atol=1e-12)
 
 
+def test_float32_on_the_cpu_unfolds_only_small_convolution_outputs(digits_test):
+    """float32 on the CPU: convolutions with at most SMALL_CONV_POSITIONS output positions per example run as
+    unfold + matmul, larger ones call the stock convolution; values and HVPs are the stock ones to rounding."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from wdbound.curvature import SMALL_CONV_POSITIONS, UnfoldConv2d
+    from wdbound.data import ArrayDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(6, 6, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(6 * 16, 10))
+    x = torch.randn(12, 3, 16, 16)  # outputs of 16 x 16, 8 x 8 and 4 x 4 positions
+    data = ArrayDataset(x, torch.randint(0, 10, (12,), generator=torch.Generator().manual_seed(0)))
+    fast = HessianOperator(model, data, dtype=torch.float32)
+    convs = [m for m in fast.model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(type(m) is UnfoldConv2d and m.unfold_positions == SMALL_CONV_POSITIONS for m in convs)
+    calls = []
+    unfold = F.unfold
+    try:
+        F.unfold = lambda *a, **k: calls.append(a[0].shape) or unfold(*a, **k)
+        out = fast.model(x)
+    finally:
+        F.unfold = unfold
+    assert calls == [torch.Size([12, 6, 8, 8])]  # only the last convolution (4 x 4 = 16 positions) unfolded
+    assert torch.allclose(out, model(x), rtol=1e-5, atol=1e-6)
+    slow = HessianOperator(model, data, dtype=torch.float32)
+    for module in slow.model.modules():
+        if type(module) is UnfoldConv2d:
+            module.__class__ = nn.Conv2d
+    v = torch.randn(3, fast.dim, generator=torch.Generator().manual_seed(1))
+    reference = slow.matmat(v)
+    assert float((fast.matmat(v) - reference).norm() / reference.norm()) < 1e-5  # float32 rounding
+    assert float((fast.matmat(v, mode="double-backward") - reference).norm() / reference.norm()) < 1e-5
+
+
+def test_stock_layers_undoes_the_operators_rewrites():
+    """The benchmarks' peers get the user's layers back: the same function, stock classes, no extra state."""
+    from torch import nn
+
+    from wdbound.curvature import UnfoldConv2d, stock_layers
+    from wdbound.data import ArrayDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=4),
+                          nn.Flatten(), nn.Linear(36, 10))
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(6, 3, 12, 12)
+    op = HessianOperator(model, ArrayDataset(x, torch.arange(6)), dtype=torch.float32)
+    assert type(op.model[0]) is UnfoldConv2d and type(op.model[1]) is not nn.BatchNorm2d
+    stock = stock_layers(op.model)
+    assert [type(m) for m in stock] == [type(m) for m in model]
+    assert not any("unfold_positions" in vars(m) for m in stock)
+    assert type(op.model[0]) is UnfoldConv2d  # the operator's own model is untouched
+    with torch.no_grad():
+        assert torch.allclose(stock(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+
+
 def test_diagonal_by_columns_is_the_exact_diagonal():
     from wdbound.curvature import diagonal_by_columns
 

@@ -107,6 +107,24 @@ def test_activation_floats_counts_leaf_outputs():
     assert activation_floats(model, torch.zeros(5, 1, 8, 8)) == 64 + 64 + 32 + 32 + 10
 
 
+def test_activation_floats_counts_the_columns_of_unfolded_convolutions():
+    import torch
+    from torch import nn
+
+    from wdbound.curvature import _use_unfold_convolutions
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 3, stride=2, padding=1))
+    x = torch.zeros(5, 3, 8, 8)
+    # input 3*8*8 + conv 4*8*8 + conv 2*4*4
+    stock = 3 * 64 + 4 * 64 + 2 * 16
+    assert activation_floats(model, x) == stock
+    _use_unfold_convolutions(model, max_positions=16)  # only the 4 x 4 output is unfolded: 4*3*3 by 16 columns
+    assert activation_floats(model, x) == stock + 4 * 9 * 16
+    for conv in model:
+        conv.unfold_positions = math.inf  # every convolution (float64): 3*3*3 by 64 columns as well
+    assert activation_floats(model, x) == stock + 4 * 9 * 16 + 3 * 9 * 64
+
+
 def test_plan_json_and_summary():
     p = plan()
     data = p.to_json()

@@ -33,6 +33,7 @@ Kept gradient graph (``keep_graph``, decided by the memory plan)
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Protocol
 
@@ -609,8 +610,8 @@ def _eval_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn
     import copy
 
     clone = copy.deepcopy(model).to(device=device, dtype=dtype)
-    if device.type == "cpu" and dtype == torch.float64:
-        _use_unfold_convolutions(clone)
+    if device.type == "cpu":
+        _use_unfold_convolutions(clone, math.inf if dtype == torch.float64 else SMALL_CONV_POSITIONS)
     _use_affine_batch_norm(clone)
     return clone.eval()
 
@@ -663,34 +664,80 @@ def _use_affine_batch_norm(model: nn.Module) -> None:
             module.__class__ = swapped
 
 
+# On the CPU, float32 (and other non-float64) convolutions whose output has at most this many positions per
+# example also run as unfold + matmul; larger ones stay on oneDNN. Measured per HVP (double backward through the
+# kept graph, 2 cores, float32; benchmarks/small_convs.py): oneDNN pays a fixed cost per call and per
+# derivative that a 4 x 4, 2 x 2 or 1 x 1 map never earns back, while im2col of so small a map is a few
+# kilobytes; on 8 x 8 maps and above the two are even or oneDNN is ahead (up to 1.4x on a 128 px ResNet-18
+# when every convolution is unfolded).
+SMALL_CONV_POSITIONS = 16
+
+
+def stock_layers(model: nn.Module) -> nn.Module:
+    """A copy of an operator's model with wdbound's rewrites undone: :class:`UnfoldConv2d` back to
+    ``nn.Conv2d`` and the affine eval BatchNorms back to ``nn.BatchNorm1d/2d/3d`` (same parameters, buffers and
+    function). The benchmarks hand this to other libraries, which then run on the layers a user's model has."""
+    import copy
+
+    stock = {swapped: original for original, swapped in _AFFINE_BATCH_NORMS.items()}
+    stock[UnfoldConv2d] = nn.Conv2d
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        original = stock.get(type(module))
+        if original is not None:
+            module.__class__ = original
+            module.__dict__.pop("unfold_positions", None)
+    return clone
+
+
 class UnfoldConv2d(nn.Conv2d):
     """``nn.Conv2d`` computed as im2col (``F.unfold``) + one matrix product: same parameters, same values.
 
     On the CPU, float64 convolutions have no oneDNN kernel: torch falls back to
     ``_slow_conv2d_backward``, which loops over the examples and made one HVP of
     the digits CNN cost ~40 ms. Unfold + matmul keeps every derivative (double
-    backward, forward-over-reverse) in batched matrix products.
+    backward, forward-over-reverse) in batched matrix products. In float32 only
+    convolutions with small outputs gain (``unfold_positions``, :data:`SMALL_CONV_POSITIONS`);
+    the others call the stock convolution.
     """
 
+    unfold_positions: float = math.inf  # unfold when the output has at most this many positions per example
+
+    def output_positions(self, x: torch.Tensor) -> tuple[int, int]:
+        """The output's height and width for an input ``x`` [B, C, H, W]."""
+        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel_size, self.padding, self.stride, self.dilation
+        return ((x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+    def unfolded_floats(self, x: torch.Tensor) -> int:
+        """Floats of the im2col columns this layer builds for ``x`` (0 when it calls the stock convolution):
+        the memory plan counts them with the activations (:func:`wdbound.memory.activation_floats`)."""
+        out_h, out_w = self.output_positions(x)
+        if out_h * out_w > self.unfold_positions:
+            return 0
+        return x.shape[0] * self.in_channels * self.kernel_size[0] * self.kernel_size[1] * out_h * out_w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution as unfold + matmul (fast float64 double backward on CPU)."""
-        batch, _, height, width = x.shape
-        kh, kw = self.kernel_size
+        """The convolution as unfold + matmul when its output is small enough (every size in float64 on the
+        CPU), else the stock convolution."""
+        out_h, out_w = self.output_positions(x)
+        if out_h * out_w > self.unfold_positions:
+            return super().forward(x)
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         out = self.weight.reshape(self.out_channels, -1) @ cols  # [B, C_out, L]
         if self.bias is not None:
             out = out + self.bias[:, None]
-        out_h = (height + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        out_w = (width + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        return out.reshape(batch, self.out_channels, out_h, out_w)
+        return out.reshape(x.shape[0], self.out_channels, out_h, out_w)
 
 
-def _use_unfold_convolutions(model: nn.Module) -> None:
-    """Swap plain convolutions (groups 1, zero padding given as numbers) for :class:`UnfoldConv2d` in place."""
+def _use_unfold_convolutions(model: nn.Module, max_positions: float = math.inf) -> None:
+    """Swap plain convolutions (groups 1, zero padding given as numbers) for :class:`UnfoldConv2d` in place,
+    unfolding outputs of at most ``max_positions`` positions per example."""
     for module in model.modules():
         if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
                 and not isinstance(module.padding, str)):
             module.__class__ = UnfoldConv2d
+            module.unfold_positions = max_positions
 
 
 # Dense builds (d unit-vector products) use double backward on the Hessian operator: measured here

@@ -356,11 +356,15 @@ def current_bytes(device: torch.device) -> int:
 
 
 def activation_floats(model: nn.Module, example) -> int:
-    """Floats produced by the leaf modules in one forward pass of one example (the activation memory unit)."""
+    """Floats produced by the leaf modules in one forward pass of one example (the activation memory unit), with
+    the im2col columns of convolutions run as unfold + matmul (:class:`wdbound.curvature.UnfoldConv2d`)."""
     total = 0
 
-    def count(_module, _inputs, output) -> None:
+    def count(module, inputs, output) -> None:
         nonlocal total
+        unfolded = getattr(module, "unfolded_floats", None)  # im2col columns of an unfolded convolution
+        if unfolded is not None and inputs and isinstance(inputs[0], torch.Tensor):
+            total += unfolded(inputs[0])
         for item in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(item, torch.Tensor):
                 total += item.numel()
