@@ -389,6 +389,15 @@ def test_heap_reuse_is_planned_only_when_the_budget_leaves_room_for_its_fragment
     # a budget just above the planned peak: no room for the allowance, so freed memory goes back at once
     tight = dataclasses.replace(roomy, budget=int(roomy.peak * (1 + memory.HEAP_REUSE_ALLOWANCE / 2)))
     assert tight.peak <= tight.budget and not tight.heap_reuse
+    # the same budget from --memory auto: the 30 % of the free RAM it leaves out takes the fragmentation
+    import torch
+
+    baseline = tight.budget // 4
+    auto = dataclasses.replace(tight, headroom=memory.budget_headroom("auto", tight.budget, baseline,
+                                                                      torch.device("cpu")))
+    assert auto.headroom == round((tight.budget - baseline) * 0.3 / 0.7) and auto.heap_reuse
+    assert auto.to_json()["headroom"] == auto.headroom
+    assert memory.budget_headroom("12GB", tight.budget, baseline, torch.device("cpu")) == 0
 
 
 @pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])

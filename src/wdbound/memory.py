@@ -53,6 +53,7 @@ KEPT_GRAPH_FACTOR = 2.0  # kept gradient graph / activation estimate (measured 1
 RESTART_TOP = 20  # Lanczos vectors kept by the thick-restart top-eigenvalue run (top-k up to 9)
 RESTART_ENDS = 12  # ... by the runs for the spectrum's ends
 LANCZOS_MODES = ("auto", "full", "low-memory")
+TRACE_BLOCK_MAX = 32  # deflated-trace probes per read of the Krylov basis at most (each read is the whole basis)
 HEAP_REUSE_ALLOWANCE = 0.25  # peak growth heap reuse may cost (fragmentation; measured +9 % on ResNet-18's spectrum)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
           "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
@@ -211,6 +212,20 @@ def memory_budget(setting: str, device: torch.device, share_of: int = 1) -> tupl
     return parse_memory(setting), current_bytes(device), "--memory"
 
 
+def budget_headroom(setting: str, budget: int, baseline: int, device: torch.device) -> int:
+    """Free memory an ``auto`` budget (:func:`memory_budget`: in use + a share of what the process can still
+    get) leaves out: the other 30 % of the RAM's, 15 % of a GPU's. 0 under an explicit ``--memory``.
+
+    >>> budget_headroom("auto", 1_700, 1_000, torch.device("cpu")), budget_headroom("8GB", 1_700, 1_000,
+    ...                                                                             torch.device("cpu"))
+    (300, 0)
+    """
+    if setting != "auto":
+        return 0
+    share = AUTO_SHARE_GPU if device.type == "cuda" else AUTO_SHARE_RAM
+    return int(round((budget - baseline) * (1 - share) / share))
+
+
 def in_use_bytes(device: torch.device, source: str) -> int:
     """What the process holds against the limit ``source`` (a label :func:`available_bytes` returned) counts:
     VmSize under RLIMIT_AS, VmData under RLIMIT_DATA, else the RSS (CPU) / allocated memory (CUDA)."""
@@ -309,8 +324,8 @@ def reuse_freed_memory():
     trimmed; on the way out glibc's defaults are restored and ``malloc_trim`` hands the free pages back, so
     the process's footprint afterwards is what it would have been. Nested uses act once, at the outermost.
     The price is fragmentation: freed holes stay resident until the end, so the peak can be higher (ResNet-18's
-    ``spectrum``: 7.06 -> 7.70 GB); a run under a memory plan uses it only when the plan leaves room
-    (:attr:`MemoryPlan.heap_reuse`).
+    ``spectrum``: 7.06 -> 7.70 GB); a run under a memory plan uses it only when the plan, or the free memory
+    an ``auto`` budget leaves out of it, has room (:attr:`MemoryPlan.heap_reuse`).
     """
     global _reuse_depth
     libc = _glibc() if _reuse_depth == 0 else None
@@ -401,6 +416,7 @@ class MemoryPlan:
     single_pass_steps: int | None = None  # the single pass's step cap that fits (None: no single pass)
     single_pass: int = 0  # bytes of the single pass at that cap: the probes' bases, residuals, trace and top-k
     ritz: bool = False  # the low-memory density run has room to project off the top-k run's Ritz vectors
+    headroom: int = 0  # free memory an auto budget leaves out of the plan (:func:`budget_headroom`)
 
     @property
     def fixed(self) -> int:
@@ -412,12 +428,32 @@ class MemoryPlan:
         """Planned peak: the fixed parts plus the largest phase (SLQ, top-eigenvalue run, single pass)."""
         return self.fixed + max(self.lanczos + self.diagonal, self.top, self.single_pass)
 
+    def trace_block(self, *, dim: int, trace_vectors: int, top_run: bool) -> int:
+        """Probes the deflated trace draws per read of the Krylov basis (each read is the whole basis: on
+        ResNet-18 a few GB, 0.6 s). The plan's probe block; after a single pass whose union certified top-k
+        (``top_run`` False) the top-k run the plan kept room for beside it never ran, and that room holds
+        ``self.top // (trace_vectors x d float64)`` more probes, at most ``TRACE_BLOCK_MAX`` in all. Which probes
+        are drawn does not depend on the block (:func:`wdbound.estimators.hutchinson.rademacher`), only how many
+        share a read.
+
+        >>> plan = MemoryPlan(2**34, "test", 0, 0, 0, 0, 0, top=6 * 10**9, diagonal=0, lanczos_mode="low-memory",
+        ...                   probe_block=1, hvp_chunk=512, restart=20, single_pass_steps=32)
+        >>> plan.trace_block(dim=11_000_000, trace_vectors=6, top_run=False), plan.trace_block(
+        ...     dim=11_000_000, trace_vectors=6, top_run=True)
+        (12, 1)
+        """
+        if top_run or not self.single_pass_steps or not trace_vectors:
+            return self.probe_block
+        extra = self.top // (trace_vectors * dim * VECTOR_DTYPE.itemsize)
+        return max(self.probe_block, min(TRACE_BLOCK_MAX, self.probe_block + extra))
+
     @property
     def heap_reuse(self) -> bool:
-        """Whether freed memory is kept for reuse during the run (:func:`reuse_freed_memory`): only when the
-        planned peak leaves ``HEAP_REUSE_ALLOWANCE`` of it free under the budget, because heap reuse trades
-        fragmentation (a higher peak) for speed, and the budget comes first."""
-        return self.peak * (1 + HEAP_REUSE_ALLOWANCE) <= self.budget
+        """Whether freed memory is kept for reuse during the run (:func:`reuse_freed_memory`): only when
+        ``HEAP_REUSE_ALLOWANCE`` more than the planned peak fits under the budget and the free memory an
+        ``auto`` budget leaves out (``headroom``), because heap reuse trades fragmentation (a higher peak) for
+        speed. An explicit ``--memory`` is a cap: nothing beyond it."""
+        return self.peak * (1 + HEAP_REUSE_ALLOWANCE) <= self.budget + self.headroom
 
     @property
     def keep_graph(self) -> bool:
@@ -438,7 +474,8 @@ class MemoryPlan:
                 "diagonal": self.diagonal, "planned_peak": self.peak, "lanczos_mode": self.lanczos_mode,
                 "probe_block": self.probe_block, "hvp_chunk": self.hvp_chunk, "restart": self.restart,
                 "kept_graph": self.graph, "single_pass_steps": self.single_pass_steps,
-                "single_pass": self.single_pass, "ritz": self.ritz, "heap_reuse": self.heap_reuse}
+                "single_pass": self.single_pass, "ritz": self.ritz, "heap_reuse": self.heap_reuse,
+                "headroom": self.headroom}
 
     def summary(self) -> str:
         """One line for the terminal / log."""

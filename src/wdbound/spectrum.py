@@ -40,9 +40,9 @@ from .estimators.lanczos import (LanczosMemory, LanczosRun, RitzDeflation, Suppo
                                  hvp_precision, lanczos, run_lanczos, sharper_top, slq_from_run, spectral_support)
 from .estimators.union_ritz import ATOM_RTOL, GramCache, UnionRitz, union_ritz
 from .stats import wasserstein1
-from .memory import (LANCZOS_MODES, allocation_phase, MemoryPlan, activation_floats, available_bytes, human_bytes,
-                     kept_graph_bytes,
-                     memory_budget, parse_memory, peak_bytes, plan_memory, with_single_pass)
+from .memory import (LANCZOS_MODES, allocation_phase, MemoryPlan, activation_floats, available_bytes,
+                     budget_headroom, human_bytes, kept_graph_bytes, memory_budget, parse_memory, peak_bytes,
+                     plan_memory, with_single_pass)
 from .progress import Observer
 from .provenance import checkpoint_provenance, library_versions
 
@@ -562,6 +562,7 @@ def memory_plan(operator: HessianOperator, settings: SpectrumSettings, refine_fa
         if need > budget:
             raise WdboundError(f"the exact spectrum needs ~{human_bytes(need)} for the dense Hessian, over the "
                                f"{human_bytes(budget)} budget", "exact")
+    plan = replace(plan, headroom=budget_headroom(settings.memory, budget, baseline, operator.device))
     operator.probe_chunk = plan.probe_block
     if plan.hvp_chunk != operator.batch_size:
         operator.rechunk(plan.hvp_chunk)
@@ -803,7 +804,10 @@ def _estimate_spectrum(operator, settings: SpectrumSettings, plan: MemoryPlan | 
         leave_one_out = 0 if prior is None else len(prior)
         trace = krylov_deflated_trace(operator, span, settings.trace_probes, generator, rtol=settings.trace_rtol,
                                       max_probes=max(settings.trace_probes, defaults.TRACE_MAX_PROBES),
-                                      chunk=memory.probe_block if memory else None, prior=prior)
+                                      chunk=None if plan is None else plan.trace_block(
+                                          dim=operator.dim, trace_vectors=TRACE_WORK_VECTORS,
+                                          top_run=shared is None or top is not shared.union.top),
+                                      prior=prior)
     if exact_ev is None and settings.exact_diagonal_for(operator.dim):
         exact_diag = diagonal_by_columns(operator).double().cpu().numpy()
     wall = time.perf_counter() - start
