@@ -206,7 +206,7 @@ def memory_budget(setting: str, device: torch.device, share_of: int = 1) -> tupl
     if setting == "auto":
         free, source = available_bytes(device)
         baseline = in_use_bytes(device, source)  # against the same limit (VmSize under ulimit -v)
-        share = (AUTO_SHARE_GPU if device.type == "cuda" else AUTO_SHARE_RAM) / max(share_of, 1)
+        share = auto_share(device) / max(share_of, 1)
         per = f" / {share_of} processes" if share_of > 1 else ""
         return baseline + int(free * share), baseline, f"auto: in use + {share:.0%} of {source}{per}"
     return parse_memory(setting), current_bytes(device), "--memory"
@@ -222,8 +222,15 @@ def budget_headroom(setting: str, budget: int, baseline: int, device: torch.devi
     """
     if setting != "auto":
         return 0
-    share = AUTO_SHARE_GPU if device.type == "cuda" else AUTO_SHARE_RAM
+    share = auto_share(device)
     return int(round((budget - baseline) * (1 - share) / share))
+
+
+def auto_share(device: torch.device) -> float:
+    """The share of what one process can still get that ``--memory auto`` plans for (AUTO_SHARE_GPU of a CUDA
+    device's free memory, AUTO_SHARE_RAM of the available RAM): :func:`memory_budget` takes it, and
+    :func:`budget_headroom` the rest."""
+    return AUTO_SHARE_GPU if device.type == "cuda" else AUTO_SHARE_RAM
 
 
 def in_use_bytes(device: torch.device, source: str) -> int:
