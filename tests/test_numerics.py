@@ -72,11 +72,12 @@ def test_negative_and_zero_diagonal_entries_are_floored_and_counted(tiny_checkpo
 
 
 TIMING = re.compile(r'"(wall_seconds|peak_memory_bytes|baseline|budget|planned_peak|activations_estimate|'
-                    r'hvp_chunk|probe_block|budget_source)": [^,\n]+')
+                    r'hvp_chunk|probe_block|budget_source|headroom)": [^,\n]+')
 
 
 def strip_run_state(text: str) -> str:
-    """Timing and machine-state fields (wall time, memory in use / free, the plan sized from them)."""
+    """Timing and machine-state fields (wall time, memory in use / free and what an auto budget leaves out, the
+    plan sized from them)."""
     return TIMING.sub(lambda m: f'"{m.group(1)}": X', text)
 
 
